@@ -1,0 +1,1 @@
+"""Thin Dagster assets over the engine; each calls one stage of batchrouter.batch."""

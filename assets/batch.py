@@ -1,0 +1,64 @@
+"""The batch flow as assets, one partition per batch: manifest -> quote -> routed_items."""
+
+
+import dagster as dg
+
+from batchrouter import batch
+from pipelines.partitions import batches
+from pipelines.resources import BatchRouterResource
+
+_COMMON = {"partitions_def": batches, "group_name": "batch", "backfill_policy": dg.BackfillPolicy.single_run()}
+
+
+@dg.asset(kinds={"polars", "parquet"}, **_COMMON)
+def manifest(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+    """Parse and validate the batch's manifest; rejected rows keep their reason."""
+    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    parsed = batch.stage_manifest(batchrouter.storage, batchrouter.settings, batchrouter.catalog, info)
+    return dg.MaterializeResult(
+        metadata={
+            "workspace": info.workspace,
+            "source": info.source_name,
+            "format": parsed.format,
+            "rows": parsed.rows,
+            "rejected_so_far": parsed.rejected.height,
+            "path": dg.MetadataValue.path(batchrouter.storage.url(*info.folder("manifest.parquet"))),
+        }
+    )
+
+
+@dg.asset(deps=[manifest], kinds={"polars", "parquet"}, **_COMMON)
+def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+    """Count tokens, route and price every item in integer micro-dollars."""
+    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    priced = batch.stage_quote(
+        batchrouter.storage, batchrouter.settings, batchrouter.catalog, info, batch.load_manifest(batchrouter.storage, info)
+    )
+    summary = priced.summary()
+    return dg.MaterializeResult(
+        metadata={
+            "quote_id": summary["quote_id"],
+            "catalog_version": summary["catalog_version"],
+            "accepted": summary["accepted"],
+            "rejected": summary["rejected"],
+            "reserve_usd_micros": summary["reserve_usd_micros"],
+            "expected_usd_micros": summary["expected_usd_micros"],
+            "by_route": dg.MetadataValue.json(summary["by_route"]),
+            "path": dg.MetadataValue.path(batchrouter.storage.url(*info.folder("quote.parquet"))),
+        }
+    )
+
+
+@dg.asset(deps=[quote], kinds={"polars", "parquet"}, **_COMMON)
+def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+    """Accepted items with their route chain, written partitioned by primary route."""
+    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    storage = batchrouter.storage
+    counts = batch.stage_route(storage, info, batch.load_manifest(storage, info), batch.load_quote(storage, info))
+    return dg.MaterializeResult(
+        metadata={
+            "items_by_route": dg.MetadataValue.json(counts),
+            "routes": len(counts),
+            "path": dg.MetadataValue.path(storage.url(*info.folder("routed_items"))),
+        }
+    )

@@ -1,0 +1,50 @@
+"""BatchRouter: manifests in, exact quotes, routes, dispatch and receipts out. Never imports dagster."""
+
+from batchrouter.batch import BatchInfo, load_batch, stage_manifest, stage_quote, stage_route, submit
+from batchrouter.catalog import Catalog, CatalogEntry, load_catalog
+from batchrouter.config import RoutePolicy, Settings, load_settings
+from batchrouter.errors import (
+    BatchError,
+    BatchRouterError,
+    CatalogError,
+    ConfigError,
+    ManifestError,
+    ProviderError,
+    RateLimitedError,
+    StorageError,
+    TerminalError,
+    TransientError,
+)
+from batchrouter.manifest import Manifest, read_manifest
+from batchrouter.quote import Quote, build_quote
+from batchrouter.storage import Storage
+
+__all__ = [
+    "BatchError",
+    "BatchInfo",
+    "BatchRouterError",
+    "Catalog",
+    "CatalogEntry",
+    "CatalogError",
+    "ConfigError",
+    "Manifest",
+    "ManifestError",
+    "ProviderError",
+    "Quote",
+    "RateLimitedError",
+    "RoutePolicy",
+    "Settings",
+    "Storage",
+    "StorageError",
+    "TerminalError",
+    "TransientError",
+    "build_quote",
+    "load_batch",
+    "load_catalog",
+    "load_settings",
+    "read_manifest",
+    "stage_manifest",
+    "stage_quote",
+    "stage_route",
+    "submit",
+]

@@ -1,0 +1,163 @@
+"""The `batchrouter` command.
+
+Exit codes: 0 success (for `quote`: at least one item accepted); 1 nothing usable came out (every
+row rejected); 2 the input as a whole is unusable (unreadable manifest, missing column, bad config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from batchrouter.batch import quarantine, submit
+from batchrouter.catalog import load_catalog
+from batchrouter.config import Settings, load_settings
+from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
+from batchrouter.manifest import read_manifest
+from batchrouter.quote import build_quote
+from batchrouter.sample import sample_manifest
+from batchrouter.storage import Storage
+
+EXIT_OK, EXIT_NOTHING_ACCEPTED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def usd(micros: int) -> str:
+    """Micro-dollars as an exact dollar string."""
+    return f"${Decimal(micros) / 10**6:,.6f}"
+
+
+def _read_input(path: str) -> bytes:
+    with fsspec.open(path, "rb") as f:
+        return bytes(f.read())
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, "  ".join("-" * w for w in widths), *body])
+
+
+def render_quote(summary: dict[str, Any]) -> str:
+    out = [
+        f"Quote {summary['quote_id']}  workspace {summary['workspace']}  catalog {summary['catalog_version']}",
+        f"Manifest {summary['source']}: {summary['items']} rows, {summary['accepted']} accepted, "
+        f"{summary['rejected']} rejected",
+        f"Reserve {usd(summary['reserve_usd_micros'])}   expected {usd(summary['expected_usd_micros'])}",
+        "",
+    ]
+    if summary["by_route"]:
+        out.append(
+            _table(
+                ["ROUTE", "MODEL", "ITEMS", "INPUT TOKENS", "MAX OUTPUT", "RESERVE", "EXPECTED"],
+                [
+                    [r["route"], r["model"], r["items"], f"{r['input_tokens']:,}", f"{r['max_output_tokens']:,}",
+                     usd(r["reserve_usd_micros"]), usd(r["expected_usd_micros"])]
+                    for r in summary["by_route"]
+                ],
+            )
+        )
+    if summary["rejections"]:
+        out += ["", f"Rejected rows ({summary['rejected']}):"]
+        out.append(
+            _table(
+                ["ROW", "ITEM", "FIELD", "REASON"],
+                [[r["row"], r["item_id"] or "", r["field"], r["reason"]] for r in summary["rejections"]],
+            )
+        )
+    return "\n".join(out)
+
+
+def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
+    catalog = load_catalog(settings.models)
+    data = _read_input(args.manifest)
+    try:
+        manifest = read_manifest(args.manifest, data, catalog=catalog, limits=settings.limits)
+    except ManifestError as exc:
+        report = quarantine(Storage(settings.storage), workspace=args.workspace, source_name=args.manifest,
+                            data=data, error=exc)
+        print(f"error: {exc}\nA copy of the manifest and this report are kept at {report}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    quote = build_quote(
+        manifest, workspace=args.workspace, catalog=catalog, policy=settings.workspace(args.workspace).policy
+    )
+    summary = quote.summary()
+    print(json.dumps(summary, indent=2) if args.json else render_quote(summary))
+    return EXIT_OK if summary["accepted"] > 0 else EXIT_NOTHING_ACCEPTED
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    info = submit(Storage(settings.storage), workspace=args.workspace, source_name=args.manifest,
+                  data=_read_input(args.manifest))
+    print(json.dumps({"batch_id": info.batch_id, "workspace": info.workspace}) if args.json else info.batch_id)
+    return EXIT_OK
+
+
+def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
+    frame = sample_manifest(args.items, seed=args.seed)
+    out = Path(args.out)
+    if out.suffix == ".csv":
+        frame.write_csv(out)
+    else:
+        frame.write_parquet(out)
+    print(out)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchrouter", description="Route and run large batches of LLM requests.")
+    parser.add_argument("--config", help="TOML config file (default: $BATCHROUTER_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", dest="sub_config", help="TOML config file")
+
+    q = sub.add_parser("quote", help="validate and price a manifest without running it")
+    q.add_argument("manifest", help="path or URL of a .parquet, .csv or .jsonl manifest")
+    q.add_argument("--workspace", required=True)
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    common(q)
+    q.set_defaults(func=cmd_quote)
+
+    s = sub.add_parser("submit", help="register a manifest as a batch under the storage root")
+    s.add_argument("manifest")
+    s.add_argument("--workspace", required=True)
+    s.add_argument("--json", action="store_true")
+    common(s)
+    s.set_defaults(func=cmd_submit)
+
+    g = sub.add_parser("sample", help="write a sample manifest (.parquet or .csv)")
+    g.add_argument("out")
+    g.add_argument("--items", type=int, default=100)
+    g.add_argument("--seed", type=int, default=7)
+    common(g)
+    g.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "sub_config", None) or args.config)
+        return int(args.func(args, settings))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename or exc} does not exist; check the path", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except BatchRouterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Configuration: one TOML file plus environment overrides, validated by pydantic-settings.
+
+Sources, strongest first: keyword arguments, environment variables (`BATCHROUTER_` prefix, `__`
+between nested keys, e.g. `BATCHROUTER_STORAGE__ROOT=s3://bucket/prefix`), the TOML file given by
+`--config` or `BATCHROUTER_CONFIG`, then the defaults below. Every key is documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from batchrouter.errors import ConfigError
+
+ProviderKind = Literal["openai", "anthropic", "openrouter", "openai_compatible", "simulator"]
+Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]
+Objective = Literal["cost", "latency", "balanced"]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class StorageConfig(BaseModel):
+    """Where batches live: a local folder or an `s3://bucket/prefix` URL."""
+
+    model_config = _STRICT
+    root: str = ".batchrouter/storage"
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class ProviderConfig(BaseModel):
+    """One upstream provider account (or the simulator standing in for it)."""
+
+    model_config = _STRICT
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # Wire format the simulator speaks for this provider; other kinds imply theirs.
+    wire: Literal["openai", "anthropic"] | None = None
+    rpm: int = Field(default=6000, gt=0)
+    tpm: int = Field(default=2_000_000, gt=0)
+    max_concurrency: int = Field(default=256, gt=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+class ModelConfig(BaseModel):
+    """A `[[models]]` entry: adds a model or overrides fields of a catalog entry (same name and provider)."""
+
+    model_config = _STRICT
+    name: str
+    provider: str
+    upstream: str | None = None
+    input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    batch_discount: Decimal | None = Field(default=None, ge=0, le=1)
+    context_window: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    default_max_tokens: int | None = Field(default=None, gt=0)
+    expected_output_tokens: int | None = Field(default=None, gt=0)
+    tokenizer: Tokenizer | None = None
+    token_factor: Decimal | None = Field(default=None, ge=1)
+    trains_on_inputs: bool | None = None
+    retention_days: int | None = Field(default=None, ge=0)
+    typical_latency_ms: int | None = Field(default=None, gt=0)
+
+
+class RoutePolicy(BaseModel):
+    """Which routes a workspace's items may take, and in what order."""
+
+    model_config = _STRICT
+    allowed_providers: list[str] | None = None
+    denied_providers: list[str] = Field(default_factory=list)
+    deny_training: bool = False
+    zero_retention: bool = False
+    max_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    max_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    objective: Objective = "cost"
+    max_fallbacks: int = Field(default=2, ge=0)
+
+
+class WorkspaceConfig(BaseModel):
+    """Per-workspace settings."""
+
+    model_config = _STRICT
+    policy: RoutePolicy = Field(default_factory=RoutePolicy)
+    auto_approve_max_usd: Decimal | None = Field(default=None, ge=0)
+
+
+class LimitsConfig(BaseModel):
+    """Hard limits on what one manifest may hold."""
+
+    model_config = _STRICT
+    max_rows: int = Field(default=2_000_000, gt=0)
+    max_item_bytes: int = Field(default=1_048_576, gt=0)
+    max_manifest_bytes: int = Field(default=4 * 1024**3, gt=0)
+
+
+class DispatchConfig(BaseModel):
+    """Dispatcher knobs shared by every route."""
+
+    model_config = _STRICT
+    max_attempts: int = Field(default=4, gt=0)
+    stall_timeout_s: float = Field(default=60.0, gt=0)
+    checkpoint_items: int = Field(default=500, gt=0)
+    breaker_failures: int = Field(default=20, gt=0)
+
+
+# Providers every installation knows. By default they all point at the built-in simulator, so nothing
+# reaches a paid API until a config file says `kind = "openai"` (or another real kind) for it.
+DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
+    "openai": ProviderConfig(kind="simulator", wire="openai", api_key_env="OPENAI_API_KEY"),
+    "anthropic": ProviderConfig(kind="simulator", wire="anthropic", api_key_env="ANTHROPIC_API_KEY"),
+    "openrouter": ProviderConfig(kind="simulator", wire="openai", api_key_env="OPENROUTER_API_KEY"),
+    "selfhosted": ProviderConfig(kind="simulator", wire="openai"),
+}
+
+_toml_path: ContextVar[Path | None] = ContextVar("batchrouter_toml_path", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one BatchRouter installation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHROUTER_", env_nested_delimiter="__", extra="forbid", nested_model_default_partial_update=True
+    )
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    database: str = ".batchrouter/batchrouter.duckdb"
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: list[ModelConfig] = Field(default_factory=list)
+    workspaces: dict[str, WorkspaceConfig] = Field(default_factory=dict)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+
+    @field_validator("providers")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        for name, provider in value.items():
+            if provider.kind in ("openai_compatible",) and not provider.base_url:
+                raise ValueError(f"providers.{name}: kind {provider.kind!r} needs base_url")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _toml_path.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def provider(self, name: str) -> ProviderConfig:
+        """The configured provider `name`, falling back to the built-in default."""
+        found = self.providers.get(name) or DEFAULT_PROVIDERS.get(name)
+        if found is None:
+            raise ConfigError(
+                f"provider {name!r} is not configured; add a [providers.{name}] table to the config file"
+            )
+        return found
+
+    def provider_names(self) -> list[str]:
+        return sorted(set(DEFAULT_PROVIDERS) | set(self.providers))
+
+    def workspace(self, name: str) -> WorkspaceConfig:
+        """The workspace's settings; unknown workspaces get the defaults."""
+        return self.workspaces.get(name) or WorkspaceConfig()
+
+
+def config_path_from_env() -> Path | None:
+    """The config file named by `BATCHROUTER_CONFIG`, if any."""
+    value = os.environ.get("BATCHROUTER_CONFIG")
+    return Path(value) if value else None
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load the TOML file (argument, else `BATCHROUTER_CONFIG`) with environment overrides applied.
+
+    Raises:
+        ConfigError: the file is missing or a value is invalid; the message names the key.
+    """
+    path = Path(config) if config is not None else config_path_from_env()
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass --config with a readable TOML file")
+    token = _toml_path.set(path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = f"config file {path}" if path else "configuration"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where} is invalid: {problems}") from exc
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"config file {path} could not be parsed: {exc}") from exc
+    finally:
+        _toml_path.reset(token)

@@ -1,0 +1,557 @@
+"""Manifests: read Parquet, CSV or OpenAI-batch JSONL into one item table, and reject bad rows.
+
+A manifest that cannot be used as a whole (unreadable, a required column missing, over a limit)
+raises `ManifestError`. Anything wrong with a single row becomes a rejection on that row, with the
+field and a reason; no row is ever dropped, so accepted + rejected = rows.
+
+The item table (`ITEM_SCHEMA`) is what every later stage reads:
+  row            1-based data row (CSV, Parquet) or line number (JSONL)
+  item_id        the customer's id (JSONL: `custom_id`)
+  model          catalog model name
+  messages       list of {role, content, name}; a `prompt` becomes one user message, after `system`
+  max_tokens     the customer's output cap, if given
+  temperature    if given
+  metadata       JSON object: the `metadata` column merged with every unknown column
+  params         JSON object of further request parameters (JSONL body fields such as `top_p`)
+  reject_code, reject_field, reject_reason   the first problem found, or null
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from batchrouter.catalog import Catalog
+from batchrouter.config import LimitsConfig
+from batchrouter.errors import ManifestError
+
+ManifestFormat = Literal["parquet", "csv", "jsonl"]
+
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String, "name": pl.String})
+ROLES = ("system", "developer", "user", "assistant", "tool")
+KNOWN_COLUMNS = ("item_id", "model", "prompt", "messages", "system", "max_tokens", "temperature", "metadata")
+CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
+
+ITEM_SCHEMA: dict[str, pl.DataType] = {
+    "row": pl.Int64(),
+    "item_id": pl.String(),
+    "model": pl.String(),
+    "messages": pl.List(MESSAGE),
+    "max_tokens": pl.Int64(),
+    "temperature": pl.Float64(),
+    "metadata": pl.String(),
+    "params": pl.String(),
+    "reject_code": pl.String(),
+    "reject_field": pl.String(),
+    "reject_reason": pl.String(),
+}
+
+# Reasons, by code; the message of each rejection adds the specifics of the row.
+REJECTION_CODES = {
+    "invalid_json": "the line is not valid JSON",
+    "unsupported_request": "the JSONL request is not a POST to /v1/chat/completions",
+    "missing_item_id": "item_id is empty",
+    "item_too_large": "the item's text is over the per-item byte limit",
+    "missing_model": "model is empty",
+    "unknown_model": "the model is not in the catalog",
+    "empty_prompt": "there is no prompt text",
+    "malformed_messages": "messages is not a JSON array of {role, content}",
+    "invalid_max_tokens": "max_tokens is not an integer within the model's output limit",
+    "invalid_temperature": "temperature is not a number in 0..2",
+    "malformed_metadata": "metadata is not a JSON object",
+    "duplicate_item_id": "item_id repeats an earlier row",
+    "context_too_long": "the prompt does not fit the context window of any allowed route",
+    "no_route": "the workspace's route policy allows no route for the model",
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest: its item table and where it came from."""
+
+    source: str
+    format: ManifestFormat
+    sha256: str
+    items: pl.DataFrame
+
+    @property
+    def rows(self) -> int:
+        return self.items.height
+
+    @property
+    def accepted(self) -> pl.DataFrame:
+        return self.items.filter(pl.col("reject_code").is_null())
+
+    @property
+    def rejected(self) -> pl.DataFrame:
+        return self.items.filter(pl.col("reject_code").is_not_null())
+
+
+def detect_format(source: str, data: bytes) -> ManifestFormat:
+    """By extension first, then by content."""
+    lower = source.lower()
+    for suffix, fmt in ((".parquet", "parquet"), (".csv", "csv"), (".jsonl", "jsonl"), (".ndjson", "jsonl")):
+        if lower.endswith(suffix):
+            return fmt  # type: ignore[return-value]
+    if data[:4] == b"PAR1":
+        return "parquet"
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"{":
+        return "jsonl"
+    if lower.endswith(".txt") or "." not in lower.rsplit("/", 1)[-1]:
+        return "csv"
+    raise ManifestError(
+        source, "unsupported file type", "use .parquet, .csv or .jsonl (OpenAI batch input format)"
+    )
+
+
+def read_manifest(source: str, data: bytes, *, catalog: Catalog, limits: LimitsConfig) -> Manifest:
+    """Parse and validate a manifest's bytes; `source` names it in every message."""
+    if len(data) > limits.max_manifest_bytes:
+        raise ManifestError(
+            source,
+            f"the file is {len(data):,} bytes, over the limit of {limits.max_manifest_bytes:,}",
+            "split it into several manifests",
+        )
+    fmt = detect_format(source, data)
+    if fmt == "jsonl":
+        raw = _read_jsonl(source, data, limits)
+    else:
+        table = _read_parquet(source, data, limits) if fmt == "parquet" else _read_csv(source, data)
+        _check_rows(source, table.height, limits)
+        raw = _normalise_tabular(source, table)
+    items = _validate(raw, catalog, limits)
+    return Manifest(source=source, format=fmt, sha256=hashlib.sha256(data).hexdigest(), items=items)
+
+
+def _check_rows(source: str, rows: int, limits: LimitsConfig) -> None:
+    if rows > limits.max_rows:
+        raise ManifestError(
+            source,
+            f"it has {rows:,} rows, over the limit of {limits.max_rows:,} per manifest",
+            "split it into several manifests",
+        )
+
+
+def _read_parquet(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
+    try:
+        rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        _check_rows(source, rows, limits)
+        return pl.read_parquet(io.BytesIO(data))
+    except ManifestError:
+        raise
+    except Exception as exc:
+        raise ManifestError(source, f"not a readable Parquet file ({exc})", "re-export it as Parquet") from exc
+
+
+def _read_csv(source: str, data: bytes) -> pl.DataFrame:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            source, f"not UTF-8 text (invalid byte at line {line})", "save the CSV as UTF-8"
+        ) from exc
+    try:
+        # Every column as text: types are checked per row below, so one bad value rejects one row.
+        frame = pl.read_csv(io.BytesIO(data), infer_schema=False, raise_if_empty=False)
+    except Exception as exc:
+        raise ManifestError(
+            source,
+            f"not a readable CSV file ({exc})",
+            "check quoting: fields with commas, quotes or newlines must be in double quotes (RFC 4180)",
+        ) from exc
+    return frame.rename({c: c.strip() for c in frame.columns})
+
+
+def _require_columns(source: str, columns: list[str]) -> None:
+    missing = [c for c in ("item_id", "model") if c not in columns]
+    if "prompt" not in columns and "messages" not in columns:
+        missing.append("prompt (or messages)")
+    if missing:
+        raise ManifestError(
+            source,
+            f"missing required column(s): {', '.join(missing)} (found: {', '.join(columns) or 'none'})",
+            "add them: item_id (unique), model (a catalog name), and prompt or messages",
+        )
+
+
+def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
+    if name not in frame.columns:
+        return pl.lit(None, dtype=pl.String)
+    dtype = frame.schema[name]
+    if dtype == pl.String:
+        return pl.col(name)
+    if isinstance(dtype, pl.Struct | pl.List):
+        return pl.col(name).struct.json_encode() if isinstance(dtype, pl.Struct) else pl.col(name).cast(pl.String)
+    return pl.col(name).cast(pl.String)
+
+
+def _blank(expr: pl.Expr) -> pl.Expr:
+    return expr.is_null() | (expr.str.strip_chars() == "")
+
+
+def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Tabular columns -> the item table, marking parse-level problems per row."""
+    _require_columns(source, frame.columns)
+    extras = [c for c in frame.columns if c not in KNOWN_COLUMNS]
+    n = frame.height
+
+    prompt = _as_text(frame, "prompt")
+    system = _as_text(frame, "system")
+    user_msg = pl.concat_list(pl.struct(role=pl.lit("user"), content=prompt, name=pl.lit(None, pl.String)))
+    system_msg = pl.struct(role=pl.lit("system"), content=system, name=pl.lit(None, pl.String))
+    from_prompt = (
+        pl.when(_blank(system)).then(user_msg).otherwise(pl.concat_list(system_msg, user_msg)).cast(pl.List(MESSAGE))
+    )
+
+    messages_col, message_errors = _parse_messages_column(frame)
+    base = frame.select(
+        pl.int_range(1, n + 1, dtype=pl.Int64).alias("row"),
+        _as_text(frame, "item_id").str.strip_chars().alias("item_id"),
+        _as_text(frame, "model").str.strip_chars().alias("model"),
+        pl.when(_blank(prompt)).then(None).otherwise(from_prompt).alias("_from_prompt"),
+        system.alias("_system"),
+    ).with_columns(
+        messages_col.alias("_from_messages"), message_errors.alias("_messages_error")
+    )
+    # A messages cell wins over a prompt cell; `system` is prepended to messages that lack one.
+    with_system = pl.concat_list(
+        pl.struct(role=pl.lit("system"), content=pl.col("_system"), name=pl.lit(None, pl.String)).cast(MESSAGE),
+        pl.col("_from_messages"),
+    )
+    messages = (
+        pl.when(pl.col("_from_messages").is_not_null() & ~_blank(pl.col("_system")))
+        .then(with_system)
+        .when(pl.col("_from_messages").is_not_null())
+        .then(pl.col("_from_messages"))
+        .otherwise(pl.col("_from_prompt"))
+    )
+    max_tokens, max_tokens_bad = _integer_column(frame, "max_tokens")
+    temperature, temperature_bad = _float_column(frame, "temperature")
+    metadata, metadata_error = _metadata_column(frame, extras)
+    return base.with_columns(
+        messages.alias("messages"),
+        max_tokens.alias("max_tokens"),
+        temperature.alias("temperature"),
+        metadata.alias("metadata"),
+        pl.lit(None, pl.String).alias("params"),
+        max_tokens_bad.alias("_max_tokens_bad"),
+        temperature_bad.alias("_temperature_bad"),
+        metadata_error.alias("_metadata_error"),
+        pl.lit(None, pl.String).alias("reject_code"),
+        pl.lit(None, pl.String).alias("reject_field"),
+        pl.lit(None, pl.String).alias("reject_reason"),
+    ).drop("_from_prompt", "_from_messages", "_system")
+
+
+def _integer_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]:
+    """(value, given-but-not-an-integer flag)."""
+    if name not in frame.columns:
+        return pl.Series(name, [None] * frame.height, pl.Int64), pl.Series([False] * frame.height)
+    col = frame[name]
+    if col.dtype.is_integer():
+        return col.cast(pl.Int64), pl.Series([False] * frame.height)
+    if col.dtype.is_float():
+        ok = col.is_null() | (col.is_finite() & (col == col.floor()))
+        return pl.Series(name, col.cast(pl.Int64, strict=False)).set(~ok, None), ~ok  # type: ignore[arg-type]
+    text = col.cast(pl.String).str.strip_chars()
+    text = text.set(text == "", None)  # type: ignore[arg-type]
+    value = text.cast(pl.Int64, strict=False)
+    return value, text.is_not_null() & value.is_null()
+
+
+def _float_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]:
+    if name not in frame.columns:
+        return pl.Series(name, [None] * frame.height, pl.Float64), pl.Series([False] * frame.height)
+    col = frame[name]
+    if col.dtype.is_numeric():
+        return col.cast(pl.Float64), pl.Series([False] * frame.height)
+    text = col.cast(pl.String).str.strip_chars()
+    text = text.set(text == "", None)  # type: ignore[arg-type]
+    value = text.cast(pl.Float64, strict=False)
+    return value, text.is_not_null() & value.is_null()
+
+
+def _parse_messages_column(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+    """(messages or null, error text or null) per row."""
+    n = frame.height
+    if "messages" not in frame.columns:
+        return pl.Series([None] * n, dtype=pl.List(MESSAGE)), pl.Series([None] * n, dtype=pl.String)
+    col = frame["messages"]
+    values = col.to_list() if col.dtype == pl.String else [None if v is None else v for v in col.to_list()]
+    parsed: list[list[dict[str, Any]] | None] = []
+    errors: list[str | None] = []
+    for value in values:
+        if value is None or (isinstance(value, str) and value.strip() == ""):
+            parsed.append(None)
+            errors.append(None)
+            continue
+        try:
+            data = json.loads(value) if isinstance(value, str) else value
+            parsed.append(normalise_messages(data))
+            errors.append(None)
+        except (ValueError, TypeError) as exc:
+            parsed.append(None)
+            errors.append(str(exc))
+    return pl.Series(parsed, dtype=pl.List(MESSAGE)), pl.Series(errors, dtype=pl.String)
+
+
+def normalise_messages(data: Any) -> list[dict[str, Any]]:
+    """Validate a chat message list and flatten text content parts; raises ValueError with the reason."""
+    if not isinstance(data, list):
+        raise ValueError(f"expected a JSON array of messages, got {type(data).__name__}")
+    if not data:
+        raise ValueError("the message array is empty")
+    out = []
+    for i, msg in enumerate(data, start=1):
+        if not isinstance(msg, dict):
+            raise ValueError(f"message {i} is not an object")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+        content = msg.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise ValueError(f"message {i} has a content part of type {kind!r}; only text parts are supported")
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        if not isinstance(content, str):
+            raise ValueError(f"message {i} has no text content")
+        name = msg.get("name")
+        out.append({"role": role, "content": content, "name": name if isinstance(name, str) else None})
+    return out
+
+
+def _metadata_column(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.Series, pl.Series]:
+    """(metadata JSON with unknown columns merged in, error text or null) per row."""
+    n = frame.height
+    extra_json = (
+        frame.select(pl.struct(extras).struct.json_encode()).to_series() if extras else None
+    )
+    if "metadata" not in frame.columns:
+        if extra_json is None:
+            return pl.Series([None] * n, dtype=pl.String), pl.Series([None] * n, dtype=pl.String)
+        return extra_json, pl.Series([None] * n, dtype=pl.String)
+    col = frame["metadata"]
+    if isinstance(col.dtype, pl.Struct):
+        col = frame.select(pl.col("metadata").struct.json_encode()).to_series()
+    values = col.cast(pl.String).to_list()
+    extra_values = extra_json.to_list() if extra_json is not None else [None] * n
+    merged: list[str | None] = []
+    errors: list[str | None] = []
+    for value, extra in zip(values, extra_values, strict=True):
+        if value is None or value.strip() == "":
+            merged.append(extra)
+            errors.append(None)
+            continue
+        try:
+            obj = json.loads(value)
+        except ValueError as exc:
+            merged.append(extra)
+            errors.append(f"metadata is not valid JSON ({exc})")
+            continue
+        if not isinstance(obj, dict):
+            merged.append(extra)
+            errors.append(f"metadata is a JSON {type(obj).__name__}, expected an object")
+            continue
+        # Unknown columns are merged in; the metadata column's own keys win on a clash.
+        combined = {**json.loads(extra), **obj} if extra is not None else obj
+        merged.append(json.dumps(combined, ensure_ascii=False))
+        errors.append(None)
+    return pl.Series(merged, dtype=pl.String), pl.Series(errors, dtype=pl.String)
+
+
+_BODY_FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stream", "metadata")
+
+
+def _read_jsonl(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
+    """OpenAI Batch API input lines -> the item table, one row per non-blank line."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(source, f"not UTF-8 text (invalid byte at line {line})", "save the JSONL as UTF-8") from exc
+    rows: list[dict[str, Any]] = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        rows.append(_jsonl_row(line_no, line))
+        if len(rows) > limits.max_rows:
+            _check_rows(source, len(rows), limits)
+    if not rows:
+        return pl.DataFrame(schema={**ITEM_SCHEMA, **_PARSE_FLAGS})
+    return pl.DataFrame(rows, schema={**ITEM_SCHEMA, **_PARSE_FLAGS})
+
+
+_PARSE_FLAGS: dict[str, pl.DataType] = {
+    "_messages_error": pl.String(),
+    "_max_tokens_bad": pl.Boolean(),
+    "_temperature_bad": pl.Boolean(),
+    "_metadata_error": pl.String(),
+}
+
+
+def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"row": line_no, "_max_tokens_bad": False, "_temperature_bad": False}
+
+    def reject(code: str, field: str, reason: str) -> dict[str, Any]:
+        row.update(reject_code=code, reject_field=field, reject_reason=reason)
+        return row
+
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        return reject("invalid_json", "line", f"line {line_no} is not valid JSON ({exc.args[0]})")
+    if not isinstance(obj, dict):
+        return reject("invalid_json", "line", f"line {line_no} is a JSON {type(obj).__name__}, expected an object")
+    custom_id = obj.get("custom_id")
+    row["item_id"] = str(custom_id).strip() if custom_id is not None else None
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return reject("unsupported_request", "body", "body is missing or not an object")
+    method, url = obj.get("method", "POST"), obj.get("url", "/v1/chat/completions")
+    if str(method).upper() != "POST" or url not in CHAT_URLS:
+        return reject(
+            "unsupported_request", "url", f"{method} {url} is not supported; use POST /v1/chat/completions"
+        )
+    row["model"] = str(body["model"]).strip() if body.get("model") is not None else None
+    try:
+        row["messages"] = normalise_messages(body.get("messages"))
+    except ValueError as exc:
+        if body.get("messages") in (None, []):
+            row["messages"] = None
+        else:
+            row["_messages_error"] = str(exc)
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    if cap is not None:
+        if isinstance(cap, int) and not isinstance(cap, bool):
+            row["max_tokens"] = cap
+        else:
+            row["_max_tokens_bad"] = True
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            row["temperature"] = float(temperature)
+        else:
+            row["_temperature_bad"] = True
+    metadata = obj.get("metadata", body.get("metadata"))
+    if metadata is not None:
+        if isinstance(metadata, dict):
+            row["metadata"] = json.dumps(metadata, ensure_ascii=False)
+        else:
+            row["_metadata_error"] = f"metadata is a JSON {type(metadata).__name__}, expected an object"
+    params = {k: v for k, v in body.items() if k not in _BODY_FIELDS}
+    if params:
+        row["params"] = json.dumps(params, ensure_ascii=False)
+    return row
+
+
+def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.DataFrame:
+    """Apply every row rule in order; the first that fails names the rejection."""
+    models = catalog.models_frame().select("model", "max_output_tokens")
+    frame = raw.join(models, on="model", how="left", maintain_order="left")
+    known = ", ".join(catalog.model_names())
+    content_bytes = (
+        pl.col("messages").list.eval(pl.element().struct.field("content").str.len_bytes()).list.sum().fill_null(0)
+    )
+    has_text = (
+        pl.col("messages")
+        .list.eval(pl.element().struct.field("content").str.strip_chars().str.len_bytes())
+        .list.max()
+        .fill_null(0)
+        > 0
+    )
+    first_row = pl.col("row").min().over("item_id")
+    rules: list[tuple[str, str, pl.Expr, pl.Expr]] = [
+        ("missing_item_id", "item_id", _blank(pl.col("item_id")), pl.lit("item_id is empty; give every row a unique id")),
+        (
+            "item_too_large",
+            "prompt",
+            content_bytes > limits.max_item_bytes,
+            pl.format(
+                "the item's text is {} bytes, over the limit of {} bytes per item; shorten or split it",
+                content_bytes,
+                pl.lit(limits.max_item_bytes),
+            ),
+        ),
+        ("missing_model", "model", _blank(pl.col("model")), pl.lit(f"model is empty; use one of: {known}")),
+        (
+            "unknown_model",
+            "model",
+            pl.col("max_output_tokens").is_null(),
+            pl.format(f"model '{{}}' is not in catalog {catalog.version}; use one of: {known}", pl.col("model")),
+        ),
+        (
+            "malformed_messages",
+            "messages",
+            pl.col("_messages_error").is_not_null(),
+            pl.format("messages is malformed: {}", pl.col("_messages_error")),
+        ),
+        (
+            "empty_prompt",
+            "prompt",
+            pl.col("messages").is_null() | ~has_text,
+            pl.lit("there is no prompt text: fill prompt, or messages with at least one non-empty content"),
+        ),
+        (
+            "invalid_max_tokens",
+            "max_tokens",
+            pl.col("_max_tokens_bad"),
+            pl.lit("max_tokens is not a whole number"),
+        ),
+        (
+            "invalid_max_tokens",
+            "max_tokens",
+            (pl.col("max_tokens") < 1) | (pl.col("max_tokens") > pl.col("max_output_tokens")),
+            pl.format(
+                "max_tokens {} is outside 1..{} for model {}",
+                pl.col("max_tokens"),
+                pl.col("max_output_tokens"),
+                pl.col("model"),
+            ),
+        ),
+        (
+            "invalid_temperature",
+            "temperature",
+            pl.col("_temperature_bad") | (pl.col("temperature") < 0) | (pl.col("temperature") > 2),
+            pl.lit("temperature must be a number from 0 to 2"),
+        ),
+        (
+            "malformed_metadata",
+            "metadata",
+            pl.col("_metadata_error").is_not_null(),
+            pl.col("_metadata_error"),
+        ),
+        (
+            "duplicate_item_id",
+            "item_id",
+            pl.col("item_id").is_not_null() & (pl.col("row") != first_row),
+            pl.format("item_id '{}' already appears at row {}; ids must be unique", pl.col("item_id"), first_row),
+        ),
+    ]
+    code: pl.Expr = pl.col("reject_code")
+    field: pl.Expr = pl.col("reject_field")
+    reason: pl.Expr = pl.col("reject_reason")
+    chain_code = pl.when(pl.col("reject_code").is_not_null()).then(code)
+    chain_field = pl.when(pl.col("reject_code").is_not_null()).then(field)
+    chain_reason = pl.when(pl.col("reject_code").is_not_null()).then(reason)
+    for rule_code, rule_field, condition, message in rules:
+        hit = condition.fill_null(False)
+        chain_code = chain_code.when(hit).then(pl.lit(rule_code))
+        chain_field = chain_field.when(hit).then(pl.lit(rule_field))
+        chain_reason = chain_reason.when(hit).then(message)
+    out = frame.with_columns(
+        chain_code.otherwise(None).alias("reject_code"),
+        chain_field.otherwise(None).alias("reject_field"),
+        chain_reason.otherwise(None).alias("reject_reason"),
+    )
+    return out.select(list(ITEM_SCHEMA)).cast(ITEM_SCHEMA)  # type: ignore[arg-type]

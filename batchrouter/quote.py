@@ -1,0 +1,177 @@
+"""Quotes: exact token counts, routes and integer micro-dollar prices for every item of a manifest.
+
+Per accepted item:
+  reserve_usd_micros  = ceil(input_tokens x input price + output_cap x output price), on the most
+                        expensive route of its chain (the primary route when it has no fallbacks)
+  expected_usd_micros = the same on the primary route with min(expected output, output_cap) tokens
+Both round up to the micro-dollar and are at least 1 for a billable item (a non-zero price).
+The quote records the catalog version that priced it; its id is a digest of everything that
+determined it (manifest bytes, workspace, catalog version, route policy), so quoting the same
+manifest twice under the same terms gives the same quote id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from batchrouter import routing, tokens
+from batchrouter.catalog import PICO_PER_MICRO, Catalog
+from batchrouter.config import RoutePolicy
+from batchrouter.manifest import Manifest
+
+QUOTE_SCHEMA: dict[str, pl.DataType] = {
+    "row": pl.Int64(),
+    "item_id": pl.String(),
+    "model": pl.String(),
+    "status": pl.String(),  # accepted | rejected
+    "reject_code": pl.String(),
+    "reject_field": pl.String(),
+    "reject_reason": pl.String(),
+    "input_tokens": pl.Int64(),
+    "output_cap": pl.Int64(),
+    "route": pl.String(),
+    "provider": pl.String(),
+    "upstream": pl.String(),
+    "fallbacks": pl.List(pl.String()),
+    "reserve_usd_micros": pl.Int64(),
+    "expected_usd_micros": pl.Int64(),
+}
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A priced, routed manifest: one row per manifest row, accepted or rejected."""
+
+    quote_id: str
+    workspace: str
+    catalog_version: str
+    source: str
+    manifest_sha256: str
+    items: pl.DataFrame  # QUOTE_SCHEMA
+
+    @property
+    def accepted(self) -> pl.DataFrame:
+        return self.items.filter(pl.col("status") == "accepted")
+
+    def summary(self) -> dict[str, Any]:
+        """The quote as the JSON object `batchrouter quote --json` prints."""
+        accepted = self.accepted
+        by_route = (
+            accepted.group_by("route", "provider", "model")
+            .agg(
+                pl.len().alias("items"),
+                pl.col("input_tokens").sum(),
+                pl.col("output_cap").sum().alias("max_output_tokens"),
+                pl.col("reserve_usd_micros").sum(),
+                pl.col("expected_usd_micros").sum(),
+            )
+            .sort("route", "model")
+        )
+        rejections = self.items.filter(pl.col("status") == "rejected").select(
+            "row", "item_id", pl.col("reject_field").alias("field"), pl.col("reject_code").alias("code"),
+            pl.col("reject_reason").alias("reason"),
+        )
+        return {
+            "quote_id": self.quote_id,
+            "workspace": self.workspace,
+            "catalog_version": self.catalog_version,
+            "source": self.source,
+            "manifest_sha256": self.manifest_sha256,
+            "items": self.items.height,
+            "accepted": accepted.height,
+            "rejected": self.items.height - accepted.height,
+            "input_tokens": int(accepted["input_tokens"].sum() or 0),
+            "reserve_usd_micros": int(accepted["reserve_usd_micros"].sum() or 0),
+            "expected_usd_micros": int(accepted["expected_usd_micros"].sum() or 0),
+            "by_route": by_route.to_dicts(),
+            "rejections": rejections.to_dicts(),
+        }
+
+
+def pico_to_micros(pico: pl.Expr) -> pl.Expr:
+    """Round pico-dollars up to whole micro-dollars (so any non-zero amount is at least 1)."""
+    return (pico + (PICO_PER_MICRO - 1)) // PICO_PER_MICRO
+
+
+def quote_id_for(manifest_sha256: str, workspace: str, catalog_version: str, policy: RoutePolicy) -> str:
+    basis = json.dumps(
+        [manifest_sha256, workspace, catalog_version, policy.model_dump(mode="json")], sort_keys=True
+    )
+    return "q_" + hashlib.sha256(basis.encode()).hexdigest()[:24]
+
+
+def build_quote(
+    manifest: Manifest,
+    *,
+    workspace: str,
+    catalog: Catalog,
+    policy: RoutePolicy,
+    workers: int | None = None,
+) -> Quote:
+    """Count, route and price every accepted item of `manifest`; rejected rows keep their reason."""
+    items = manifest.items.with_row_index("item")
+    models = catalog.models_frame()
+    valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
+    counted = valid.with_columns(
+        tokens.input_tokens(
+            valid["messages"], valid["tokenizer"], valid["token_factor_milli"], workers=workers
+        ).alias("input_tokens")
+    )
+    routed = routing.route_items(
+        counted.select(
+            "item", "model", "input_tokens", "max_tokens", "default_max_tokens", "expected_output_tokens"
+        ),
+        catalog=catalog,
+        policy=policy,
+    )
+    priced = routed.with_columns(
+        pico_to_micros(pl.col("reserve_pico")).alias("reserve_usd_micros"),
+        pico_to_micros(pl.col("expected_pico")).alias("expected_usd_micros"),
+    ).rename({"reject_code": "route_reject_code", "reject_reason": "route_reject_reason"})
+    merged = (
+        items.join(priced.drop("reserve_pico", "expected_pico"), on="item", how="left")
+        .join(counted.select("item", "input_tokens"), on="item", how="left")
+        .sort("item")
+    )
+    rejected = pl.col("reject_code").is_not_null() | pl.col("route_reject_code").is_not_null()
+    out = merged.with_columns(
+        pl.coalesce("reject_code", "route_reject_code").alias("reject_code"),
+        pl.coalesce(
+            "reject_field", pl.when(pl.col("route_reject_code").is_not_null()).then(pl.lit("model"))
+        ).alias("reject_field"),
+        pl.coalesce("reject_reason", "route_reject_reason").alias("reject_reason"),
+        pl.when(rejected).then(pl.lit("rejected")).otherwise(pl.lit("accepted")).alias("status"),
+    ).with_columns(
+        # A rejected row keeps its token count (useful to explain context_too_long) but no price or route.
+        *[
+            pl.when(pl.col("status") == "accepted").then(pl.col(c)).alias(c)
+            for c in ("route", "provider", "upstream", "fallbacks", "output_cap", "reserve_usd_micros",
+                      "expected_usd_micros")
+        ]
+    )
+    table = out.select(list(QUOTE_SCHEMA)).cast(QUOTE_SCHEMA)  # type: ignore[arg-type]
+    return Quote(
+        quote_id=quote_id_for(manifest.sha256, workspace, catalog.version, policy),
+        workspace=workspace,
+        catalog_version=catalog.version,
+        source=manifest.source,
+        manifest_sha256=manifest.sha256,
+        items=table,
+    )
+
+
+def routed_items(manifest: Manifest, quote: Quote) -> pl.DataFrame:
+    """Accepted items with everything dispatch needs: request content plus route and prices."""
+    request = manifest.items.filter(pl.col("reject_code").is_null()).select(
+        "item_id", "messages", "temperature", "metadata", "params"
+    )
+    priced = quote.accepted.select(
+        "row", "item_id", "model", "route", "provider", "upstream", "fallbacks", "input_tokens", "output_cap",
+        "reserve_usd_micros", "expected_usd_micros",
+    )
+    return priced.join(request, on="item_id", how="left", maintain_order="left")

@@ -1,0 +1,185 @@
+"""Routing: each accepted item gets a primary route and an ordered fallback chain.
+
+A route is one catalog entry (`provider:upstream`). The workspace's `RoutePolicy` first removes
+routes it forbids (provider lists, data policy, price caps); then, per item, routes whose context
+window cannot hold the prompt plus its output cap are skipped, and the rest are ordered by the
+policy's objective. The first is the primary route, the next `max_fallbacks` are the fallbacks.
+
+An item's output cap is its `max_tokens`, else the model's default cap, shrunk to what the context
+window leaves, and the smallest over its chain, so any route it may take honours it. The reservation
+is priced on the most expensive route of the chain: a fallback can never cost more than was reserved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from batchrouter.catalog import Catalog, CatalogEntry
+from batchrouter.config import RoutePolicy, Settings
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Why the policy removed a route."""
+
+    route: str
+    reason: str
+
+
+def policy_exclusions(entry: CatalogEntry, policy: RoutePolicy) -> list[str]:
+    """Every reason `policy` forbids `entry`; empty when the route is allowed."""
+    reasons = []
+    if policy.allowed_providers is not None and entry.provider not in policy.allowed_providers:
+        reasons.append(f"provider {entry.provider} is not in allowed_providers")
+    if entry.provider in policy.denied_providers:
+        reasons.append(f"provider {entry.provider} is in denied_providers")
+    if policy.deny_training and entry.trains_on_inputs:
+        reasons.append("it may train on inputs (deny_training)")
+    if policy.zero_retention and entry.retention_days > 0:
+        reasons.append(f"it retains data for {entry.retention_days} days (zero_retention)")
+    if policy.max_input_usd_per_mtok is not None and entry.input_usd_per_mtok > policy.max_input_usd_per_mtok:
+        reasons.append(
+            f"input price {entry.input_usd_per_mtok} USD/Mtok is over max_input_usd_per_mtok "
+            f"{policy.max_input_usd_per_mtok}"
+        )
+    if policy.max_output_usd_per_mtok is not None and entry.output_usd_per_mtok > policy.max_output_usd_per_mtok:
+        reasons.append(
+            f"output price {entry.output_usd_per_mtok} USD/Mtok is over max_output_usd_per_mtok "
+            f"{policy.max_output_usd_per_mtok}"
+        )
+    return reasons
+
+
+def allowed_routes(catalog: Catalog, policy: RoutePolicy) -> tuple[pl.DataFrame, dict[str, list[Exclusion]]]:
+    """(routes the policy allows, as `Catalog.routes_frame` rows; exclusions per model name)."""
+    exclusions: dict[str, list[Exclusion]] = {}
+    allowed = []
+    for entry in catalog.entries:
+        reasons = policy_exclusions(entry, policy)
+        if reasons:
+            exclusions.setdefault(entry.name, []).append(Exclusion(entry.route, "; ".join(reasons)))
+        else:
+            allowed.append(entry.route)
+    routes = catalog.routes_frame().filter(pl.col("route").is_in(allowed))
+    return routes, exclusions
+
+
+def route_items(
+    items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy
+) -> pl.DataFrame:
+    """Route items.
+
+    Args:
+        items: `item` (key), `model`, `input_tokens`, `max_tokens` (nullable), `default_max_tokens`,
+            `expected_output_tokens`.
+        catalog: the catalog pricing the routes.
+        policy: the workspace's route policy.
+
+    Returns:
+        One row per input item: `item`, `route`, `provider`, `upstream`, `fallbacks` (list of route
+        ids), `output_cap`, `reserve_pico`, `expected_pico`, and `reject_code`/`reject_reason`
+        (null when routed).
+    """
+    routes, exclusions = allowed_routes(catalog, policy)
+    cand = items.join(routes, on="model", how="inner").with_columns(
+        pl.coalesce(
+            pl.col("max_tokens"),
+            pl.min_horizontal(
+                pl.min_horizontal(pl.col("default_max_tokens"), pl.col("max_output_tokens")),
+                pl.col("context_window") - pl.col("input_tokens"),
+            ),
+        ).alias("cap")
+    )
+    cand = cand.filter(
+        (pl.col("cap") >= 1)
+        & (pl.col("cap") <= pl.col("max_output_tokens"))
+        & (pl.col("input_tokens") + pl.col("cap") <= pl.col("context_window"))
+    ).with_columns(
+        (
+            pl.col("input_tokens") * pl.col("input_pico")
+            + pl.min_horizontal(pl.col("expected_output_tokens"), pl.col("cap")) * pl.col("output_pico")
+        ).alias("expected_pico_route"),
+    )
+    order = _order(policy)
+    chain_len = 1 + policy.max_fallbacks
+    chains = (
+        cand.sort(["item", *order])
+        .group_by("item", maintain_order=True)
+        .head(chain_len)
+        .group_by("item", maintain_order=True)
+        .agg(
+            pl.col("route").first().alias("route"),
+            pl.col("provider").first().alias("provider"),
+            pl.col("upstream").first().alias("upstream"),
+            pl.col("route").slice(1).alias("fallbacks"),
+            pl.col("cap").min().alias("output_cap"),
+            pl.col("input_pico").alias("_in"),
+            pl.col("output_pico").alias("_out"),
+            pl.col("input_tokens").first().alias("_tokens"),
+            pl.col("expected_pico_route").first().alias("expected_pico"),
+            pl.col("expected_output_tokens").first().alias("_expected_out"),
+        )
+        .with_columns(
+            (pl.col("_tokens") * pl.col("_in") + pl.col("output_cap") * pl.col("_out"))
+            .list.max()
+            .alias("reserve_pico"),
+            # Recomputed on the chain-wide cap so expected <= reserve always holds.
+            (
+                pl.col("_tokens") * pl.col("_in").list.first()
+                + pl.min_horizontal(pl.col("_expected_out"), pl.col("output_cap")) * pl.col("_out").list.first()
+            ).alias("expected_pico"),
+        )
+        .drop("_in", "_out", "_tokens", "_expected_out")
+    )
+    largest = routes.group_by("model").agg(pl.col("context_window").max().alias("_largest"))
+    out = items.select("item", "model", "input_tokens", "max_tokens").join(chains, on="item", how="left")
+    out = out.join(largest, on="model", how="left")
+    no_route = {
+        model: "; ".join(f"{x.route}: {x.reason}" for x in found) for model, found in exclusions.items()
+    }
+    unrouted = pl.col("route").is_null()
+    context_reason = pl.format(
+        "the prompt is {} tokens; with max_tokens it does not fit the context window of any allowed route "
+        "(largest: {} tokens); shorten the prompt or lower max_tokens",
+        pl.col("input_tokens"),
+        pl.col("_largest"),
+    )
+    policy_reason = pl.format(
+        "route policy allows no route for model {}: {}",
+        pl.col("model"),
+        pl.col("model").replace_strict(no_route, default="no provider offers it", return_dtype=pl.String),
+    )
+    return out.with_columns(
+        pl.when(unrouted & pl.col("_largest").is_not_null())
+        .then(pl.lit("context_too_long"))
+        .when(unrouted)
+        .then(pl.lit("no_route"))
+        .alias("reject_code"),
+        pl.when(unrouted & pl.col("_largest").is_not_null())
+        .then(context_reason)
+        .when(unrouted)
+        .then(policy_reason)
+        .alias("reject_reason"),
+    ).select(
+        "item", "route", "provider", "upstream", "fallbacks", "output_cap", "reserve_pico", "expected_pico",
+        "reject_code", "reject_reason",
+    )
+
+
+def _order(policy: RoutePolicy) -> list[str | pl.Expr]:
+    if policy.objective == "latency":
+        return ["typical_latency_ms", "expected_pico_route", "route"]
+    if policy.objective == "balanced":
+        # Each route's cost and latency relative to the best available for that item, equally weighted.
+        score = (pl.col("expected_pico_route") + 1) / (pl.col("expected_pico_route").min().over("item") + 1) + (
+            pl.col("typical_latency_ms") / pl.col("typical_latency_ms").min().over("item")
+        )
+        return [score, "route"]
+    return ["expected_pico_route", "typical_latency_ms", "route"]
+
+
+def policy_summary(settings: Settings, workspace: str) -> RoutePolicy:
+    """The route policy in force for `workspace`."""
+    return settings.workspace(workspace).policy
