@@ -1,6 +1,5 @@
 """The batch flow as assets, one partition per batch: manifest -> quote -> routed_items."""
 
-
 import dagster as dg
 
 from batchrouter import batch
@@ -32,7 +31,11 @@ def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
     """Count tokens, route and price every item in integer micro-dollars."""
     info = batch.load_batch(batchrouter.storage, context.partition_key)
     priced = batch.stage_quote(
-        batchrouter.storage, batchrouter.settings, batchrouter.catalog, info, batch.load_manifest(batchrouter.storage, info)
+        batchrouter.storage,
+        batchrouter.settings,
+        batchrouter.catalog,
+        info,
+        batch.load_manifest(batchrouter.storage, info),
     )
     summary = priced.summary()
     return dg.MaterializeResult(

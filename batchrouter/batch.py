@@ -106,9 +106,7 @@ def load_manifest(storage: Storage, info: BatchInfo) -> Manifest:
     return Manifest(info.source_name, detect_format(info.source_name, b""), info.manifest_sha256, items)
 
 
-def stage_quote(
-    storage: Storage, settings: Settings, catalog: Catalog, info: BatchInfo, manifest: Manifest
-) -> Quote:
+def stage_quote(storage: Storage, settings: Settings, catalog: Catalog, info: BatchInfo, manifest: Manifest) -> Quote:
     """Price and route every item into `quote.parquet` and `quote.json`."""
     quote = build_quote(
         manifest, workspace=info.workspace, catalog=catalog, policy=settings.workspace(info.workspace).policy

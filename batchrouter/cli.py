@@ -58,8 +58,15 @@ def render_quote(summary: dict[str, Any]) -> str:
             _table(
                 ["ROUTE", "MODEL", "ITEMS", "INPUT TOKENS", "MAX OUTPUT", "RESERVE", "EXPECTED"],
                 [
-                    [r["route"], r["model"], r["items"], f"{r['input_tokens']:,}", f"{r['max_output_tokens']:,}",
-                     usd(r["reserve_usd_micros"]), usd(r["expected_usd_micros"])]
+                    [
+                        r["route"],
+                        r["model"],
+                        r["items"],
+                        f"{r['input_tokens']:,}",
+                        f"{r['max_output_tokens']:,}",
+                        usd(r["reserve_usd_micros"]),
+                        usd(r["expected_usd_micros"]),
+                    ]
                     for r in summary["by_route"]
                 ],
             )
@@ -81,8 +88,9 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
     try:
         manifest = read_manifest(args.manifest, data, catalog=catalog, limits=settings.limits)
     except ManifestError as exc:
-        report = quarantine(Storage(settings.storage), workspace=args.workspace, source_name=args.manifest,
-                            data=data, error=exc)
+        report = quarantine(
+            Storage(settings.storage), workspace=args.workspace, source_name=args.manifest, data=data, error=exc
+        )
         print(f"error: {exc}\nA copy of the manifest and this report are kept at {report}", file=sys.stderr)
         return EXIT_UNUSABLE
     quote = build_quote(
@@ -94,8 +102,9 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    info = submit(Storage(settings.storage), workspace=args.workspace, source_name=args.manifest,
-                  data=_read_input(args.manifest))
+    info = submit(
+        Storage(settings.storage), workspace=args.workspace, source_name=args.manifest, data=_read_input(args.manifest)
+    )
     print(json.dumps({"batch_id": info.batch_id, "workspace": info.workspace}) if args.json else info.batch_id)
     return EXIT_OK
 

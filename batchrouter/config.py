@@ -170,9 +170,7 @@ class Settings(BaseSettings):
         """The configured provider `name`, falling back to the built-in default."""
         found = self.providers.get(name) or DEFAULT_PROVIDERS.get(name)
         if found is None:
-            raise ConfigError(
-                f"provider {name!r} is not configured; add a [providers.{name}] table to the config file"
-            )
+            raise ConfigError(f"provider {name!r} is not configured; add a [providers.{name}] table to the config file")
         return found
 
     def provider_names(self) -> list[str]:
@@ -203,9 +201,7 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
         return Settings(**overrides)
     except ValidationError as exc:
         where = f"config file {path}" if path else "configuration"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{where} is invalid: {problems}") from exc
     except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"config file {path} could not be parsed: {exc}") from exc

@@ -8,7 +8,9 @@ The item table (`ITEM_SCHEMA`) is what every later stage reads:
   row            1-based data row (CSV, Parquet) or line number (JSONL)
   item_id        the customer's id (JSONL: `custom_id`)
   model          catalog model name
-  messages       list of {role, content, name}; a `prompt` becomes one user message, after `system`
+  system         optional system text, sent first
+  prompt         the user message (null when `messages` is given)
+  messages       list of {role, content, name} (null when `prompt` is given); see `request_messages`
   max_tokens     the customer's output cap, if given
   temperature    if given
   metadata       JSON object: the `metadata` column merged with every unknown column
@@ -42,6 +44,8 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
     "row": pl.Int64(),
     "item_id": pl.String(),
     "model": pl.String(),
+    "system": pl.String(),
+    "prompt": pl.String(),
     "messages": pl.List(MESSAGE),
     "max_tokens": pl.Int64(),
     "temperature": pl.Float64(),
@@ -105,9 +109,7 @@ def detect_format(source: str, data: bytes) -> ManifestFormat:
         return "jsonl"
     if lower.endswith(".txt") or "." not in lower.rsplit("/", 1)[-1]:
         return "csv"
-    raise ManifestError(
-        source, "unsupported file type", "use .parquet, .csv or .jsonl (OpenAI batch input format)"
-    )
+    raise ManifestError(source, "unsupported file type", "use .parquet, .csv or .jsonl (OpenAI batch input format)")
 
 
 def read_manifest(source: str, data: bytes, *, catalog: Catalog, limits: LimitsConfig) -> Manifest:
@@ -154,9 +156,7 @@ def _read_csv(source: str, data: bytes) -> pl.DataFrame:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ManifestError(
-            source, f"not UTF-8 text (invalid byte at line {line})", "save the CSV as UTF-8"
-        ) from exc
+        raise ManifestError(source, f"not UTF-8 text (invalid byte at line {line})", "save the CSV as UTF-8") from exc
     try:
         # Every column as text: types are checked per row below, so one bad value rejects one row.
         frame = pl.read_csv(io.BytesIO(data), infer_schema=False, raise_if_empty=False)
@@ -193,61 +193,63 @@ def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
 
 
 def _blank(expr: pl.Expr) -> pl.Expr:
-    return expr.is_null() | (expr.str.strip_chars() == "")
+    # A regex anchored at the start stops at the first non-space character: no copy of the text.
+    return expr.is_null() | expr.str.contains(r"^\s*$")
 
 
 def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """Tabular columns -> the item table, marking parse-level problems per row."""
+    """Tabular columns -> the item table, marking parse-level problems per row.
+
+    Prompt text stays a plain string column (no per-row list building): that is what keeps
+    a million-row manifest cheap next to the tokenizer.
+    """
     _require_columns(source, frame.columns)
     extras = [c for c in frame.columns if c not in KNOWN_COLUMNS]
     n = frame.height
-
-    prompt = _as_text(frame, "prompt")
-    system = _as_text(frame, "system")
-    user_msg = pl.concat_list(pl.struct(role=pl.lit("user"), content=prompt, name=pl.lit(None, pl.String)))
-    system_msg = pl.struct(role=pl.lit("system"), content=system, name=pl.lit(None, pl.String))
-    from_prompt = (
-        pl.when(_blank(system)).then(user_msg).otherwise(pl.concat_list(system_msg, user_msg)).cast(pl.List(MESSAGE))
-    )
-
     messages_col, message_errors = _parse_messages_column(frame)
-    base = frame.select(
-        pl.int_range(1, n + 1, dtype=pl.Int64).alias("row"),
-        _as_text(frame, "item_id").str.strip_chars().alias("item_id"),
-        _as_text(frame, "model").str.strip_chars().alias("model"),
-        pl.when(_blank(prompt)).then(None).otherwise(from_prompt).alias("_from_prompt"),
-        system.alias("_system"),
-    ).with_columns(
-        messages_col.alias("_from_messages"), message_errors.alias("_messages_error")
-    )
-    # A messages cell wins over a prompt cell; `system` is prepended to messages that lack one.
-    with_system = pl.concat_list(
-        pl.struct(role=pl.lit("system"), content=pl.col("_system"), name=pl.lit(None, pl.String)).cast(MESSAGE),
-        pl.col("_from_messages"),
-    )
-    messages = (
-        pl.when(pl.col("_from_messages").is_not_null() & ~_blank(pl.col("_system")))
-        .then(with_system)
-        .when(pl.col("_from_messages").is_not_null())
-        .then(pl.col("_from_messages"))
-        .otherwise(pl.col("_from_prompt"))
-    )
     max_tokens, max_tokens_bad = _integer_column(frame, "max_tokens")
     temperature, temperature_bad = _float_column(frame, "temperature")
     metadata, metadata_error = _metadata_column(frame, extras)
-    return base.with_columns(
-        messages.alias("messages"),
-        max_tokens.alias("max_tokens"),
-        temperature.alias("temperature"),
-        metadata.alias("metadata"),
-        pl.lit(None, pl.String).alias("params"),
-        max_tokens_bad.alias("_max_tokens_bad"),
-        temperature_bad.alias("_temperature_bad"),
-        metadata_error.alias("_metadata_error"),
-        pl.lit(None, pl.String).alias("reject_code"),
-        pl.lit(None, pl.String).alias("reject_field"),
-        pl.lit(None, pl.String).alias("reject_reason"),
-    ).drop("_from_prompt", "_from_messages", "_system")
+    system = _as_text(frame, "system")
+    return (
+        frame.select(
+            pl.int_range(1, n + 1, dtype=pl.Int64).alias("row"),
+            _as_text(frame, "item_id").str.strip_chars().alias("item_id"),
+            _as_text(frame, "model").str.strip_chars().alias("model"),
+            pl.when(_blank(system)).then(None).otherwise(system).alias("system"),
+            _as_text(frame, "prompt").alias("prompt"),
+        )
+        .with_columns(
+            messages_col.alias("messages"),
+            max_tokens.alias("max_tokens"),
+            temperature.alias("temperature"),
+            metadata.alias("metadata"),
+            pl.lit(None, pl.String).alias("params"),
+            message_errors.alias("_messages_error"),
+            max_tokens_bad.alias("_max_tokens_bad"),
+            temperature_bad.alias("_temperature_bad"),
+            metadata_error.alias("_metadata_error"),
+            pl.lit(None, pl.String).alias("reject_code"),
+            pl.lit(None, pl.String).alias("reject_field"),
+            pl.lit(None, pl.String).alias("reject_reason"),
+        )
+        .with_columns(
+            # A messages cell wins over a prompt cell in the same row.
+            pl.when(pl.col("messages").is_not_null()).then(None).otherwise(pl.col("prompt")).alias("prompt"),
+        )
+    )
+
+
+def request_messages(
+    system: str | None, prompt: str | None, messages: list[dict[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The chat messages an item sends: `system` first when given, then its messages or its prompt."""
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    if messages is not None:
+        out.extend({k: v for k, v in m.items() if v is not None} for m in messages)
+    elif prompt is not None:
+        out.append({"role": "user", "content": prompt})
+    return out
 
 
 def _integer_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]:
@@ -334,22 +336,65 @@ def normalise_messages(data: Any) -> list[dict[str, Any]]:
 def _metadata_column(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.Series, pl.Series]:
     """(metadata JSON with unknown columns merged in, error text or null) per row."""
     n = frame.height
-    extra_json = (
-        frame.select(pl.struct(extras).struct.json_encode()).to_series() if extras else None
-    )
+    no_errors = pl.Series([None] * n, dtype=pl.String)
+    extra_json = frame.select(pl.struct(extras).struct.json_encode()).to_series() if extras else None
     if "metadata" not in frame.columns:
-        if extra_json is None:
-            return pl.Series([None] * n, dtype=pl.String), pl.Series([None] * n, dtype=pl.String)
-        return extra_json, pl.Series([None] * n, dtype=pl.String)
+        return (extra_json if extra_json is not None else no_errors.clone()), no_errors
     col = frame["metadata"]
     if isinstance(col.dtype, pl.Struct):
         col = frame.select(pl.col("metadata").struct.json_encode()).to_series()
-    values = col.cast(pl.String).to_list()
-    extra_values = extra_json.to_list() if extra_json is not None else [None] * n
+    text = col.cast(pl.String)
+    text = text.set(text.str.strip_chars() == "", None)  # type: ignore[arg-type]
+    fast = _merge_metadata_vectorised(text, extra_json, extras)
+    if fast is not None:
+        return fast, no_errors
+    return _merge_metadata_rows(text.to_list(), extra_json.to_list() if extra_json is not None else [None] * n)
+
+
+def _merge_metadata_vectorised(text: pl.Series, extra_json: pl.Series | None, extras: list[str]) -> pl.Series | None:
+    """The common case without a Python loop: every cell a valid JSON object and no key clashes.
+
+    Returns None when any cell needs the row-by-row path (invalid JSON, not an object, a key that
+    is also an extra column's name, an empty object).
+    """
+    if not text.drop_nulls().str.starts_with("{").all():
+        return None
+    decoded = None
+    # Inferring the schema from a sample is 3x cheaper; keys first seen later make it fail, and
+    # then the whole column is scanned.
+    for sample in (100, None):
+        try:
+            decoded = text.str.json_decode(infer_schema_length=sample)
+            break
+        except Exception:
+            continue
+    if decoded is None or not isinstance(decoded.dtype, pl.Struct) or not decoded.dtype.fields:
+        return None
+    keys = {f.name for f in decoded.dtype.fields}
+    if keys & set(extras):
+        return None
+    if extra_json is None:
+        return text
+    # Both are JSON objects with disjoint keys: splice the members of one into the other.
+    merged = pl.DataFrame({"m": text, "e": extra_json}).select(
+        pl.when(pl.col("m").is_null())
+        .then(pl.col("e"))
+        .otherwise(
+            pl.concat_str(
+                pl.col("e").str.strip_chars_end().str.strip_suffix("}"),
+                pl.lit(","),
+                pl.col("m").str.strip_chars_start().str.strip_prefix("{"),
+            )
+        )
+    )
+    return merged.to_series()
+
+
+def _merge_metadata_rows(values: list[str | None], extra_values: list[str | None]) -> tuple[pl.Series, pl.Series]:
     merged: list[str | None] = []
     errors: list[str | None] = []
     for value, extra in zip(values, extra_values, strict=True):
-        if value is None or value.strip() == "":
+        if value is None:
             merged.append(extra)
             errors.append(None)
             continue
@@ -420,9 +465,7 @@ def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
         return reject("unsupported_request", "body", "body is missing or not an object")
     method, url = obj.get("method", "POST"), obj.get("url", "/v1/chat/completions")
     if str(method).upper() != "POST" or url not in CHAT_URLS:
-        return reject(
-            "unsupported_request", "url", f"{method} {url} is not supported; use POST /v1/chat/completions"
-        )
+        return reject("unsupported_request", "url", f"{method} {url} is not supported; use POST /v1/chat/completions")
     row["model"] = str(body["model"]).strip() if body.get("model") is not None else None
     try:
         row["messages"] = normalise_messages(body.get("messages"))
@@ -460,19 +503,25 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
     models = catalog.models_frame().select("model", "max_output_tokens")
     frame = raw.join(models, on="model", how="left", maintain_order="left")
     known = ", ".join(catalog.model_names())
+    message_text = pl.col("messages").list.eval(pl.element().struct.field("content").str.len_bytes())
     content_bytes = (
-        pl.col("messages").list.eval(pl.element().struct.field("content").str.len_bytes()).list.sum().fill_null(0)
+        pl.col("system").str.len_bytes().fill_null(0)
+        + pl.col("prompt").str.len_bytes().fill_null(0)
+        + message_text.list.sum().fill_null(0)
     )
     has_text = (
-        pl.col("messages")
-        .list.eval(pl.element().struct.field("content").str.strip_chars().str.len_bytes())
-        .list.max()
-        .fill_null(0)
-        > 0
+        pl.when(pl.col("messages").is_not_null())
+        .then(pl.col("messages").list.eval(~_blank(pl.element().struct.field("content"))).list.any())
+        .otherwise(~_blank(pl.col("prompt")))
     )
     first_row = pl.col("row").min().over("item_id")
     rules: list[tuple[str, str, pl.Expr, pl.Expr]] = [
-        ("missing_item_id", "item_id", _blank(pl.col("item_id")), pl.lit("item_id is empty; give every row a unique id")),
+        (
+            "missing_item_id",
+            "item_id",
+            _blank(pl.col("item_id")),
+            pl.lit("item_id is empty; give every row a unique id"),
+        ),
         (
             "item_too_large",
             "prompt",
@@ -499,7 +548,7 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
         (
             "empty_prompt",
             "prompt",
-            pl.col("messages").is_null() | ~has_text,
+            ~has_text,
             pl.lit("there is no prompt text: fill prompt, or messages with at least one non-empty content"),
         ),
         (

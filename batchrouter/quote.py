@@ -73,7 +73,10 @@ class Quote:
             .sort("route", "model")
         )
         rejections = self.items.filter(pl.col("status") == "rejected").select(
-            "row", "item_id", pl.col("reject_field").alias("field"), pl.col("reject_code").alias("code"),
+            "row",
+            "item_id",
+            pl.col("reject_field").alias("field"),
+            pl.col("reject_code").alias("code"),
             pl.col("reject_reason").alias("reason"),
         )
         return {
@@ -99,9 +102,7 @@ def pico_to_micros(pico: pl.Expr) -> pl.Expr:
 
 
 def quote_id_for(manifest_sha256: str, workspace: str, catalog_version: str, policy: RoutePolicy) -> str:
-    basis = json.dumps(
-        [manifest_sha256, workspace, catalog_version, policy.model_dump(mode="json")], sort_keys=True
-    )
+    basis = json.dumps([manifest_sha256, workspace, catalog_version, policy.model_dump(mode="json")], sort_keys=True)
     return "q_" + hashlib.sha256(basis.encode()).hexdigest()[:24]
 
 
@@ -117,15 +118,9 @@ def build_quote(
     items = manifest.items.with_row_index("item")
     models = catalog.models_frame()
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
-    counted = valid.with_columns(
-        tokens.input_tokens(
-            valid["messages"], valid["tokenizer"], valid["token_factor_milli"], workers=workers
-        ).alias("input_tokens")
-    )
+    counted = valid.with_columns(tokens.input_tokens(valid, workers=workers).alias("input_tokens"))
     routed = routing.route_items(
-        counted.select(
-            "item", "model", "input_tokens", "max_tokens", "default_max_tokens", "expected_output_tokens"
-        ),
+        counted.select("item", "model", "input_tokens", "max_tokens", "default_max_tokens", "expected_output_tokens"),
         catalog=catalog,
         policy=policy,
     )
@@ -141,17 +136,24 @@ def build_quote(
     rejected = pl.col("reject_code").is_not_null() | pl.col("route_reject_code").is_not_null()
     out = merged.with_columns(
         pl.coalesce("reject_code", "route_reject_code").alias("reject_code"),
-        pl.coalesce(
-            "reject_field", pl.when(pl.col("route_reject_code").is_not_null()).then(pl.lit("model"))
-        ).alias("reject_field"),
+        pl.coalesce("reject_field", pl.when(pl.col("route_reject_code").is_not_null()).then(pl.lit("model"))).alias(
+            "reject_field"
+        ),
         pl.coalesce("reject_reason", "route_reject_reason").alias("reject_reason"),
         pl.when(rejected).then(pl.lit("rejected")).otherwise(pl.lit("accepted")).alias("status"),
     ).with_columns(
         # A rejected row keeps its token count (useful to explain context_too_long) but no price or route.
         *[
             pl.when(pl.col("status") == "accepted").then(pl.col(c)).alias(c)
-            for c in ("route", "provider", "upstream", "fallbacks", "output_cap", "reserve_usd_micros",
-                      "expected_usd_micros")
+            for c in (
+                "route",
+                "provider",
+                "upstream",
+                "fallbacks",
+                "output_cap",
+                "reserve_usd_micros",
+                "expected_usd_micros",
+            )
         ]
     )
     table = out.select(list(QUOTE_SCHEMA)).cast(QUOTE_SCHEMA)  # type: ignore[arg-type]
@@ -168,10 +170,19 @@ def build_quote(
 def routed_items(manifest: Manifest, quote: Quote) -> pl.DataFrame:
     """Accepted items with everything dispatch needs: request content plus route and prices."""
     request = manifest.items.filter(pl.col("reject_code").is_null()).select(
-        "item_id", "messages", "temperature", "metadata", "params"
+        "item_id", "system", "prompt", "messages", "temperature", "metadata", "params"
     )
     priced = quote.accepted.select(
-        "row", "item_id", "model", "route", "provider", "upstream", "fallbacks", "input_tokens", "output_cap",
-        "reserve_usd_micros", "expected_usd_micros",
+        "row",
+        "item_id",
+        "model",
+        "route",
+        "provider",
+        "upstream",
+        "fallbacks",
+        "input_tokens",
+        "output_cap",
+        "reserve_usd_micros",
+        "expected_usd_micros",
     )
     return priced.join(request, on="item_id", how="left", maintain_order="left")

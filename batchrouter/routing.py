@@ -66,9 +66,7 @@ def allowed_routes(catalog: Catalog, policy: RoutePolicy) -> tuple[pl.DataFrame,
     return routes, exclusions
 
 
-def route_items(
-    items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy
-) -> pl.DataFrame:
+def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -> pl.DataFrame:
     """Route items.
 
     Args:
@@ -136,9 +134,7 @@ def route_items(
     largest = routes.group_by("model").agg(pl.col("context_window").max().alias("_largest"))
     out = items.select("item", "model", "input_tokens", "max_tokens").join(chains, on="item", how="left")
     out = out.join(largest, on="model", how="left")
-    no_route = {
-        model: "; ".join(f"{x.route}: {x.reason}" for x in found) for model, found in exclusions.items()
-    }
+    no_route = {model: "; ".join(f"{x.route}: {x.reason}" for x in found) for model, found in exclusions.items()}
     unrouted = pl.col("route").is_null()
     context_reason = pl.format(
         "the prompt is {} tokens; with max_tokens it does not fit the context window of any allowed route "
@@ -163,8 +159,16 @@ def route_items(
         .then(policy_reason)
         .alias("reject_reason"),
     ).select(
-        "item", "route", "provider", "upstream", "fallbacks", "output_cap", "reserve_pico", "expected_pico",
-        "reject_code", "reject_reason",
+        "item",
+        "route",
+        "provider",
+        "upstream",
+        "fallbacks",
+        "output_cap",
+        "reserve_pico",
+        "expected_pico",
+        "reject_code",
+        "reject_reason",
     )
 
 

@@ -43,7 +43,8 @@ def sample_manifest(
     starts = rng.integers(0, len(corpus) - 24_001, size=items)
     tasks = rng.integers(0, len(_TASKS), size=items)
     prompts = [
-        f"{_TASKS[t]}\n\n{corpus[s : s + n]}" for t, s, n in zip(tasks.tolist(), starts.tolist(), lengths.tolist(), strict=True)
+        f"{_TASKS[t]}\n\n{corpus[s : s + n]}"
+        for t, s, n in zip(tasks.tolist(), starts.tolist(), lengths.tolist(), strict=True)
     ]
     names = list(mix)
     probs = np.array([mix[n] for n in names], dtype=float)

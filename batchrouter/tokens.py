@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from bpe_openai import _bindings as bpe  # the only entry point with a non-allocating count()
 
 TOKENS_PER_MESSAGE = 3
@@ -32,7 +33,10 @@ EXACT_ENCODINGS = ("o200k_base", "cl100k_base")
 # Below this many characters, forking workers costs more than it saves.
 PARALLEL_MIN_CHARS = 2_000_000
 
-_WORK: Sequence[str] = ()
+# Texts being counted, as Arrow arrays: forked workers read their slices straight from the Arrow
+# buffers they inherit, so no Python string is built in the parent or copied into a worker.
+_WORK: list[pa.Array] = []
+_SUBCHUNK = 4096
 
 
 @lru_cache(maxsize=4)
@@ -40,115 +44,190 @@ def _tokenizer(encoding: str) -> Any:
     return bpe.tokenizer_for_encoding(encoding)
 
 
+def _base(encoding: str) -> str:
+    return ESTIMATE_BASE if encoding == "estimate" else encoding
+
+
 def count_text(text: str, encoding: str) -> int:
     """Tokens in one text under `encoding` (an exact encoding, or `estimate` for its o200k base)."""
     return int(_tokenizer(_base(encoding)).count(text))
 
 
-def _base(encoding: str) -> str:
-    return ESTIMATE_BASE if encoding == "estimate" else encoding
-
-
-def _count_slice(args: tuple[str, int, int]) -> np.ndarray:
-    encoding, lo, hi = args
+def _count_slice(args: tuple[int, str, int, int]) -> np.ndarray:
+    segment, encoding, lo, hi = args
     count = _tokenizer(encoding).count
-    return np.fromiter((count(t) for t in _WORK[lo:hi]), dtype=np.int64, count=hi - lo)
+    texts = _WORK[segment]
+    out = np.empty(hi - lo, dtype=np.int64)
+    for start in range(lo, hi, _SUBCHUNK):
+        chunk = texts.slice(start, min(_SUBCHUNK, hi - start)).to_pylist()
+        out[start - lo : start - lo + len(chunk)] = [count(t) for t in chunk]
+    return out
 
 
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def count_texts(texts: Sequence[str], encoding: str, *, workers: int | None = None) -> np.ndarray:
+def _as_arrow(texts: Sequence[str] | pl.Series) -> tuple[pa.Array, np.ndarray]:
+    """(the texts as one Arrow array, each text's length in bytes)."""
+    series = texts if isinstance(texts, pl.Series) else pl.Series(list(texts), dtype=pl.String)
+    series = series.rechunk()
+    lengths = series.str.len_bytes().fill_null(0).to_numpy()
+    return series.to_arrow(compat_level=pl.CompatLevel.newest()), lengths
+
+
+def count_texts(texts: Sequence[str] | pl.Series, encoding: str, *, workers: int | None = None) -> np.ndarray:
     """Token count of each text, in order; parallel across processes for large inputs."""
-    encoding = _base(encoding)
-    n = len(texts)
-    workers = default_workers() if workers is None else workers
-    total_chars = sum(map(len, texts)) if workers > 1 else 0
-    if workers <= 1 or total_chars < PARALLEL_MIN_CHARS:
-        global _WORK
-        _WORK = texts
-        try:
-            return _count_slice((encoding, 0, n))
-        finally:
-            _WORK = ()
-    return _count_parallel(texts, encoding, workers, total_chars)
+    return count_segments([(encoding, texts)], workers=workers)[0]
 
 
-def _count_parallel(texts: Sequence[str], encoding: str, workers: int, total_chars: int) -> np.ndarray:
+def count_segments(
+    segments: list[tuple[str, Sequence[str] | pl.Series]], *, workers: int | None = None
+) -> list[np.ndarray]:
+    """Token counts for several lists of texts, each under its own encoding, with one worker pool."""
     global _WORK
-    # Slices of roughly equal text volume; several per worker so a slow slice does not idle a core.
-    target = max(1, total_chars // (workers * 8))
-    bounds, acc, lo = [], 0, 0
-    for i, t in enumerate(texts):
-        acc += len(t)
-        if acc >= target:
-            bounds.append((encoding, lo, i + 1))
-            lo, acc = i + 1, 0
-    if lo < len(texts):
-        bounds.append((encoding, lo, len(texts)))
-    _WORK = texts
+    workers = default_workers() if workers is None else workers
+    converted = [_as_arrow(texts) for _, texts in segments]
+    arrays = [arr for arr, _ in converted]
+    lengths = [lens for _, lens in converted]
+    spans = [(i, _base(enc), 0, len(arr)) for i, ((enc, _), arr) in enumerate(zip(segments, arrays, strict=True))]
+    total = int(sum(int(lens.sum()) for lens in lengths))
+    _WORK = arrays
     try:
-        # fork: workers inherit the texts instead of receiving them through pipes.
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_count_slice, bounds, chunksize=1)
+        if workers <= 1 or total < PARALLEL_MIN_CHARS:
+            return [_count_slice(span) for span in spans]
+        return _count_parallel(spans, lengths, workers)
     finally:
-        _WORK = ()
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        _WORK = []
 
 
-def input_tokens(
-    messages: pl.Series, tokenizer: pl.Series, factor_milli: pl.Series, *, workers: int | None = None
-) -> pl.Series:
+def _count_parallel(
+    spans: list[tuple[int, str, int, int]], lengths: list[np.ndarray], workers: int
+) -> list[np.ndarray]:
+    # Slices of roughly equal text volume, several per worker so a slow slice does not idle a core.
+    pieces = workers * 8
+    total = sum(int(lens.sum()) for lens in lengths)
+    bounds = []
+    for segment, encoding, _, n in spans:
+        size = int(lengths[segment].sum())
+        k = max(1, round(pieces * size / total)) if total else 1
+        cuts = np.searchsorted(np.cumsum(lengths[segment]), np.linspace(0, size, k + 1)[1:-1]) if k > 1 else []
+        edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
+        bounds += [(segment, encoding, lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
+    # fork: workers inherit the Arrow buffers instead of receiving texts through pipes.
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        parts = pool.map(_count_slice, bounds, chunksize=1)
+    out = []
+    for segment, _, _, n in spans:
+        mine = [p for b, p in zip(bounds, parts, strict=True) if b[0] == segment]
+        out.append(np.concatenate(mine) if mine else np.zeros(n, dtype=np.int64))
+    return out
+
+
+def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Series:
     """Billed input tokens per item.
 
     Args:
-        messages: `list[struct{role, content, name}]` per item, already validated (non-empty).
-        tokenizer: the item model's tokenizer name (`o200k_base`, `cl100k_base` or `estimate`).
-        factor_milli: the model's token factor x 1000 (1000 for exact encodings).
+        items: per item `system` (nullable), `prompt` (nullable), `messages` (nullable
+            `list[struct{role, content, name}]`), `tokenizer` (`o200k_base`, `cl100k_base` or
+            `estimate`) and `token_factor_milli` (the model's token factor x 1000).
         workers: processes for counting; default: one per available core.
     """
-    frame = pl.DataFrame(
-        {"messages": messages, "tokenizer": tokenizer, "factor_milli": factor_milli}
+    frame = items.select(
+        "system",
+        "prompt",
+        "messages",
+        "token_factor_milli",
+        pl.col("tokenizer").replace({"estimate": ESTIMATE_BASE}).alias("encoding"),
     ).with_row_index("item")
-    flat = (
-        frame.explode("messages")
-        .with_columns(
-            pl.col("messages").struct.field("role").alias("role"),
-            pl.col("messages").struct.field("content").alias("content"),
-            pl.col("messages").struct.field("name").alias("name"),
-            pl.col("tokenizer").replace({"estimate": ESTIMATE_BASE}).alias("encoding"),
+    rows = _message_rows(frame)
+    # A batch usually shares a handful of system prompts: count each distinct one once.
+    shared = rows.filter(pl.col("from_system_column"))
+    distinct = shared.select("encoding", "content").unique(maintain_order=True)
+    own = rows.filter(~pl.col("from_system_column"))
+    encodings = sorted(set(rows["encoding"].unique().to_list()))
+    segments: list[tuple[str, pl.Series]] = []
+    for enc in encodings:
+        segments.append((enc, own.filter(pl.col("encoding") == enc)["content"]))
+        segments.append((enc, distinct.filter(pl.col("encoding") == enc)["content"]))
+    counts = count_segments(segments, workers=workers)
+    counted_own, counted_distinct = [], []
+    for i, enc in enumerate(encodings):
+        counted_own.append(own.filter(pl.col("encoding") == enc).with_columns(content_tokens=pl.Series(counts[2 * i])))
+        counted_distinct.append(
+            distinct.filter(pl.col("encoding") == enc).with_columns(content_tokens=pl.Series(counts[2 * i + 1]))
         )
-        .drop("messages")
-        .with_row_index("pos")
-        .sort("encoding", "pos")
+    per_message = (
+        pl.concat(
+            [
+                *counted_own,
+                shared.join(pl.concat(counted_distinct), on=["encoding", "content"], how="left"),
+            ],
+            how="diagonal",
+        )
+        if encodings
+        else rows.with_columns(content_tokens=pl.lit(0, pl.Int64))
     )
-    counts = np.zeros(flat.height, dtype=np.int64)
-    name_counts = np.zeros(flat.height, dtype=np.int64)
-    role_counts = np.zeros(flat.height, dtype=np.int64)
-    offset = 0
-    for encoding, group in flat.group_by("encoding", maintain_order=True):
-        size = group.height
-        counts[offset : offset + size] = count_texts(group["content"].to_list(), str(encoding[0]), workers=workers)
-        roles = {r: count_text(r, str(encoding[0])) for r in group["role"].unique().to_list()}
-        role_counts[offset : offset + size] = group["role"].replace_strict(roles, return_dtype=pl.Int64).to_numpy()
-        named = group["name"].is_not_null().to_numpy()
-        if named.any():
-            names = group["name"].to_list()
-            name_counts[offset : offset + size][named] = [
-                TOKENS_PER_NAME + count_text(names[i], str(encoding[0])) for i in np.flatnonzero(named)
-            ]
-        offset += size
-    per_message = flat.select("item", "factor_milli").with_columns(
-        content=pl.Series(counts),
-        role=pl.Series(role_counts),
-        name=pl.Series(name_counts),
-    )
-    scaled = (pl.col("content") * pl.col("factor_milli") + 999) // 1000
+    overhead = _fixed_tokens(per_message)
+    scaled = (pl.col("content_tokens") * pl.col("token_factor_milli") + 999) // 1000
     totals = (
-        per_message.group_by("item")
-        .agg((TOKENS_PER_MESSAGE + pl.col("role") + scaled + pl.col("name")).sum().alias("tokens"))
-        .sort("item")
+        per_message.with_columns(overhead)
+        .group_by("item")
+        .agg((TOKENS_PER_MESSAGE + pl.col("role_tokens") + scaled + pl.col("name_tokens")).sum().alias("tokens"))
     )
-    out = frame.select("item").join(totals, on="item", how="left")["tokens"].fill_null(0) + REPLY_PRIMING
-    return out.rename("input_tokens")
+    out = frame.select("item").join(totals, on="item", how="left", maintain_order="left")["tokens"]
+    return (out.fill_null(0) + REPLY_PRIMING).rename("input_tokens")
+
+
+def _message_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per chat message of every item: its system text, its prompt, each of its messages."""
+    cols = ("item", "encoding", "token_factor_milli")
+    parts = [
+        frame.filter(pl.col("system").is_not_null()).select(
+            *cols,
+            pl.lit("system").alias("role"),
+            pl.col("system").alias("content"),
+            pl.lit(None, pl.String).alias("name"),
+            pl.lit(True).alias("from_system_column"),
+        ),
+        frame.filter(pl.col("prompt").is_not_null()).select(
+            *cols,
+            pl.lit("user").alias("role"),
+            pl.col("prompt").alias("content"),
+            pl.lit(None, pl.String).alias("name"),
+            pl.lit(False).alias("from_system_column"),
+        ),
+    ]
+    chat = frame.filter(pl.col("messages").is_not_null())
+    if chat.height:
+        parts.append(
+            chat.select(*cols, "messages")
+            .explode("messages")
+            .select(
+                *cols,
+                pl.col("messages").struct.field("role").alias("role"),
+                pl.col("messages").struct.field("content").alias("content"),
+                pl.col("messages").struct.field("name").alias("name"),
+                pl.lit(False).alias("from_system_column"),
+            )
+        )
+    return pl.concat(parts)
+
+
+def _fixed_tokens(rows: pl.DataFrame) -> list[pl.Expr]:
+    """Tokens of each message's role and name (few distinct values: counted once each)."""
+    roles = {(enc, role): count_text(role, enc) for enc, role in rows.select("encoding", "role").unique().iter_rows()}
+    names = {
+        (enc, name): TOKENS_PER_NAME + count_text(name, enc)
+        for enc, name in rows.filter(pl.col("name").is_not_null()).select("encoding", "name").unique().iter_rows()
+    }
+    role_key = pl.concat_str("encoding", pl.lit("\x00"), "role")
+    name_key = pl.concat_str("encoding", pl.lit("\x00"), "name")
+    return [
+        role_key.replace_strict({f"{e}\x00{r}": v for (e, r), v in roles.items()}, return_dtype=pl.Int64).alias(
+            "role_tokens"
+        ),
+        name_key.replace_strict({f"{e}\x00{n}": v for (e, n), v in names.items()}, default=0, return_dtype=pl.Int64)
+        .fill_null(0)
+        .alias("name_tokens"),
+    ]

@@ -26,9 +26,7 @@ def main(items: int = 200) -> int:
     storage = Storage(settings.storage)
     frame = sample_manifest(items)
     # Two deliberately bad rows show what a rejection looks like.
-    frame = frame.with_columns(
-        frame["model"].scatter(3, "gpt-9-imaginary"), frame["prompt"].scatter(5, "   ")
-    )
+    frame = frame.with_columns(frame["model"].scatter(3, "gpt-9-imaginary"), frame["prompt"].scatter(5, "   "))
     buf = io.BytesIO()
     frame.write_csv(buf)
     info = submit(storage, workspace="demo", source_name="demo-sample.csv", data=buf.getvalue())

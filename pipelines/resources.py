@@ -1,6 +1,5 @@
 """The one resource assets use: BatchRouter's settings, catalog and storage."""
 
-
 import dagster as dg
 from pydantic import PrivateAttr
 
