@@ -65,3 +65,28 @@ def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterReso
             "path": dg.MetadataValue.path(storage.url(*info.folder("routed_items"))),
         }
     )
+
+
+@dg.asset(deps=[routed_items], kinds={"python", "parquet"}, **_COMMON)
+def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+    """Send every item without a final receipt; write outputs.parquet and receipts.parquet."""
+    storage = batchrouter.storage
+    info = batch.load_batch(storage, context.partition_key)
+    summary = batch.stage_dispatch(storage, batchrouter.settings, batchrouter.catalog, info)
+    return dg.MaterializeResult(
+        metadata={
+            "status": summary["status"],
+            "succeeded": summary["succeeded"],
+            "failed": summary["failed"],
+            "rejected": summary["rejected"],
+            "reserve_usd_micros": summary["reserve_usd_micros"],
+            "cost_usd_micros": summary["cost_usd_micros"],
+            "retries": summary["retries"],
+            "latency_p50_ms": summary["latency_p50_ms"] or 0.0,
+            "latency_p95_ms": summary["latency_p95_ms"] or 0.0,
+            "cost_by_route": dg.MetadataValue.json(summary["by_route"]),
+            "failures": dg.MetadataValue.json(summary["failures"]),
+            "outputs": dg.MetadataValue.path(summary["outputs"]),
+            "receipts": dg.MetadataValue.path(summary["receipts"]),
+        }
+    )

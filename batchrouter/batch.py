@@ -6,19 +6,27 @@ assets run the very same functions and can resume from any stage.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import posixpath
 import re
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
 from batchrouter.catalog import Catalog
 from batchrouter.config import Settings
+from batchrouter.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.errors import BatchError, ManifestError
-from batchrouter.manifest import Manifest, read_manifest
+from batchrouter.manifest import Manifest, detect_format, read_manifest
 from batchrouter.quote import Quote, build_quote, routed_items
+from batchrouter.receipts import Checkpoint, ItemResult, build_outputs
+from batchrouter.simulator import running_simulator
 from batchrouter.storage import Storage, route_slug
 
 BATCHES = "batches"
@@ -73,7 +81,8 @@ def load_batch(storage: Storage, batch_id: str) -> BatchInfo:
 def quarantine(storage: Storage, *, workspace: str, source_name: str, data: bytes, error: ManifestError) -> str:
     """Keep an unusable manifest with a human-readable report beside it; returns the report's URL."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{stamp}-{posixpath.basename(source_name)}"
+    # The digest keeps two different files quarantined in the same second apart.
+    name = f"{stamp}-{hashlib.sha256(data).hexdigest()[:8]}-{posixpath.basename(source_name)}"
     storage.write_bytes(data, QUARANTINE, workspace, name)
     report = (
         f"Manifest: {source_name}\nWorkspace: {workspace}\nQuarantined: {stamp}\n\n"
@@ -100,10 +109,10 @@ def stage_manifest(storage: Storage, settings: Settings, catalog: Catalog, info:
 
 
 def load_manifest(storage: Storage, info: BatchInfo) -> Manifest:
-    from batchrouter.manifest import detect_format
-
     items = storage.read_parquet(*info.folder("manifest.parquet"))
-    return Manifest(info.source_name, detect_format(info.source_name, b""), info.manifest_sha256, items)
+    with storage.fs.open(storage.path(*info.folder("source", info.source_name)), "rb") as f:
+        head = f.read(64)
+    return Manifest(info.source_name, detect_format(info.source_name, head), info.manifest_sha256, items)
 
 
 def stage_quote(storage: Storage, settings: Settings, catalog: Catalog, info: BatchInfo, manifest: Manifest) -> Quote:
@@ -145,3 +154,130 @@ def load_routed_items(storage: Storage, info: BatchInfo) -> pl.DataFrame:
         for folder in storage.list(*info.folder("routed_items"))
     ]
     return pl.concat(parts) if parts else pl.DataFrame()
+
+
+def _needs_simulator(settings: Settings, catalog: Catalog, routes: set[str]) -> bool:
+    for route in routes:
+        provider = settings.provider(catalog.entry(route).provider)
+        if provider.kind == "simulator" and not provider.base_url:
+            return True
+    return False
+
+
+def stage_dispatch(
+    storage: Storage,
+    settings: Settings,
+    catalog: Catalog,
+    info: BatchInfo,
+    *,
+    on_progress: Callable[[int, int, int], None] | None = None,
+    simulator_url: str | None = None,
+) -> dict[str, Any]:
+    """Dispatch every routed item without a final result, then write outputs and receipts.
+
+    Safe to run again at any time: items with a final result in the checkpoint are skipped.
+    """
+    routed = load_routed_items(storage, info)
+    checkpoint = Checkpoint(storage, info.batch_id, every_items=settings.dispatch.checkpoint_items)
+    done = checkpoint.load()
+    todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
+    jobs = jobs_from_routed(todo) if todo.height else []
+    counts = {
+        "succeeded": int((done["status"] == "succeeded").sum()),
+        "failed": int((done["status"] == "failed").sum()),
+    }
+    total = routed.height
+
+    def record(result: ItemResult) -> None:
+        checkpoint.add(result)
+        counts[result.status] = counts.get(result.status, 0) + 1
+        if on_progress is not None:
+            on_progress(counts["succeeded"], counts["failed"], total)
+
+    routes = {r for job in jobs for r in job.chain}
+    health: list[dict[str, Any]] = []
+    started = time.monotonic()
+    try:
+        with ExitStack() as stack:
+            url = simulator_url
+            if url is None and _needs_simulator(settings, catalog, routes):
+                url = stack.enter_context(running_simulator(settings.simulator))
+            dispatcher = Dispatcher(
+                settings=settings,
+                catalog=catalog,
+                policy=settings.workspace(info.workspace).policy,
+                on_result=record,
+                simulator_url=url,
+            )
+            asyncio.run(dispatcher.run(jobs))
+            health = [r.health.row() for r in dispatcher.routes.values()]
+    finally:
+        checkpoint.flush()
+    elapsed = time.monotonic() - started
+    if health:
+        frame = pl.DataFrame(health).with_columns(pl.lit(_now()).alias("run_at"), pl.lit(elapsed).alias("run_seconds"))
+        storage.write_parquet(frame, *info.folder("dispatch", f"health-{time.time_ns()}.parquet"))
+    return write_results(storage, info)
+
+
+def write_results(storage: Storage, info: BatchInfo) -> dict[str, Any]:
+    """Write `outputs.parquet` and `receipts.parquet` from the checkpoint; returns the run summary."""
+    quote = load_quote(storage, info)
+    manifest = load_manifest(storage, info)
+    results = Checkpoint(storage, info.batch_id).load()
+    outputs, receipts = build_outputs(
+        quote.items, manifest.items, results, batch_id=info.batch_id, workspace=info.workspace
+    )
+    outputs_url = storage.write_parquet(outputs, *info.folder("outputs.parquet"))
+    receipts_url = storage.write_parquet(receipts, *info.folder("receipts.parquet"))
+    return dispatch_summary(info, receipts, results, outputs_url=outputs_url, receipts_url=receipts_url)
+
+
+def dispatch_summary(
+    info: BatchInfo, receipts: pl.DataFrame, results: pl.DataFrame, *, outputs_url: str, receipts_url: str
+) -> dict[str, Any]:
+    by_status = dict(receipts.group_by("status").len().iter_rows())
+    succeeded, failed = int(by_status.get("succeeded", 0)), int(by_status.get("failed", 0))
+    pending = int(by_status.get("pending", 0))
+    status = "completed" if not pending else "incomplete"
+    if status == "completed" and failed and not succeeded:
+        status = "failed"
+    ok = results.filter(pl.col("status") == "succeeded")
+    by_route = (
+        receipts.filter(pl.col("status").is_in(["succeeded", "failed"]))
+        .group_by("route", "provider", "model")
+        .agg(
+            pl.len().alias("items"),
+            (pl.col("status") == "succeeded").sum().alias("succeeded"),
+            pl.col("input_tokens").sum(),
+            pl.col("output_tokens").sum(),
+            pl.col("cost_usd_micros").sum(),
+            pl.col("reserve_usd_micros").sum(),
+        )
+        .sort("route")
+    )
+    latency = ok["latency_ms"].cast(pl.Float64)
+    return {
+        "batch_id": info.batch_id,
+        "workspace": info.workspace,
+        "status": status,
+        "items": receipts.height,
+        "succeeded": succeeded,
+        "failed": failed,
+        "rejected": int(by_status.get("rejected", 0)),
+        "pending": pending,
+        "reserve_usd_micros": int(receipts["reserve_usd_micros"].sum() or 0),
+        "cost_usd_micros": int(receipts["cost_usd_micros"].sum() or 0),
+        "retries": int((results["attempts"] - 1).clip(lower_bound=0).sum() or 0),
+        "rate_limited": int(results["rate_limited"].sum() or 0),
+        "latency_p50_ms": float(latency.quantile(0.5)) if ok.height else None,
+        "latency_p95_ms": float(latency.quantile(0.95)) if ok.height else None,
+        "by_route": by_route.to_dicts(),
+        "failures": results.filter(pl.col("status") == "failed")
+        .group_by("error_code")
+        .len()
+        .sort("error_code")
+        .to_dicts(),
+        "outputs": outputs_url,
+        "receipts": receipts_url,
+    }

@@ -9,19 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from batchrouter.batch import quarantine, submit
+from batchrouter.batch import quarantine, stage_dispatch, stage_manifest, stage_quote, stage_route, submit
 from batchrouter.catalog import load_catalog
-from batchrouter.config import Settings, load_settings
+from batchrouter.config import Settings, SimulatorConfig, load_settings
 from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
 from batchrouter.manifest import read_manifest
 from batchrouter.quote import build_quote
+from batchrouter.receipts import Checkpoint
 from batchrouter.sample import sample_manifest
+from batchrouter.simulator import serve
 from batchrouter.storage import Storage
 
 EXIT_OK, EXIT_NOTHING_ACCEPTED, EXIT_UNUSABLE = 0, 1, 2
@@ -109,6 +112,95 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+class Progress:
+    """A one-line progress bar on a terminal's stderr; silent otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, succeeded: int, failed: int, total: int) -> None:
+        now = time.monotonic()
+        done = succeeded + failed
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "." * (width - filled)
+        print(f"\r[{bar}] {done:,}/{total:,}  ok {succeeded:,}  failed {failed:,}", end="", file=sys.stderr)
+        if done >= total:
+            print(file=sys.stderr)
+
+
+def render_run(summary: dict[str, Any]) -> str:
+    lines = [
+        f"Batch {summary['batch_id']}  workspace {summary['workspace']}  status {summary['status']}",
+        f"{summary['items']} items: {summary['succeeded']} succeeded, {summary['failed']} failed, "
+        f"{summary['rejected']} rejected",
+        f"Reserved {usd(summary['reserve_usd_micros'])}   cost {usd(summary['cost_usd_micros'])}   "
+        f"retries {summary['retries']}   p50 {summary['latency_p50_ms'] or 0:.0f} ms   "
+        f"p95 {summary['latency_p95_ms'] or 0:.0f} ms",
+    ]
+    if summary["by_route"]:
+        lines += [
+            "",
+            _table(
+                ["ROUTE", "ITEMS", "SUCCEEDED", "INPUT TOKENS", "OUTPUT TOKENS", "COST"],
+                [
+                    [
+                        r["route"],
+                        r["items"],
+                        r["succeeded"],
+                        f"{r['input_tokens']:,}",
+                        f"{r['output_tokens']:,}",
+                        usd(r["cost_usd_micros"]),
+                    ]
+                    for r in summary["by_route"]
+                ],
+            ),
+        ]
+    if summary["failures"]:
+        lines += ["", "Failures: " + ", ".join(f"{f['error_code']} x{f['len']}" for f in summary["failures"])]
+    lines += ["", f"Outputs:  {summary['outputs']}", f"Receipts: {summary['receipts']}"]
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    storage = Storage(settings.storage)
+    catalog = load_catalog(settings.models)
+    data = _read_input(args.manifest)
+    info = submit(storage, workspace=args.workspace, source_name=args.manifest, data=data)
+    try:
+        manifest = stage_manifest(storage, settings, catalog, info)
+    except ManifestError as exc:
+        print(
+            f"error: {exc}\nThe manifest and a report are kept under {storage.url('quarantine', info.workspace)}",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    quote = stage_quote(storage, settings, catalog, info, manifest)
+    stage_route(storage, info, manifest, quote)
+    if args.retry_failed:
+        Checkpoint(storage, info.batch_id).retry_failed()
+    summary = stage_dispatch(storage, settings, catalog, info, on_progress=Progress())
+    print(json.dumps(summary, indent=2, default=str) if args.json else render_run(summary))
+    return (
+        EXIT_OK if summary["succeeded"] > 0 or summary["items"] == summary["rejected"] == 0 else EXIT_NOTHING_ACCEPTED
+    )
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    config = settings.simulator
+    if args.config_json:
+        config = SimulatorConfig.model_validate_json(args.config_json)
+    overrides = {k: getattr(args, k) for k in SimulatorConfig.model_fields if getattr(args, k, None) is not None}
+    config = config.model_copy(update=overrides)
+    print(f"provider simulator on http://{args.host}:{args.port}/v1 ({config.model_dump_json()})", flush=True)
+    serve(config, host=args.host, port=args.port)
+    return EXIT_OK
+
+
 def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
     frame = sample_manifest(args.items, seed=args.seed)
     out = Path(args.out)
@@ -141,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     common(s)
     s.set_defaults(func=cmd_submit)
+
+    r = sub.add_parser("run", help="quote, route, dispatch and write outputs and receipts, in this process")
+    r.add_argument("manifest")
+    r.add_argument("--workspace", required=True)
+    r.add_argument("--json", action="store_true", help="print one JSON summary")
+    r.add_argument("--retry-failed", action="store_true", help="dispatch the batch's failed items again")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("simulate", help="serve the provider simulator (OpenAI and Anthropic wire formats)")
+    m.add_argument("--port", type=int, default=8900)
+    m.add_argument("--host", default="127.0.0.1")
+    m.add_argument("--config-json", help=argparse.SUPPRESS)
+    for name, fld in SimulatorConfig.model_fields.items():
+        kind = {int: int, float: float}.get(type(fld.default), str) if fld.default is not None else float
+        m.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=fld.description)
+    common(m)
+    m.set_defaults(func=cmd_simulate)
 
     g = sub.add_parser("sample", help="write a sample manifest (.parquet or .csv)")
     g.add_argument("out")

@@ -47,7 +47,7 @@ class ProviderConfig(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     # Wire format the simulator speaks for this provider; other kinds imply theirs.
-    wire: Literal["openai", "anthropic"] | None = None
+    wire: Literal["openai", "anthropic", "openrouter"] | None = None
     rpm: int = Field(default=6000, gt=0)
     tpm: int = Field(default=2_000_000, gt=0)
     max_concurrency: int = Field(default=256, gt=0)
@@ -114,6 +114,27 @@ class DispatchConfig(BaseModel):
     stall_timeout_s: float = Field(default=60.0, gt=0)
     checkpoint_items: int = Field(default=500, gt=0)
     breaker_failures: int = Field(default=20, gt=0)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+
+
+class SimulatorConfig(BaseModel):
+    """How the built-in provider simulator behaves (`batchrouter simulate`, and providers of kind simulator)."""
+
+    model_config = _STRICT
+    latency_ms: float = Field(default=200.0, ge=0)
+    latency_shape: Literal["fixed", "uniform", "lognormal"] = "uniform"
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    stall_rate: float = Field(default=0.0, ge=0, le=1)
+    truncate_rate: float = Field(default=0.0, ge=0, le=1)
+    malformed_rate: float = Field(default=0.0, ge=0, le=1)
+    trickle_rate: float = Field(default=0.0, ge=0, le=1)
+    trickle_seconds: float = Field(default=3.0, ge=0)
+    seed: int = 0
+    max_output_words: int = Field(default=120, gt=8)
 
 
 # Providers every installation knows. By default they all point at the built-in simulator, so nothing
@@ -121,7 +142,7 @@ class DispatchConfig(BaseModel):
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
     "openai": ProviderConfig(kind="simulator", wire="openai", api_key_env="OPENAI_API_KEY"),
     "anthropic": ProviderConfig(kind="simulator", wire="anthropic", api_key_env="ANTHROPIC_API_KEY"),
-    "openrouter": ProviderConfig(kind="simulator", wire="openai", api_key_env="OPENROUTER_API_KEY"),
+    "openrouter": ProviderConfig(kind="simulator", wire="openrouter", api_key_env="OPENROUTER_API_KEY"),
     "selfhosted": ProviderConfig(kind="simulator", wire="openai"),
 }
 
@@ -142,6 +163,7 @@ class Settings(BaseSettings):
     workspaces: dict[str, WorkspaceConfig] = Field(default_factory=dict)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
 
     @field_validator("providers")
     @classmethod

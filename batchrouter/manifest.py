@@ -264,7 +264,10 @@ def _integer_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Serie
         return pl.Series(name, col.cast(pl.Int64, strict=False)).set(~ok, None), ~ok  # type: ignore[arg-type]
     text = col.cast(pl.String).str.strip_chars()
     text = text.set(text == "", None)  # type: ignore[arg-type]
-    value = text.cast(pl.Int64, strict=False)
+    # "100" and "100.0" are the same whole number, as a Parquet float 100.0 is; "1.5" and "ten" are not.
+    number = text.cast(pl.Float64, strict=False)
+    whole = number.is_not_null() & number.is_finite() & (number == number.floor()) & (number.abs() < 2**53)
+    value = number.cast(pl.Int64, strict=False).set(~whole.fill_null(False), None)  # type: ignore[arg-type]
     return value, text.is_not_null() & value.is_null()
 
 
@@ -377,7 +380,7 @@ def _merge_metadata_vectorised(text: pl.Series, extra_json: pl.Series | None, ex
         return text
     # Both are JSON objects with disjoint keys: splice the members of one into the other.
     merged = pl.DataFrame({"m": text, "e": extra_json}).select(
-        pl.when(pl.col("m").is_null())
+        pl.when(pl.col("m").is_null() | pl.col("m").str.contains(r"^\s*\{\s*\}\s*$"))
         .then(pl.col("e"))
         .otherwise(
             pl.concat_str(
@@ -426,7 +429,9 @@ def _read_jsonl(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
         line = data[: exc.start].count(b"\n") + 1
         raise ManifestError(source, f"not UTF-8 text (invalid byte at line {line})", "save the JSONL as UTF-8") from exc
     rows: list[dict[str, Any]] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # Only \n ends a line: JSON allows U+2028 and friends raw inside strings, which splitlines() splits on.
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         rows.append(_jsonl_row(line_no, line))

@@ -120,7 +120,7 @@ def build_quote(
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
     counted = valid.with_columns(tokens.input_tokens(valid, workers=workers).alias("input_tokens"))
     routed = routing.route_items(
-        counted.select("item", "model", "input_tokens", "max_tokens", "default_max_tokens", "expected_output_tokens"),
+        counted.select("item", "model", "input_tokens", "max_tokens", "expected_output_tokens"),
         catalog=catalog,
         policy=policy,
     )

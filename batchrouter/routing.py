@@ -70,8 +70,7 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
     """Route items.
 
     Args:
-        items: `item` (key), `model`, `input_tokens`, `max_tokens` (nullable), `default_max_tokens`,
-            `expected_output_tokens`.
+        items: `item` (key), `model`, `input_tokens`, `max_tokens` (nullable), `expected_output_tokens`.
         catalog: the catalog pricing the routes.
         policy: the workspace's route policy.
 
@@ -85,7 +84,7 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
         pl.coalesce(
             pl.col("max_tokens"),
             pl.min_horizontal(
-                pl.min_horizontal(pl.col("default_max_tokens"), pl.col("max_output_tokens")),
+                pl.col("default_max_tokens"),  # each route's own default cap
                 pl.col("context_window") - pl.col("input_tokens"),
             ),
         ).alias("cap")

@@ -133,6 +133,8 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
             `estimate`) and `token_factor_milli` (the model's token factor x 1000).
         workers: processes for counting; default: one per available core.
     """
+    if items.height == 0:
+        return pl.Series("input_tokens", [], dtype=pl.Int64)
     frame = items.select(
         "system",
         "prompt",

@@ -7,13 +7,12 @@ provider simulator. The run is recorded in $DAGSTER_HOME, so `make dev` shows it
 from __future__ import annotations
 
 import io
-import json
 import sys
 
 import dagster as dg
 
-from batchrouter.batch import load_batch, submit
-from batchrouter.cli import render_quote
+from batchrouter.batch import load_batch, submit, write_results
+from batchrouter.cli import render_quote, render_run
 from batchrouter.config import load_settings
 from batchrouter.sample import sample_manifest
 from batchrouter.storage import Storage
@@ -32,14 +31,19 @@ def main(items: int = 200) -> int:
     info = submit(storage, workspace="demo", source_name="demo-sample.csv", data=buf.getvalue())
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(batches.name, [info.batch_id])
-    result = defs.get_job_def("batch_job").execute_in_process(instance=instance, partition_key=info.batch_id)
+    result = defs.get_job_def("batch_job").execute_in_process(
+        instance=instance,
+        partition_key=info.batch_id,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
     if not result.success:
         print(f"batch {info.batch_id} failed", file=sys.stderr)
         return 1
-    summary = storage.read_json(*load_batch(storage, info.batch_id).folder("quote.json"))
-    print(render_quote(summary))
-    print(f"\nBatch {info.batch_id}: files under {storage.url('batches', info.batch_id)}")
-    print(json.dumps({"batch_id": info.batch_id, "accepted": summary["accepted"], "rejected": summary["rejected"]}))
+    batch = load_batch(storage, info.batch_id)
+    print(render_quote(storage.read_json(*batch.folder("quote.json"))))
+    print()
+    print(render_run(write_results(storage, batch)))
+    print(f"\nEverything about batch {info.batch_id} is under {storage.url('batches', info.batch_id)}")
     return 0
 
 

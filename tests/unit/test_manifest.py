@@ -225,19 +225,17 @@ def test_jsonl_with_crlf_line_ends_and_bom_is_read(catalog: Catalog) -> None:
     assert manifest.rejected.height == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _read_jsonl splits with str.splitlines(), which also breaks on U+2028/U+2029/U+0085 "
-    "that JSON allows raw inside strings",
-)
-def test_jsonl_line_separator_character_inside_a_string_stays_one_item(catalog: Catalog) -> None:
-    line = jsonl_line("a", user("before\u2028after"))
-    assert "\u2028" in line  # written raw, as json.dumps(ensure_ascii=False) does
-    manifest = read("b.jsonl", (line + "\n").encode(), catalog)
-    assert manifest.rows == 1
-    (row,) = manifest.items.to_dicts()
-    assert row["reject_code"] is None
-    assert sent(row) == [{"role": "user", "content": "before\u2028after"}]
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_jsonl_line_separator_character_inside_a_string_stays_one_item(catalog: Catalog, separator: str) -> None:
+    # JSON allows these raw inside strings (json.dumps(ensure_ascii=False) writes them so); only \n ends a line.
+    line = jsonl_line("a", user(f"before{separator}after"))
+    assert separator in line
+    manifest = read("b.jsonl", (line + "\n" + jsonl_line("b", user("next"))).encode(), catalog)
+    assert manifest.rows == 2
+    first, second = manifest.items.to_dicts()
+    assert first["reject_code"] is None
+    assert sent(first) == [{"role": "user", "content": f"before{separator}after"}]
+    assert (second["item_id"], second["row"]) == ("b", 2)
 
 
 def test_jsonl_file_detected_by_content_when_extension_is_unknown(catalog: Catalog) -> None:
@@ -466,11 +464,6 @@ def test_unknown_columns_merge_with_metadata_objects_without_a_clash(catalog: Ca
     assert json.loads(rows["2"]["metadata"]) == {"team": "b"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: manifest._merge_metadata_vectorised splices an empty object '{}' into "
-    "'{\"team\":\"a\",}', which is not valid JSON",
-)
 def test_empty_metadata_object_merged_with_unknown_columns_is_valid_json(catalog: Catalog) -> None:
     data = b'item_id,model,prompt,metadata,team\n1,gpt-4o-mini,hi,{},a\n2,gpt-4o-mini,hi,"{""k"": 1}",b\n'
     rows = rows_by_id(read("m.csv", data, catalog))
@@ -482,7 +475,7 @@ def test_empty_metadata_object_merged_with_unknown_columns_is_valid_json(catalog
 
 # Each kind of CSV row and the rejection code it must get (None: accepted).
 _CSV_KINDS: dict[str, tuple[str, str | None]] = {
-    "good": ("{id},gpt-4o-mini,hello,10,0.5,\"{{\"\"k\"\": 1}}\"", None),
+    "good": ('{id},gpt-4o-mini,hello,10,0.5,"{{""k"": 1}}"', None),
     "good_plain": ("{id},claude-3-5-haiku,hi there,,,", None),
     "missing_id": (",gpt-4o-mini,hello,,,", "missing_item_id"),
     "missing_model": ("{id},,hello,,,", "missing_model"),
@@ -516,7 +509,9 @@ def test_every_csv_row_is_accepted_or_rejected_with_its_code(kinds: list[str]) -
 _JSONL_KINDS: dict[str, tuple[str, str | None]] = {
     "good": (jsonl_line("{id}", user("hello", max_tokens=5)), None),
     "good_parts": (
-        jsonl_line("{id}", {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}),
+        jsonl_line(
+            "{id}", {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]}
+        ),
         None,
     ),
     "blank": ("   ", "skip"),
@@ -582,7 +577,9 @@ def test_more_rows_than_max_rows_makes_the_manifest_unusable(catalog: Catalog, f
     elif fmt == "parquet":
         data = parquet_bytes(frame)
     else:
-        data = "\n".join(jsonl_line(i, user(p)) for i, p in zip(frame["item_id"], frame["prompt"], strict=True)).encode()
+        data = "\n".join(
+            jsonl_line(i, user(p)) for i, p in zip(frame["item_id"], frame["prompt"], strict=True)
+        ).encode()
     read(f"m.{fmt}", data, catalog, LimitsConfig(max_rows=3))  # exactly at the limit is fine
     with pytest.raises(ManifestError, match="over the limit of 2"):
         read(f"m.{fmt}", data, catalog, LimitsConfig(max_rows=2))
@@ -605,3 +602,10 @@ def test_manifest_records_the_sha256_of_its_bytes(catalog: Catalog) -> None:
 
     data = b"item_id,model,prompt\n1,gpt-4o-mini,hi\n"
     assert read("m.csv", data, catalog).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_parquet_file_detected_by_magic_bytes_when_the_name_has_no_extension(catalog: Catalog) -> None:
+    frame = pl.DataFrame({"item_id": ["a"], "model": ["gpt-4o-mini"], "prompt": ["hi"]})
+    manifest = read("upload", parquet_bytes(frame), catalog)
+    assert manifest.format == "parquet"
+    assert manifest.accepted.height == 1

@@ -1,0 +1,92 @@
+"""The Dagster code location: it loads, and its batch assets materialise one batch partition."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets.batch import manifest, quote, routed_items
+from batchrouter.batch import submit
+from batchrouter.config import load_settings
+from batchrouter.sample import sample_manifest
+from batchrouter.storage import Storage, route_slug
+from pipelines.definitions import defs
+from pipelines.partitions import batches
+from pipelines.resources import BatchRouterResource
+
+pytestmark = pytest.mark.dagster
+
+ASSET_KEYS = {dg.AssetKey("manifest"), dg.AssetKey("quote"), dg.AssetKey("routed_items")}
+
+
+def test_definitions_are_loadable() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_batch_assets_exist_and_are_partitioned_by_the_batches_dynamic_partition() -> None:
+    graph = defs.resolve_asset_graph()
+    assert ASSET_KEYS <= set(graph.get_all_asset_keys())
+    for key in ASSET_KEYS:
+        partitions = graph.get(key).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition)
+        assert partitions.name == "batches"
+
+
+def test_assets_depend_on_each_other_in_stage_order() -> None:
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("quote")).parent_keys == {dg.AssetKey("manifest")}
+    assert graph.get(dg.AssetKey("routed_items")).parent_keys == {dg.AssetKey("quote")}
+
+
+def test_batch_job_selects_the_three_batch_assets() -> None:
+    job = defs.resolve_job_def("batch_job")
+    assert job.partitions_def == batches
+    assert {node.name for node in job.graph.node_defs} == {"manifest", "quote", "routed_items"}
+
+
+def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> None:
+    frame = sample_manifest(40, seed=2)
+    # One deliberately bad row: an unknown model is rejected, so 39 of 40 rows are accepted.
+    frame = frame.with_columns(frame["model"].scatter(7, "gpt-9-imaginary"))
+    buf = io.BytesIO()
+    frame.write_csv(buf)
+    settings = load_settings()
+    storage = Storage(settings.storage)
+    info = submit(storage, workspace="demo", source_name="sample.csv", data=buf.getvalue())
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(batches.name, [info.batch_id])
+    result = dg.materialize(
+        [manifest, quote, routed_items],
+        instance=instance,
+        partition_key=info.batch_id,
+        resources={"batchrouter": BatchRouterResource()},
+    )
+    assert result.success
+
+    folder = Path(settings.storage.root) / "batches" / info.batch_id
+    assert folder.parent.parent == tmp_path / "bucket"
+    assert pl.read_parquet(folder / "manifest.parquet").height == 40
+    assert pl.read_parquet(folder / "quote.parquet").height == 40
+    summary = json.loads((folder / "quote.json").read_text())
+    assert (summary["accepted"], summary["rejected"]) == (39, 1)
+
+    (quote_event,) = result.asset_materializations_for_node("quote")
+    assert quote_event.partition == info.batch_id
+    assert quote_event.metadata["accepted"].value == 39
+    assert quote_event.metadata["rejected"].value == 1
+    (manifest_event,) = result.asset_materializations_for_node("manifest")
+    assert manifest_event.metadata["rows"].value == 40
+    assert manifest_event.metadata["rejected_so_far"].value == 1
+
+    (routed_event,) = result.asset_materializations_for_node("routed_items")
+    counts = routed_event.metadata["items_by_route"].value
+    assert sum(counts.values()) == 39
+    for route, n in counts.items():
+        part = pl.read_parquet(folder / "routed_items" / f"route={route_slug(route)}" / "items.parquet")
+        assert part.height == n

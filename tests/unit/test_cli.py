@@ -1,0 +1,168 @@
+"""The `batchrouter` command: quote, submit and sample, in-process and as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batchrouter.cli import main
+
+GOOD = b"item_id,model,prompt,max_tokens\n1,gpt-4o-mini,Say this is a test!,100\n2,nope,hi,\n"
+ALL_BAD = b"item_id,model,prompt\n1,nope,hi\n2,gpt-4o-mini,\n"
+NO_MODEL = b"item_id,prompt\n1,hi\n"
+
+
+def manifest(tmp_path: Path, data: bytes, name: str = "m.csv") -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def storage_root() -> Path:
+    return Path(os.environ["BATCHROUTER_STORAGE__ROOT"])
+
+
+def test_quote_json_prints_the_summary_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["quote", manifest(tmp_path, GOOD), "--workspace", "acme", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for key in (
+        "quote_id",
+        "workspace",
+        "catalog_version",
+        "items",
+        "accepted",
+        "rejected",
+        "reserve_usd_micros",
+        "expected_usd_micros",
+        "by_route",
+        "rejections",
+    ):
+        assert key in out
+    assert (out["workspace"], out["items"], out["accepted"], out["rejected"]) == ("acme", 2, 1, 1)
+    # 13 x 0.15 + 100 x 0.60 = 61.95 micro-dollars -> 62 (see test_quote).
+    assert out["reserve_usd_micros"] == 62
+    assert out["rejections"][0]["code"] == "unknown_model"
+    assert out["by_route"][0]["route"] == "openai:gpt-4o-mini"
+
+
+def test_quote_exits_1_when_every_row_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["quote", manifest(tmp_path, ALL_BAD), "--workspace", "acme", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert (out["accepted"], out["rejected"]) == (0, 2)
+    assert [r["code"] for r in out["rejections"]] == ["unknown_model", "empty_prompt"]
+
+
+def test_quote_exits_2_for_a_missing_column_and_quarantines_the_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["quote", manifest(tmp_path, NO_MODEL, "orders.csv"), "--workspace", "acme"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model" in err
+    folder = storage_root() / "quarantine" / "acme"
+    kept = sorted(p.name for p in folder.iterdir())
+    assert len(kept) == 2
+    data_file, report = (folder / kept[0]), (folder / kept[1])
+    assert data_file.name.endswith("-orders.csv")
+    assert report.name == data_file.name + ".error.txt"
+    assert data_file.read_bytes() == NO_MODEL
+    text = report.read_text()
+    assert "missing required column" in text
+    assert "model" in text
+    assert str(report) in err
+
+
+def test_quote_exits_2_for_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["quote", str(tmp_path / "absent.csv"), "--workspace", "acme"])
+    assert code == 2
+    assert "absent.csv" in capsys.readouterr().err
+
+
+def test_quote_exits_2_for_an_invalid_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[limits]\nmax_rows = 0\n")
+    code = main(["--config", str(config), "quote", manifest(tmp_path, GOOD), "--workspace", "acme"])
+    assert code == 2
+    assert "limits.max_rows" in capsys.readouterr().err
+
+
+def test_quote_uses_the_workspace_policy_from_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[workspaces.acme.policy]\nallowed_providers = ["openrouter"]\n')
+    code = main(["quote", manifest(tmp_path, GOOD), "--workspace", "acme", "--config", str(config), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [r["route"] for r in out["by_route"]] == ["openrouter:openai/gpt-4o-mini"]
+
+
+def test_quote_table_mentions_the_routes_and_rejections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = b"item_id,model,prompt\n1,gpt-4o-mini,hi\n2,claude-3-5-haiku,hi\n3,nope,hi\n"
+    code = main(["quote", manifest(tmp_path, data), "--workspace", "acme"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "openai:gpt-4o-mini" in out
+    assert "anthropic:claude-3-5-haiku-20241022" in out
+    assert "ROUTE" in out
+    assert "nope" in out  # the rejection reason names the unknown model
+
+
+def test_submit_prints_the_same_batch_id_for_the_same_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = manifest(tmp_path, GOOD)
+    assert main(["submit", path, "--workspace", "acme", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["submit", path, "--workspace", "acme"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert first["workspace"] == "acme"
+    assert second == first["batch_id"]
+    assert (storage_root() / "batches" / second / "batch.json").is_file()
+
+
+def test_sample_writes_a_manifest_that_quotes_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.csv"
+    assert main(["sample", str(out), "--items", "12", "--seed", "3"]) == 0
+    capsys.readouterr()
+    assert pl.read_csv(out).height == 12
+    assert main(["quote", str(out), "--workspace", "acme", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accepted"] == 12
+
+
+def test_cli_runs_as_a_real_process(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    ok = subprocess.run(
+        [sys.executable, "-m", "batchrouter.cli", "quote", manifest(tmp_path, GOOD), "--workspace", "acme", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["accepted"] == 1
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "batchrouter.cli",
+            "quote",
+            manifest(tmp_path, NO_MODEL, "x.csv"),
+            "--workspace",
+            "acme",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "model" in bad.stderr
+    # The child process got the storage root from the environment set by conftest.
+    assert any(p.name.endswith("-x.csv") for p in (storage_root() / "quarantine" / "acme").iterdir())
