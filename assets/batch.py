@@ -6,7 +6,7 @@ from batchrouter import batch
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
-_COMMON = {"partitions_def": batches, "group_name": "batch", "backfill_policy": dg.BackfillPolicy.single_run()}
+_COMMON = {"partitions_def": batches, "group_name": "batch"}
 
 
 @dg.asset(kinds={"polars", "parquet"}, **_COMMON)

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.batch import manifest, quote, routed_items
+from assets.batch import dispatch, manifest, quote, routed_items
 from batchrouter.batch import submit
 from batchrouter.config import load_settings
 from batchrouter.sample import sample_manifest
@@ -43,10 +43,10 @@ def test_assets_depend_on_each_other_in_stage_order() -> None:
     assert graph.get(dg.AssetKey("routed_items")).parent_keys == {dg.AssetKey("quote")}
 
 
-def test_batch_job_selects_the_three_batch_assets() -> None:
+def test_batch_job_selects_every_batch_asset() -> None:
     job = defs.resolve_job_def("batch_job")
     assert job.partitions_def == batches
-    assert {node.name for node in job.graph.node_defs} == {"manifest", "quote", "routed_items"}
+    assert {node.name for node in job.graph.node_defs} == {"manifest", "quote", "routed_items", "dispatch"}
 
 
 def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> N
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(batches.name, [info.batch_id])
     result = dg.materialize(
-        [manifest, quote, routed_items],
+        [manifest, quote, routed_items, dispatch],
         instance=instance,
         partition_key=info.batch_id,
         resources={"batchrouter": BatchRouterResource()},
@@ -90,3 +90,13 @@ def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> N
     for route, n in counts.items():
         part = pl.read_parquet(folder / "routed_items" / f"route={route_slug(route)}" / "items.parquet")
         assert part.height == n
+
+    # dispatch ran against the built-in simulator: every accepted item has one final receipt.
+    receipts = pl.read_parquet(folder / "receipts.parquet")
+    assert receipts.height == 40
+    assert receipts.group_by("status").len().sort("status").rows() == [("rejected", 1), ("succeeded", 39)]
+    outputs = pl.read_parquet(folder / "outputs.parquet")
+    assert outputs.filter(pl.col("status") == "succeeded")["output_text"].null_count() == 0
+    (dispatch_event,) = result.asset_materializations_for_node("dispatch")
+    assert dispatch_event.metadata["succeeded"].value == 39
+    assert dispatch_event.metadata["cost_usd_micros"].value == receipts["cost_usd_micros"].sum()
