@@ -1,8 +1,12 @@
 """The batch flow as assets, one partition per batch: manifest -> quote -> routed_items."""
 
+from collections.abc import Iterator
+from typing import Any
+
 import dagster as dg
 
 from batchrouter import batch
+from batchrouter.ledger import InsufficientCredits, Ledger
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
@@ -67,7 +71,22 @@ def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterReso
     )
 
 
-@dg.asset(deps=[routed_items], kinds={"python", "parquet"}, **_COMMON)
+@dg.asset(deps=[routed_items], kinds={"duckdb"}, **_COMMON)
+def reservation(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+    """Hold the quote's reservation against the workspace's credits; no credit, no dispatch."""
+    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    hold = Ledger(batchrouter.settings.database).hold(info.batch_id)
+    if hold is None:
+        try:
+            batch.stage_reserve(batchrouter.storage, batchrouter.settings, info)
+        except InsufficientCredits as exc:
+            raise dg.Failure(description=f"insufficient_credits: {exc}", allow_retries=False) from exc
+        hold = Ledger(batchrouter.settings.database).hold(info.batch_id)
+    assert hold is not None
+    return dg.MaterializeResult(metadata={"reserved_usd_micros": hold.amount_usd_micros, "hold_status": hold.status})
+
+
+@dg.asset(deps=[reservation], kinds={"python", "parquet"}, **_COMMON)
 def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Send every item without a final receipt; write outputs.parquet and receipts.parquet."""
     storage = batchrouter.storage
@@ -89,4 +108,27 @@ def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource
             "outputs": dg.MetadataValue.path(summary["outputs"]),
             "receipts": dg.MetadataValue.path(summary["receipts"]),
         }
+    )
+
+
+@dg.asset(
+    deps=[dispatch],
+    kinds={"duckdb"},
+    check_specs=[dg.AssetCheckSpec("ledger_matches_receipts", asset="settlement", blocking=True)],
+    **_COMMON,
+)
+def settlement(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
+    """Capture the receipts' actual cost from the hold and release the rest, exactly once."""
+    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    result = batch.stage_settle(batchrouter.storage, batchrouter.settings, info)
+    yield dg.MaterializeResult(metadata={k: v for k, v in result.items() if isinstance(v, int | bool | str)})
+    # Exact to the micro-dollar: what the ledger captured is what the receipts add up to.
+    differs = result["captured_usd_micros"] != result["receipts_usd_micros"]
+    yield dg.AssetCheckResult(
+        check_name="ledger_matches_receipts",
+        passed=not differs,
+        metadata={
+            "captured_usd_micros": result["captured_usd_micros"],
+            "receipts_usd_micros": result["receipts_usd_micros"],
+        },
     )

@@ -23,6 +23,7 @@ from batchrouter.catalog import Catalog
 from batchrouter.config import Settings
 from batchrouter.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.errors import BatchError, ManifestError
+from batchrouter.ledger import Entry, InsufficientCredits, Ledger
 from batchrouter.manifest import Manifest, detect_format, read_manifest
 from batchrouter.quote import Quote, build_quote, routed_items
 from batchrouter.receipts import Checkpoint, ItemResult, build_outputs
@@ -177,6 +178,9 @@ def stage_dispatch(
 
     Safe to run again at any time: items with a final result in the checkpoint are skipped.
     """
+    hold = Ledger(settings.database).hold(info.batch_id)
+    if hold is None:
+        raise BatchError(f"batch {info.batch_id} has no reservation; reserve it before dispatching")
     routed = load_routed_items(storage, info)
     checkpoint = Checkpoint(storage, info.batch_id, every_items=settings.dispatch.checkpoint_items)
     done = checkpoint.load()
@@ -187,6 +191,12 @@ def stage_dispatch(
         "failed": int((done["status"] == "failed").sum()),
     }
     total = routed.height
+    if jobs and hold.status != "held":
+        raise BatchError(
+            f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
+        )
+    if jobs:
+        set_status(storage, info, "dispatching", items=total, remaining=len(jobs))
 
     def record(result: ItemResult) -> None:
         checkpoint.add(result)
@@ -281,3 +291,48 @@ def dispatch_summary(
         "outputs": outputs_url,
         "receipts": receipts_url,
     }
+
+
+def set_status(storage: Storage, info: BatchInfo, status: str, **details: Any) -> dict[str, Any]:
+    """Record the batch's current state in `status.json` (what `batchrouter status` shows)."""
+    record = {"batch_id": info.batch_id, "workspace": info.workspace, "status": status, "at": _now(), **details}
+    storage.write_json(record, *info.folder("status.json"))
+    return record
+
+
+def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entry:
+    """Hold the quote's reservation in the ledger; without enough credit, stop before any request."""
+    quote = storage.read_json(*info.folder("quote.json"))
+    ledger = Ledger(settings.database)
+    try:
+        entry = ledger.reserve(info.workspace, info.batch_id, int(quote["reserve_usd_micros"]))
+    except InsufficientCredits as exc:
+        set_status(storage, info, "insufficient_credits", message=str(exc), missing_usd_micros=exc.missing,
+                   needed_usd_micros=exc.needed, available_usd_micros=exc.available)  # fmt: skip
+        raise
+    set_status(storage, info, "reserved", reserve_usd_micros=entry.amount_usd_micros, quote_id=quote["quote_id"])
+    return entry
+
+
+def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[str, Any]:
+    """Capture the receipts' actual cost and release the rest of the hold, exactly once."""
+    receipts = storage.read_parquet(*info.folder("receipts.parquet"))
+    pending = int((receipts["status"] == "pending").sum())
+    if pending:
+        raise BatchError(f"batch {info.batch_id} has {pending} items without a final receipt; dispatch it again first")
+    actual = int(receipts["cost_usd_micros"].sum() or 0)
+    entry = Ledger(settings.database).settle(info.batch_id, actual)
+    hold = Ledger(settings.database).hold(info.batch_id)
+    assert hold is not None
+    result = {
+        "batch_id": info.batch_id,
+        "reserved_usd_micros": hold.amount_usd_micros,
+        "receipts_usd_micros": actual,
+        "captured_usd_micros": entry.amount_usd_micros,
+        "released_usd_micros": hold.amount_usd_micros - entry.amount_usd_micros,
+        "entry_id": entry.entry_id,
+        "already_settled": entry.replayed,
+    }
+    storage.write_json(result, *info.folder("settlement.json"))
+    set_status(storage, info, "settled", **{k: v for k, v in result.items() if k != "batch_id"})
+    return result

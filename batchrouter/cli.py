@@ -7,32 +7,42 @@ row rejected); 2 the input as a whole is unusable (unreadable manifest, missing 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from batchrouter.batch import quarantine, stage_dispatch, stage_manifest, stage_quote, stage_route, submit
+from batchrouter.api import serve as serve_api
+from batchrouter.batch import (
+    quarantine,
+    stage_dispatch,
+    stage_manifest,
+    stage_quote,
+    stage_reserve,
+    stage_route,
+    stage_settle,
+    submit,
+)
+from batchrouter.billing import create_checkout, reconcile
 from batchrouter.catalog import load_catalog
 from batchrouter.config import Settings, SimulatorConfig, load_settings
 from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
+from batchrouter.ledger import InsufficientCredits, Ledger, usd
 from batchrouter.manifest import read_manifest
 from batchrouter.quote import build_quote
 from batchrouter.receipts import Checkpoint
+from batchrouter.reporting import query
 from batchrouter.sample import sample_manifest
 from batchrouter.simulator import serve
 from batchrouter.storage import Storage
 
 EXIT_OK, EXIT_NOTHING_ACCEPTED, EXIT_UNUSABLE = 0, 1, 2
-
-
-def usd(micros: int) -> str:
-    """Micro-dollars as an exact dollar string."""
-    return f"${Decimal(micros) / 10**6:,.6f}"
 
 
 def _read_input(path: str) -> bytes:
@@ -181,13 +191,106 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_UNUSABLE
     quote = stage_quote(storage, settings, catalog, info, manifest)
     stage_route(storage, info, manifest, quote)
+    if Ledger(settings.database).hold(info.batch_id) is None:
+        try:
+            stage_reserve(storage, settings, info)
+        except InsufficientCredits as exc:
+            if args.json:
+                print(json.dumps({"batch_id": info.batch_id, "status": "insufficient_credits", "message": str(exc),
+                                  "missing_usd_micros": exc.missing}))  # fmt: skip
+            else:
+                print(f"error: batch {info.batch_id} not started: {exc}", file=sys.stderr)
+            return EXIT_NOTHING_ACCEPTED
     if args.retry_failed:
         Checkpoint(storage, info.batch_id).retry_failed()
     summary = stage_dispatch(storage, settings, catalog, info, on_progress=Progress())
+    if not summary["pending"]:
+        summary["settlement"] = stage_settle(storage, settings, info)
     print(json.dumps(summary, indent=2, default=str) if args.json else render_run(summary))
+    nothing_to_do = summary["items"] == summary["rejected"] == 0
+    return EXIT_OK if summary["succeeded"] > 0 or nothing_to_do else EXIT_NOTHING_ACCEPTED
+
+
+def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = Ledger(settings.database)
+    if args.action == "grant":
+        micros = usd_to_micros(args.usd)
+        entry = ledger.grant(args.workspace, micros, key=args.key or f"grant:{uuid.uuid4().hex}", memo=args.memo)
+        note = " (this key was used before: nothing new was credited)" if entry.replayed else ""
+        print(f"granted {usd(entry.amount_usd_micros)} to {args.workspace}, entry {entry.entry_id}{note}")
+        return EXIT_OK
+    if args.action == "balance":
+        balance = ledger.balance(args.workspace).as_dict()
+        print(json.dumps(balance) if args.json else render_balance(balance))
+        return EXIT_OK
+    if args.action == "history":
+        rows = ledger.history(args.workspace)
+        if args.json:
+            print(json.dumps(rows, default=str))
+        else:
+            print(_table(["TIME", "OP", "BATCH", "AMOUNT", "MEMO"],
+                         [[str(r["created_at"])[:19], r["op"], r["batch_id"] or "", usd(r["amount_usd_micros"]),
+                           r["memo"] or ""] for r in rows]))  # fmt: skip
+        return EXIT_OK
+    if args.action == "buy":
+        session_id, url = create_checkout(settings, workspace=args.workspace, pack=args.pack)
+        print(json.dumps({"session_id": session_id, "url": url}) if args.json else f"Pay here: {url}")
+        return EXIT_OK
+    results = reconcile(settings, ledger)
+    credited = [r for r in results if r.outcome == "credited"]
+    total = sum(r.credited_usd_micros for r in credited)
+    print(f"reconciled {len(results)} checkout events: {len(credited)} newly credited, {usd(total)}")
+    return EXIT_OK
+
+
+def render_balance(balance: dict[str, Any]) -> str:
     return (
-        EXIT_OK if summary["succeeded"] > 0 or summary["items"] == summary["rejected"] == 0 else EXIT_NOTHING_ACCEPTED
+        f"Workspace {balance['workspace']}: available {usd(balance['available_usd_micros'])}, "
+        f"held {usd(balance['held_usd_micros'])}, spent {usd(balance['spent_usd_micros'])}, "
+        f"credited {usd(balance['credited_usd_micros'])}"
+        + ("  (credited = available + held + spent)" if balance["balanced"] else "  (NOT BALANCED)")
     )
+
+
+def usd_to_micros(text: str) -> int:
+    try:
+        amount = Decimal(text)
+    except ArithmeticError as exc:
+        raise BatchRouterError(f"--usd {text!r} is not a number") from exc
+    micros = amount * 10**6
+    if amount <= 0 or micros != micros.to_integral_value():
+        raise BatchRouterError(f"--usd {text}: give a positive amount with at most 6 decimal places")
+    return int(micros)
+
+
+def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    report = Ledger(settings.database).verify()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        verdict = "OK" if report["ok"] else "PROBLEMS FOUND"
+        print(f"ledger {settings.database}: {report['entries']} entries, {report['workspaces']} workspaces: {verdict}")
+        for problem in report["problems"]:
+            print(f"  - {problem}")
+    return EXIT_OK if report["ok"] else EXIT_NOTHING_ACCEPTED
+
+
+def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
+    columns, rows = query(settings, args.query)
+    if args.json:
+        print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str))
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        print(_table(columns, [list(r) for r in rows]))
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    serve_api(settings, host=args.host or settings.api.host, port=args.port or settings.api.port)
+    return EXIT_OK
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -251,6 +354,46 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=fld.description)
     common(m)
     m.set_defaults(func=cmd_simulate)
+
+    c = sub.add_parser("credits", help="prepaid credits: grant, balance, history, buy, reconcile")
+    csub = c.add_subparsers(dest="action", required=True)
+    cg = csub.add_parser("grant", help="grant promotional credit")
+    cg.add_argument("--workspace", required=True)
+    cg.add_argument("--usd", required=True, help="amount in USD, e.g. 25 or 0.50")
+    cg.add_argument("--key", help="idempotency key: the same key never credits twice")
+    cg.add_argument("--memo")
+    for name in ("balance", "history"):
+        cp = csub.add_parser(name)
+        cp.add_argument("--workspace", required=True)
+        cp.add_argument("--json", action="store_true")
+    cb = csub.add_parser("buy", help="create a Stripe Checkout Session for a credit pack and print its URL")
+    cb.add_argument("--workspace", required=True)
+    cb.add_argument("--pack", required=True)
+    cb.add_argument("--json", action="store_true")
+    csub.add_parser("reconcile", help="credit paid Checkout Sessions the webhook missed")
+    common(c)
+    c.set_defaults(func=cmd_credits)
+
+    lg = sub.add_parser("ledger", help="ledger maintenance")
+    lsub = lg.add_subparsers(dest="action", required=True)
+    lv = lsub.add_parser("verify", help="replay the journal and prove balances, holds and conservation")
+    lv.add_argument("--json", action="store_true")
+    common(lg)
+    lg.set_defaults(func=cmd_ledger)
+
+    q2 = sub.add_parser("sql", help="run a read-only SQL query over usage and ledger views")
+    q2.add_argument("query")
+    fmt = q2.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+    common(q2)
+    q2.set_defaults(func=cmd_sql)
+
+    sv = sub.add_parser("serve", help="serve the HTTP API (Stripe webhook, ...)")
+    sv.add_argument("--host")
+    sv.add_argument("--port", type=int)
+    common(sv)
+    sv.set_defaults(func=cmd_serve)
 
     g = sub.add_parser("sample", help="write a sample manifest (.parquet or .csv)")
     g.add_argument("out")

@@ -137,6 +137,39 @@ class SimulatorConfig(BaseModel):
     max_output_words: int = Field(default=120, gt=8)
 
 
+class BillingConfig(BaseModel):
+    """Stripe credit packs. Secrets are read from the environment variables named here."""
+
+    model_config = _STRICT
+    packs: dict[str, Decimal] = Field(
+        default_factory=lambda: {"starter": Decimal(10), "team": Decimal(50), "scale": Decimal(200)}
+    )
+    currency: str = "usd"
+    stripe_api_key_env: str = "STRIPE_SECRET_KEY"
+    webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    api_base: str | None = None  # another Stripe API endpoint (a local fake in tests)
+    success_url: str = "http://127.0.0.1:8080/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    cancel_url: str = "http://127.0.0.1:8080/billing/cancelled"
+    tolerance_s: int = Field(default=300, gt=0)
+    reconcile_lookback_hours: int = Field(default=72, gt=0)
+
+    @field_validator("packs")
+    @classmethod
+    def _whole_cents(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for name, price in value.items():
+            if price <= 0 or price * 100 != (price * 100).to_integral_value():
+                raise ValueError(f"pack {name}: price {price} must be a positive amount in whole cents")
+        return value
+
+
+class ApiConfig(BaseModel):
+    """`batchrouter serve`."""
+
+    model_config = _STRICT
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, gt=0, lt=65536)
+
+
 # Providers every installation knows. By default they all point at the built-in simulator, so nothing
 # reaches a paid API until a config file says `kind = "openai"` (or another real kind) for it.
 DEFAULT_PROVIDERS: dict[str, ProviderConfig] = {
@@ -164,6 +197,8 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    billing: BillingConfig = Field(default_factory=BillingConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
     @field_validator("providers")
     @classmethod

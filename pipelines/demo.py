@@ -12,8 +12,9 @@ import sys
 import dagster as dg
 
 from batchrouter.batch import load_batch, submit, write_results
-from batchrouter.cli import render_quote, render_run
+from batchrouter.cli import render_balance, render_quote, render_run
 from batchrouter.config import load_settings
+from batchrouter.ledger import Ledger
 from batchrouter.sample import sample_manifest
 from batchrouter.storage import Storage
 from pipelines.definitions import defs
@@ -29,6 +30,10 @@ def main(items: int = 200) -> int:
     buf = io.BytesIO()
     frame.write_csv(buf)
     info = submit(storage, workspace="demo", source_name="demo-sample.csv", data=buf.getvalue())
+    ledger = Ledger(settings.database)
+    # Trial credits, granted once: the key makes re-running the demo harmless.
+    ledger.grant("demo", 5_000_000, key="demo-trial-credits", memo="trial credits")
+    print("Before:", render_balance(ledger.balance("demo").as_dict()))
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(batches.name, [info.batch_id])
     result = defs.get_job_def("batch_job").execute_in_process(
@@ -43,6 +48,12 @@ def main(items: int = 200) -> int:
     print(render_quote(storage.read_json(*batch.folder("quote.json"))))
     print()
     print(render_run(write_results(storage, batch)))
+    print()
+    print("After: ", render_balance(ledger.balance("demo").as_dict()))
+    report = ledger.verify()
+    print(
+        f"Ledger verify: {'OK' if report['ok'] else report['problems']} ({report['entries']} journal entries replayed)"
+    )
     print(f"\nEverything about batch {info.batch_id} is under {storage.url('batches', info.batch_id)}")
     return 0
 

@@ -10,9 +10,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.batch import dispatch, manifest, quote, routed_items
+from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
 from batchrouter.batch import submit
 from batchrouter.config import load_settings
+from batchrouter.ledger import Ledger
 from batchrouter.sample import sample_manifest
 from batchrouter.storage import Storage, route_slug
 from pipelines.definitions import defs
@@ -46,7 +47,14 @@ def test_assets_depend_on_each_other_in_stage_order() -> None:
 def test_batch_job_selects_every_batch_asset() -> None:
     job = defs.resolve_job_def("batch_job")
     assert job.partitions_def == batches
-    assert {node.name for node in job.graph.node_defs} == {"manifest", "quote", "routed_items", "dispatch"}
+    assert {node.name for node in job.graph.node_defs} == {
+        "manifest",
+        "quote",
+        "routed_items",
+        "reservation",
+        "dispatch",
+        "settlement",
+    }
 
 
 def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> None:
@@ -59,10 +67,11 @@ def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> N
     storage = Storage(settings.storage)
     info = submit(storage, workspace="demo", source_name="sample.csv", data=buf.getvalue())
 
+    Ledger(settings.database).grant("demo", 1_000_000, key="test-credits")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(batches.name, [info.batch_id])
     result = dg.materialize(
-        [manifest, quote, routed_items, dispatch],
+        [manifest, quote, routed_items, reservation, dispatch, settlement],
         instance=instance,
         partition_key=info.batch_id,
         resources={"batchrouter": BatchRouterResource()},
@@ -100,3 +109,10 @@ def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> N
     (dispatch_event,) = result.asset_materializations_for_node("dispatch")
     assert dispatch_event.metadata["succeeded"].value == 39
     assert dispatch_event.metadata["cost_usd_micros"].value == receipts["cost_usd_micros"].sum()
+    # settlement captured exactly the receipts' total and the blocking check agrees.
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+    balance = Ledger(settings.database).balance("demo")
+    assert balance.spent_usd_micros == receipts["cost_usd_micros"].sum()
+    assert balance.held_usd_micros == 0
+    assert balance.available_usd_micros == 1_000_000 - balance.spent_usd_micros

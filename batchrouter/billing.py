@@ -1,0 +1,142 @@
+"""Stripe credit packs: Checkout Sessions to buy, verified webhooks and reconciliation to credit.
+
+A pack is fulfilled exactly once per Checkout Session, only when Stripe says it is paid, at the
+pack's configured price: the ledger's idempotency key is `stripe:<session id>`, so duplicate,
+reordered or replayed events (and the reconciliation job) can never credit twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import stripe
+
+from batchrouter.config import Settings
+from batchrouter.errors import BatchRouterError, ConfigError
+from batchrouter.ledger import Entry, Ledger
+
+FULFILMENT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+
+
+class BillingError(BatchRouterError):
+    """A billing operation failed."""
+
+
+class SignatureError(BillingError):
+    """A webhook's Stripe-Signature is missing, stale, forged or does not match the body."""
+
+
+@dataclass(frozen=True)
+class Fulfilment:
+    session_id: str
+    workspace: str | None
+    pack: str | None
+    credited_usd_micros: int
+    outcome: str  # credited | already_credited | not_paid | unknown_pack | not_ours
+    entry: Entry | None = None
+
+
+def _secret(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"{what} is not set: put it in the environment variable {name}")
+    return value
+
+
+def stripe_client(settings: Settings) -> stripe.StripeClient:
+    billing = settings.billing
+    key = _secret(billing.stripe_api_key_env, "the Stripe secret key")
+    addresses: Any = {"api": billing.api_base} if billing.api_base else None
+    return stripe.StripeClient(key, base_addresses=addresses, max_network_retries=2)
+
+
+def pack_price_micros(settings: Settings, pack: str) -> int:
+    price = settings.billing.packs.get(pack)
+    if price is None:
+        known = ", ".join(f"{n} ({p} USD)" for n, p in settings.billing.packs.items())
+        raise BillingError(f"unknown pack {pack!r}; configured packs: {known}")
+    return int(Decimal(price) * 10**6)
+
+
+def create_checkout(settings: Settings, *, workspace: str, pack: str) -> tuple[str, str]:
+    """A Checkout Session for one pack; returns (session id, URL to pay at)."""
+    micros = pack_price_micros(settings, pack)
+    session = stripe_client(settings).v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "client_reference_id": workspace,
+            "metadata": {"workspace": workspace, "pack": pack},
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": settings.billing.currency,
+                        "unit_amount": micros // 10**4,  # cents
+                        "product_data": {"name": f"BatchRouter credits: {pack} pack"},
+                    },
+                }
+            ],
+            "success_url": settings.billing.success_url,
+            "cancel_url": settings.billing.cancel_url,
+        }
+    )
+    return str(session.id), str(session.url)
+
+
+def fulfil_session(settings: Settings, ledger: Ledger, session: Any) -> Fulfilment:
+    """Credit a paid Checkout Session's pack, once."""
+    session_id = str(session["id"])
+    metadata = session.get("metadata") or {}
+    workspace, pack = metadata.get("workspace"), metadata.get("pack")
+    if not workspace or not pack:
+        return Fulfilment(session_id, workspace, pack, 0, "not_ours")
+    if session.get("payment_status") != "paid":
+        return Fulfilment(session_id, workspace, pack, 0, "not_paid")
+    if pack not in settings.billing.packs:
+        return Fulfilment(session_id, workspace, pack, 0, "unknown_pack")
+    micros = pack_price_micros(settings, pack)
+    entry = ledger.purchase(
+        workspace, micros, key=f"stripe:{session_id}", memo=f"Stripe Checkout {session_id}, pack {pack}"
+    )
+    return Fulfilment(session_id, workspace, pack, micros, "already_credited" if entry.replayed else "credited", entry)
+
+
+def verify_event(settings: Settings, payload: bytes, signature: str | None) -> Any:
+    """The event, if `Stripe-Signature` is valid for this exact body within the tolerance."""
+    if not signature:
+        raise SignatureError("missing Stripe-Signature header")
+    secret = _secret(settings.billing.webhook_secret_env, "the Stripe webhook signing secret")
+    try:
+        return stripe.Webhook.construct_event(payload, signature, secret, tolerance=settings.billing.tolerance_s)
+    except stripe.SignatureVerificationError as exc:
+        raise SignatureError(f"invalid Stripe-Signature: {exc.user_message or exc}") from exc
+    except ValueError as exc:
+        raise SignatureError(f"the body is not a Stripe event: {exc}") from exc
+
+
+def handle_webhook(settings: Settings, ledger: Ledger, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """Verify and apply one webhook delivery; raises SignatureError (nothing written) when not genuine."""
+    event = verify_event(settings, payload, signature)
+    if event["type"] not in FULFILMENT_EVENTS:
+        return {"received": True, "event": event["id"], "type": event["type"], "outcome": "ignored"}
+    result = fulfil_session(settings, ledger, event["data"]["object"])
+    return {"received": True, "event": event["id"], "type": event["type"], "session": result.session_id,
+            "outcome": result.outcome, "credited_usd_micros": result.credited_usd_micros}  # fmt: skip
+
+
+def reconcile(settings: Settings, ledger: Ledger, *, since: int | None = None) -> list[Fulfilment]:
+    """Fulfil every paid session of recent Checkout events the webhook may have missed (idempotent)."""
+    client = stripe_client(settings)
+    since = since if since is not None else int(time.time()) - settings.billing.reconcile_lookback_hours * 3600
+    results = []
+    for event_type in FULFILMENT_EVENTS:
+        events = client.v1.events.list(params={"type": event_type, "created": {"gte": since}, "limit": 100})
+        for event in events.auto_paging_iter():
+            # Each event carries the session as it was then: a `completed` one may be unpaid while a
+            # later `async_payment_succeeded` one is paid. Fulfilment is idempotent, so try them all.
+            results.append(fulfil_session(settings, ledger, event["data"]["object"]))
+    return results

@@ -1,0 +1,186 @@
+"""Usage reporting: DuckDB views over the ledger and over the receipts Parquet in storage.
+
+Views: `receipts`, `usage_daily`, `balances`, `ledger_entries`, `postings`, `batches`,
+`quote_accuracy`, `platform_revenue`. Receipts are read where they are, through fsspec, so an
+`s3://` root works without DuckDB's httpfs extension (which would be downloaded at first use).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from batchrouter.config import Settings
+from batchrouter.errors import BatchRouterError
+from batchrouter.ledger import SCHEMA as LEDGER_SCHEMA
+from batchrouter.receipts import RECEIPT_COLUMNS, RESULT_SCHEMA
+from batchrouter.storage import Storage
+
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+
+class QueryError(BatchRouterError):
+    """A query was refused or failed."""
+
+
+def _receipt_schema_sql() -> str:
+    types = {"item_id": "VARCHAR", "batch_id": "VARCHAR", "workspace": "VARCHAR", "started_at": "TIMESTAMPTZ",
+             "finished_at": "TIMESTAMPTZ"}  # fmt: skip
+    for name, dtype in RESULT_SCHEMA.items():
+        types.setdefault(name, "BIGINT" if dtype == pl.Int64 else "VARCHAR")
+    return ", ".join(f"NULL::{types[c]} AS {c}" for c in RECEIPT_COLUMNS)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _glob(storage: Storage, con: duckdb.DuckDBPyConnection, *parts: str) -> str | None:
+    pattern = storage.path(*parts)
+    if not storage.fs.glob(pattern):
+        return None
+    if storage.protocol == "file":
+        return pattern
+    con.register_filesystem(storage.fs)
+    return f"{storage.protocol}://{pattern}"
+
+
+VIEWS = """
+CREATE OR REPLACE VIEW usage_daily AS
+SELECT workspace, CAST(date_trunc('day', finished_at) AS DATE) AS day, provider, model,
+       count(*) AS items,
+       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+       sum(input_tokens + output_tokens) AS tokens,
+       sum(cost_usd_micros) AS cost_usd_micros
+FROM receipts WHERE status IN ('succeeded', 'failed')
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW ledger_entries AS
+SELECT entry_id, created_at, op, workspace, batch_id, amount_usd_micros, memo, idempotency_key FROM ledger.journal;
+
+CREATE OR REPLACE VIEW postings AS SELECT * FROM ledger.postings;
+
+CREATE OR REPLACE VIEW balances AS
+SELECT workspace, available_usd_micros, held_usd_micros, spent_usd_micros, credited_usd_micros,
+       credited_usd_micros = available_usd_micros + held_usd_micros + spent_usd_micros AS balanced
+FROM ledger.wallets;
+
+CREATE OR REPLACE VIEW batches AS
+SELECT batch_id, any_value(workspace) AS workspace,
+       max(amount_usd_micros) FILTER (WHERE op = 'reserve') AS reserved_usd_micros,
+       max(amount_usd_micros) FILTER (WHERE op = 'settle') AS captured_usd_micros,
+       CASE WHEN bool_or(op = 'settle') THEN 'settled' WHEN bool_or(op = 'void') THEN 'voided'
+            WHEN bool_or(op = 'expire') THEN 'expired' ELSE 'held' END AS hold_status,
+       min(created_at) AS reserved_at,
+       max(created_at) FILTER (WHERE op IN ('settle', 'void', 'expire')) AS resolved_at
+FROM ledger.journal WHERE batch_id IS NOT NULL GROUP BY batch_id;
+
+CREATE OR REPLACE VIEW platform_revenue AS
+SELECT coalesce(sum(amount_usd_micros), 0) AS revenue_usd_micros FROM ledger.postings WHERE account LIKE '%:spent';
+"""
+
+
+@contextmanager
+def connect(settings: Settings, *, lock_timeout_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the ledger attached read-only and every reporting view defined."""
+    storage = Storage(settings.storage)
+    con = duckdb.connect()
+    try:
+        _attach_ledger(con, settings.database, lock_timeout_s)
+        receipts = _glob(storage, con, "batches", "*", "receipts.parquet")
+        if receipts:
+            # DDL takes no parameters: the path (from config, not from a query) is quoted as a literal.
+            con.execute(
+                f"CREATE VIEW receipts AS SELECT * FROM read_parquet({_literal(receipts)}, union_by_name = true)"
+            )
+        else:
+            con.execute(f"CREATE VIEW receipts AS SELECT {_receipt_schema_sql()} WHERE false")
+        quotes = _glob(storage, con, "batches", "*", "quote.parquet")
+        if quotes:
+            con.execute(
+                "CREATE VIEW quote_items AS SELECT regexp_extract(filename, 'batches/([^/]+)/quote.parquet', 1) "
+                f"AS batch_id, * EXCLUDE (filename) FROM read_parquet({_literal(quotes)}, filename = true, "
+                "union_by_name = true)"
+            )
+        else:
+            con.execute(
+                "CREATE VIEW quote_items AS SELECT NULL::VARCHAR AS batch_id, NULL::VARCHAR AS model, "
+                "NULL::VARCHAR AS status, NULL::BIGINT AS reserve_usd_micros, NULL::BIGINT AS expected_usd_micros "
+                "WHERE false"
+            )
+        con.execute(VIEWS)
+        con.execute("""
+            CREATE OR REPLACE VIEW quote_accuracy AS
+            WITH q AS (
+                SELECT batch_id, model, count(*) AS items, sum(reserve_usd_micros) AS reserved_usd_micros,
+                       sum(expected_usd_micros) AS expected_usd_micros
+                FROM quote_items WHERE status = 'accepted' GROUP BY ALL),
+            a AS (
+                SELECT batch_id, model, sum(cost_usd_micros) AS actual_usd_micros
+                FROM receipts WHERE status IN ('succeeded', 'failed') GROUP BY ALL)
+            SELECT q.batch_id, q.model, q.items, q.reserved_usd_micros, q.expected_usd_micros,
+                   coalesce(a.actual_usd_micros, 0) AS actual_usd_micros,
+                   coalesce(a.actual_usd_micros, 0) / nullif(q.expected_usd_micros, 0) AS actual_over_expected,
+                   coalesce(a.actual_usd_micros, 0) <= q.reserved_usd_micros AS within_reserve
+            FROM q LEFT JOIN a USING (batch_id, model)
+        """)
+        yield con
+    finally:
+        con.close()
+
+
+def _attach_ledger(con: duckdb.DuckDBPyConnection, path: str, lock_timeout_s: float) -> None:
+    if not Path(path).exists():
+        # No ledger yet: an empty one in memory, so the views still answer.
+        con.execute("ATTACH ':memory:' AS ledger")
+        con.execute("USE ledger")
+        con.execute(LEDGER_SCHEMA)
+        con.execute("USE memory")
+        return
+    deadline = time.monotonic() + lock_timeout_s
+    while True:
+        try:
+            con.execute("ATTACH ? AS ledger (READ_ONLY)", [path])
+            return
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise QueryError(f"the ledger {path} is locked by another process; try again") from exc
+            time.sleep(0.05)
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but queries: `batchrouter sql` never changes data."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"the query does not parse: {exc}") from exc
+    if not statements:
+        raise QueryError("no SQL statement given")
+    for statement in statements:
+        kind = statement.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise QueryError(f"only read-only queries are allowed (SELECT, WITH, EXPLAIN); got {kind}")
+
+
+def query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run a read-only query against the reporting views; (column names, rows)."""
+    check_read_only(sql)
+    with connect(settings) as con:
+        try:
+            cur = con.execute(sql)
+        except duckdb.Error as exc:
+            raise QueryError(str(exc).splitlines()[0]) from exc
+        return [d[0] for d in cur.description], cur.fetchall()
+
+
+def usage_daily_for(settings: Settings, day: str) -> pl.DataFrame:
+    """The `usage_daily` rows of one day (YYYY-MM-DD)."""
+    with connect(settings) as con:
+        return con.execute("SELECT * FROM usage_daily WHERE day = CAST(? AS DATE) ORDER BY ALL", [day]).pl()
