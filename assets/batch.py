@@ -1,4 +1,5 @@
-"""The batch flow as assets, one partition per batch: manifest -> quote -> routed_items."""
+"""The batch flow as assets, one partition per batch:
+manifest -> quote -> routed_items -> reservation (approval gate) -> dispatch -> settlement."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -6,18 +7,24 @@ from typing import Any
 import dagster as dg
 
 from batchrouter import batch
-from batchrouter.ledger import InsufficientCredits, Ledger
+from batchrouter import settlement as money
+from batchrouter.errors import ManifestError
+from batchrouter.ledger import InsufficientCredits
+from batchrouter.status import batch_status
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
-_COMMON = {"partitions_def": batches, "group_name": "batch"}
+_COMMON: dict[str, Any] = {"partitions_def": batches, "group_name": "batch"}
 
 
 @dg.asset(kinds={"polars", "parquet"}, **_COMMON)
 def manifest(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Parse and validate the batch's manifest; rejected rows keep their reason."""
     info = batch.load_batch(batchrouter.storage, context.partition_key)
-    parsed = batch.stage_manifest(batchrouter.storage, batchrouter.settings, batchrouter.catalog, info)
+    try:
+        parsed = batch.stage_manifest(batchrouter.storage, batchrouter.settings, batchrouter.catalog, info)
+    except ManifestError as exc:
+        raise dg.Failure(description=f"unusable manifest, quarantined: {exc}", allow_retries=False) from exc
     return dg.MaterializeResult(
         metadata={
             "workspace": info.workspace,
@@ -33,13 +40,10 @@ def manifest(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource
 @dg.asset(deps=[manifest], kinds={"polars", "parquet"}, **_COMMON)
 def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Count tokens, route and price every item in integer micro-dollars."""
-    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    storage = batchrouter.storage
+    info = batch.load_batch(storage, context.partition_key)
     priced = batch.stage_quote(
-        batchrouter.storage,
-        batchrouter.settings,
-        batchrouter.catalog,
-        info,
-        batch.load_manifest(batchrouter.storage, info),
+        storage, batchrouter.settings, batchrouter.catalog, info, batch.load_manifest(storage, info)
     )
     summary = priced.summary()
     return dg.MaterializeResult(
@@ -51,7 +55,7 @@ def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
             "reserve_usd_micros": summary["reserve_usd_micros"],
             "expected_usd_micros": summary["expected_usd_micros"],
             "by_route": dg.MetadataValue.json(summary["by_route"]),
-            "path": dg.MetadataValue.path(batchrouter.storage.url(*info.folder("quote.parquet"))),
+            "path": dg.MetadataValue.path(storage.url(*info.folder("quote.parquet"))),
         }
     )
 
@@ -59,8 +63,8 @@ def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
 @dg.asset(deps=[quote], kinds={"polars", "parquet"}, **_COMMON)
 def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Accepted items with their route chain, written partitioned by primary route."""
-    info = batch.load_batch(batchrouter.storage, context.partition_key)
     storage = batchrouter.storage
+    info = batch.load_batch(storage, context.partition_key)
     counts = batch.stage_route(storage, info, batch.load_manifest(storage, info), batch.load_quote(storage, info))
     return dg.MaterializeResult(
         metadata={
@@ -71,28 +75,45 @@ def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterReso
     )
 
 
-@dg.asset(deps=[routed_items], kinds={"duckdb"}, **_COMMON)
-def reservation(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
-    """Hold the quote's reservation against the workspace's credits; no credit, no dispatch."""
-    info = batch.load_batch(batchrouter.storage, context.partition_key)
-    hold = Ledger(batchrouter.settings.database).hold(info.batch_id)
-    if hold is None:
-        try:
-            batch.stage_reserve(batchrouter.storage, batchrouter.settings, info)
-        except InsufficientCredits as exc:
-            raise dg.Failure(description=f"insufficient_credits: {exc}", allow_retries=False) from exc
-        hold = Ledger(batchrouter.settings.database).hold(info.batch_id)
-    assert hold is not None
-    return dg.MaterializeResult(metadata={"reserved_usd_micros": hold.amount_usd_micros, "hold_status": hold.status})
+@dg.asset(deps=[routed_items], kinds={"duckdb"}, output_required=False, **_COMMON)
+def reservation(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[dg.Output[None]]:
+    """Approval gate, then hold this round's reservation; no approval or no credit, no dispatch."""
+    storage, settings = batchrouter.storage, batchrouter.settings
+    info = batch.load_batch(storage, context.partition_key)
+    if not money.gate(storage, settings, info):
+        # No output: dispatch and settlement are skipped until the batch is approved.
+        context.log.warning(storage.read_json(*info.folder("status.json"))["message"])
+        return
+    try:
+        entry = money.stage_reserve(storage, settings, info)
+    except InsufficientCredits as exc:
+        raise dg.Failure(description=f"insufficient_credits: {exc}", allow_retries=False) from exc
+    holds = [
+        h.__dict__ | {"created_at": str(h.created_at)}
+        for h in money.Ledger(settings.database).batch_holds(info.batch_id)
+    ]
+    yield dg.Output(
+        None,
+        metadata={
+            "reserved_now_usd_micros": entry.amount_usd_micros if entry else 0,
+            "rounds": len(holds),
+            "holds": dg.MetadataValue.json(holds),
+        },
+    )
 
 
-@dg.asset(deps=[reservation], kinds={"python", "parquet"}, **_COMMON)
-def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=[reservation],
+    kinds={"python", "parquet"},
+    check_specs=[dg.AssetCheckSpec("every_item_accounted_once", asset="dispatch", blocking=True)],
+    **_COMMON,
+)
+def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
     """Send every item without a final receipt; write outputs.parquet and receipts.parquet."""
     storage = batchrouter.storage
     info = batch.load_batch(storage, context.partition_key)
     summary = batch.stage_dispatch(storage, batchrouter.settings, batchrouter.catalog, info)
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "status": summary["status"],
             "succeeded": summary["succeeded"],
@@ -109,26 +130,44 @@ def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource
             "receipts": dg.MetadataValue.path(summary["receipts"]),
         }
     )
+    accounted = batch.accounting(storage, info)
+    yield dg.AssetCheckResult(check_name="every_item_accounted_once", passed=accounted["ok"], metadata=accounted)
 
 
 @dg.asset(
     deps=[dispatch],
     kinds={"duckdb"},
-    check_specs=[dg.AssetCheckSpec("ledger_matches_receipts", asset="settlement", blocking=True)],
+    check_specs=[
+        dg.AssetCheckSpec("ledger_matches_receipts", asset="settlement", blocking=True),
+        dg.AssetCheckSpec("reserve_covers_actual", asset="settlement"),
+    ],
     **_COMMON,
 )
 def settlement(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
-    """Capture the receipts' actual cost from the hold and release the rest, exactly once."""
-    info = batch.load_batch(batchrouter.storage, context.partition_key)
-    result = batch.stage_settle(batchrouter.storage, batchrouter.settings, info)
-    yield dg.MaterializeResult(metadata={k: v for k, v in result.items() if isinstance(v, int | bool | str)})
+    """Capture the receipts' actual cost from the holds and release the rest, exactly once."""
+    storage, settings = batchrouter.storage, batchrouter.settings
+    info = batch.load_batch(storage, context.partition_key)
+    result = money.stage_settle(storage, settings, info)
+    status = batch_status(storage, settings, info)
+    yield dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in result.items() if isinstance(v, int | bool | str)},
+            "items_by_status": dg.MetadataValue.json(status.get("items_by_status", {})),
+            "quote_reserve_usd_micros": status.get("quote", {}).get("reserve_usd_micros", 0),
+            "quote_expected_usd_micros": status.get("quote", {}).get("expected_usd_micros", 0),
+            "cost_by_route": dg.MetadataValue.json(status.get("cost_by_route", [])),
+            "duration_s": float(status.get("duration_s") or 0.0),
+        }
+    )
     # Exact to the micro-dollar: what the ledger captured is what the receipts add up to.
-    differs = result["captured_usd_micros"] != result["receipts_usd_micros"]
     yield dg.AssetCheckResult(
         check_name="ledger_matches_receipts",
-        passed=not differs,
-        metadata={
-            "captured_usd_micros": result["captured_usd_micros"],
-            "receipts_usd_micros": result["receipts_usd_micros"],
-        },
+        passed=result["captured_usd_micros"] == result["receipts_usd_micros"],
+        metadata={"captured": result["captured_usd_micros"], "receipts": result["receipts_usd_micros"]},
+    )
+    yield dg.AssetCheckResult(
+        check_name="reserve_covers_actual",
+        passed=result["receipts_usd_micros"] <= result["reserved_usd_micros"],
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"reserved": result["reserved_usd_micros"], "actual": result["receipts_usd_micros"]},
     )

@@ -23,15 +23,16 @@ from batchrouter.catalog import Catalog
 from batchrouter.config import Settings
 from batchrouter.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.errors import BatchError, ManifestError
-from batchrouter.ledger import Entry, InsufficientCredits, Ledger
+from batchrouter.ledger import Ledger
 from batchrouter.manifest import Manifest, detect_format, read_manifest
 from batchrouter.quote import Quote, build_quote, routed_items
-from batchrouter.receipts import Checkpoint, ItemResult, build_outputs
+from batchrouter.receipts import FINAL_STATES, Checkpoint, ItemResult, build_outputs
 from batchrouter.simulator import running_simulator
 from batchrouter.storage import Storage, route_slug
 
 BATCHES = "batches"
 QUARANTINE = "quarantine"
+HEARTBEAT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class BatchInfo:
     source_name: str
     manifest_sha256: str
     submitted_at: str
+    source_key: str | None = None  # where it was dropped in the bucket, if it came that way
 
     def folder(self, *parts: str) -> tuple[str, ...]:
         return (BATCHES, self.batch_id, *parts)
@@ -59,13 +61,15 @@ def batch_id_for(workspace: str, source_name: str, sha256: str) -> str:
     return f"{slug}-{sha256[:10]}"
 
 
-def submit(storage: Storage, *, workspace: str, source_name: str, data: bytes) -> BatchInfo:
+def submit(
+    storage: Storage, *, workspace: str, source_name: str, data: bytes, source_key: str | None = None
+) -> BatchInfo:
     """Register a manifest as a batch (idempotent): keep its bytes and write `batch.json`."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", workspace):
         raise BatchError(f"workspace {workspace!r} is not a valid name: use letters, digits, '-', '_' or '.'")
     sha = hashlib.sha256(data).hexdigest()
     name = posixpath.basename(source_name)
-    info = BatchInfo(batch_id_for(workspace, name, sha), workspace, name, sha, _now())
+    info = BatchInfo(batch_id_for(workspace, name, sha), workspace, name, sha, _now(), source_key)
     if storage.exists(*info.folder("batch.json")):
         return load_batch(storage, info.batch_id)
     storage.write_bytes(data, *info.folder("source", name))
@@ -100,6 +104,9 @@ def stage_manifest(storage: Storage, settings: Settings, catalog: Catalog, info:
         manifest = read_manifest(info.source_name, data, catalog=catalog, limits=settings.limits)
     except ManifestError as exc:
         report = quarantine(storage, workspace=info.workspace, source_name=info.source_name, data=data, error=exc)
+        if info.source_key and storage.exists(info.source_key):
+            # Dropped in the bucket: the quarantined copy replaces it, so it is moved, not duplicated.
+            storage.fs.rm(storage.path(info.source_key))
         storage.write_json(
             {"status": "unusable_manifest", "error": str(exc), "report": report, "at": _now()},
             *info.folder("status.json"),
@@ -178,9 +185,10 @@ def stage_dispatch(
 
     Safe to run again at any time: items with a final result in the checkpoint are skipped.
     """
-    hold = Ledger(settings.database).hold(info.batch_id)
-    if hold is None:
+    holds = Ledger(settings.database).batch_holds(info.batch_id)
+    if not holds:
         raise BatchError(f"batch {info.batch_id} has no reservation; reserve it before dispatching")
+    hold = holds[-1]
     routed = load_routed_items(storage, info)
     checkpoint = Checkpoint(storage, info.batch_id, every_items=settings.dispatch.checkpoint_items)
     done = checkpoint.load()
@@ -196,13 +204,18 @@ def stage_dispatch(
             f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
         )
     if jobs:
-        set_status(storage, info, "dispatching", items=total, remaining=len(jobs))
+        set_status(storage, info, "dispatching", items=total, remaining=len(jobs), **counts)
+    beat = [time.monotonic()]
 
     def record(result: ItemResult) -> None:
         checkpoint.add(result)
         counts[result.status] = counts.get(result.status, 0) + 1
         if on_progress is not None:
             on_progress(counts["succeeded"], counts["failed"], total)
+        # A heartbeat: the sweeper treats a batch whose status stopped moving as a dead run.
+        if time.monotonic() - beat[0] > HEARTBEAT_S:
+            beat[0] = time.monotonic()
+            set_status(storage, info, "dispatching", items=total, **counts)
 
     routes = {r for job in jobs for r in job.chain}
     health: list[dict[str, Any]] = []
@@ -300,39 +313,16 @@ def set_status(storage: Storage, info: BatchInfo, status: str, **details: Any) -
     return record
 
 
-def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entry:
-    """Hold the quote's reservation in the ledger; without enough credit, stop before any request."""
-    quote = storage.read_json(*info.folder("quote.json"))
-    ledger = Ledger(settings.database)
-    try:
-        entry = ledger.reserve(info.workspace, info.batch_id, int(quote["reserve_usd_micros"]))
-    except InsufficientCredits as exc:
-        set_status(storage, info, "insufficient_credits", message=str(exc), missing_usd_micros=exc.missing,
-                   needed_usd_micros=exc.needed, available_usd_micros=exc.available)  # fmt: skip
-        raise
-    set_status(storage, info, "reserved", reserve_usd_micros=entry.amount_usd_micros, quote_id=quote["quote_id"])
-    return entry
-
-
-def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[str, Any]:
-    """Capture the receipts' actual cost and release the rest of the hold, exactly once."""
+def accounting(storage: Storage, info: BatchInfo) -> dict[str, Any]:
+    """Every manifest row appears exactly once in the receipts, in a final state."""
+    manifest_rows = storage.read_parquet(*info.folder("manifest.parquet")).height
     receipts = storage.read_parquet(*info.folder("receipts.parquet"))
-    pending = int((receipts["status"] == "pending").sum())
-    if pending:
-        raise BatchError(f"batch {info.batch_id} has {pending} items without a final receipt; dispatch it again first")
-    actual = int(receipts["cost_usd_micros"].sum() or 0)
-    entry = Ledger(settings.database).settle(info.batch_id, actual)
-    hold = Ledger(settings.database).hold(info.batch_id)
-    assert hold is not None
-    result = {
-        "batch_id": info.batch_id,
-        "reserved_usd_micros": hold.amount_usd_micros,
-        "receipts_usd_micros": actual,
-        "captured_usd_micros": entry.amount_usd_micros,
-        "released_usd_micros": hold.amount_usd_micros - entry.amount_usd_micros,
-        "entry_id": entry.entry_id,
-        "already_settled": entry.replayed,
+    final = receipts.filter(pl.col("status").is_in(list(FINAL_STATES))).height
+    ids = receipts.filter(pl.col("status").is_in(["succeeded", "failed"]))["item_id"]
+    return {
+        "ok": receipts.height == manifest_rows == final and ids.n_unique() == ids.len(),
+        "manifest_rows": manifest_rows,
+        "receipts": receipts.height,
+        "final": final,
+        "duplicate_ids": ids.len() - ids.n_unique(),
     }
-    storage.write_json(result, *info.folder("settlement.json"))
-    set_status(storage, info, "settled", **{k: v for k, v in result.items() if k != "batch_id"})
-    return result

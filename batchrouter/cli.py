@@ -20,13 +20,12 @@ import fsspec
 
 from batchrouter.api import serve as serve_api
 from batchrouter.batch import (
+    load_batch,
     quarantine,
     stage_dispatch,
     stage_manifest,
     stage_quote,
-    stage_reserve,
     stage_route,
-    stage_settle,
     submit,
 )
 from batchrouter.billing import create_checkout, reconcile
@@ -36,10 +35,11 @@ from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
 from batchrouter.ledger import InsufficientCredits, Ledger, usd
 from batchrouter.manifest import read_manifest
 from batchrouter.quote import build_quote
-from batchrouter.receipts import Checkpoint
 from batchrouter.reporting import query
 from batchrouter.sample import sample_manifest
+from batchrouter.settlement import approve, gate, stage_reserve, stage_settle
 from batchrouter.simulator import serve
+from batchrouter.status import batch_status
 from batchrouter.storage import Storage
 
 EXIT_OK, EXIT_NOTHING_ACCEPTED, EXIT_UNUSABLE = 0, 1, 2
@@ -191,24 +191,58 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_UNUSABLE
     quote = stage_quote(storage, settings, catalog, info, manifest)
     stage_route(storage, info, manifest, quote)
-    if Ledger(settings.database).hold(info.batch_id) is None:
-        try:
-            stage_reserve(storage, settings, info)
-        except InsufficientCredits as exc:
-            if args.json:
-                print(json.dumps({"batch_id": info.batch_id, "status": "insufficient_credits", "message": str(exc),
-                                  "missing_usd_micros": exc.missing}))  # fmt: skip
-            else:
-                print(f"error: batch {info.batch_id} not started: {exc}", file=sys.stderr)
-            return EXIT_NOTHING_ACCEPTED
-    if args.retry_failed:
-        Checkpoint(storage, info.batch_id).retry_failed()
+    if not gate(storage, settings, info):
+        status = storage.read_json(*info.folder("status.json"))
+        print(json.dumps(status) if args.json else f"batch {info.batch_id} is waiting: {status['message']}")
+        return EXIT_NOTHING_ACCEPTED
+    try:
+        stage_reserve(storage, settings, info)
+    except InsufficientCredits as exc:
+        if args.json:
+            print(json.dumps({"batch_id": info.batch_id, "status": "insufficient_credits", "message": str(exc),
+                              "missing_usd_micros": exc.missing}))  # fmt: skip
+        else:
+            print(f"error: batch {info.batch_id} not started: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_ACCEPTED
     summary = stage_dispatch(storage, settings, catalog, info, on_progress=Progress())
     if not summary["pending"]:
         summary["settlement"] = stage_settle(storage, settings, info)
     print(json.dumps(summary, indent=2, default=str) if args.json else render_run(summary))
     nothing_to_do = summary["items"] == summary["rejected"] == 0
     return EXIT_OK if summary["succeeded"] > 0 or nothing_to_do else EXIT_NOTHING_ACCEPTED
+
+
+def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    storage = Storage(settings.storage)
+    info = load_batch(storage, args.batch)
+    record = approve(storage, info, by=args.by)
+    print(f"approved batch {info.batch_id}; the manifest sensor resumes it, or run it again with batchrouter run")
+    if args.json:
+        print(json.dumps(record))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    storage = Storage(settings.storage)
+    status = batch_status(storage, settings, load_batch(storage, args.batch))
+    if args.json:
+        print(json.dumps(status, default=str))
+        return EXIT_OK
+    lines = [f"Batch {status['batch_id']}  workspace {status['workspace']}  status {status['status']}"]
+    if status.get("message"):
+        lines.append(f"  {status['message']}")
+    if "quote" in status:
+        q = status["quote"]
+        lines.append(f"Quote {q['quote_id']}: {q['accepted']} accepted, {q['rejected']} rejected; reserve "
+                     f"{usd(q['reserve_usd_micros'])}, expected {usd(q['expected_usd_micros'])}")  # fmt: skip
+    if "items_by_status" in status:
+        parts = ", ".join(f"{n} {k}" for k, n in status["items_by_status"].items())
+        lines.append(f"Items: {parts}; actual {usd(status['actual_usd_micros'])}")
+    for hold in status["holds"]:
+        lines.append(f"Hold {hold['hold']}: {hold['status']}, reserved {usd(hold['reserved_usd_micros'])}, "
+                     f"captured {usd(hold['captured_usd_micros'])}")  # fmt: skip
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
@@ -341,7 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("manifest")
     r.add_argument("--workspace", required=True)
     r.add_argument("--json", action="store_true", help="print one JSON summary")
-    r.add_argument("--retry-failed", action="store_true", help="dispatch the batch's failed items again")
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -354,6 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=fld.description)
     common(m)
     m.set_defaults(func=cmd_simulate)
+
+    ap = sub.add_parser("approve", help="approve a batch waiting at the approval gate")
+    ap.add_argument("batch")
+    ap.add_argument("--by", default="cli", help="who approves (recorded)")
+    ap.add_argument("--json", action="store_true")
+    common(ap)
+    ap.set_defaults(func=cmd_approve)
+
+    st = sub.add_parser("status", help="show a batch's state")
+    st.add_argument("batch")
+    st.add_argument("--json", action="store_true")
+    common(st)
+    st.set_defaults(func=cmd_status)
 
     c = sub.add_parser("credits", help="prepaid credits: grant, balance, history, buy, reconcile")
     csub = c.add_subparsers(dest="action", required=True)

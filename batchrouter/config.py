@@ -117,6 +117,7 @@ class DispatchConfig(BaseModel):
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
+    stale_after_minutes: float = Field(default=30.0, gt=0)
 
 
 class SimulatorConfig(BaseModel):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 import polars as pl
@@ -305,6 +306,7 @@ class Dispatcher:
                 err,
                 latency=time.monotonic() - start,
                 cost=cost,
+                cost_source="catalog",
                 tokens=(err.input_tokens, err.output_tokens),
                 request_id=err.request_id,
             )
@@ -358,6 +360,10 @@ class Dispatcher:
         except TimeoutError as exc:
             raise TransientError("timeout", f"no complete answer within {route.provider.timeout_s:g} s") from exc
         except httpx.TimeoutException as exc:
+            cause = exc.__cause__
+            # httpx-aiohttp reports every aiohttp connection error (refused, reset) as ConnectTimeout.
+            if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+                raise TransientError("connection_error", f"{type(cause).__name__}: {cause}") from exc
             raise TransientError(
                 "stalled", f"no data from {route.adapter.base_url} for {self.cfg.stall_timeout_s:g} s ({exc})"
             ) from exc

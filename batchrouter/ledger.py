@@ -247,6 +247,20 @@ class Ledger:
             found = [h for h in (_hold(con, b) for b in ids) if h is not None]
         return [h for h in found if status is None or h.status == status]
 
+    def batch_holds(self, batch_id: str) -> list[Hold]:
+        """The holds of a batch, one per dispatch round, oldest first (`<batch>`, `<batch>~r1`, ...)."""
+        with self._connect() as con:
+            ids = [
+                r[0]
+                for r in con.execute(
+                    "SELECT batch_id FROM journal WHERE op = 'reserve' AND (batch_id = ? OR starts_with(batch_id, ?)) "
+                    "ORDER BY created_at",
+                    [batch_id, f"{batch_id}~r"],
+                ).fetchall()
+            ]
+            found = [_hold(con, b) for b in ids]
+        return [h for h in found if h is not None]
+
     def stale_holds(self, older_than: timedelta) -> list[Hold]:
         cutoff = datetime.now(UTC) - older_than
         return [h for h in self.holds(status="held") if h.created_at < cutoff]

@@ -69,9 +69,12 @@ class AdaptiveRate:
         self.paused_until = 0.0
 
     def on_rate_limited(self, retry_after_s: float | None) -> None:
-        self.scale = max(self.floor, self.scale * 0.7)
+        now = time.monotonic()
+        # Slow down once per pause: the other 429s of a burst answer requests sent before the first one.
+        if now >= self.paused_until:
+            self.scale = max(self.floor, self.scale * 0.7)
         wait = retry_after_s if retry_after_s is not None else 1.0
-        self.paused_until = max(self.paused_until, time.monotonic() + wait)
+        self.paused_until = max(self.paused_until, now + wait)
 
     def on_success(self) -> None:
         if self.scale < 1.0:

@@ -184,3 +184,10 @@ def usage_daily_for(settings: Settings, day: str) -> pl.DataFrame:
     """The `usage_daily` rows of one day (YYYY-MM-DD)."""
     with connect(settings) as con:
         return con.execute("SELECT * FROM usage_daily WHERE day = CAST(? AS DATE) ORDER BY ALL", [day]).pl()
+
+
+def write_usage_report(settings: Settings, storage: Storage, day: str) -> tuple[str, pl.DataFrame]:
+    """Write one day's `usage_daily` rows to `reports/usage_daily/day=<day>/usage.parquet`."""
+    frame = usage_daily_for(settings, day)
+    url = storage.write_parquet(frame, "reports", "usage_daily", f"day={day}", "usage.parquet")
+    return url, frame

@@ -381,7 +381,10 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
 
 def serve(config: SimulatorConfig, *, host: str = "127.0.0.1", port: int = 8900) -> None:
     """Run the simulator in the foreground until interrupted."""
-    web.run_app(build_app(config), host=host, port=port, print=None, access_log=None, handle_signals=True)
+    # A short shutdown: a stalled request sleeps for an hour and would hold a graceful stop for a minute.
+    web.run_app(
+        build_app(config), host=host, port=port, print=None, access_log=None, handle_signals=True, shutdown_timeout=0.25
+    )
 
 
 def _free_port() -> int:

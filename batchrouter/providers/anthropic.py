@@ -52,12 +52,12 @@ class AnthropicAdapter(ProviderAdapter):
             usage = data["usage"]
             text = "".join(part.get("text", "") for part in data["content"] if part.get("type") == "text")
             stop = data.get("stop_reason") or "end_turn"
-        except (KeyError, TypeError, AttributeError) as exc:
+            input_tokens = int(usage.get("input_tokens", 0) or 0)
+            cache_read = int(usage.get("cache_read_input_tokens", 0) or 0)
+            cache_write = int(usage.get("cache_creation_input_tokens", 0) or 0)
+            output_tokens = int(usage.get("output_tokens", 0) or 0)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise TransientError("malformed_body", f"response lacks content or usage ({exc})") from exc
-        input_tokens = int(usage.get("input_tokens", 0) or 0)
-        cache_read = int(usage.get("cache_read_input_tokens", 0) or 0)
-        cache_write = int(usage.get("cache_creation_input_tokens", 0) or 0)
-        output_tokens = int(usage.get("output_tokens", 0) or 0)
         if stop == "refusal":
             raise RefusedError(
                 "refused",

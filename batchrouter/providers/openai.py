@@ -48,16 +48,18 @@ class OpenAIAdapter(ProviderAdapter):
             choice = data["choices"][0]
             message = choice["message"]
             usage = data.get("usage") or {}
-        except (KeyError, IndexError, TypeError) as exc:
-            raise TransientError("malformed_body", f"response lacks choices[0].message ({exc})") from exc
-        input_tokens = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
-        output_tokens = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
-        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        cached = int(details.get("cached_tokens", 0) or 0)
-        if message.get("refusal"):
+            # A wrong shape (a null message, a usage that is not an object) must be an error, not a crash.
+            refusal = message.get("refusal")
+            input_tokens = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
+            output_tokens = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
+            details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+            cached = int(details.get("cached_tokens", 0) or 0)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise TransientError("malformed_body", f"response lacks choices[0].message or usage ({exc})") from exc
+        if refusal:
             raise RefusedError(
                 "refused",
-                str(message["refusal"]),
+                str(refusal),
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 request_id=request_id or data.get("id"),

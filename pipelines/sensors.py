@@ -1,0 +1,44 @@
+"""Sensors: a dropped manifest starts a run; an approval resumes a batch from the gate."""
+
+import dagster as dg
+
+from batchrouter import intake, settlement
+from batchrouter.batch import load_batch
+from pipelines.jobs import batch_job, resume_job
+from pipelines.partitions import batches
+from pipelines.resources import BatchRouterResource
+
+
+@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
+    """One run per new manifest under manifests/<workspace>/ (CSV, Parquet, JSONL)."""
+    storage = batchrouter.storage
+    cursor = intake.Cursor.parse(context.cursor)
+    found = intake.scan(storage, cursor)
+    runs, new_batches = [], []
+    for dropped in found:
+        if not dropped.is_manifest:
+            context.log.info(f"ignoring {dropped.key}: not a manifest (use .csv, .parquet or .jsonl)")
+            continue
+        info = intake.accept(storage, dropped)
+        new_batches.append(info.batch_id)
+        # The batch id is a digest of workspace and content: re-ticks and restarts ask for the same run.
+        runs.append(dg.RunRequest(run_key=info.batch_id, partition_key=info.batch_id,
+                                  tags={"workspace": info.workspace, "source": dropped.key}))  # fmt: skip
+    return dg.SensorResult(
+        run_requests=runs,
+        dynamic_partitions_requests=[batches.build_add_request(new_batches)] if new_batches else [],
+        cursor=cursor.advance(found).dump(),
+    )
+
+
+@dg.sensor(job=resume_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
+    """Resume batches at the approval gate once approved (`batchrouter approve`, or approvals/<batch_id>)."""
+    storage, settings = batchrouter.storage, batchrouter.settings
+    runs = []
+    for batch_id in settlement.awaiting(storage):
+        info = load_batch(storage, batch_id)
+        if settlement.is_approved(storage, settings, info):
+            runs.append(dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id))
+    return dg.SensorResult(run_requests=runs)
