@@ -113,9 +113,8 @@ class Storage:
         if self.fs.exists(folder):
             self.fs.rm(folder, recursive=True)
 
-    def move(self, source: str, *parts: str) -> str:
-        """Move an object given by its relative key parts... from an absolute path in this filesystem."""
-        target = self.path(*parts)
-        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        self.fs.mv(source, target)
-        return self.url(*parts)
+    def presign(self, *parts: str, expires_s: int = 3600) -> str | None:
+        """An S3 presigned GET URL for a key; None on a local root (the API signs those links itself)."""
+        if self.protocol != "s3":
+            return None
+        return str(self.fs.sign(self.path(*parts), expiration=expires_s))
