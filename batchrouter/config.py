@@ -87,6 +87,8 @@ class RoutePolicy(BaseModel):
     max_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     objective: Objective = "cost"
     max_fallbacks: int = Field(default=2, ge=0)
+    # Card numbers and credentials are rejected (restricted_content) unless this is set.
+    allow_restricted_content: bool = False
 
 
 class WorkspaceConfig(BaseModel):

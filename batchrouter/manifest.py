@@ -72,6 +72,7 @@ REJECTION_CODES = {
     "duplicate_item_id": "item_id repeats an earlier row",
     "context_too_long": "the prompt does not fit the context window of any allowed route",
     "no_route": "the workspace's route policy allows no route for the model",
+    "restricted_content": "the item holds a payment card number or a credential",
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrouter import routing, tokens
+from batchrouter import guards, routing, tokens
 from batchrouter.catalog import PICO_PER_MICRO, Catalog
 from batchrouter.config import RoutePolicy
 from batchrouter.manifest import Manifest
@@ -116,6 +116,8 @@ def build_quote(
 ) -> Quote:
     """Count, route and price every accepted item of `manifest`; rejected rows keep their reason."""
     items = manifest.items.with_row_index("item")
+    if not policy.allow_restricted_content:
+        items = reject_restricted(items)
     models = catalog.models_frame()
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
     counted = valid.with_columns(tokens.input_tokens(valid, workers=workers).alias("input_tokens"))
@@ -164,6 +166,35 @@ def build_quote(
         source=manifest.source,
         manifest_sha256=manifest.sha256,
         items=table,
+    )
+
+
+def reject_restricted(items: pl.DataFrame) -> pl.DataFrame:
+    """Reject accepted items holding card numbers or credentials (`guards`); the value is never kept."""
+    open_rows = items.filter(pl.col("reject_code").is_null())
+    kinds = guards.restricted(guards.item_text(open_rows))
+    hits = open_rows.select("item").with_columns(kinds.alias("_kind")).filter(pl.col("_kind").is_not_null())
+    if hits.height == 0:
+        return items
+    reason = pl.format(
+        "the item contains restricted content ({}), which the terms forbid sending; remove it, or set "
+        "allow_restricted_content in the workspace's route policy if you are entitled to",
+        pl.col("_kind"),
+    )
+    return (
+        items.join(hits, on="item", how="left")
+        .with_columns(
+            pl.when(pl.col("_kind").is_not_null())
+            .then(pl.lit("restricted_content"))
+            .otherwise("reject_code")
+            .alias("reject_code"),
+            pl.when(pl.col("_kind").is_not_null())
+            .then(pl.lit("prompt"))
+            .otherwise("reject_field")
+            .alias("reject_field"),
+            pl.when(pl.col("_kind").is_not_null()).then(reason).otherwise("reject_reason").alias("reject_reason"),
+        )
+        .drop("_kind")
     )
 
 

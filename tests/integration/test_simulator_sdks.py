@@ -17,7 +17,11 @@ from batchrouter.config import SimulatorConfig
 from batchrouter.simulator import running_simulator
 from batchrouter.tokens import count_text
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # The SDK warns that catalog models are past their date; the simulator serves any model name.
+    pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning"),
+]
 
 RPM = 60_000
 CLAUDE = "claude-sonnet-4-20250514"
