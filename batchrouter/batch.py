@@ -231,6 +231,7 @@ def stage_dispatch(
                 policy=settings.workspace(info.workspace).policy,
                 on_result=record,
                 simulator_url=url,
+                cancelled=_cancel_watch(storage, info),
             )
             asyncio.run(dispatcher.run(jobs))
             health = [r.health.row() for r in dispatcher.routes.values()]
@@ -241,6 +242,19 @@ def stage_dispatch(
         frame = pl.DataFrame(health).with_columns(pl.lit(_now()).alias("run_at"), pl.lit(elapsed).alias("run_seconds"))
         storage.write_parquet(frame, *info.folder("dispatch", f"health-{time.time_ns()}.parquet"))
     return write_results(storage, info)
+
+
+def _cancel_watch(storage: Storage, info: BatchInfo, every_s: float = 1.0) -> Callable[[], bool]:
+    """True once `cancel.json` exists beside the batch (looked for at most once a second)."""
+    state = {"checked": 0.0, "cancelled": False}
+
+    def cancelled() -> bool:
+        if not state["cancelled"] and time.monotonic() - state["checked"] >= every_s:
+            state["checked"] = time.monotonic()
+            state["cancelled"] = storage.exists(*info.folder("cancel.json"))
+        return bool(state["cancelled"])
+
+    return cancelled
 
 
 def write_results(storage: Storage, info: BatchInfo) -> dict[str, Any]:

@@ -171,6 +171,32 @@ class ApiConfig(BaseModel):
     model_config = _STRICT
     host: str = "127.0.0.1"
     port: int = Field(default=8080, gt=0, lt=65536)
+    base_url: str = "http://127.0.0.1:8080"  # how customers reach the API (signed links point here)
+    executor: Literal["sensor", "inline"] = "sensor"  # who runs batches created through the API
+    rate_limit_per_minute: int = Field(default=600, gt=0)
+    rate_limit_burst: int = Field(default=30, gt=0)
+    link_ttl_s: int = Field(default=3600, gt=0)
+
+
+class DeliveryConfig(BaseModel):
+    """Signed artifact links and `batch.completed` webhooks (`batchrouter.links`, `batchrouter.delivery`)."""
+
+    model_config = _STRICT
+    api_base: str | None = None  # base URL of the API serving local-root links; default http://{api.host}:{api.port}
+    link_secret_env: str = "BATCHROUTER_LINK_SECRET"  # unset: a development secret under <storage root>/.secrets/
+    link_expires_s: int = Field(default=86_400, gt=0, le=604_800)  # S3 presigned URLs last at most 7 days
+    retry_schedule_s: list[float] = Field(default_factory=lambda: [0.0, 5.0, 30.0, 120.0, 600.0, 1800.0])
+    timeout_s: float = Field(default=10.0, gt=0)  # per webhook request
+    max_total_s: float = Field(default=3600.0, gt=0)  # no attempt starts later than this after delivery began
+    disable_after_failed_events: int = Field(default=5, gt=0)  # consecutive events that exhausted their retries
+    allow_private_endpoints: bool = False  # local development only: loopback and private webhook URLs
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("needs at least one delay, none negative (seconds before each attempt)")
+        return value
 
 
 # Providers every installation knows. By default they all point at the built-in simulator, so nothing
@@ -202,6 +228,7 @@ class Settings(BaseSettings):
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @field_validator("providers")
     @classmethod

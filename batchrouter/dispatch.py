@@ -185,6 +185,7 @@ class Dispatcher:
         on_result: Callable[[ItemResult], None],
         simulator_url: str | None = None,
         seed: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -195,6 +196,7 @@ class Dispatcher:
         self.routes: dict[str, Route] = {}
         self.clients: dict[str, httpx.AsyncClient] = {}
         self.rng = random.Random(seed)
+        self.cancelled = cancelled
         self.remaining = 0
         self.done = asyncio.Event()
         self.pumps: list[asyncio.Task[None]] = []
@@ -258,6 +260,10 @@ class Dispatcher:
         """Admission loop of one route: a job leaves the queue only when limits allow it."""
         while True:
             job = await route.queue.get()
+            if self.cancelled is not None and self.cancelled():
+                cancel = TerminalError("cancelled", "the batch was cancelled before this item was sent")
+                self._finish(job, route, "failed", cancel, latency=None)
+                continue
             await route.adaptive.wait_if_paused()
             if route.breaker.is_open:
                 if job.position + 1 < len(job.chain):
