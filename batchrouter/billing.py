@@ -124,8 +124,9 @@ def handle_webhook(settings: Settings, ledger: Ledger, payload: bytes, signature
     if event["type"] not in FULFILMENT_EVENTS:
         return {"received": True, "event": event["id"], "type": event["type"], "outcome": "ignored"}
     result = fulfil_session(settings, ledger, event["data"]["object"])
-    return {"received": True, "event": event["id"], "type": event["type"], "session": result.session_id, "workspace": result.workspace,
-            "outcome": result.outcome, "credited_usd_micros": result.credited_usd_micros}  # fmt: skip
+    return {"received": True, "event": event["id"], "type": event["type"], "session": result.session_id,
+            "workspace": result.workspace, "outcome": result.outcome,
+            "credited_usd_micros": result.credited_usd_micros}  # fmt: skip
 
 
 def reconcile(settings: Settings, ledger: Ledger, *, since: int | None = None) -> list[Fulfilment]:

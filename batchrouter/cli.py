@@ -12,12 +12,14 @@ import json
 import sys
 import time
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from batchrouter.accounts import Accounts
 from batchrouter.api import serve as serve_api
 from batchrouter.batch import (
     load_batch,
@@ -31,6 +33,7 @@ from batchrouter.batch import (
 from batchrouter.billing import create_checkout, reconcile
 from batchrouter.catalog import load_catalog
 from batchrouter.config import Settings, SimulatorConfig, load_settings
+from batchrouter.deletion import delete_workspace_data
 from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
 from batchrouter.ledger import InsufficientCredits, Ledger, usd
 from batchrouter.manifest import read_manifest
@@ -327,6 +330,68 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    accounts = Accounts(settings.database)
+    actor = f"cli:{args.by}"
+    if args.action == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        expires = timedelta(days=args.expires_days) if args.expires_days else None
+        full, key = accounts.create_key(args.workspace, name=args.name, scopes=scopes, created_by=args.by,
+                                        actor=actor, expires_in=expires)  # fmt: skip
+        print(json.dumps({"key": full, **key.public()}) if args.json else
+              f"{full}\n(key {key.key_id}: store it now, it is never shown again)")  # fmt: skip
+    elif args.action == "list":
+        keys = [k.public() for k in accounts.keys(args.workspace)]
+        if args.json:
+            print(json.dumps(keys))
+        else:
+            print(_table(["KEY", "PREFIX", "NAME", "SCOPES", "CREATED BY", "EXPIRES", "REVOKED"],
+                         [[k["key_id"], k["prefix"], k["name"], ",".join(k["scopes"]), k["created_by"],
+                           k["expires_at"] or "", k["revoked_at"] or ""] for k in keys]))  # fmt: skip
+    elif args.action == "revoke":
+        accounts.revoke_key(args.workspace, args.key_id, actor=actor)
+        print(f"revoked {args.key_id}")
+    else:
+        full, key = accounts.rotate_key(args.workspace, args.key_id, actor=actor,
+                                        grace=timedelta(hours=args.grace_hours))  # fmt: skip
+        print(json.dumps({"key": full, **key.public()}) if args.json else
+              f"{full}\n(new key {key.key_id}; {args.key_id} keeps working for {args.grace_hours:g} h)")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_members(args: argparse.Namespace, settings: Settings) -> int:
+    accounts = Accounts(settings.database)
+    if args.action == "add":
+        accounts.set_member(args.workspace, args.email, args.role, actor=f"cli:{args.by}")
+    elif args.action == "remove":
+        if not accounts.remove_member(args.workspace, args.email, actor=f"cli:{args.by}"):
+            print(f"{args.email} is not a member of {args.workspace}", file=sys.stderr)
+            return EXIT_NOTHING_ACCEPTED
+    members = accounts.members(args.workspace)
+    rows = [[m["email"], m["role"], m["added_at"]] for m in members]
+    print(json.dumps(members) if args.json else _table(["EMAIL", "ROLE", "ADDED"], rows))
+    return EXIT_OK
+
+
+def cmd_workspace(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "delete-data":
+        report = delete_workspace_data(Storage(settings.storage), settings, args.workspace, actor=f"cli:{args.by}")
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(f"deleted {len(report['deleted'])} folders of {args.workspace}")
+            for item in report["deleted"]:
+                print(f"  - {item}")
+            print("kept:")
+            for item in report["kept"]:
+                print(f"  - {item['what']}: {item['why']}")
+        return EXIT_OK
+    Accounts(settings.database).set_suspended(args.workspace, args.action == "suspend", reason=args.reason,
+                                              actor=f"cli:{args.by}")  # fmt: skip
+    print(f"workspace {args.workspace} {'suspended' if args.action == 'suspend' else 'resumed'}")
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     config = settings.simulator
     if args.config_json:
@@ -440,6 +505,49 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int)
     common(sv)
     sv.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser("keys", help="API keys: create, list, revoke, rotate")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="create a key; it is printed once")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--scopes", required=True, help="comma-separated: batches:read,batches:write,credits:read,...")
+    kc.add_argument("--by", required=True, help="the member (email) the key acts for")
+    kc.add_argument("--expires-days", type=int)
+    kl = ksub.add_parser("list")
+    kr = ksub.add_parser("revoke")
+    kt = ksub.add_parser("rotate", help="a new key; the old one keeps working for the grace period")
+    kt.add_argument("--grace-hours", type=float, default=24.0)
+    for kp in (kr, kt):
+        kp.add_argument("key_id")
+    for kp in (kc, kl, kr, kt):
+        kp.add_argument("--workspace", required=True)
+        kp.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_keys, by="operator")
+    common(k)
+
+    mb = sub.add_parser("members", help="workspace members and roles: add, list, remove")
+    msub = mb.add_subparsers(dest="action", required=True)
+    ma = msub.add_parser("add", help="add a member or change their role")
+    ma.add_argument("--role", required=True, choices=["owner", "admin", "member", "viewer"])
+    mr = msub.add_parser("remove")
+    ml = msub.add_parser("list")
+    for mp in (ma, mr):
+        mp.add_argument("--email", required=True)
+    for mp in (ma, mr, ml):
+        mp.add_argument("--workspace", required=True)
+        mp.add_argument("--json", action="store_true")
+    mb.set_defaults(func=cmd_members, by="operator")
+    common(mb)
+
+    ws = sub.add_parser("workspace", help="suspend, resume, or delete a workspace's data")
+    wsub = ws.add_subparsers(dest="action", required=True)
+    for name in ("suspend", "resume", "delete-data"):
+        wp = wsub.add_parser(name)
+        wp.add_argument("workspace")
+        wp.add_argument("--reason")
+        wp.add_argument("--json", action="store_true")
+    ws.set_defaults(func=cmd_workspace, by="operator")
+    common(ws)
 
     g = sub.add_parser("sample", help="write a sample manifest (.parquet or .csv)")
     g.add_argument("out")

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from batchrouter.batch import BatchInfo, submit
+from batchrouter.batch import BatchInfo, quarantine, submit
+from batchrouter.errors import ManifestError
 from batchrouter.storage import Storage
 
 MANIFESTS = "manifests"
@@ -83,3 +84,12 @@ def accept(storage: Storage, dropped: Dropped) -> BatchInfo:
     """Register a dropped manifest as a batch (idempotent: the same bytes are the same batch)."""
     data = storage.read_bytes(dropped.key)
     return submit(storage, workspace=dropped.workspace, source_name=dropped.name, data=data, source_key=dropped.key)
+
+
+def refuse(storage: Storage, dropped: Dropped, *, problem: str, fix: str) -> str:
+    """Quarantine a dropped file without running it (e.g. its workspace is suspended); returns the report URL."""
+    data = storage.read_bytes(dropped.key)
+    report = quarantine(storage, workspace=dropped.workspace, source_name=dropped.name, data=data,
+                        error=ManifestError(dropped.key, problem, fix))  # fmt: skip
+    storage.fs.rm(storage.path(dropped.key))
+    return report

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from batchrouter.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from batchrouter.config import Settings
 from batchrouter.errors import BatchRouterError
 from batchrouter.ledger import SCHEMA as LEDGER_SCHEMA
@@ -116,6 +117,17 @@ def connect(settings: Settings, *, lock_timeout_s: float = 30.0) -> Iterator[duc
                 "WHERE false"
             )
         con.execute(VIEWS)
+        if _has_table(con, "audit_events"):
+            con.execute(
+                "CREATE VIEW audit_events AS SELECT event_id, occurred_at, workspace, actor, action, target, "
+                "before_json, after_json FROM ledger.audit_events"
+            )
+        else:
+            con.execute(
+                "CREATE VIEW audit_events AS SELECT NULL::VARCHAR AS event_id, NULL::TIMESTAMPTZ AS occurred_at, "
+                "NULL::VARCHAR AS workspace, NULL::VARCHAR AS actor, NULL::VARCHAR AS action, NULL::VARCHAR AS target, "
+                "NULL::VARCHAR AS before_json, NULL::VARCHAR AS after_json WHERE false"
+            )
         con.execute("""
             CREATE OR REPLACE VIEW quote_accuracy AS
             WITH q AS (
@@ -142,6 +154,7 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, path: str, lock_timeout_s: fl
         con.execute("ATTACH ':memory:' AS ledger")
         con.execute("USE ledger")
         con.execute(LEDGER_SCHEMA)
+        con.execute(ACCOUNTS_SCHEMA)
         con.execute("USE memory")
         return
     deadline = time.monotonic() + lock_timeout_s
@@ -153,6 +166,13 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, path: str, lock_timeout_s: fl
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise QueryError(f"the ledger {path} is locked by another process; try again") from exc
             time.sleep(0.05)
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'ledger' AND table_name = ?", [name]
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def check_read_only(sql: str) -> None:

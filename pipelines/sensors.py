@@ -3,6 +3,7 @@
 import dagster as dg
 
 from batchrouter import intake, settlement
+from batchrouter.accounts import Accounts
 from batchrouter.batch import load_batch
 from pipelines.jobs import batch_job, resume_job
 from pipelines.partitions import batches
@@ -19,6 +20,13 @@ def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
     for dropped in found:
         if not dropped.is_manifest:
             context.log.info(f"ignoring {dropped.key}: not a manifest (use .csv, .parquet or .jsonl)")
+            continue
+        suspended = Accounts(batchrouter.settings.database).suspension(dropped.workspace)
+        if suspended is not None:
+            problem = f"workspace {dropped.workspace} is suspended ({suspended})"
+            fix = "contact support to resume the workspace, then drop the manifest again"
+            report = intake.refuse(storage, dropped, problem=problem, fix=fix)
+            context.log.warning(f"quarantined {dropped.key}: workspace suspended; report at {report}")
             continue
         info = intake.accept(storage, dropped)
         new_batches.append(info.batch_id)
