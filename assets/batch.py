@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 
 from batchrouter import batch
+from batchrouter import delivery as webhooks
 from batchrouter import settlement as money
 from batchrouter.errors import ManifestError
 from batchrouter.ledger import InsufficientCredits
@@ -170,4 +171,19 @@ def settlement(context: dg.AssetExecutionContext, batchrouter: BatchRouterResour
         passed=result["receipts_usd_micros"] <= result["reserved_usd_micros"],
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"reserved": result["reserved_usd_micros"], "actual": result["receipts_usd_micros"]},
+    )
+
+
+@dg.asset(deps=[settlement], kinds={"python"}, **_COMMON)
+def delivery(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
+    """Send the signed batch.completed webhook (Standard Webhooks) to the workspace's endpoints."""
+    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    attempts = webhooks.deliver_batch_completed(batchrouter.settings, batchrouter.storage, info)
+    delivered = {a.endpoint_id for a in attempts if a.ok}
+    return dg.MaterializeResult(
+        metadata={
+            "attempts": len(attempts),
+            "endpoints_delivered": len(delivered),
+            "endpoints_failed": len({a.endpoint_id for a in attempts} - delivered),
+        }
     )

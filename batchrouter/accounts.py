@@ -11,6 +11,8 @@ Roles and what each may do (the README shows the same table):
     members:write      x      x
     keys:read          x      x      x
     keys:write         x      x      x
+    webhooks:read      x      x      x
+    webhooks:write     x      x
     workspace:admin    x
 
 API keys are `br_<prefix>_<secret>`: shown once at creation, stored as the prefix (to find the key)
@@ -42,10 +44,12 @@ ROLES = ("owner", "admin", "member", "viewer")
 SCOPES = ("batches:read", "batches:write", "credits:read", "credits:write", "admin")
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "owner": frozenset({"batches:read", "batches:write", "credits:read", "credits:write", "members:read",
-                        "members:write", "keys:read", "keys:write", "workspace:admin"}),
+                        "members:write", "keys:read", "keys:write", "webhooks:read", "webhooks:write",
+                        "workspace:admin"}),
     "admin": frozenset({"batches:read", "batches:write", "credits:read", "credits:write", "members:read",
-                        "members:write", "keys:read", "keys:write"}),
-    "member": frozenset({"batches:read", "batches:write", "credits:read", "members:read", "keys:read", "keys:write"}),
+                        "members:write", "keys:read", "keys:write", "webhooks:read", "webhooks:write"}),
+    "member": frozenset({"batches:read", "batches:write", "credits:read", "members:read", "keys:read", "keys:write",
+                         "webhooks:read"}),
     "viewer": frozenset({"batches:read", "credits:read", "members:read"}),
 }  # fmt: skip
 

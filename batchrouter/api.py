@@ -19,7 +19,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from batchrouter import batch as batches
-from batchrouter import settlement
+from batchrouter import delivery, settlement
 from batchrouter.accounts import SCOPES, AccessError, Accounts, Principal
 from batchrouter.billing import BillingError, SignatureError, create_checkout, handle_webhook
 from batchrouter.catalog import load_catalog
@@ -77,6 +77,10 @@ class CreateKey(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[str] = Field(min_length=1, max_length=len(SCOPES))
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class AddWebhook(BaseModel):
+    url: str = Field(min_length=8, max_length=2048, description="an https:// (or, in development, http://) URL")
 
 
 class RotateKey(BaseModel):
@@ -409,6 +413,32 @@ class Api:
         return JSONResponse({"key": full, **key.public(), "note": "store the key now: it is never shown again"},
                             status_code=201)  # fmt: skip
 
+    async def list_webhooks(self, request: Request, principal: Principal) -> Response:
+        found = await asyncio.to_thread(delivery.list_endpoints, self.settings, principal.workspace)
+        return JSONResponse({"webhooks": [{**asdict(e), "created_at": e.created_at.isoformat()} for e in found]})
+
+    async def add_webhook(self, request: Request, principal: Principal, body: AddWebhook) -> Response:
+        try:
+            endpoint_id, secret = await asyncio.to_thread(delivery.add_endpoint, self.settings, principal.workspace,
+                                                          body.url)  # fmt: skip
+        except delivery.EndpointRefused as exc:
+            raise ApiError(422, "endpoint_refused", str(exc)) from exc
+        self.accounts.record(
+            principal.workspace, principal.actor, "webhook.added", endpoint_id, after={"url": body.url}
+        )
+        return JSONResponse({"endpoint_id": endpoint_id, "url": body.url, "secret": secret,
+                             "note": "store the secret now: it signs every delivery and is never shown again"},
+                            status_code=201)  # fmt: skip
+
+    async def remove_webhook(self, request: Request, principal: Principal) -> Response:
+        endpoint_id = request.path_params["endpoint_id"]
+        try:
+            await asyncio.to_thread(delivery.remove_endpoint, self.settings, principal.workspace, endpoint_id)
+        except delivery.EndpointNotFound as exc:
+            raise ApiError(404, "not_found", str(exc)) from exc
+        self.accounts.record(principal.workspace, principal.actor, "webhook.removed", endpoint_id)
+        return JSONResponse({"removed": endpoint_id})
+
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
 
@@ -443,6 +473,11 @@ class Api:
             E("POST", "/v1/keys/{key_id}/revoke", self.revoke_key, "Revoke an API key", "admin", "keys:write"),
             E("POST", "/v1/keys/{key_id}/rotate", self.rotate_key, "Rotate an API key", "admin", "keys:write",
               RotateKey),
+            E("GET", "/v1/webhooks", self.list_webhooks, "List webhook endpoints", "admin", "webhooks:read"),
+            E("POST", "/v1/webhooks", self.add_webhook, "Add a webhook endpoint", "admin", "webhooks:write",
+              AddWebhook),
+            E("DELETE", "/v1/webhooks/{endpoint_id}", self.remove_webhook, "Remove a webhook endpoint", "admin",
+              "webhooks:write"),
             E("GET", "/healthz", self.health, "Health check"),
             E("GET", "/openapi.json", self.openapi, "This document"),
         ]  # fmt: skip

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -65,7 +67,23 @@ def pack_price_micros(settings: Settings, pack: str) -> int:
 def create_checkout(settings: Settings, *, workspace: str, pack: str) -> tuple[str, str]:
     """A Checkout Session for one pack; returns (session id, URL to pay at)."""
     micros = pack_price_micros(settings, pack)
-    session = stripe_client(settings).v1.checkout.sessions.create(
+    with _stripe_errors("create the Checkout Session"):
+        session = _create_session(settings, workspace, pack, micros)
+    return str(session.id), str(session.url)
+
+
+@contextmanager
+def _stripe_errors(what: str) -> Iterator[None]:
+    """Stripe's refusals and outages as a BillingError (a message, not a traceback)."""
+    try:
+        yield
+    except stripe.StripeError as exc:
+        status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+        raise BillingError(f"Stripe could not {what}{status}: {exc.user_message or exc}") from exc
+
+
+def _create_session(settings: Settings, workspace: str, pack: str, micros: int) -> Any:
+    return stripe_client(settings).v1.checkout.sessions.create(
         params={
             "mode": "payment",
             "client_reference_id": workspace,
@@ -84,11 +102,12 @@ def create_checkout(settings: Settings, *, workspace: str, pack: str) -> tuple[s
             "cancel_url": settings.billing.cancel_url,
         }
     )
-    return str(session.id), str(session.url)
 
 
 def fulfil_session(settings: Settings, ledger: Ledger, session: Any) -> Fulfilment:
     """Credit a paid Checkout Session's pack, once."""
+    # The SDK's StripeObject is not a dict (no `.get`): read a plain copy of it.
+    session = session.to_dict() if isinstance(session, stripe.StripeObject) else dict(session)
     session_id = str(session["id"])
     metadata = session.get("metadata") or {}
     workspace, pack = metadata.get("workspace"), metadata.get("pack")
@@ -135,9 +154,10 @@ def reconcile(settings: Settings, ledger: Ledger, *, since: int | None = None) -
     since = since if since is not None else int(time.time()) - settings.billing.reconcile_lookback_hours * 3600
     results = []
     for event_type in FULFILMENT_EVENTS:
-        events = client.v1.events.list(params={"type": event_type, "created": {"gte": since}, "limit": 100})
-        for event in events.auto_paging_iter():
-            # Each event carries the session as it was then: a `completed` one may be unpaid while a
-            # later `async_payment_succeeded` one is paid. Fulfilment is idempotent, so try them all.
-            results.append(fulfil_session(settings, ledger, event["data"]["object"]))
+        with _stripe_errors(f"list {event_type} events"):
+            events = client.v1.events.list(params={"type": event_type, "created": {"gte": since}, "limit": 100})
+            for event in events.auto_paging_iter():
+                # Each event carries the session as it was then: a `completed` one may be unpaid while a
+                # later `async_payment_succeeded` one is paid. Fulfilment is idempotent, so try them all.
+                results.append(fulfil_session(settings, ledger, event["data"]["object"]))
     return results

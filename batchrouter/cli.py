@@ -34,6 +34,7 @@ from batchrouter.billing import create_checkout, reconcile
 from batchrouter.catalog import load_catalog
 from batchrouter.config import Settings, SimulatorConfig, load_settings
 from batchrouter.deletion import delete_workspace_data
+from batchrouter.delivery import add_endpoint, deliver_batch_completed, list_endpoints, remove_endpoint
 from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
 from batchrouter.ledger import InsufficientCredits, Ledger, usd
 from batchrouter.manifest import read_manifest
@@ -44,6 +45,7 @@ from batchrouter.settlement import approve, gate, stage_reserve, stage_settle
 from batchrouter.simulator import serve
 from batchrouter.status import batch_status
 from batchrouter.storage import Storage
+from batchrouter.summary import main_verify
 
 EXIT_OK, EXIT_NOTHING_ACCEPTED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -210,6 +212,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     summary = stage_dispatch(storage, settings, catalog, info, on_progress=Progress())
     if not summary["pending"]:
         summary["settlement"] = stage_settle(storage, settings, info)
+        attempts = deliver_batch_completed(settings, storage, info)
+        summary["webhooks"] = [{"endpoint_id": a.endpoint_id, "status_code": a.status_code} for a in attempts]
     print(json.dumps(summary, indent=2, default=str) if args.json else render_run(summary))
     nothing_to_do = summary["items"] == summary["rejected"] == 0
     return EXIT_OK if summary["succeeded"] > 0 or nothing_to_do else EXIT_NOTHING_ACCEPTED
@@ -392,6 +396,28 @@ def cmd_workspace(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    return main_verify(args.rest)
+
+
+def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "add":
+        endpoint_id, secret = add_endpoint(settings, args.workspace, args.url)
+        Accounts(settings.database).record(args.workspace, "cli:operator", "webhook.added", endpoint_id,
+                                           after={"url": args.url})  # fmt: skip
+        print(json.dumps({"endpoint_id": endpoint_id, "secret": secret}) if args.json else
+              f"endpoint {endpoint_id}; signing secret (shown once): {secret}")  # fmt: skip
+    elif args.action == "remove":
+        remove_endpoint(settings, args.workspace, args.endpoint_id)
+        Accounts(settings.database).record(args.workspace, "cli:operator", "webhook.removed", args.endpoint_id)
+        print(f"removed {args.endpoint_id}")
+    else:
+        rows = list_endpoints(settings, args.workspace)
+        cells = [[e.endpoint_id, e.url, e.enabled, e.disabled_reason or "", e.failures] for e in rows]
+        print(_table(["ENDPOINT", "URL", "ENABLED", "DISABLED BECAUSE", "FAILURES"], cells))
+    return EXIT_OK
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     config = settings.simulator
     if args.config_json:
@@ -548,6 +574,24 @@ def build_parser() -> argparse.ArgumentParser:
         wp.add_argument("--json", action="store_true")
     ws.set_defaults(func=cmd_workspace, by="operator")
     common(ws)
+
+    vf = sub.add_parser("verify", help="check a downloaded batch folder against its signed summary.json",
+                        add_help=False)  # fmt: skip
+    vf.add_argument("rest", nargs=argparse.REMAINDER, help="BATCH_DIR [--public-key PEM_FILE] [--json]")
+    vf.set_defaults(func=cmd_verify)
+
+    wh = sub.add_parser("webhooks", help="a workspace's webhook endpoints: add, list, remove")
+    whs = wh.add_subparsers(dest="action", required=True)
+    wa = whs.add_parser("add")
+    wa.add_argument("url")
+    wr = whs.add_parser("remove")
+    wr.add_argument("endpoint_id")
+    wl = whs.add_parser("list")
+    for wp in (wa, wr, wl):
+        wp.add_argument("--workspace", required=True)
+        wp.add_argument("--json", action="store_true")
+    common(wh)
+    wh.set_defaults(func=cmd_webhooks)
 
     g = sub.add_parser("sample", help="write a sample manifest (.parquet or .csv)")
     g.add_argument("out")

@@ -35,8 +35,8 @@ class Database:
         self.lock_timeout_s = lock_timeout_s
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         if schema:
-            with self.connect() as con:
-                con.execute(schema)
+            # Several threads may create the tables at once: a conflict is retried like any other.
+            self.transaction(lambda con: con.execute(schema))
 
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -46,8 +46,10 @@ class Database:
             try:
                 con = duckdb.connect(self.path)
                 break
-            except duckdb.IOException as exc:
-                if not _is_lock_error(exc) or time.monotonic() > deadline:
+            except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
+                # IOException: another process holds the lock. ResourceInUse: a thread here is opening it now.
+                busy = isinstance(exc, duckdb.ResourceInUseException) or _is_lock_error(exc)
+                if not busy or time.monotonic() > deadline:
                     raise DatabaseBusy(
                         f"{self.path} stayed locked by another process for {self.lock_timeout_s:g} s"
                     ) from exc
@@ -59,7 +61,8 @@ class Database:
             con.close()
 
     def transaction(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `work` in one transaction; retried on write conflicts. Errors of ours roll back and propagate."""
+        """Run `work` in one transaction; retried on write conflicts and on unique-key races (the retry
+        sees the winner's row). Any other error rolls back and propagates."""
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.002
         while True:
@@ -69,8 +72,11 @@ class Database:
                     result = work(con)
                     con.execute("COMMIT")
                     return result
-                except duckdb.TransactionException:
-                    con.execute("ROLLBACK")
+                except (duckdb.TransactionException, duckdb.ConstraintException):
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass
                     if time.monotonic() > deadline:
                         raise
                 except BaseException:

@@ -330,6 +330,10 @@ class Dispatcher:
                 route.health.timeouts += 1
             route.tpm.refund(job.estimate_tokens)
             self._transient(route, job, err)
+        except Exception as exc:  # an adapter bug or an answer nobody foresaw: end the item, never hang the run
+            route.health.terminal_errors += 1
+            job.last_error = TerminalError("internal_error", f"{type(exc).__name__}: {exc}")
+            self._finish(job, route, "failed", job.last_error, latency=time.monotonic() - start)
         else:
             latency = time.monotonic() - start
             route.health.succeeded += 1

@@ -15,7 +15,8 @@ import polars as pl
 # A cheap superset of card-number runs for the vectorised pass; candidates are confirmed in Python
 # (exact run of 13-19 digits with single space/dash separators, then Luhn).
 CARD_CANDIDATE = r"[0-9][0-9 -]{11,}[0-9]"
-_CARD_RUN = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+# A maximal run of digits with single space/dash separators, e.g. "4111 1111 1111 1111 123".
+_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9])*")
 
 CREDENTIALS = {
     "private key": r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----",
@@ -24,7 +25,8 @@ CREDENTIALS = {
     "GitHub token": r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
     "Stripe secret key": r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,}\b",
     "Slack token": r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b",
-    "Google API key": r"\bAIza[0-9A-Za-z_-]{35}\b",
+    # Not `\b` at the end: a key may end with '-' (no lookaround: the pattern also runs in Polars).
+    "Google API key": r"\bAIza[0-9A-Za-z_-]{35}(?:[^0-9A-Za-z_-]|$)",
 }
 _CREDENTIAL = "|".join(f"(?:{p})" for p in CREDENTIALS.values())
 
@@ -42,10 +44,21 @@ def luhn_valid(digits: str) -> bool:
 
 
 def has_card_number(text: str) -> bool:
-    for match in _CARD_RUN.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return True
+    """A Luhn-valid 13-19 digit number, alone or as whole groups of a longer run.
+
+    A card number followed (or preceded) by other digits after a separator, such as its expiry or
+    CVV ("4111 1111 1111 1111 123"), is still found: every span of whole groups is tried.
+    """
+    for match in _DIGIT_RUN.finditer(text):
+        groups = re.findall(r"[0-9]+", match.group())
+        for start in range(len(groups)):
+            digits = ""
+            for group in groups[start:]:
+                digits += group
+                if len(digits) > 19:
+                    break
+                if len(digits) >= 13 and luhn_valid(digits):
+                    return True
     return False
 
 

@@ -155,7 +155,9 @@ class Hold:
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc)
-    return "Could not set lock" in text or "Conflicting lock" in text
+    # Another process holds the file; or, within this process, another thread is closing its
+    # connection while this one opens the file ("Unique file handle conflict"): both pass, so retry.
+    return "Could not set lock" in text or "Conflicting lock" in text or "Unique file handle conflict" in text
 
 
 def _is_conflict(exc: Exception) -> bool:
@@ -181,7 +183,7 @@ class Ledger:
             try:
                 con = duckdb.connect(self.path, read_only=read_only and Path(self.path).exists())
                 break
-            except duckdb.IOException as exc:
+            except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
                     raise LedgerError(
                         f"the ledger {self.path} stayed locked by another process for {self.lock_timeout_s:g} s"
@@ -197,6 +199,7 @@ class Ledger:
         """Run `work` in one transaction, retrying on write conflicts and lock contention."""
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.002
+        duplicates = 0
         while True:
             with self._connect() as con:
                 try:
@@ -212,7 +215,12 @@ class Ledger:
                         con.execute("ROLLBACK")
                     except duckdb.Error:
                         pass
-                    if not _is_conflict(exc) or time.monotonic() > deadline:
+                    # Two threads of this process inserting the same unique key at once (the same
+                    # idempotency key, a workspace's first wallet row): the loser retries, and its replay
+                    # check then finds the winner's entry. Nothing else here can violate a constraint.
+                    if isinstance(exc, duckdb.ConstraintException) and duplicates < 10:
+                        duplicates += 1
+                    elif not _is_conflict(exc) or time.monotonic() > deadline:
                         raise
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.1)

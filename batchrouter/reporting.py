@@ -7,6 +7,7 @@ Views: `receipts`, `usage_daily`, `balances`, `ledger_entries`, `postings`, `bat
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,6 +188,22 @@ def check_read_only(sql: str) -> None:
         kind = statement.type.name
         if kind not in READ_ONLY_STATEMENTS:
             raise QueryError(f"only read-only queries are allowed (SELECT, WITH, EXPLAIN); got {kind}")
+        if kind == "EXPLAIN" and _explained_kind(statement.query) != "SELECT":
+            # EXPLAIN ANALYZE runs the statement it explains: `EXPLAIN ANALYZE COPY ... TO 'file'` writes.
+            raise QueryError("EXPLAIN is allowed for SELECT queries only")
+
+
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+
+
+def _explained_kind(sql: str) -> str | None:
+    """The statement type an EXPLAIN statement explains; None when that cannot be told (refused)."""
+    inner, found = _EXPLAIN_PREFIX.subn("", sql, count=1)
+    try:
+        statements = duckdb.extract_statements(inner) if found else []
+    except duckdb.Error:
+        return None
+    return statements[0].type.name if len(statements) == 1 else None
 
 
 def query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:

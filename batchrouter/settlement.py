@@ -22,6 +22,7 @@ from batchrouter.errors import BatchError
 from batchrouter.ledger import Entry, Hold, InsufficientCredits, Ledger
 from batchrouter.receipts import Checkpoint
 from batchrouter.storage import Storage
+from batchrouter.summary import write_summary
 
 APPROVALS = "approvals"
 AWAITING = "awaiting_approval"  # one marker per waiting batch, so the approval sensor lists only those
@@ -142,6 +143,7 @@ def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
         "already_settled": entry is None or entry.replayed,
     }
     storage.write_json(result, *info.folder("settlement.json"))
+    write_summary(settings, storage, info)
     by_status = dict(receipts.group_by("status").len().iter_rows())
     set_status(storage, info, "settled", **{k: v for k, v in result.items() if k != "batch_id"},
                items_by_status=by_status)  # fmt: skip

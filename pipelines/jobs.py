@@ -8,7 +8,7 @@ batch_job = dg.define_asset_job("batch_job", selection=dg.AssetSelection.groups(
 
 # After approval: from the gate on.
 resume_job = dg.define_asset_job(
-    "resume_job", selection=dg.AssetSelection.assets("reservation", "dispatch", "settlement")
+    "resume_job", selection=dg.AssetSelection.assets("reservation", "dispatch", "settlement", "delivery")
 )
 
 usage_report_job = dg.define_asset_job("usage_report_job", selection=dg.AssetSelection.assets(usage_report))

@@ -54,6 +54,7 @@ def test_batch_job_selects_every_batch_asset() -> None:
         "reservation",
         "dispatch",
         "settlement",
+        "delivery",
     }
 
 
