@@ -307,9 +307,7 @@ class Api:
 
     async def batch_links(self, request: Request, principal: Principal) -> Response:
         info = self.batch_of(principal, request.path_params["batch_id"])
-        from batchrouter import links
-
-        expires = self.settings.api.link_ttl_s
+        expires = self.settings.delivery.link_expires_s
         out = {}
         for artifact in ("outputs.parquet", "receipts.parquet", "summary.json", "quote.json"):
             if self.storage.exists(*info.folder(artifact)):
@@ -318,8 +316,6 @@ class Api:
         return JSONResponse({"batch_id": info.batch_id, "expires_in_s": expires, "links": out})
 
     async def artifact(self, request: Request) -> Response:
-        from batchrouter import links
-
         p = request.path_params
         try:
             expires = int(request.query_params.get("expires", "0"))

@@ -175,7 +175,6 @@ class ApiConfig(BaseModel):
     executor: Literal["sensor", "inline"] = "sensor"  # who runs batches created through the API
     rate_limit_per_minute: int = Field(default=600, gt=0)
     rate_limit_burst: int = Field(default=30, gt=0)
-    link_ttl_s: int = Field(default=3600, gt=0)
 
 
 class DeliveryConfig(BaseModel):
