@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from batchrouter import batch as batches
-from batchrouter import delivery, settlement
+from batchrouter import delivery, links, settlement
 from batchrouter.accounts import SCOPES, AccessError, Accounts, Principal
 from batchrouter.billing import BillingError, SignatureError, create_checkout, handle_webhook
 from batchrouter.catalog import load_catalog
