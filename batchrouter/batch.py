@@ -307,8 +307,8 @@ def dispatch_summary(
         "cost_usd_micros": int(receipts["cost_usd_micros"].sum() or 0),
         "retries": int((results["attempts"] - 1).clip(lower_bound=0).sum() or 0),
         "rate_limited": int(results["rate_limited"].sum() or 0),
-        "latency_p50_ms": float(latency.quantile(0.5)) if ok.height else None,
-        "latency_p95_ms": float(latency.quantile(0.95)) if ok.height else None,
+        "latency_p50_ms": float(latency.quantile(0.5) or 0.0) if ok.height else None,
+        "latency_p95_ms": float(latency.quantile(0.95) or 0.0) if ok.height else None,
         "by_route": by_route.to_dicts(),
         "failures": results.filter(pl.col("status") == "failed")
         .group_by("error_code")

@@ -103,7 +103,7 @@ class Catalog:
         Where routes of one model differ, the most permissive limit and the most conservative
         tokenizer factor are taken; per-route limits are enforced again when routing.
         """
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
         for e in self.entries:
             row = rows.setdefault(
                 e.name,

@@ -262,13 +262,13 @@ def _integer_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Serie
         return col.cast(pl.Int64), pl.Series([False] * frame.height)
     if col.dtype.is_float():
         ok = col.is_null() | (col.is_finite() & (col == col.floor()))
-        return pl.Series(name, col.cast(pl.Int64, strict=False)).set(~ok, None), ~ok  # type: ignore[arg-type]
+        return pl.Series(name, col.cast(pl.Int64, strict=False)).set(~ok, None), ~ok
     text = col.cast(pl.String).str.strip_chars()
-    text = text.set(text == "", None)  # type: ignore[arg-type]
+    text = text.set(text == "", None)
     # "100" and "100.0" are the same whole number, as a Parquet float 100.0 is; "1.5" and "ten" are not.
     number = text.cast(pl.Float64, strict=False)
     whole = number.is_not_null() & number.is_finite() & (number == number.floor()) & (number.abs() < 2**53)
-    value = number.cast(pl.Int64, strict=False).set(~whole.fill_null(False), None)  # type: ignore[arg-type]
+    value = number.cast(pl.Int64, strict=False).set(~whole.fill_null(False), None)
     return value, text.is_not_null() & value.is_null()
 
 
@@ -279,7 +279,7 @@ def _float_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]
     if col.dtype.is_numeric():
         return col.cast(pl.Float64), pl.Series([False] * frame.height)
     text = col.cast(pl.String).str.strip_chars()
-    text = text.set(text == "", None)  # type: ignore[arg-type]
+    text = text.set(text == "", None)
     value = text.cast(pl.Float64, strict=False)
     return value, text.is_not_null() & value.is_null()
 
@@ -348,7 +348,7 @@ def _metadata_column(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.Series,
     if isinstance(col.dtype, pl.Struct):
         col = frame.select(pl.col("metadata").struct.json_encode()).to_series()
     text = col.cast(pl.String)
-    text = text.set(text.str.strip_chars() == "", None)  # type: ignore[arg-type]
+    text = text.set(text.str.strip_chars() == "", None)
     fast = _merge_metadata_vectorised(text, extra_json, extras)
     if fast is not None:
         return fast, no_errors
@@ -427,12 +427,14 @@ def _read_jsonl(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ManifestError(source, f"not UTF-8 text (invalid byte at line {line})", "save the JSONL as UTF-8") from exc
+        bad_line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            source, f"not UTF-8 text (invalid byte at line {bad_line})", "save the JSONL as UTF-8"
+        ) from exc
     rows: list[dict[str, Any]] = []
     # Only \n ends a line: JSON allows U+2028 and friends raw inside strings, which splitlines() splits on.
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
+    for line_no, raw_line in enumerate(text.split("\n"), start=1):
+        line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
         rows.append(_jsonl_row(line_no, line))
@@ -596,9 +598,9 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
     code: pl.Expr = pl.col("reject_code")
     field: pl.Expr = pl.col("reject_field")
     reason: pl.Expr = pl.col("reject_reason")
-    chain_code = pl.when(pl.col("reject_code").is_not_null()).then(code)
-    chain_field = pl.when(pl.col("reject_code").is_not_null()).then(field)
-    chain_reason = pl.when(pl.col("reject_code").is_not_null()).then(reason)
+    chain_code: Any = pl.when(pl.col("reject_code").is_not_null()).then(code)
+    chain_field: Any = pl.when(pl.col("reject_code").is_not_null()).then(field)
+    chain_reason: Any = pl.when(pl.col("reject_code").is_not_null()).then(reason)
     for rule_code, rule_field, condition, message in rules:
         hit = condition.fill_null(False)
         chain_code = chain_code.when(hit).then(pl.lit(rule_code))
@@ -609,4 +611,4 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
         chain_field.otherwise(None).alias("reject_field"),
         chain_reason.otherwise(None).alias("reject_reason"),
     )
-    return out.select(list(ITEM_SCHEMA)).cast(ITEM_SCHEMA)  # type: ignore[arg-type]
+    return out.select(list(ITEM_SCHEMA)).cast(pl.Schema(ITEM_SCHEMA))

@@ -220,7 +220,8 @@ def query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]
 def usage_daily_for(settings: Settings, day: str) -> pl.DataFrame:
     """The `usage_daily` rows of one day (YYYY-MM-DD)."""
     with connect(settings) as con:
-        return con.execute("SELECT * FROM usage_daily WHERE day = CAST(? AS DATE) ORDER BY ALL", [day]).pl()
+        cur = con.execute("SELECT * FROM usage_daily WHERE day = CAST(? AS DATE) ORDER BY ALL", [day])
+        return pl.DataFrame(cur.to_arrow_table())
 
 
 def write_usage_report(settings: Settings, storage: Storage, day: str) -> tuple[str, pl.DataFrame]:

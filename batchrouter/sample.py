@@ -49,7 +49,7 @@ def sample_manifest(
     names = list(mix)
     probs = np.array([mix[n] for n in names], dtype=float)
     models = rng.choice(names, size=items, p=probs / probs.sum())
-    caps = rng.choice([None, 256, 512, 1024], size=items, p=[0.4, 0.3, 0.2, 0.1])
+    caps = np.array([None, 256, 512, 1024], dtype=object)[rng.choice(4, size=items, p=[0.4, 0.3, 0.2, 0.1])]
     return pl.DataFrame(
         {
             "item_id": [f"item-{i:07d}" for i in range(items)],

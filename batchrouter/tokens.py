@@ -111,7 +111,7 @@ def _count_parallel(
     for segment, encoding, _, n in spans:
         size = int(lengths[segment].sum())
         k = max(1, round(pieces * size / total)) if total else 1
-        cuts = np.searchsorted(np.cumsum(lengths[segment]), np.linspace(0, size, k + 1)[1:-1]) if k > 1 else []
+        cuts: Any = np.searchsorted(np.cumsum(lengths[segment]), np.linspace(0, size, k + 1)[1:-1]) if k > 1 else []
         edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
         bounds += [(segment, encoding, lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
     # fork: workers inherit the Arrow buffers instead of receiving texts through pipes.
@@ -148,7 +148,7 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
     distinct = shared.select("encoding", "content").unique(maintain_order=True)
     own = rows.filter(~pl.col("from_system_column"))
     encodings = sorted(set(rows["encoding"].unique().to_list()))
-    segments: list[tuple[str, pl.Series]] = []
+    segments: list[tuple[str, Sequence[str] | pl.Series]] = []
     for enc in encodings:
         segments.append((enc, own.filter(pl.col("encoding") == enc)["content"]))
         segments.append((enc, distinct.filter(pl.col("encoding") == enc)["content"]))

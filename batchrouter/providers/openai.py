@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from batchrouter.errors import TerminalError, TransientError
 from batchrouter.providers.base import (
@@ -20,7 +20,7 @@ from batchrouter.providers.base import (
 
 
 class OpenAIAdapter(ProviderAdapter):
-    default_base_url = "https://api.openai.com/v1"
+    default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
 
     def headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from batchrouter.providers.base import RequestItem
 from batchrouter.providers.openai import OpenAIAdapter
 
 
 class OpenAICompatibleAdapter(OpenAIAdapter):
-    default_base_url = None  # there is no default: the server is yours
+    default_base_url: ClassVar[str | None] = None  # there is no default: the server is yours
 
     def body(self, item: RequestItem, upstream: str) -> dict[str, Any]:
         body = super().body(item, upstream)
