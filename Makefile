@@ -18,6 +18,7 @@ demo: $(BIN)/batchrouter
 
 test: $(BIN)/batchrouter
 	$(BIN)/ruff check batchrouter assets pipelines tests benchmarks
+	$(BIN)/mypy --strict --ignore-missing-imports batchrouter
 	$(BIN)/python -m pytest -q
 
 

@@ -26,7 +26,13 @@ class DatabaseBusy(BatchRouterError):
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc)
-    return "Could not set lock" in text or "Conflicting lock" in text
+    # Another process holds the file; or, within this process, another thread is closing its
+    # connection while this one opens the file ("Unique file handle conflict"): both pass, so retry.
+    return "Could not set lock" in text or "Conflicting lock" in text or "Unique file handle conflict" in text
+
+
+def _is_conflict(exc: Exception) -> bool:
+    return isinstance(exc, duckdb.TransactionException) or "Conflict" in str(exc)
 
 
 class Database:
@@ -61,10 +67,15 @@ class Database:
             con.close()
 
     def transaction(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `work` in one transaction; retried on write conflicts and on unique-key races (the retry
-        sees the winner's row). Any other error rolls back and propagates."""
+        """Run `work` in one transaction, retried on write conflicts.
+
+        Two threads inserting the same unique key at once (the same idempotency key, a workspace's
+        first row) also retry, a few times: the loser's retry then finds the winner's row. Any other
+        error, ours included, rolls back and propagates.
+        """
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.002
+        duplicates = 0
         while True:
             with self.connect() as con:
                 try:
@@ -72,12 +83,14 @@ class Database:
                     result = work(con)
                     con.execute("COMMIT")
                     return result
-                except (duckdb.TransactionException, duckdb.ConstraintException):
+                except duckdb.Error as exc:
                     try:
                         con.execute("ROLLBACK")
                     except duckdb.Error:
                         pass
-                    if time.monotonic() > deadline:
+                    if isinstance(exc, duckdb.ConstraintException) and duplicates < 10:
+                        duplicates += 1
+                    elif not _is_conflict(exc) or time.monotonic() > deadline:
                         raise
                 except BaseException:
                     try:

@@ -13,7 +13,7 @@ import re
 import polars as pl
 
 # A cheap superset of card-number runs for the vectorised pass; candidates are confirmed in Python
-# (exact run of 13-19 digits with single space/dash separators, then Luhn).
+# (13-19 digits of whole groups of a run with single space/dash separators, then Luhn).
 CARD_CANDIDATE = r"[0-9][0-9 -]{11,}[0-9]"
 # A maximal run of digits with single space/dash separators, e.g. "4111 1111 1111 1111 123".
 _DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9])*")
@@ -50,14 +50,27 @@ def has_card_number(text: str) -> bool:
     CVV ("4111 1111 1111 1111 123"), is still found: every span of whole groups is tried.
     """
     for match in _DIGIT_RUN.finditer(text):
-        groups = re.findall(r"[0-9]+", match.group())
-        for start in range(len(groups)):
-            digits = ""
-            for group in groups[start:]:
-                digits += group
-                if len(digits) > 19:
+        run = match.group()
+        digits = run.replace(" ", "").replace("-", "")
+        if len(digits) < 13:
+            continue
+        if len(digits) == len(run):  # one group: only the whole number can be a card number
+            if len(digits) <= 19 and luhn_valid(digits):
+                return True
+            continue
+        # Offsets (in `digits`) where groups start; a candidate spans whole groups.
+        cuts, seen = [0], 0
+        for ch in run:
+            if ch in " -":
+                cuts.append(seen)
+            else:
+                seen += 1
+        cuts.append(len(digits))
+        for i, start in enumerate(cuts[:-1]):
+            for end in cuts[i + 1 :]:
+                if end - start > 19:
                     break
-                if len(digits) >= 13 and luhn_valid(digits):
+                if end - start >= 13 and luhn_valid(digits[start:end]):
                     return True
     return False
 

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
 
 T = TypeVar("T")
@@ -153,77 +152,19 @@ class Hold:
     captured_usd_micros: int
 
 
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc)
-    # Another process holds the file; or, within this process, another thread is closing its
-    # connection while this one opens the file ("Unique file handle conflict"): both pass, so retry.
-    return "Could not set lock" in text or "Conflicting lock" in text or "Unique file handle conflict" in text
-
-
-def _is_conflict(exc: Exception) -> bool:
-    return isinstance(exc, duckdb.TransactionException) or "Conflict" in str(exc)
-
-
 class Ledger:
     """The ledger in the DuckDB file at `path`."""
 
     def __init__(self, path: str | Path, *, lock_timeout_s: float = 60.0) -> None:
         self.path = str(path)
-        self.lock_timeout_s = lock_timeout_s
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute(SCHEMA)
+        self.db = Database(self.path, schema=SCHEMA, lock_timeout_s=lock_timeout_s)
 
-    # -- connections -------------------------------------------------------------------------
-    @contextmanager
-    def _connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.005
-        while True:
-            try:
-                con = duckdb.connect(self.path, read_only=read_only and Path(self.path).exists())
-                break
-            except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
-                if not _is_lock_error(exc) or time.monotonic() > deadline:
-                    raise LedgerError(
-                        f"the ledger {self.path} stayed locked by another process for {self.lock_timeout_s:g} s"
-                    ) from exc
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 0.2)
-        try:
-            yield con
-        finally:
-            con.close()
+    def _connect(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return self.db.connect()
 
     def _transaction(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run `work` in one transaction, retrying on write conflicts and lock contention."""
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.002
-        duplicates = 0
-        while True:
-            with self._connect() as con:
-                try:
-                    con.execute("BEGIN TRANSACTION")
-                    result = work(con)
-                    con.execute("COMMIT")
-                    return result
-                except LedgerError:
-                    con.execute("ROLLBACK")
-                    raise
-                except duckdb.Error as exc:
-                    try:
-                        con.execute("ROLLBACK")
-                    except duckdb.Error:
-                        pass
-                    # Two threads of this process inserting the same unique key at once (the same
-                    # idempotency key, a workspace's first wallet row): the loser retries, and its replay
-                    # check then finds the winner's entry. Nothing else here can violate a constraint.
-                    if isinstance(exc, duckdb.ConstraintException) and duplicates < 10:
-                        duplicates += 1
-                    elif not _is_conflict(exc) or time.monotonic() > deadline:
-                        raise
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.1)
+        """One transaction; write conflicts and lock contention are retried (see `db.Database`)."""
+        return self.db.transaction(work)
 
     # -- reads -------------------------------------------------------------------------------
     def balance(self, workspace: str) -> Balance:
@@ -455,7 +396,7 @@ def _replay(con: duckdb.DuckDBPyConnection, key: str, body: dict[str, Any]) -> E
             f"idempotency key {key!r} was already used for a different {row[2]} ({row[5]} micro-USD on {row[3]}); "
             "use a new key for a new operation"
         )
-    return Entry(*row[:8], replayed=True)
+    return Entry(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], replayed=True)
 
 
 def _available(con: duckdb.DuckDBPyConnection, workspace: str) -> int:

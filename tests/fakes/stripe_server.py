@@ -25,7 +25,8 @@ Test control (no authentication), what the customer or Stripe's back office woul
     GET    /_test/state                                  sessions, events, deliveries, requests
     GET    /_test/health
 
-The same control operations are methods of `FakeStripe` for tests in the same process. Helpers sign a
+The same control operations are methods of `FakeStripe` for tests in the same process; `page_cap`
+makes list pages smaller than `limit` asks (Stripe's pagination, exercised without 100+ objects). Helpers sign a
 payload exactly as Stripe signs webhooks (`stripe_signature`) and deliver an event to a URL (`deliver`).
 """
 
@@ -213,6 +214,8 @@ class FakeStripe:
     api_key: str = DEFAULT_API_KEY
     api_version: str = API_VERSION
     clock: Callable[[], float] = time.time
+    # Fault injection: answer list pages of at most this many objects (with has_more), whatever `limit` says.
+    page_cap: int | None = None
     base_url: str = ""
     sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
     line_items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -358,6 +361,7 @@ class FakeStripe:
     def list_events(self, params: dict[str, Any]) -> dict[str, Any]:
         _unknown(params, EVENT_LIST_PARAMS)
         limit = _int(params.get("limit", 10), "limit", minimum=1, maximum=100)
+        limit = min(limit, self.page_cap or limit)
         types: list[str] = []
         if "type" in params:
             types.append(str(params["type"]))
