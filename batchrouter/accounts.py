@@ -201,6 +201,13 @@ class Accounts:
             row = con.execute(
                 "SELECT role FROM members WHERE workspace = ? AND email = ?", [workspace, email]
             ).fetchone()
+            if row is not None and row[0] == "owner" and role != "owner":
+                owners = con.execute(
+                    "SELECT count(*) FROM members WHERE workspace = ? AND role = 'owner'", [workspace]
+                ).fetchone()
+                if owners and owners[0] <= 1:
+                    raise AccessError("last_owner", "a workspace keeps at least one owner; make another owner first",
+                                      409)  # fmt: skip
             con.execute(
                 "INSERT INTO members VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (workspace, email) DO UPDATE SET role = excluded.role",

@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from batchrouter import batch as batches
 from batchrouter import delivery, links, settlement
-from batchrouter.accounts import SCOPES, AccessError, Accounts, Principal
+from batchrouter.accounts import ROLES, SCOPES, AccessError, Accounts, Principal
 from batchrouter.billing import BillingError, SignatureError, create_checkout, handle_webhook
 from batchrouter.catalog import load_catalog
 from batchrouter.config import Settings
@@ -238,21 +238,24 @@ class Api:
             quote = self.storage.read_json(*folder, "quote.json")
             name = quote["filename"]
             data = self.storage.read_bytes(*folder, "source", name)
-            batch_id = batches.batch_id_for(principal.workspace, name, quote["manifest_sha256"])
-            existed = self.storage.exists(batches.BATCHES, batch_id, "batch.json")
             info = batches.submit(self.storage, workspace=principal.workspace, source_name=name, data=data)
-            if not existed:
-                catalog = load_catalog(self.settings.models)
-                manifest = batches.stage_manifest(self.storage, self.settings, catalog, info)
-                priced = batches.stage_quote(self.storage, self.settings, catalog, info, manifest)
-                batches.stage_route(self.storage, info, manifest, priced)
-                # Creating a batch from a quote is the customer's approval of that quote.
-                settlement.approve(self.storage, info, by=principal.actor)
-                settlement.stage_reserve(self.storage, self.settings, info)
-                after = {"quote_id": body.quote_id, "reserve_usd_micros": quote["reserve_usd_micros"]}
-                self.accounts.record(principal.workspace, principal.actor, "batch.created", info.batch_id, after=after)
-                self.start(info)
-            return (200 if existed else 201), batch_status(self.storage, self.settings, info)
+            # Created means reserved: a quote whose batch was refused for want of credit (402) can be
+            # posted again once credit is there.
+            if self.ledger.batch_holds(info.batch_id):
+                return 200, batch_status(self.storage, self.settings, info)
+            catalog = load_catalog(self.settings.models)
+            manifest = batches.stage_manifest(self.storage, self.settings, catalog, info)
+            priced = batches.stage_quote(self.storage, self.settings, catalog, info, manifest)
+            batches.stage_route(self.storage, info, manifest, priced)
+            # Creating a batch from a quote is the customer's approval of that quote.
+            settlement.approve(self.storage, info, by=principal.actor)
+            entry = settlement.stage_reserve(self.storage, self.settings, info)
+            if entry is None or entry.replayed:  # a concurrent request with the same quote id got there first
+                return 200, batch_status(self.storage, self.settings, info)
+            after = {"quote_id": body.quote_id, "reserve_usd_micros": quote["reserve_usd_micros"]}
+            self.accounts.record(principal.workspace, principal.actor, "batch.created", info.batch_id, after=after)
+            self.start(info)
+            return 201, batch_status(self.storage, self.settings, info)
 
         status, out = await asyncio.to_thread(work)
         return JSONResponse(out, status_code=status)
@@ -368,6 +371,8 @@ class Api:
         email = request.path_params["email"]
         if body.role == "owner" and principal.role != "owner":
             raise ApiError(403, "forbidden", "only an owner can make another owner")
+        if self.accounts.role(principal.workspace, email) == "owner" and principal.role != "owner":
+            raise ApiError(403, "forbidden", "only an owner can change an owner's role")
         await asyncio.to_thread(self.accounts.set_member, principal.workspace, email, body.role, actor=principal.actor)
         return JSONResponse({"members": self.accounts.members(principal.workspace)})
 
@@ -403,6 +408,20 @@ class Api:
         return JSONResponse({**key.public(), "revoked": True})
 
     async def rotate_key(self, request: Request, principal: Principal, body: RotateKey) -> Response:
+        # The new key acts for the old key's creator, with its scopes, and is handed to the caller: so a
+        # key may rotate only keys within its own powers (its own member's, or an owner's or admin's
+        # over a member of no higher role) and holding no scope it lacks.
+        key_id = request.path_params["key_id"]
+        old = next((k for k in self.accounts.keys(principal.workspace) if k.key_id == key_id), None)
+        if old is not None:
+            extra = [s for s in old.scopes if s not in principal.key.scopes]
+            creator = self.accounts.role(principal.workspace, old.created_by) or "viewer"
+            outranks = principal.role in ("owner", "admin") and ROLES.index(principal.role) <= ROLES.index(creator)
+            if extra:
+                raise ApiError(403, "forbidden", f"a key cannot rotate a key with scopes it lacks: {', '.join(extra)}")
+            if old.created_by != principal.key.created_by and not outranks:
+                raise ApiError(403, "forbidden", f"{principal.role} {principal.key.created_by} may not rotate "
+                                                 f"a key of {creator} {old.created_by}")  # fmt: skip
         full, key = await asyncio.to_thread(self.accounts.rotate_key, principal.workspace,
                                             request.path_params["key_id"], actor=principal.actor,
                                             grace=timedelta(hours=body.grace_hours))  # fmt: skip

@@ -59,8 +59,12 @@ class Cursor:
 
 
 def _modified(info: dict[str, Any]) -> float:
-    value = info.get("LastModified", info.get("mtime", info.get("created", 0.0)))
-    return value.timestamp() if isinstance(value, datetime) else float(value)
+    """When the file arrived. On a local root that is the later of its modification and change times:
+    `mv`, `cp -p` and `rsync -a` keep an old modification time, but arriving changes the inode."""
+    if "LastModified" in info:
+        value = info["LastModified"]
+        return value.timestamp() if isinstance(value, datetime) else float(value)
+    return max(float(info.get("mtime", 0.0)), float(info.get("created", 0.0)))
 
 
 def scan(storage: Storage, cursor: Cursor) -> list[Dropped]:

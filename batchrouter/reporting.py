@@ -49,7 +49,10 @@ def _glob(storage: Storage, con: duckdb.DuckDBPyConnection, *parts: str) -> str 
         return None
     if storage.protocol == "file":
         return pattern
-    con.register_filesystem(storage.fs)
+    protocols = storage.fs.protocol
+    name = protocols[0] if isinstance(protocols, tuple) else protocols
+    if not con.filesystem_is_registered(name):  # receipts and quotes share one registration
+        con.register_filesystem(storage.fs)
     return f"{storage.protocol}://{pattern}"
 
 

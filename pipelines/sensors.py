@@ -5,6 +5,7 @@ import dagster as dg
 from batchrouter import intake, settlement
 from batchrouter.accounts import Accounts
 from batchrouter.batch import load_batch
+from batchrouter.errors import BatchError
 from pipelines.jobs import batch_job, resume_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
@@ -28,7 +29,15 @@ def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
             report = intake.refuse(storage, dropped, problem=problem, fix=fix)
             context.log.warning(f"quarantined {dropped.key}: workspace suspended; report at {report}")
             continue
-        info = intake.accept(storage, dropped)
+        try:
+            info = intake.accept(storage, dropped)
+        except BatchError as exc:
+            # A file that cannot become a batch (its folder is not a valid workspace name) must not fail
+            # every tick and so hold up every other manifest: it is quarantined with the reason.
+            fix = "drop it under manifests/<workspace>/ where <workspace> is a valid workspace name"
+            report = intake.refuse(storage, dropped, problem=str(exc), fix=fix)
+            context.log.warning(f"quarantined {dropped.key}: {exc}; report at {report}")
+            continue
         new_batches.append(info.batch_id)
         # The batch id is a digest of workspace and content: re-ticks and restarts ask for the same run.
         runs.append(dg.RunRequest(run_key=info.batch_id, partition_key=info.batch_id,
@@ -46,7 +55,12 @@ def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
     storage, settings = batchrouter.storage, batchrouter.settings
     runs = []
     for batch_id in settlement.awaiting(storage):
-        info = load_batch(storage, batch_id)
+        try:
+            info = load_batch(storage, batch_id)
+        except BatchError:
+            # One stale marker (its batch removed from the bucket) must not block every other approval.
+            context.log.warning(f"ignoring awaiting_approval/{batch_id}: the batch no longer exists")
+            continue
         if settlement.is_approved(storage, settings, info):
             runs.append(dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id))
     return dg.SensorResult(run_requests=runs)

@@ -7,6 +7,8 @@ import hashlib
 import io
 import json
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
 from batchrouter import cli
+from batchrouter.accounts import Accounts
 from batchrouter.batch import batch_id_for, load_batch
 from batchrouter.config import load_settings
 from batchrouter.ledger import Ledger
@@ -42,7 +45,7 @@ def bucket(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def instance() -> dg.DagsterInstance:
+def instance() -> Iterator[dg.DagsterInstance]:
     with dg.DagsterInstance.ephemeral() as inst:
         yield inst
 
@@ -77,7 +80,11 @@ def jsonl_bytes(n: int = 3, tag: str = "jsonl") -> bytes:
                 "custom_id": f"{tag}-{i}",
                 "method": "POST",
                 "url": "/v1/chat/completions",
-                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Hi {i}"}], "max_tokens": 32},
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": f"Hi {i}"}],
+                    "max_tokens": 32,
+                },
             }
         )
         for i in range(n)
@@ -115,7 +122,9 @@ def added_partitions(result: dg.SensorResult) -> list[str]:
     return [key for req in result.dynamic_partitions_requests or [] for key in req.partition_keys]
 
 
-def materialise(instance: dg.DagsterInstance, batch_id: str, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+def materialise(
+    instance: dg.DagsterInstance, batch_id: str, *, raise_on_error: bool = True
+) -> dg.ExecuteInProcessResult:
     if not instance.has_dynamic_partition(batches.name, batch_id):
         instance.add_dynamic_partitions(batches.name, [batch_id])
     return dg.materialize(
@@ -212,6 +221,32 @@ def test_a_file_that_is_not_a_manifest_gets_no_run_and_a_log_line(
     assert run_keys(tick(instance, result.cursor)) == []
 
 
+def test_hidden_files_and_files_in_nested_folders_get_no_run(bucket: Path, instance: dg.DagsterInstance) -> None:
+    drop(bucket, ".a.csv.part", csv_bytes())  # an upload in progress
+    drop(bucket, "archive/old.csv", csv_bytes(tag="old"))
+
+    result = tick(instance)
+
+    assert run_keys(result) == []
+    assert not (bucket / "batches").exists()
+
+
+def test_a_manifest_moved_in_with_an_mtime_older_than_the_cursor_still_gets_a_run(
+    bucket: Path, instance: dg.DagsterInstance
+) -> None:
+    now = time.time()
+    drop(bucket, "today.csv", csv_bytes(tag="today"), mtime=now - 60)
+    first = tick(instance)
+    assert len(run_keys(first)) == 1
+    old = csv_bytes(tag="last-week")
+    # As `mv` or `cp -p` leave it: modified a week ago, arrived just now.
+    drop(bucket, "last-week.csv", old, mtime=now - 7 * 86_400)
+
+    result = tick(instance, first.cursor)
+
+    assert run_keys(result) == [expected_batch_id("last-week.csv", old)]
+
+
 def test_an_unusable_manifest_gets_a_run_whose_manifest_asset_quarantines_it(
     bucket: Path, instance: dg.DagsterInstance
 ) -> None:
@@ -238,12 +273,48 @@ def test_an_unusable_manifest_gets_a_run_whose_manifest_asset_quarantines_it(
     assert not (bucket / "batches" / batch_id / "quote.json").exists()
 
 
+def test_a_manifest_under_an_invalid_workspace_name_does_not_block_other_manifests(
+    bucket: Path, instance: dg.DagsterInstance
+) -> None:
+    bad = drop(bucket, "orders.csv", csv_bytes(tag="bad"), workspace="Acme Corp!", mtime=1_800_000_000)
+    good = csv_bytes(tag="good")
+    drop(bucket, "orders.csv", good, mtime=1_800_000_001)
+
+    result = tick(instance)
+
+    assert run_keys(result) == [expected_batch_id("orders.csv", good)]
+    assert run_keys(tick(instance, result.cursor)) == []
+    assert not bad.exists()
+    (report,) = (bucket / "quarantine" / "Acme Corp!").glob("*.error.txt")
+    assert "not a valid name" in report.read_text()
+
+
+def test_a_manifest_dropped_for_a_suspended_workspace_is_quarantined_without_a_run(
+    bucket: Path, instance: dg.DagsterInstance, capfd: pytest.CaptureFixture[str]
+) -> None:
+    Accounts(load_settings().database).set_suspended(WS, True, reason="unpaid invoice", actor="ops")
+    data = csv_bytes(tag="held")
+    dropped = drop(bucket, "held.csv", data)
+    drop(bucket, "fine.csv", csv_bytes(tag="fine"), workspace="other-ws")
+
+    result = tick(instance)
+
+    assert [r.tags["workspace"] for r in result.run_requests or []] == ["other-ws"]
+    assert not dropped.exists()
+    original, report = sorted((bucket / "quarantine" / WS).iterdir())
+    assert original.read_bytes() == data
+    assert report.name == f"{original.name}.error.txt"
+    assert "suspended" in report.read_text()
+    assert f"quarantined manifests/{WS}/held.csv: workspace suspended" in capfd.readouterr().err
+    assert run_keys(tick(instance, result.cursor)) == []
+
+
 # -- approval gate and approval_sensor --------------------------------------------------------------
 
 
 def _run_batch_job(instance: dg.DagsterInstance, batch_id: str) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(batches.name, [batch_id])
-    return defs.get_job_def("batch_job").execute_in_process(instance=instance, partition_key=batch_id)
+    return defs.resolve_job_def("batch_job").execute_in_process(instance=instance, partition_key=batch_id)
 
 
 @pytest.fixture
@@ -270,7 +341,7 @@ def test_a_batch_over_the_auto_approval_limit_stops_at_reservation_awaiting_appr
     materialised = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
     assert materialised == {"manifest", "quote", "routed_items"}
     skipped = {e.step_key for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
-    assert skipped == {"dispatch", "settlement"}
+    assert {"dispatch", "settlement"} <= skipped
     folder = bucket / "batches" / batch_id
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "awaiting_approval"
@@ -295,7 +366,7 @@ def test_approval_sensor_requests_nothing_until_approved_then_resume_job_settles
 
     assert run_keys(result) == [f"{batch_id}:approved"]
     assert [r.partition_key for r in result.run_requests or []] == [batch_id]
-    resumed = defs.get_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
+    resumed = defs.resolve_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
     folder = bucket / "batches" / batch_id
     assert json.loads((folder / "status.json").read_text())["status"] == "settled"
@@ -324,10 +395,24 @@ def test_an_object_dropped_at_approvals_batch_id_approves_a_batch_held_by_the_co
     result = tick(instance, sensor=approval_sensor)
 
     assert run_keys(result) == [f"{batch_id}:approved"]
-    resumed = defs.get_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
+    resumed = defs.resolve_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
     assert json.loads((bucket / "batches" / batch_id / "status.json").read_text())["status"] == "settled"
     assert (bucket / "batches" / batch_id / "receipts.parquet").exists()
+
+
+@pytest.mark.usefixtures("strict_limit")
+def test_an_awaiting_marker_whose_batch_folder_is_gone_does_not_block_other_approvals(
+    bucket: Path, instance: dg.DagsterInstance
+) -> None:
+    batch_id, _ = _held_batch(bucket, instance)
+    assert cli.main(["approve", batch_id]) == 0
+    # A batch removed from the bucket by hand (or by a lifecycle rule) while it waited.
+    (bucket / "awaiting_approval" / "acme-gone-0123456789").write_bytes(b"")
+
+    result = tick(instance, sensor=approval_sensor)
+
+    assert run_keys(result) == [f"{batch_id}:approved"]
 
 
 def test_a_batch_within_the_auto_approval_limit_runs_through_without_waiting(
@@ -346,7 +431,9 @@ def test_a_batch_within_the_auto_approval_limit_runs_through_without_waiting(
     assert run_keys(tick(instance, sensor=approval_sensor)) == []
 
 
-def test_a_manifest_under_another_workspace_folder_becomes_a_batch_of_that_workspace(bucket: Path, instance: dg.DagsterInstance) -> None:
+def test_a_manifest_under_another_workspace_folder_becomes_a_batch_of_that_workspace(
+    bucket: Path, instance: dg.DagsterInstance
+) -> None:
     data = csv_bytes()
     drop(bucket, "a.csv", data, workspace="other-ws")
     (batch_id,) = run_keys(tick(instance))

@@ -1,0 +1,191 @@
+"""`dagster dev` for real: the daemon's manifest sensor sees a dropped manifest and runs batch_job to SUCCESS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchrouter import cli
+from batchrouter.batch import batch_id_for
+from batchrouter.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+WS = "acme"
+START_DEADLINE_S = 120
+RUN_DEADLINE_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert "errors" not in answer, answer
+    return dict(answer["data"])
+
+
+LOCATIONS = """
+{ workspaceOrError { __typename ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+RUNS = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) { __typename ... on Runs { results { runId status jobName tags { key value } } } }
+}
+"""
+
+
+class DagsterDev:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def wait_until(self, what: str, deadline_s: float, probe: Any) -> Any:
+        """Poll `probe` until it returns something truthy; fail with the server's log at the deadline."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"dagster dev exited with {self.proc.returncode} before {what}:\n{self.log_tail()}")
+            try:
+                found = probe()
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                found = None
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} within {deadline_s} s:\n{self.log_tail()}")
+            time.sleep(1.0)  # poll interval, not synchronisation: the deadline above bounds the wait
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TOML config in tmp: its own bucket and ledger. The isolation fixture's environment overrides
+    are removed so the config file is what the server and this test both read."""
+    monkeypatch.delenv("BATCHROUTER_STORAGE__ROOT", raising=False)
+    monkeypatch.delenv("BATCHROUTER_DATABASE", raising=False)
+    path = tmp_path / "batchrouter.toml"
+    path.write_text(
+        f'database = "{tmp_path / "ledger.duckdb"}"\n\n[storage]\nroot = "{tmp_path / "bucket"}"\n\n'
+        "[simulator]\nlatency_ms = 5\n"
+    )
+    monkeypatch.setenv("BATCHROUTER_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def dagster_dev(config: Path, tmp_path: Path) -> Iterator[DagsterDev]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHROUTER_CONFIG": str(config)}
+    log = tmp_path / "dagster-dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield DagsterDev(proc, port, log)
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop dagster dev and everything it started (webserver, daemon, code servers, run workers)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def _location_loaded(port: int) -> bool:
+    data = graphql(port, LOCATIONS)["workspaceOrError"]
+    entries = data.get("locationEntries") or []
+    for entry in entries:
+        if entry["locationOrLoadError"] and entry["locationOrLoadError"]["__typename"] == "PythonError":
+            pytest.fail(f"code location {entry['name']} failed to load: {entry['locationOrLoadError']['message']}")
+    return any(e["name"] == "pipelines.definitions" and e["loadStatus"] == "LOADED" for e in entries)
+
+
+def test_a_manifest_dropped_in_the_bucket_runs_batch_job_to_success_under_dagster_dev(
+    dagster_dev: DagsterDev, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-test"]) == 0
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+
+    frame = pl.DataFrame(
+        {
+            "item_id": [f"w-{i}" for i in range(4)],
+            "model": ["gpt-4o-mini"] * 4,
+            "prompt": [f"Say hello to visitor {i}." for i in range(4)],
+            "max_tokens": [32] * 4,
+        }
+    )
+    data = frame.write_csv().encode()
+    batch_id = batch_id_for(WS, "visitors.csv", hashlib.sha256(data).hexdigest())
+    drop = tmp_path / "bucket" / "manifests" / WS / "visitors.csv"
+    drop.parent.mkdir(parents=True)
+    staged = drop.with_name(".visitors.csv.part")  # hidden while written, then renamed: never read half-written
+    staged.write_bytes(data)
+    staged.rename(drop)
+
+    run_filter = {"filter": {"pipelineName": "batch_job", "tags": [{"key": "dagster/partition", "value": batch_id}]}}
+
+    def finished_run() -> dict[str, Any] | None:
+        runs = graphql(dagster_dev.port, RUNS, run_filter)["runsOrError"]["results"]
+        done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+        return done[0] if done else None
+
+    run = dagster_dev.wait_until(f"finished batch_job run for {batch_id}", RUN_DEADLINE_S, finished_run)
+
+    assert run["status"] == "SUCCESS", dagster_dev.log_tail()
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert (tags["dagster/run_key"], tags["dagster/sensor_name"]) == (batch_id, "manifest_sensor")
+    folder = tmp_path / "bucket" / "batches" / batch_id
+    outputs = pl.read_parquet(folder / "outputs.parquet")
+    receipts = pl.read_parquet(folder / "receipts.parquet")
+    assert outputs["item_id"].to_list() == [f"w-{i}" for i in range(4)]
+    assert receipts["status"].to_list() == ["succeeded"] * 4
+    ledger = Ledger(str(tmp_path / "ledger.duckdb"))
+    assert ledger.balance(WS).spent_usd_micros == receipts["cost_usd_micros"].sum() > 0
+    assert ledger.verify()["ok"]
