@@ -96,7 +96,6 @@ def test_killed_run_resumes_without_losing_or_repeating_an_item(tmp_path: Path) 
     assert not receipts.exists(), "the run finished before it was killed; the test did not test a crash"
 
     before = chunk_rows(batch_id)
-    print("recorded before the kill:", before.height)
     assert 0 < before.height < ITEMS
     assert before["item_id"].is_unique().all()
 
@@ -126,7 +125,6 @@ def test_killed_run_resumes_without_losing_or_repeating_an_item(tmp_path: Path) 
     )
     assert kept.height == before.height
     assert (kept["finished_at"] == kept["final_finished_at"]).all()
-    assert summary["cost_usd_micros"] == int(final["cost_usd_micros"].sum())
 
 
 def test_running_a_finished_batch_again_dispatches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

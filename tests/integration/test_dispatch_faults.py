@@ -17,7 +17,7 @@ import pytest
 from batchrouter.catalog import load_catalog
 from batchrouter.config import RoutePolicy, SimulatorConfig, load_settings
 from batchrouter.dispatch import Dispatcher, Job
-from batchrouter.providers import RequestItem
+from batchrouter.providers import OpenAIAdapter, RequestItem
 from batchrouter.receipts import ItemResult
 from batchrouter.simulator import running_simulator
 
@@ -27,7 +27,16 @@ MINI = "openai:gpt-4o-mini"
 MINI_OPENROUTER = "openrouter:openai/gpt-4o-mini"
 HAIKU = "anthropic:claude-3-5-haiku-20241022"
 TRICKLE_S = 1.0
-FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "stall_timeout_s": 0.5, "max_attempts": 3}
+# Quick back-off; a breaker that never opens unless a test asks for it (with no fallback, an open breaker
+# holds items for its cooldown); a stall timeout generous enough for a loaded machine, shortened by stall tests.
+FAST = {
+    "backoff_base_s": 0.01,
+    "backoff_max_s": 0.05,
+    "stall_timeout_s": 2.0,
+    "max_attempts": 3,
+    "breaker_failures": 1000,
+}
+STALL_S = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +66,16 @@ def stats(url: str) -> dict[str, int]:
         return dict(json.loads(r.read()))
 
 
-def job(prompt: str, chain: list[str] | None = None, *, item_id: str | None = None, max_tokens: int = 16) -> Job:
+def job(prompt: str, chain: list[str] | None = None) -> Job:
     """A job whose prompt is unique to this call, so the simulator's per-item fault counts start at zero."""
-    item_id = item_id or uuid.uuid4().hex[:12]
-    text = f"{prompt} (item {item_id} {uuid.uuid4().hex})"
+    item_id = uuid.uuid4().hex
+    text = f"{prompt} (item {item_id})"
     chain = chain or [MINI]
     model = "claude-3-5-haiku" if chain[0] == HAIKU else "gpt-4o-mini"
     return Job(
         item_id=item_id,
         model=model,
-        request=RequestItem(item_id, [{"role": "user", "content": text}], max_tokens, 0.2),
+        request=RequestItem(item_id, [{"role": "user", "content": text}], 16, 0.2),
         chain=chain,
         estimate_tokens=64,
         reserve_usd_micros=100,
@@ -87,9 +96,7 @@ def providers(url: str, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]
 def dispatch(
     url: str, jobs: list[Job], *, dispatch_cfg: dict[str, Any] | None = None, **provider_overrides: dict[str, Any]
 ) -> tuple[list[ItemResult], Dispatcher]:
-    settings = load_settings(
-        providers=providers(url, **provider_overrides), dispatch={**FAST, **(dispatch_cfg or {})}
-    )
+    settings = load_settings(providers=providers(url, **provider_overrides), dispatch={**FAST, **(dispatch_cfg or {})})
     results: list[ItemResult] = []
     dispatcher = Dispatcher(
         settings=settings, catalog=load_catalog(), policy=RoutePolicy(), on_result=results.append, seed=1
@@ -120,7 +127,7 @@ def only(results: list[ItemResult]) -> ItemResult:
     ],
 )
 def test_transient_fault_recovers_on_retry(sim: str, marker: str, attempts: int) -> None:
-    result = only(dispatch(sim, [job(f"Summarise this {marker}")])[0])
+    result = only(dispatch(sim, [job(f"Summarise this {marker}")], dispatch_cfg={"stall_timeout_s": STALL_S})[0])
     assert result.status == "succeeded", result.error_message
     assert result.attempts == attempts
     assert result.output_text
@@ -145,7 +152,8 @@ def test_429s_are_absorbed_without_spending_the_attempt_budget(sim: str) -> None
 
 def test_slow_trickled_body_within_the_timeout_succeeds(sim: str) -> None:
     # The body takes TRICKLE_S, twice the stall timeout, but bytes keep coming: not a stall.
-    result = only(dispatch(sim, [job("Hello [[sim:trickle]]")], dispatch_cfg={"max_attempts": 1})[0])
+    cfg = {"max_attempts": 1, "stall_timeout_s": STALL_S}
+    result = only(dispatch(sim, [job("Hello [[sim:trickle]]")], dispatch_cfg=cfg)[0])
     assert result.status == "succeeded", result.error_message
     assert result.attempts == 1
     assert result.latency_ms is not None
@@ -188,7 +196,8 @@ def test_persistent_server_error_fails_after_max_attempts(sim: str, route: str, 
 
 
 def test_persistent_stall_fails_as_stalled(sim: str) -> None:
-    result = only(dispatch(sim, [job("Hello [[sim:stall]]")], dispatch_cfg={"max_attempts": 2})[0])
+    cfg = {"max_attempts": 2, "stall_timeout_s": STALL_S}
+    result = only(dispatch(sim, [job("Hello [[sim:stall]]")], dispatch_cfg=cfg)[0])
     assert result.status == "failed"
     assert result.error_code == "stalled"
     assert result.attempts == 2
@@ -220,6 +229,20 @@ def test_trickle_longer_than_the_request_timeout_fails_as_timeout(sim: str) -> N
     assert result.attempts == 2
 
 
+def test_unexpected_adapter_error_fails_the_item_instead_of_hanging_the_run(
+    sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_parse(self: OpenAIAdapter, status: int, headers: Any, body: bytes) -> Any:
+        raise RuntimeError("adapter bug")
+
+    monkeypatch.setattr(OpenAIAdapter, "parse", broken_parse)
+    result = only(dispatch(sim, [job("Hello")])[0])
+    assert result.status == "failed"
+    assert result.error_code == "internal_error"
+    assert result.error_message is not None and "RuntimeError: adapter bug" in result.error_message
+    assert result.attempts == 1
+
+
 # -- fallbacks and the breaker ----------------------------------------------------------------------
 
 
@@ -246,7 +269,12 @@ def test_route_failing_persistently_falls_back_to_the_next_in_the_chain(sim: str
 
 def test_last_route_failing_ends_the_item_with_the_last_error(sim: str) -> None:
     result = only(
-        dispatch(sim, [job("Hello", [MINI, MINI_OPENROUTER])], openai={"base_url": dead_url()}, openrouter={"base_url": dead_url()})[0]
+        dispatch(
+            sim,
+            [job("Hello", [MINI, MINI_OPENROUTER])],
+            openai={"base_url": dead_url()},
+            openrouter={"base_url": dead_url()},
+        )[0]
     )
     assert result.status == "failed"
     assert result.error_code == "connection_error"
@@ -312,12 +340,19 @@ def test_429s_from_a_low_rpm_provider_are_absorbed_and_every_item_succeeds(slow_
     assert dispatcher.routes[MINI].rpm.per_minute < 120  # learned from x-ratelimit-limit-requests
 
 
-def test_every_job_gets_exactly_one_result(sim: str) -> None:
-    markers = ["", "[[sim:500*1]]", "[[sim:400]]", "[[sim:refuse]]", "[[sim:truncate*1]]", "[[sim:malformed]]"]
-    jobs = [job(f"Item {i} {markers[i % len(markers)]}", [MINI, MINI_OPENROUTER][: 1 + i % 2]) for i in range(60)]
+def test_every_job_gets_exactly_one_final_result(sim: str) -> None:
+    outcomes = {
+        "": "succeeded",
+        "[[sim:500*1]]": "succeeded",
+        "[[sim:truncate*1]]": "succeeded",
+        "[[sim:400]]": "failed",
+        "[[sim:refuse]]": "failed",
+        "[[sim:malformed]]": "failed",
+    }
+    cases = list(outcomes.items()) * 10
+    # Half the jobs have a fallback route, so some items move between routes while others finish.
+    jobs = [job(f"Item {i} {marker}", [MINI, MINI_OPENROUTER][: 1 + i % 2]) for i, (marker, _) in enumerate(cases)]
     results, _ = dispatch(sim, jobs, dispatch_cfg={"max_attempts": 2})
     assert Counter(r.item_id for r in results) == Counter(j.item_id for j in jobs)
     by_id = {r.item_id: r for r in results}
-    for i, j in enumerate(jobs):
-        expected = "failed" if markers[i % len(markers)] in ("[[sim:400]]", "[[sim:refuse]]", "[[sim:malformed]]") else "succeeded"
-        assert by_id[j.item_id].status == expected, (j.request.messages, by_id[j.item_id].error_message)
+    assert [by_id[j.item_id].status for j in jobs] == [expected for _, expected in cases]

@@ -131,7 +131,7 @@ def test_openai_sdk_without_an_api_key_gets_401(url: str) -> None:
 def test_openai_sdk_sees_rate_limit_headers(url: str) -> None:
     raw = oai(url).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=user("hi"))
     assert raw.headers["x-ratelimit-limit-requests"] == str(RPM)
-    assert 0 <= int(raw.headers["x-ratelimit-remaining-requests"]) < RPM // 60
+    assert 0 <= int(raw.headers["x-ratelimit-remaining-requests"]) <= RPM // 60  # one second's burst at most
     assert raw.headers["x-request-id"] == raw.parse()._request_id
 
 

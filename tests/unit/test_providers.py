@@ -69,7 +69,9 @@ def anthropic_body(stop_reason: str = "end_turn", **usage: Any) -> bytes:
             "id": "msg_abc",
             "type": "message",
             "role": "assistant",
-            "content": [] if stop_reason == "refusal" else [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+            "content": []
+            if stop_reason == "refusal"
+            else [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
             "stop_reason": stop_reason,
             "usage": usage,
         }
@@ -110,7 +112,7 @@ def test_openai_compatible_request_sends_max_tokens_to_the_configured_server() -
 
 def test_openai_compatible_without_base_url_is_a_route_error() -> None:
     with pytest.raises(TerminalError) as info:
-        OpenAICompatibleAdapter("selfhosted", ProviderConfig(kind="simulator"), api_key=None)
+        OpenAICompatibleAdapter("selfhosted", ProviderConfig(kind="openai_compatible"), api_key=None)
     assert info.value.code == "missing_base_url"
 
 
@@ -370,7 +372,9 @@ def test_retry_after_that_is_neither_a_number_nor_a_date_is_ignored() -> None:
     assert retry_after_seconds(headers(retry_after="soon")) is None
 
 
-@pytest.mark.parametrize(("status", "code"), [(500, "http_500"), (502, "http_502"), (503, "http_503"), (529, "overloaded")])
+@pytest.mark.parametrize(
+    ("status", "code"), [(500, "http_500"), (502, "http_502"), (503, "http_503"), (529, "overloaded")]
+)
 def test_server_errors_are_transient(status: int, code: str) -> None:
     err = classify(status, headers(), openai_error("The server had an error", "server_error"))
     assert type(err) is TransientError
