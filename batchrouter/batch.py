@@ -25,7 +25,7 @@ from batchrouter.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.errors import BatchError, ManifestError
 from batchrouter.ledger import Ledger
 from batchrouter.manifest import Manifest, detect_format, read_manifest
-from batchrouter.quote import Quote, build_quote, routed_items
+from batchrouter.quote import Quote, build_quote, reject_restricted, routed_items
 from batchrouter.receipts import FINAL_STATES, Checkpoint, ItemResult, build_outputs
 from batchrouter.simulator import running_simulator
 from batchrouter.storage import Storage, route_slug
@@ -112,6 +112,10 @@ def stage_manifest(storage: Storage, settings: Settings, catalog: Catalog, info:
             *info.folder("status.json"),
         )
         raise
+    if not settings.workspace(info.workspace).policy.allow_restricted_content:
+        # Card numbers and credentials are rejected here, and their text is not written anywhere.
+        items = reject_restricted(manifest.items.with_row_index("item"), redact=True).drop("item")
+        manifest = Manifest(manifest.source, manifest.format, manifest.sha256, items)
     storage.write_parquet(manifest.items, *info.folder("manifest.parquet"))
     return manifest
 

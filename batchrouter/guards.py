@@ -108,13 +108,28 @@ def restricted(texts: pl.Series) -> pl.Series:
     return pl.Series("restricted", [found.get(i) for i in range(len(texts))], dtype=pl.String)
 
 
-def item_text(items: pl.DataFrame) -> pl.Series:
-    """Everything an item sends, as one string per item (system, prompt, message contents)."""
-    return items.select(
-        pl.concat_str(
-            pl.col("system").fill_null(""),
-            pl.col("prompt").fill_null(""),
-            pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\n").fill_null(""),
-            separator="\n",
-        )
+def item_restrictions(items: pl.DataFrame) -> pl.Series:
+    """Per item (`system`, `prompt`, `messages`): the first kind of restricted content found, or null.
+
+    Each text column is scanned where it is, without joining an item's texts into a copy; system
+    prompts, usually shared by a whole batch, are scanned once per distinct text.
+    """
+    system = items["system"]
+    distinct = system.drop_nulls().unique()
+    found = dict(zip(distinct.to_list(), restricted(distinct).to_list(), strict=True))
+    by_system = (
+        system.replace_strict(found, default=None, return_dtype=pl.String) if found else system.clear(len(system))
+    )
+    by_prompt = restricted(items["prompt"].fill_null(""))
+    contents = items.select(
+        pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\n").fill_null("")
     ).to_series()
+    by_messages = (
+        restricted(contents) if items["messages"].null_count() < items.height else by_prompt.clear(len(by_prompt))
+    )
+    return (
+        pl.DataFrame({"s": by_system, "p": by_prompt, "m": by_messages})
+        .select(pl.coalesce("s", "p", "m"))
+        .to_series()
+        .rename("restricted")
+    )

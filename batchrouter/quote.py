@@ -169,10 +169,14 @@ def build_quote(
     )
 
 
-def reject_restricted(items: pl.DataFrame) -> pl.DataFrame:
-    """Reject accepted items holding card numbers or credentials (`guards`); the value is never kept."""
+def reject_restricted(items: pl.DataFrame, *, redact: bool = False) -> pl.DataFrame:
+    """Reject accepted items holding card numbers or credentials (`guards`).
+
+    With `redact`, the rejected items' texts are dropped too, so the value is not kept in what is
+    written from this table (the batch's manifest.parquet). Needs the `item` row-index column.
+    """
     open_rows = items.filter(pl.col("reject_code").is_null())
-    kinds = guards.restricted(guards.item_text(open_rows))
+    kinds = guards.item_restrictions(open_rows)
     hits = open_rows.select("item").with_columns(kinds.alias("_kind")).filter(pl.col("_kind").is_not_null())
     if hits.height == 0:
         return items
@@ -193,6 +197,10 @@ def reject_restricted(items: pl.DataFrame) -> pl.DataFrame:
             .otherwise("reject_field")
             .alias("reject_field"),
             pl.when(pl.col("_kind").is_not_null()).then(reason).otherwise("reject_reason").alias("reject_reason"),
+            *[
+                pl.when(pl.col("_kind").is_not_null() & redact).then(None).otherwise(c).alias(c)
+                for c in ("system", "prompt", "messages", "metadata", "params")
+            ],
         )
         .drop("_kind")
     )
