@@ -391,6 +391,9 @@ class Api:
         return JSONResponse({"keys": [k.public() for k in self.accounts.keys(principal.workspace)]})
 
     async def create_key(self, request: Request, principal: Principal, body: CreateKey) -> Response:
+        unknown = sorted({s for s in body.scopes if s not in SCOPES})
+        if unknown:
+            raise ApiError(422, "invalid_scope", f"unknown scopes {', '.join(unknown)}; use {', '.join(SCOPES)}")
         extra = [s for s in body.scopes if s not in principal.key.scopes]
         if extra:
             raise ApiError(403, "forbidden", f"a key cannot grant scopes it does not hold: {', '.join(extra)}")
@@ -402,7 +405,18 @@ class Api:
         return JSONResponse({"key": full, **key.public(), "note": "store the key now: it is never shown again"},
                             status_code=201)  # fmt: skip
 
+    def _may_manage(self, principal: Principal, key_id: str, verb: str) -> None:
+        """A key manages its own member's keys; an owner or admin also those of members of no higher role."""
+        old = next((k for k in self.accounts.keys(principal.workspace) if k.key_id == key_id), None)
+        if old is None or old.created_by == principal.key.created_by:
+            return
+        creator = self.accounts.role(principal.workspace, old.created_by) or "viewer"
+        if not (principal.role in ("owner", "admin") and ROLES.index(principal.role) <= ROLES.index(creator)):
+            raise ApiError(403, "forbidden", f"{principal.role} {principal.key.created_by} may not {verb} "
+                                             f"a key of {creator} {old.created_by}")  # fmt: skip
+
     async def revoke_key(self, request: Request, principal: Principal) -> Response:
+        self._may_manage(principal, request.path_params["key_id"], "revoke")
         key = await asyncio.to_thread(self.accounts.revoke_key, principal.workspace, request.path_params["key_id"],
                                       actor=principal.actor)  # fmt: skip
         return JSONResponse({**key.public(), "revoked": True})

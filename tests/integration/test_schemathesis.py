@@ -1,0 +1,82 @@
+"""Property-based API checks: schemathesis generates requests from the served /openapi.json.
+
+The app is called in-process through its ASGI interface with a valid owner key holding every scope;
+whatever schemathesis sends, in or out of the schema, the API must answer without a server error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup, ServerError
+
+from batchrouter.accounts import Accounts
+from batchrouter.api import Api, create_app
+from batchrouter.config import load_settings
+from batchrouter.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+
+ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
+# The operations the document lists (the endpoint table needs no settings, so no Api state is built here).
+OPERATIONS = [(e.method, e.path) for e in Api.__new__(Api).endpoints()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[schemathesis.BaseSchema, str]]:
+    """The schema as the app serves it at /openapi.json, and an owner key holding every scope."""
+    root = tmp_path_factory.mktemp("schemathesis")
+    with pytest.MonkeyPatch.context() as mp:
+        # A configured deployment: the webhook secret is set (without it the webhook answers 503 by
+        # design); no Stripe secret key, so checkout never reaches the network.
+        mp.setenv("STRIPE_WEBHOOK_SECRET", "whsec_schemathesis")
+        mp.delenv("STRIPE_SECRET_KEY", raising=False)
+        config = load_settings(
+            database=str(root / "batchrouter.duckdb"),
+            storage={"root": str(root / "bucket")},
+            api={"rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000},
+        )
+        accounts = Accounts(config.database)
+        accounts.set_member("acme", "owner@acme.test", "owner", actor="test")
+        key, _ = accounts.create_key("acme", name="fuzz", scopes=ALL_SCOPES, created_by="owner@acme.test", actor="t")
+        Ledger(config.database).grant("acme", 1_000_000, key="grant")
+        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(config)), key
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_no_generated_request_gets_a_server_error(
+    served: tuple[schemathesis.BaseSchema, str], method: str, path: str
+) -> None:
+    schema, key = served
+    operation = schema[path][method]
+    cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+
+    @given(case=cases)
+    @settings(max_examples=15, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error])
+
+    check()
+
+
+def test_a_server_error_would_be_caught(
+    served: tuple[schemathesis.BaseSchema, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check above can fail: a handler that raises answers 500, which not_a_server_error rejects."""
+    schema, key = served
+
+    def explode(self: Ledger, workspace: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Ledger, "balance", explode)
+    case = schema["/v1/credits"]["GET"].Case()
+    with pytest.raises(FailureGroup) as caught:
+        case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error])
+    assert [type(e) for e in caught.value.exceptions] == [ServerError]
