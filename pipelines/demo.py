@@ -36,7 +36,7 @@ def main(items: int = 200) -> int:
     print("Before:", render_balance(ledger.balance("demo").as_dict()))
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(batches.name, [info.batch_id])
-    result = defs.get_job_def("batch_job").execute_in_process(
+    result = defs.resolve_job_def("batch_job").execute_in_process(
         instance=instance,
         partition_key=info.batch_id,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
