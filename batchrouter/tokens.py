@@ -132,6 +132,10 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
             `list[struct{role, content, name}]`), `tokenizer` (`o200k_base`, `cl100k_base` or
             `estimate`) and `token_factor_milli` (the model's token factor x 1000).
         workers: processes for counting; default: one per available core.
+
+    Prompt and system texts are counted column-wise, without building a row per message; a batch
+    usually shares a handful of system prompts, so each distinct one is counted once. Only items
+    given as `messages` are exploded into one row per message.
     """
     if items.height == 0:
         return pl.Series("input_tokens", [], dtype=pl.Int64)
@@ -142,94 +146,67 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
         "token_factor_milli",
         pl.col("tokenizer").replace({"estimate": ESTIMATE_BASE}).alias("encoding"),
     ).with_row_index("item")
-    rows = _message_rows(frame)
-    # A batch usually shares a handful of system prompts: count each distinct one once.
-    shared = rows.filter(pl.col("from_system_column"))
-    distinct = shared.select("encoding", "content").unique(maintain_order=True)
-    own = rows.filter(~pl.col("from_system_column"))
-    encodings = sorted(set(rows["encoding"].unique().to_list()))
+    encodings = sorted(set(frame["encoding"].to_list()))
     segments: list[tuple[str, Sequence[str] | pl.Series]] = []
-    for enc in encodings:
-        segments.append((enc, own.filter(pl.col("encoding") == enc)["content"]))
-        segments.append((enc, distinct.filter(pl.col("encoding") == enc)["content"]))
-    counts = count_segments(segments, workers=workers)
-    counted_own, counted_distinct = [], []
-    for i, enc in enumerate(encodings):
-        counted_own.append(own.filter(pl.col("encoding") == enc).with_columns(content_tokens=pl.Series(counts[2 * i])))
-        counted_distinct.append(
-            distinct.filter(pl.col("encoding") == enc).with_columns(content_tokens=pl.Series(counts[2 * i + 1]))
-        )
-    per_message = (
-        pl.concat(
-            [
-                *counted_own,
-                shared.join(pl.concat(counted_distinct), on=["encoding", "content"], how="left"),
-            ],
-            how="diagonal",
-        )
-        if encodings
-        else rows.with_columns(content_tokens=pl.lit(0, pl.Int64))
-    )
-    overhead = _fixed_tokens(per_message)
-    scaled = (pl.col("content_tokens") * pl.col("token_factor_milli") + 999) // 1000
-    totals = (
-        per_message.with_columns(overhead)
-        .group_by("item")
-        .agg((TOKENS_PER_MESSAGE + pl.col("role_tokens") + scaled + pl.col("name_tokens")).sum().alias("tokens"))
-    )
-    out = frame.select("item").join(totals, on="item", how="left", maintain_order="left")["tokens"]
-    return (out.fill_null(0) + REPLY_PRIMING).rename("input_tokens")
-
-
-def _message_rows(frame: pl.DataFrame) -> pl.DataFrame:
-    """One row per chat message of every item: its system text, its prompt, each of its messages."""
-    cols = ("item", "encoding", "token_factor_milli")
-    parts = [
-        frame.filter(pl.col("system").is_not_null()).select(
-            *cols,
-            pl.lit("system").alias("role"),
-            pl.col("system").alias("content"),
-            pl.lit(None, pl.String).alias("name"),
-            pl.lit(True).alias("from_system_column"),
-        ),
-        frame.filter(pl.col("prompt").is_not_null()).select(
-            *cols,
-            pl.lit("user").alias("role"),
-            pl.col("prompt").alias("content"),
-            pl.lit(None, pl.String).alias("name"),
-            pl.lit(False).alias("from_system_column"),
-        ),
-    ]
-    chat = frame.filter(pl.col("messages").is_not_null())
-    if chat.height:
-        parts.append(
-            chat.select(*cols, "messages")
+    plans = []
+    for encoding in encodings:
+        sub = frame.filter(pl.col("encoding") == encoding)
+        prompts = sub.filter(pl.col("prompt").is_not_null()).select("item", "prompt")
+        systems = sub.filter(pl.col("system").is_not_null()).select("item", "system")
+        distinct = systems["system"].unique(maintain_order=True)
+        chat = (
+            sub.filter(pl.col("messages").is_not_null())
+            .select("item", "token_factor_milli", "messages")
             .explode("messages")
             .select(
-                *cols,
+                "item",
+                "token_factor_milli",
                 pl.col("messages").struct.field("role").alias("role"),
                 pl.col("messages").struct.field("content").alias("content"),
                 pl.col("messages").struct.field("name").alias("name"),
-                pl.lit(False).alias("from_system_column"),
             )
         )
-    return pl.concat(parts)
+        segments += [(encoding, prompts["prompt"]), (encoding, distinct), (encoding, chat["content"])]
+        plans.append((encoding, prompts, systems, distinct, chat))
+    counts = count_segments(segments, workers=workers)
+    found: list[pl.DataFrame] = []
+    for i, (encoding, prompts, systems, distinct, chat) in enumerate(plans):
+        prompt_n, system_n, chat_n = counts[3 * i : 3 * i + 3]
+        found.append(prompts.select("item", pl.Series("prompt_tokens", prompt_n, dtype=pl.Int64)))
+        table = pl.DataFrame({"system": distinct, "system_tokens": pl.Series(system_n, dtype=pl.Int64)})
+        found.append(systems.join(table, on="system", how="left").select("item", "system_tokens"))
+        if chat.height:
+            found.append(_chat_tokens(chat.with_columns(content_tokens=pl.Series(chat_n, dtype=pl.Int64)), encoding))
+    base = frame.select("item", "encoding", "token_factor_milli")
+    for column in ("prompt_tokens", "system_tokens", "chat_tokens"):
+        parts = [f for f in found if column in f.columns]
+        if parts:
+            base = base.join(pl.concat(parts), on="item", how="left", maintain_order="left")
+        else:
+            base = base.with_columns(pl.lit(None, pl.Int64).alias(column))
+    roles = {e: (count_text("system", e), count_text("user", e)) for e in encodings}
+    factor = pl.col("token_factor_milli")
+
+    def message(tokens: str, role_tokens: pl.Expr) -> pl.Expr:
+        scaled = (pl.col(tokens) * factor + 999) // 1000
+        return pl.when(pl.col(tokens).is_not_null()).then(TOKENS_PER_MESSAGE + role_tokens + scaled).otherwise(0)
+
+    system_role = pl.col("encoding").replace_strict({e: r[0] for e, r in roles.items()}, return_dtype=pl.Int64)
+    user_role = pl.col("encoding").replace_strict({e: r[1] for e, r in roles.items()}, return_dtype=pl.Int64)
+    total = (
+        REPLY_PRIMING
+        + message("system_tokens", system_role)
+        + message("prompt_tokens", user_role)
+        + pl.col("chat_tokens").fill_null(0)
+    )
+    return base.select(total.cast(pl.Int64).alias("input_tokens"))["input_tokens"]
 
 
-def _fixed_tokens(rows: pl.DataFrame) -> list[pl.Expr]:
-    """Tokens of each message's role and name (few distinct values: counted once each)."""
-    roles = {(enc, role): count_text(role, enc) for enc, role in rows.select("encoding", "role").unique().iter_rows()}
-    names = {
-        (enc, name): TOKENS_PER_NAME + count_text(name, enc)
-        for enc, name in rows.filter(pl.col("name").is_not_null()).select("encoding", "name").unique().iter_rows()
-    }
-    role_key = pl.concat_str("encoding", pl.lit("\x00"), "role")
-    name_key = pl.concat_str("encoding", pl.lit("\x00"), "name")
-    return [
-        role_key.replace_strict({f"{e}\x00{r}": v for (e, r), v in roles.items()}, return_dtype=pl.Int64).alias(
-            "role_tokens"
-        ),
-        name_key.replace_strict({f"{e}\x00{n}": v for (e, n), v in names.items()}, default=0, return_dtype=pl.Int64)
-        .fill_null(0)
-        .alias("name_tokens"),
-    ]
+def _chat_tokens(chat: pl.DataFrame, encoding: str) -> pl.DataFrame:
+    """Per item, the tokens of its `messages`: each adds its scaled content, its role and its name."""
+    roles = {r: count_text(r, encoding) for r in chat["role"].unique().to_list()}
+    names = {n: TOKENS_PER_NAME + count_text(n, encoding) for n in chat["name"].drop_nulls().unique().to_list()}
+    scaled = (pl.col("content_tokens") * pl.col("token_factor_milli") + 999) // 1000
+    role = pl.col("role").replace_strict(roles, return_dtype=pl.Int64)
+    name = pl.col("name").replace_strict(names, default=0, return_dtype=pl.Int64).fill_null(0) if names else pl.lit(0)
+    return chat.group_by("item").agg((TOKENS_PER_MESSAGE + role + scaled + name).sum().alias("chat_tokens"))

@@ -94,6 +94,7 @@ def main() -> None:
         path = os.path.join(tmp, "bench.parquet")
         sample_manifest(args.items).write_parquet(path)
         size = os.path.getsize(path)
+        os.sync()  # the just-written file's write-back must not run during the timed quote
         child = subprocess.run(
             [sys.executable, __file__, "--quote-only", path], check=True, capture_output=True, text=True
         )
