@@ -264,7 +264,11 @@ class Dispatcher:
                 cancel = TerminalError("cancelled", "the batch was cancelled before this item was sent")
                 self._finish(job, route, "failed", cancel, latency=None)
                 continue
-            await route.adaptive.wait_if_paused()
+            if await route.adaptive.wait_if_paused():
+                # The buckets refilled during the pause; spending that as a burst would hit the limit
+                # again at once, so resume at the steady rate.
+                route.rpm.drain()
+                route.tpm.drain()
             if route.breaker.is_open:
                 if job.position + 1 < len(job.chain):
                     job.last_error = job.last_error or TransientError("circuit_open", f"route {route.name} is failing")

@@ -80,10 +80,13 @@ class AdaptiveRate:
         if self.scale < 1.0:
             self.scale = min(1.0, self.scale + self.recover_step)
 
-    async def wait_if_paused(self) -> None:
+    async def wait_if_paused(self) -> bool:
+        """Sleep out a Retry-After pause; True when there was one to wait for."""
         delay = self.paused_until - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+            return True
+        return False
 
 
 class CircuitBreaker:
