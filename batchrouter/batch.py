@@ -203,7 +203,8 @@ def stage_dispatch(
         "failed": int((done["status"] == "failed").sum()),
     }
     total = routed.height
-    if jobs and hold.status != "held":
+    cancelled = _cancel_watch(storage, info)
+    if jobs and hold.status != "held" and not cancelled():
         raise BatchError(
             f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
         )
@@ -235,7 +236,7 @@ def stage_dispatch(
                 policy=settings.workspace(info.workspace).policy,
                 on_result=record,
                 simulator_url=url,
-                cancelled=_cancel_watch(storage, info),
+                cancelled=cancelled,
             )
             asyncio.run(dispatcher.run(jobs))
             health = [r.health.row() for r in dispatcher.routes.values()]

@@ -258,6 +258,11 @@ def cmd_credits(args: argparse.Namespace, settings: Settings) -> int:
         micros = usd_to_micros(args.usd)
         entry = ledger.grant(args.workspace, micros, key=args.key or f"grant:{uuid.uuid4().hex}", memo=args.memo)
         note = " (this key was used before: nothing new was credited)" if entry.replayed else ""
+        if not entry.replayed:
+            after = {"usd_micros": entry.amount_usd_micros, "memo": args.memo}
+            Accounts(settings.database).record(
+                args.workspace, "cli:operator", "credits.granted", entry.entry_id, after=after
+            )
         print(f"granted {usd(entry.amount_usd_micros)} to {args.workspace}, entry {entry.entry_id}{note}")
         return EXIT_OK
     if args.action == "balance":

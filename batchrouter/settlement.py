@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from batchrouter.accounts import Accounts
 from batchrouter.batch import BatchInfo, load_routed_items, set_status
 from batchrouter.config import Settings
 from batchrouter.errors import BatchError
@@ -87,6 +88,8 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
     ledger = Ledger(settings.database)
     holds = ledger.batch_holds(info.batch_id)
     checkpoint = Checkpoint(storage, info.batch_id)
+    if storage.exists(*info.folder("cancel.json")):
+        return None  # a cancelled batch never reserves again
     if holds and holds[-1].status == "held":
         if len(holds) > 1:
             checkpoint.retry_failed()
@@ -113,6 +116,8 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
         raise
     if holds:
         checkpoint.retry_failed()
+    Accounts(settings.database).record(info.workspace, "batchrouter", "batch.reserved", hid,
+                                       after={"reserve_usd_micros": amount, "round": len(holds)})  # fmt: skip
     set_status(storage, info, "reserved", round=len(holds), hold=hid, reserve_usd_micros=amount, quote_id=quote_id)
     return entry
 
@@ -142,6 +147,10 @@ def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
         "released_usd_micros": sum(h.amount_usd_micros - h.captured_usd_micros for h in holds),
         "already_settled": entry is None or entry.replayed,
     }
+    if entry is not None and not entry.replayed:
+        Accounts(settings.database).record(info.workspace, "batchrouter", "batch.settled", current.batch_id,
+                                           before={"held_usd_micros": current.amount_usd_micros},
+                                           after={"captured_usd_micros": entry.amount_usd_micros})  # fmt: skip
     storage.write_json(result, *info.folder("settlement.json"))
     write_summary(settings, storage, info)
     by_status = dict(receipts.group_by("status").len().iter_rows())
@@ -168,6 +177,8 @@ def sweep(storage: Storage, settings: Settings, *, stale_after: timedelta) -> li
         if now - last < stale_after:
             continue
         entry = ledger.expire(hold.batch_id, reason=f"no progress since {last.isoformat()}; run presumed dead")
+        Accounts(settings.database).record(hold.workspace, "sweeper", "batch.expired", hold.batch_id,
+                                           after={"released_usd_micros": entry.amount_usd_micros})  # fmt: skip
         if info is not None:
             set_status(storage, info, "failed", reason="the run stopped without finishing; reservation released",
                        released_usd_micros=entry.amount_usd_micros, hold=hold.batch_id)  # fmt: skip
