@@ -24,7 +24,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import aiohttp
@@ -461,7 +460,3 @@ class Dispatcher:
         self.remaining -= 1
         if self.remaining <= 0:
             self.done.set()
-
-
-def usd_micros_ceil(usd: Decimal) -> int:
-    return int((usd * 10**6).to_integral_value(rounding=ROUND_CEILING))
