@@ -33,8 +33,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -127,18 +126,8 @@ class Attempt:
 # -- the database ----------------------------------------------------------------------------------
 
 
-def _database(database: str, *, lock_timeout_s: float = 60.0) -> Database:
-    return Database(database, schema=SCHEMA, lock_timeout_s=lock_timeout_s)
-
-
-@contextmanager
-def _connect(database: str, *, lock_timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
-    with _database(database, lock_timeout_s=lock_timeout_s).connect() as con:
-        yield con
-
-
-def _transaction(database: str, work: Callable[[duckdb.DuckDBPyConnection], T], *, lock_timeout_s: float = 60.0) -> T:
-    return _database(database, lock_timeout_s=lock_timeout_s).transaction(work)
+def _transaction(database: str, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    return Database(database, schema=SCHEMA).transaction(work)
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -257,6 +246,14 @@ def list_endpoints(settings: Settings, workspace: str) -> list[Endpoint]:
     )
 
 
+def _require_endpoint(con: duckdb.DuckDBPyConnection, workspace: str, endpoint_id: str) -> None:
+    found = con.execute(
+        "SELECT 1 FROM webhook_endpoints WHERE endpoint_id = ? AND workspace = ?", [endpoint_id, workspace]
+    ).fetchone()
+    if found is None:
+        raise EndpointNotFound(f"workspace {workspace} has no webhook endpoint {endpoint_id}")
+
+
 def remove_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> None:
     """Delete one of the workspace's endpoints (its recorded attempts stay).
 
@@ -265,11 +262,7 @@ def remove_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> Non
     """
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
-        found = con.execute(
-            "SELECT 1 FROM webhook_endpoints WHERE endpoint_id = ? AND workspace = ?", [endpoint_id, workspace]
-        ).fetchone()
-        if found is None:
-            raise EndpointNotFound(f"workspace {workspace} has no webhook endpoint {endpoint_id}")
+        _require_endpoint(con, workspace, endpoint_id)
         con.execute("DELETE FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id])
 
     _transaction(settings.database, work)
@@ -283,11 +276,7 @@ def enable_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> Non
     """
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
-        found = con.execute(
-            "SELECT 1 FROM webhook_endpoints WHERE endpoint_id = ? AND workspace = ?", [endpoint_id, workspace]
-        ).fetchone()
-        if found is None:
-            raise EndpointNotFound(f"workspace {workspace} has no webhook endpoint {endpoint_id}")
+        _require_endpoint(con, workspace, endpoint_id)
         con.execute(
             "UPDATE webhook_endpoints SET enabled = true, disabled_reason = NULL, failures = 0 WHERE endpoint_id = ?",
             [endpoint_id],

@@ -23,8 +23,7 @@ import base64
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,18 +65,8 @@ class SummaryError(BatchRouterError):
 # -- the key store ---------------------------------------------------------------------------------
 
 
-def _database(database: str, *, lock_timeout_s: float = 60.0) -> Database:
-    return Database(database, schema=SCHEMA, lock_timeout_s=lock_timeout_s)
-
-
-@contextmanager
-def _connect(database: str, *, lock_timeout_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
-    with _database(database, lock_timeout_s=lock_timeout_s).connect() as con:
-        yield con
-
-
-def _transaction(database: str, work: Callable[[duckdb.DuckDBPyConnection], T], *, lock_timeout_s: float = 60.0) -> T:
-    return _database(database, lock_timeout_s=lock_timeout_s).transaction(work)
+def _transaction(database: str, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    return Database(database, schema=SCHEMA).transaction(work)
 
 
 @dataclass(frozen=True)
