@@ -23,7 +23,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -75,14 +75,19 @@ def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
     for row in items.iter_rows(named=True):
         messages = request_messages(row["system"], row["prompt"], row["messages"])
         params = json.loads(row["params"]) if row.get("params") else None
-        canonical = json.dumps([messages, params, row["temperature"]], sort_keys=True, ensure_ascii=False)
+        n = int(row.get("n") or 1)
+        canonical = json.dumps(
+            [messages, params, row["temperature"], *([n] if n > 1 else [])], sort_keys=True, ensure_ascii=False
+        )
         jobs.append(
             Job(
                 item_id=row["item_id"],
                 model=row["model"],
-                request=RequestItem(row["item_id"], messages, int(row["output_cap"]), row["temperature"], params),
+                request=RequestItem(
+                    row["item_id"], messages, int(row["output_cap"]), row["temperature"], params, n=n
+                ),
                 chain=[row["route"], *(row["fallbacks"] or [])],
-                estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]),
+                estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]) * n,
                 reserve_usd_micros=int(row["reserve_usd_micros"]),
                 input_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
             )
@@ -145,6 +150,11 @@ class Route:
         self.name = name
         self.entry = entry
         self.adapter = adapter
+        # A provider that routes on to upstreams of its own (OpenRouter) is capped at this route's catalog
+        # prices, so none of its fallbacks can bill above what was reserved.
+        self.max_price = (
+            (entry.input_pico_per_token, entry.output_pico_per_token) if entry.provider == "openrouter" else None
+        )
         self.provider = provider
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.rpm = TokenBucket(provider.rpm)
@@ -363,7 +373,8 @@ class Dispatcher:
             route.slots.release()
 
     async def _send(self, route: Route, job: Job) -> Any:
-        prepared = route.adapter.build(job.request, route.entry.upstream)
+        request = job.request if route.max_price is None else replace(job.request, max_price=route.max_price)
+        prepared = route.adapter.build(request, route.entry.upstream)
         client = self.clients[route.adapter.base_url]
         try:
             response = await asyncio.wait_for(
@@ -450,6 +461,7 @@ class Dispatcher:
             input_sha256=job.input_sha256,
             output_sha256=hashlib.sha256(text.encode()).hexdigest() if text is not None else None,
             output_text=text,
+            choices=json.dumps(completion.choices, ensure_ascii=False) if completion and completion.choices else None,
             finish_reason=completion.finish_reason if completion is not None else None,
             error_code=err.code if err is not None else None,
             error_message=message,

@@ -14,7 +14,12 @@ The item table (`ITEM_SCHEMA`) is what every later stage reads:
   max_tokens     the customer's output cap, if given
   temperature    if given
   metadata       JSON object: the `metadata` column merged with every unknown column
-  params         JSON object of further request parameters (JSONL body fields such as `top_p`)
+  params         JSON object of the body fields passed on to the provider (`request_fields`)
+  endpoint       `chat` or `responses` (the API the request was written for; both run as chat)
+  n              choices requested (null: 1); the output cap counts once per choice
+  billed_text    text billed as input beyond message text (tool definitions, schemas, tool calls)
+  images         the item's image parts: {detail, width, height} (size null when unknown)
+  features       fields not every provider supports (`request_fields.WIRE_FEATURES`); routing honours them
   reject_code, reject_field, reject_reason   the first problem found, or null
 """
 
@@ -29,16 +34,21 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow.parquet as pq
 
+from batchrouter import request_fields
 from batchrouter.catalog import Catalog
 from batchrouter.config import LimitsConfig
 from batchrouter.errors import ManifestError
+from batchrouter.request_fields import Extras, FieldError
 
 ManifestFormat = Literal["parquet", "csv", "jsonl"]
 
-MESSAGE = pl.Struct({"role": pl.String, "content": pl.String, "name": pl.String})
-ROLES = ("system", "developer", "user", "assistant", "tool")
+MESSAGE = pl.Struct({"role": pl.String, "content": pl.String, "name": pl.String, "raw": pl.String})
+IMAGE = pl.Struct({"detail": pl.String, "width": pl.Int64, "height": pl.Int64})
+ROLES = request_fields.ROLES
 KNOWN_COLUMNS = ("item_id", "model", "prompt", "messages", "system", "max_tokens", "temperature", "metadata")
 CHAT_URLS = ("/v1/chat/completions", "/chat/completions")
+RESPONSES_URLS = ("/v1/responses", "/responses")
+EMBEDDINGS_URLS = ("/v1/embeddings", "/embeddings")
 
 ITEM_SCHEMA: dict[str, pl.DataType] = {
     "row": pl.Int64(),
@@ -51,6 +61,11 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
     "temperature": pl.Float64(),
     "metadata": pl.String(),
     "params": pl.String(),
+    "endpoint": pl.String(),
+    "n": pl.Int64(),
+    "billed_text": pl.String(),
+    "images": pl.List(IMAGE),
+    "features": pl.List(pl.String()),
     "reject_code": pl.String(),
     "reject_field": pl.String(),
     "reject_reason": pl.String(),
@@ -59,7 +74,11 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
 # Reasons, by code; the message of each rejection adds the specifics of the row.
 REJECTION_CODES = {
     "invalid_json": "the line is not valid JSON",
-    "unsupported_request": "the JSONL request is not a POST to /v1/chat/completions",
+    "unsupported_request": "the JSONL request is not a POST to /v1/chat/completions or /v1/responses",
+    "unsupported_endpoint": "the endpoint is recognised but BatchRouter does not run it (embeddings)",
+    "unsupported_field": "a body field cannot be priced, or no allowed route for the model accepts it",
+    "retired_model": "the model is retired by its provider; the reason names its successor",
+    "invalid_n": "n is not a whole number from 1 to 128",
     "missing_item_id": "item_id is empty",
     "item_too_large": "the item's text is over the per-item byte limit",
     "missing_model": "model is empty",
@@ -207,7 +226,7 @@ def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
     _require_columns(source, frame.columns)
     extras = [c for c in frame.columns if c not in KNOWN_COLUMNS]
     n = frame.height
-    messages_col, message_errors = _parse_messages_column(frame)
+    messages_col, message_errors, message_extras = _parse_messages_column(frame)
     max_tokens, max_tokens_bad = _integer_column(frame, "max_tokens")
     temperature, temperature_bad = _float_column(frame, "temperature")
     metadata, metadata_error = _metadata_column(frame, extras)
@@ -226,7 +245,14 @@ def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
             temperature.alias("temperature"),
             metadata.alias("metadata"),
             pl.lit(None, pl.String).alias("params"),
+            pl.lit("chat", pl.String).alias("endpoint"),
+            pl.lit(None, pl.Int64).alias("n"),
+            message_extras["billed_text"].alias("billed_text"),
+            message_extras["images"].alias("images"),
+            message_extras["features"].alias("features"),
             message_errors.alias("_messages_error"),
+            pl.lit(None, pl.String).alias("_messages_field"),
+            pl.lit(False).alias("_n_bad"),
             max_tokens_bad.alias("_max_tokens_bad"),
             temperature_bad.alias("_temperature_bad"),
             metadata_error.alias("_metadata_error"),
@@ -244,10 +270,17 @@ def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
 def request_messages(
     system: str | None, prompt: str | None, messages: list[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
-    """The chat messages an item sends: `system` first when given, then its messages or its prompt."""
+    """The chat messages an item sends: `system` first when given, then its messages or its prompt.
+
+    A message that carried more than text (image parts, tool calls) is sent exactly as it was written.
+    """
     out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     if messages is not None:
-        out.extend({k: v for k, v in m.items() if v is not None} for m in messages)
+        for m in messages:
+            if m.get("raw"):
+                out.append(json.loads(m["raw"]))
+            else:
+                out.append({k: v for k, v in m.items() if v is not None and k != "raw"})
     elif prompt is not None:
         out.append({"role": "user", "content": prompt})
     return out
@@ -284,57 +317,42 @@ def _float_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]
     return value, text.is_not_null() & value.is_null()
 
 
-def _parse_messages_column(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
-    """(messages or null, error text or null) per row."""
+def _parse_messages_column(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series, pl.DataFrame]:
+    """(messages or null, error text or null, the extras of each row's messages) per row."""
     n = frame.height
+    extras_schema = {"billed_text": pl.String(), "images": pl.List(IMAGE), "features": pl.List(pl.String())}
     if "messages" not in frame.columns:
-        return pl.Series([None] * n, dtype=pl.List(MESSAGE)), pl.Series([None] * n, dtype=pl.String)
+        return (
+            pl.Series([None] * n, dtype=pl.List(MESSAGE)),
+            pl.Series([None] * n, dtype=pl.String),
+            pl.DataFrame({k: pl.Series([None] * n, dtype=v) for k, v in extras_schema.items()}),
+        )
     col = frame["messages"]
     values = col.to_list() if col.dtype == pl.String else [None if v is None else v for v in col.to_list()]
     parsed: list[list[dict[str, Any]] | None] = []
     errors: list[str | None] = []
+    found: list[dict[str, Any]] = []
     for value in values:
+        row: dict[str, Any] = {}
+        found.append(row)
         if value is None or (isinstance(value, str) and value.strip() == ""):
             parsed.append(None)
             errors.append(None)
             continue
+        extras = Extras()
         try:
             data = json.loads(value) if isinstance(value, str) else value
-            parsed.append(normalise_messages(data))
+            parsed.append(request_fields.normalise_messages(data, extras))
             errors.append(None)
+            _put_extras(row, extras)
         except (ValueError, TypeError) as exc:
             parsed.append(None)
-            errors.append(str(exc))
-    return pl.Series(parsed, dtype=pl.List(MESSAGE)), pl.Series(errors, dtype=pl.String)
-
-
-def normalise_messages(data: Any) -> list[dict[str, Any]]:
-    """Validate a chat message list and flatten text content parts; raises ValueError with the reason."""
-    if not isinstance(data, list):
-        raise ValueError(f"expected a JSON array of messages, got {type(data).__name__}")
-    if not data:
-        raise ValueError("the message array is empty")
-    out = []
-    for i, msg in enumerate(data, start=1):
-        if not isinstance(msg, dict):
-            raise ValueError(f"message {i} is not an object")
-        role = msg.get("role")
-        if role not in ROLES:
-            raise ValueError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
-        content = msg.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise ValueError(f"message {i} has a content part of type {kind!r}; only text parts are supported")
-                texts.append(part["text"])
-            content = "\n".join(texts)
-        if not isinstance(content, str):
-            raise ValueError(f"message {i} has no text content")
-        name = msg.get("name")
-        out.append({"role": role, "content": content, "name": name if isinstance(name, str) else None})
-    return out
+            errors.append(exc.reason if isinstance(exc, FieldError) else str(exc))
+    return (
+        pl.Series(parsed, dtype=pl.List(MESSAGE)),
+        pl.Series(errors, dtype=pl.String),
+        pl.DataFrame(found, schema=extras_schema),
+    )
 
 
 def _metadata_column(frame: pl.DataFrame, extras: list[str]) -> tuple[pl.Series, pl.Series]:
@@ -419,9 +437,6 @@ def _merge_metadata_rows(values: list[str | None], extra_values: list[str | None
     return pl.Series(merged, dtype=pl.String), pl.Series(errors, dtype=pl.String)
 
 
-_BODY_FIELDS = ("model", "messages", "max_tokens", "max_completion_tokens", "temperature", "stream", "metadata")
-
-
 def _read_jsonl(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
     """OpenAI Batch API input lines -> the item table, one row per non-blank line."""
     try:
@@ -447,6 +462,8 @@ def _read_jsonl(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
 
 _PARSE_FLAGS: dict[str, pl.DataType] = {
     "_messages_error": pl.String(),
+    "_messages_field": pl.String(),
+    "_n_bad": pl.Boolean(),
     "_max_tokens_bad": pl.Boolean(),
     "_temperature_bad": pl.Boolean(),
     "_metadata_error": pl.String(),
@@ -454,7 +471,7 @@ _PARSE_FLAGS: dict[str, pl.DataType] = {
 
 
 def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"row": line_no, "_max_tokens_bad": False, "_temperature_bad": False}
+    row: dict[str, Any] = {"row": line_no, "_max_tokens_bad": False, "_temperature_bad": False, "_n_bad": False}
 
     def reject(code: str, field: str, reason: str) -> dict[str, Any]:
         row.update(reject_code=code, reject_field=field, reject_reason=reason)
@@ -471,23 +488,47 @@ def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
     body = obj.get("body")
     if not isinstance(body, dict):
         return reject("unsupported_request", "body", "body is missing or not an object")
-    method, url = obj.get("method", "POST"), obj.get("url", "/v1/chat/completions")
-    if str(method).upper() != "POST" or url not in CHAT_URLS:
-        return reject("unsupported_request", "url", f"{method} {url} is not supported; use POST /v1/chat/completions")
-    row["model"] = str(body["model"]).strip() if body.get("model") is not None else None
+    method, url = str(obj.get("method", "POST")), str(obj.get("url", "/v1/chat/completions"))
+    if url in EMBEDDINGS_URLS:
+        return reject(
+            "unsupported_endpoint",
+            "url",
+            f"{url} (embeddings) is not supported: BatchRouter runs /v1/chat/completions and /v1/responses "
+            "requests; send embeddings in a manifest of their own to the provider's batch API",
+        )
+    if method.upper() != "POST" or url not in CHAT_URLS + RESPONSES_URLS:
+        return reject(
+            "unsupported_request", "url", f"{method} {url} is not supported; use POST /v1/chat/completions "
+            "or POST /v1/responses"
+        )
+    row["endpoint"] = "responses" if url in RESPONSES_URLS else "chat"
     try:
-        row["messages"] = normalise_messages(body.get("messages"))
-    except ValueError as exc:
+        if row["endpoint"] == "responses":
+            body = request_fields.responses_to_chat(body)
+    except FieldError as exc:
+        return reject(exc.code, exc.field, exc.reason)
+    row["model"] = str(body["model"]).strip() if body.get("model") is not None else None
+    extras = Extras()
+    try:
+        row["messages"] = request_fields.normalise_messages(body.get("messages"), extras)
+    except FieldError as exc:
         if body.get("messages") in (None, []):
             row["messages"] = None
         else:
-            row["_messages_error"] = str(exc)
+            row["_messages_error"] = exc.reason
+            row["_messages_field"] = exc.field
     cap = body.get("max_completion_tokens", body.get("max_tokens"))
     if cap is not None:
         if isinstance(cap, int) and not isinstance(cap, bool):
             row["max_tokens"] = cap
         else:
             row["_max_tokens_bad"] = True
+    n = body.get("n")
+    if n is not None:
+        if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= request_fields.MAX_N:
+            row["n"] = n
+        else:
+            row["_n_bad"] = True
     temperature = body.get("temperature")
     if temperature is not None:
         if isinstance(temperature, int | float) and not isinstance(temperature, bool):
@@ -500,10 +541,20 @@ def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
             row["metadata"] = json.dumps(metadata, ensure_ascii=False)
         else:
             row["_metadata_error"] = f"metadata is a JSON {type(metadata).__name__}, expected an object"
-    params = {k: v for k, v in body.items() if k not in _BODY_FIELDS}
+    try:
+        params = request_fields.passed_params(body, extras)
+    except FieldError as exc:
+        return reject(exc.code, exc.field, exc.reason)
     if params:
         row["params"] = json.dumps(params, ensure_ascii=False)
+    _put_extras(row, extras)
     return row
+
+
+def _put_extras(row: dict[str, Any], extras: Extras) -> None:
+    row["billed_text"] = "\n".join(extras.billed_text) or None
+    row["images"] = extras.images or None
+    row["features"] = sorted(extras.features) or None
 
 
 def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.DataFrame:
@@ -516,10 +567,14 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
         pl.col("system").str.len_bytes().fill_null(0)
         + pl.col("prompt").str.len_bytes().fill_null(0)
         + message_text.list.sum().fill_null(0)
+        + pl.col("billed_text").str.len_bytes().fill_null(0)
     )
     has_text = (
         pl.when(pl.col("messages").is_not_null())
-        .then(pl.col("messages").list.eval(~_blank(pl.element().struct.field("content"))).list.any())
+        .then(
+            pl.col("messages").list.eval(~_blank(pl.element().struct.field("content"))).list.any()
+            | (pl.col("images").list.len() > 0).fill_null(False)
+        )
         .otherwise(~_blank(pl.col("prompt")))
     )
     first_row = pl.col("row").min().over("item_id")
@@ -577,6 +632,12 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
             ),
         ),
         (
+            "invalid_n",
+            "n",
+            pl.col("_n_bad"),
+            pl.lit(f"n must be a whole number from 1 to {request_fields.MAX_N}"),
+        ),
+        (
             "invalid_temperature",
             "temperature",
             pl.col("_temperature_bad") | (pl.col("temperature") < 0) | (pl.col("temperature") > 2),
@@ -610,5 +671,25 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
         chain_code.otherwise(None).alias("reject_code"),
         chain_field.otherwise(None).alias("reject_field"),
         chain_reason.otherwise(None).alias("reject_reason"),
+    ).with_columns(
+        # A malformed message names the path inside messages where it can.
+        pl.when((pl.col("reject_code") == "malformed_messages") & pl.col("_messages_field").is_not_null())
+        .then(pl.col("_messages_field"))
+        .otherwise(pl.col("reject_field"))
+        .alias("reject_field"),
+        _with_features(
+            pl.col("features"),
+            ("n", pl.col("n") > 1),
+            ("temperature_above_1", pl.col("temperature") > 1),
+        ),
     )
     return out.select(list(ITEM_SCHEMA)).cast(pl.Schema(ITEM_SCHEMA))
+
+
+def _with_features(features: pl.Expr, *flags: tuple[str, pl.Expr]) -> pl.Expr:
+    """`features` plus each named flag that holds, sorted; null when there are none."""
+    out = features.fill_null(pl.lit([], pl.List(pl.String)))
+    for name, condition in flags:
+        out = pl.when(condition.fill_null(False)).then(out.list.concat(pl.lit([name]))).otherwise(out)
+    out = out.list.unique().list.sort()
+    return pl.when(out.list.len() > 0).then(out).otherwise(None).alias("features")

@@ -1,9 +1,12 @@
 """Quotes: exact token counts, routes and integer micro-dollar prices for every item of a manifest.
 
 Per accepted item:
-  reserve_usd_micros  = ceil(input_tokens x input price + output_cap x output price), on the most
+  reserve_usd_micros  = ceil(input_tokens x input price + output_cap x n x output price), on the most
                         expensive route of its chain (the primary route when it has no fallbacks)
   expected_usd_micros = the same on the primary route with min(expected output, output_cap) tokens
+input_tokens counts what the provider bills as input: messages as OpenAI counts them, tool definitions
+and schemas (`tokens`), and image parts by the model's published rule (`images`); reasoning tokens
+are output inside the cap; a `service_tier: priority` item is priced at the priority tier.
 Both round up to the micro-dollar and are at least 1 for a billable item (a non-zero price).
 The quote records the catalog version that priced it; its id is a digest of everything that
 determined it (manifest bytes, workspace, catalog version, route policy), so quoting the same
@@ -122,14 +125,14 @@ def build_quote(
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
     counted = valid.with_columns(tokens.input_tokens(valid, workers=workers).alias("input_tokens"))
     routed = routing.route_items(
-        counted.select("item", "model", "input_tokens", "max_tokens", "expected_output_tokens"),
+        counted.select("item", "model", "input_tokens", "max_tokens", "expected_output_tokens", "features", "n"),
         catalog=catalog,
         policy=policy,
     )
     priced = routed.with_columns(
         pico_to_micros(pl.col("reserve_pico")).alias("reserve_usd_micros"),
         pico_to_micros(pl.col("expected_pico")).alias("expected_usd_micros"),
-    ).rename({"reject_code": "route_reject_code", "reject_reason": "route_reject_reason"})
+    ).rename({c: f"route_{c}" for c in ("reject_code", "reject_field", "reject_reason")})
     merged = (
         items.join(priced.drop("reserve_pico", "expected_pico"), on="item", how="left")
         .join(counted.select("item", "input_tokens"), on="item", how="left")
@@ -138,9 +141,12 @@ def build_quote(
     rejected = pl.col("reject_code").is_not_null() | pl.col("route_reject_code").is_not_null()
     out = merged.with_columns(
         pl.coalesce("reject_code", "route_reject_code").alias("reject_code"),
-        pl.coalesce("reject_field", pl.when(pl.col("route_reject_code").is_not_null()).then(pl.lit("model"))).alias(
-            "reject_field"
-        ),
+        pl.coalesce(
+            "reject_field",
+            pl.when(pl.col("route_reject_code").is_not_null()).then(
+                pl.coalesce("route_reject_field", pl.lit("model"))
+            ),
+        ).alias("reject_field"),
         pl.coalesce("reject_reason", "route_reject_reason").alias("reject_reason"),
         pl.when(rejected).then(pl.lit("rejected")).otherwise(pl.lit("accepted")).alias("status"),
     ).with_columns(
@@ -209,7 +215,7 @@ def reject_restricted(items: pl.DataFrame, *, redact: bool = False) -> pl.DataFr
 def routed_items(manifest: Manifest, quote: Quote) -> pl.DataFrame:
     """Accepted items with everything dispatch needs: request content plus route and prices."""
     request = manifest.items.filter(pl.col("reject_code").is_null()).select(
-        "item_id", "system", "prompt", "messages", "temperature", "metadata", "params"
+        "item_id", "system", "prompt", "messages", "temperature", "metadata", "params", "n", "endpoint"
     )
     priced = quote.accepted.select(
         "row",

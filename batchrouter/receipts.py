@@ -40,6 +40,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "input_sha256": pl.String(),
     "output_sha256": pl.String(),
     "output_text": pl.String(),
+    "choices": pl.String(),  # JSON: every choice in OpenAI's shape (tool calls, n choices)
     "finish_reason": pl.String(),
     "error_code": pl.String(),
     "error_message": pl.String(),
@@ -52,7 +53,9 @@ RECEIPT_COLUMNS = (
     "output_tokens", "cached_tokens", "reserve_usd_micros", "cost_usd_micros", "cost_source", "latency_ms",
     "started_at", "finished_at", "provider_request_id", "input_sha256", "output_sha256",
 )  # fmt: skip
-OUTPUT_COLUMNS = ("row", "item_id", "status", "output_text", "finish_reason", "error_code", "error_message", "metadata")
+OUTPUT_COLUMNS = (
+    "row", "item_id", "status", "output_text", "choices", "finish_reason", "error_code", "error_message", "metadata",
+)  # fmt: skip
 
 
 @dataclass
@@ -79,6 +82,7 @@ class ItemResult:
     input_sha256: str
     output_sha256: str | None
     output_text: str | None
+    choices: str | None
     finish_reason: str | None
     error_code: str | None
     error_message: str | None

@@ -8,6 +8,10 @@ policy's objective. The first is the primary route, the next `max_fallbacks` are
 An item's output cap is its `max_tokens`, else the model's default cap, shrunk to what the context
 window leaves, and the smallest over its chain, so any route it may take honours it. The reservation
 is priced on the most expensive route of the chain: a fallback can never cost more than was reserved.
+
+Only routes that accept every feature of the item (`request_fields.route_features`: tools, `n`,
+logprobs, images, ...) are candidates; an item with `n` choices reserves its output cap `n` times, and
+one asking for `service_tier: priority` is priced at the route's priority prices.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from batchrouter.catalog import Catalog, CatalogEntry
+from batchrouter.catalog import Catalog, CatalogEntry, usd_per_mtok_to_pico_per_token
 from batchrouter.config import RoutePolicy, Settings
+from batchrouter.request_fields import FEATURE_FIELDS, route_features
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,27 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
         (null when routed).
     """
     routes, exclusions = allowed_routes(catalog, policy)
-    cand = items.join(routes, on="model", how="inner").with_columns(
+    items = items.with_columns(
+        pl.col("features") if "features" in items.columns else pl.lit(None, pl.List(pl.String)).alias("features"),
+        (pl.col("n") if "n" in items.columns else pl.lit(None, pl.Int64)).fill_null(1).alias("n"),
+    )
+    cand = items.join(routes, on="model", how="inner").join(_route_support(catalog), on="route", how="left")
+    cand = cand.with_columns(
+        pl.col("features").fill_null(pl.lit([], pl.List(pl.String))).list.set_difference("route_features")
+        .alias("_missing")
+    )
+    missing = (
+        cand.filter(pl.col("_missing").list.len() > 0)
+        .group_by("item", maintain_order=True)
+        .agg(pl.format("{} does not take {}", pl.col("route"), pl.col("_missing").list.join(", ")).alias("_why"),
+             pl.col("_missing").first().list.first().alias("_first_missing"))
+    )
+    priority = pl.col("features").list.contains("service_tier_priority").fill_null(False)
+    cand = cand.filter(pl.col("_missing").list.len() == 0).with_columns(
+        pl.when(priority).then(pl.col("priority_input_pico")).otherwise(pl.col("input_pico")).alias("input_pico"),
+        pl.when(priority).then(pl.col("priority_output_pico")).otherwise(pl.col("output_pico")).alias("output_pico"),
+    )
+    cand = cand.with_columns(
         pl.coalesce(
             pl.col("max_tokens"),
             pl.min_horizontal(
@@ -96,7 +121,7 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
     ).with_columns(
         (
             pl.col("input_tokens") * pl.col("input_pico")
-            + pl.min_horizontal(pl.col("expected_output_tokens"), pl.col("cap")) * pl.col("output_pico")
+            + pl.min_horizontal(pl.col("expected_output_tokens"), pl.col("cap")) * pl.col("n") * pl.col("output_pico")
         ).alias("expected_pico_route"),
     )
     order = _order(policy)
@@ -117,22 +142,25 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
             pl.col("input_tokens").first().alias("_tokens"),
             pl.col("expected_pico_route").first().alias("expected_pico"),
             pl.col("expected_output_tokens").first().alias("_expected_out"),
+            pl.col("n").first().alias("_n"),
         )
         .with_columns(
-            (pl.col("_tokens") * pl.col("_in") + pl.col("output_cap") * pl.col("_out"))
+            (pl.col("_tokens") * pl.col("_in") + pl.col("output_cap") * pl.col("_n") * pl.col("_out"))
             .list.max()
             .alias("reserve_pico"),
             # Recomputed on the chain-wide cap so expected <= reserve always holds.
             (
                 pl.col("_tokens") * pl.col("_in").list.first()
-                + pl.min_horizontal(pl.col("_expected_out"), pl.col("output_cap")) * pl.col("_out").list.first()
+                + pl.min_horizontal(pl.col("_expected_out"), pl.col("output_cap"))
+                * pl.col("_n")
+                * pl.col("_out").list.first()
             ).alias("expected_pico"),
         )
-        .drop("_in", "_out", "_tokens", "_expected_out")
+        .drop("_in", "_out", "_tokens", "_expected_out", "_n")
     )
     largest = routes.group_by("model").agg(pl.col("context_window").max().alias("_largest"))
     out = items.select("item", "model", "input_tokens", "max_tokens").join(chains, on="item", how="left")
-    out = out.join(largest, on="model", how="left")
+    out = out.join(largest, on="model", how="left").join(missing, on="item", how="left")
     no_route = {model: "; ".join(f"{x.route}: {x.reason}" for x in found) for model, found in exclusions.items()}
     unrouted = pl.col("route").is_null()
     context_reason = pl.format(
@@ -146,13 +174,26 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
         pl.col("model"),
         pl.col("model").replace_strict(no_route, default="no provider offers it", return_dtype=pl.String),
     )
+    unsupported = unrouted & pl.col("_why").is_not_null()
+    feature_field = pl.col("_first_missing").replace_strict(FEATURE_FIELDS, default=pl.col("_first_missing"))
+    feature_reason = pl.format(
+        "no allowed route for model {} accepts {}: {}; remove the field or choose a model whose routes take it",
+        pl.col("model"),
+        feature_field,
+        pl.col("_why").list.join("; "),
+    )
     return out.with_columns(
-        pl.when(unrouted & pl.col("_largest").is_not_null())
+        pl.when(unsupported)
+        .then(pl.lit("unsupported_field"))
+        .when(unrouted & pl.col("_largest").is_not_null())
         .then(pl.lit("context_too_long"))
         .when(unrouted)
         .then(pl.lit("no_route"))
         .alias("reject_code"),
-        pl.when(unrouted & pl.col("_largest").is_not_null())
+        pl.when(unsupported).then(feature_field).alias("reject_field"),
+        pl.when(unsupported)
+        .then(feature_reason)
+        .when(unrouted & pl.col("_largest").is_not_null())
         .then(context_reason)
         .when(unrouted)
         .then(policy_reason)
@@ -167,8 +208,29 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
         "reserve_pico",
         "expected_pico",
         "reject_code",
+        "reject_field",
         "reject_reason",
     )
+
+
+def _route_support(catalog: Catalog) -> pl.DataFrame:
+    """Per route: the request features it accepts and its priority-tier prices (null where not sold)."""
+    rows = []
+    for e in catalog.entries:
+        p_in, p_out = getattr(e, "priority_input_usd_per_mtok", None), getattr(e, "priority_output_usd_per_mtok", None)
+        rows.append({
+            "route": e.route,
+            "route_features": sorted(route_features(e)),
+            "priority_input_pico": None if p_in is None else usd_per_mtok_to_pico_per_token(p_in),
+            "priority_output_pico": None if p_out is None else usd_per_mtok_to_pico_per_token(p_out),
+        })
+    schema: dict[str, pl.DataType] = {
+        "route": pl.String(),
+        "route_features": pl.List(pl.String()),
+        "priority_input_pico": pl.Int64(),
+        "priority_output_pico": pl.Int64(),
+    }
+    return pl.DataFrame(rows, schema=schema)
 
 
 def _order(policy: RoutePolicy) -> list[str | pl.Expr]:

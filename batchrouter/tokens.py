@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -27,15 +28,23 @@ from bpe_openai import _bindings as bpe  # the only entry point with a non-alloc
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
+# Tool definitions, structured-output schemas, tool calls and predictions are billed as input. They are
+# counted as their compact JSON (more tokens than the forms providers render them in: the cookbook's
+# one-function tool is 87 tokens as JSON, billed 68 on gpt-4o) plus a framing allowance per request.
+# Anthropic adds a tool-use system prompt of about 350 tokens on current models; the estimate allows 500.
+TOOLS_OVERHEAD = 32
+TOOLS_OVERHEAD_ESTIMATE = 500
 ESTIMATE_BASE = "o200k_base"
 EXACT_ENCODINGS = ("o200k_base", "cl100k_base")
 
 # Below this many characters, forking workers costs more than it saves.
 PARALLEL_MIN_CHARS = 2_000_000
 
-# Texts being counted, as Arrow arrays: forked workers read their slices straight from the Arrow
-# buffers they inherit, so no Python string is built in the parent or copied into a worker.
+# Texts being counted in parallel, as Arrow arrays: forked workers read their slices straight from the
+# Arrow buffers they inherit, so no Python string is built in the parent or copied into a worker. Only
+# the parallel path uses it, under `_WORK_LOCK`, so concurrent callers never see each other's texts.
 _WORK: list[pa.Array] = []
+_WORK_LOCK = threading.Lock()
 _SUBCHUNK = 4096
 
 
@@ -53,10 +62,10 @@ def count_text(text: str, encoding: str) -> int:
     return int(_tokenizer(_base(encoding)).count(text))
 
 
-def _count_slice(args: tuple[int, str, int, int]) -> np.ndarray:
+def _count_slice(args: tuple[int, str, int, int], arrays: list[pa.Array] | None = None) -> np.ndarray:
     segment, encoding, lo, hi = args
     count = _tokenizer(encoding).count
-    texts = _WORK[segment]
+    texts = (_WORK if arrays is None else arrays)[segment]
     out = np.empty(hi - lo, dtype=np.int64)
     for start in range(lo, hi, _SUBCHUNK):
         chunk = texts.slice(start, min(_SUBCHUNK, hi - start)).to_pylist()
@@ -85,24 +94,19 @@ def count_segments(
     segments: list[tuple[str, Sequence[str] | pl.Series]], *, workers: int | None = None
 ) -> list[np.ndarray]:
     """Token counts for several lists of texts, each under its own encoding, with one worker pool."""
-    global _WORK
     workers = default_workers() if workers is None else workers
     converted = [_as_arrow(texts) for _, texts in segments]
     arrays = [arr for arr, _ in converted]
     lengths = [lens for _, lens in converted]
     spans = [(i, _base(enc), 0, len(arr)) for i, ((enc, _), arr) in enumerate(zip(segments, arrays, strict=True))]
     total = int(sum(int(lens.sum()) for lens in lengths))
-    _WORK = arrays
-    try:
-        if workers <= 1 or total < PARALLEL_MIN_CHARS:
-            return [_count_slice(span) for span in spans]
-        return _count_parallel(spans, lengths, workers)
-    finally:
-        _WORK = []
+    if workers <= 1 or total < PARALLEL_MIN_CHARS:
+        return [_count_slice(span, arrays) for span in spans]
+    return _count_parallel(spans, arrays, lengths, workers)
 
 
 def _count_parallel(
-    spans: list[tuple[int, str, int, int]], lengths: list[np.ndarray], workers: int
+    spans: list[tuple[int, str, int, int]], arrays: list[pa.Array], lengths: list[np.ndarray], workers: int
 ) -> list[np.ndarray]:
     # Slices of roughly equal text volume, several per worker so a slow slice does not idle a core.
     pieces = workers * 8
@@ -115,8 +119,14 @@ def _count_parallel(
         edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
         bounds += [(segment, encoding, lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
     # fork: workers inherit the Arrow buffers instead of receiving texts through pipes.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        parts = pool.map(_count_slice, bounds, chunksize=1)
+    global _WORK
+    with _WORK_LOCK:
+        _WORK = arrays
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(_count_slice, bounds, chunksize=1)
+        finally:
+            _WORK = []
     out = []
     for segment, _, _, n in spans:
         mine = [p for b, p in zip(bounds, parts, strict=True) if b[0] == segment]
@@ -145,6 +155,9 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
         "messages",
         "token_factor_milli",
         pl.col("tokenizer").replace({"estimate": ESTIMATE_BASE}).alias("encoding"),
+        (pl.col("tokenizer") == "estimate").alias("estimated"),
+        _optional(items, "billed_text", pl.String()),
+        _optional(items, "features", pl.List(pl.String)),
     ).with_row_index("item")
     encodings = sorted(set(frame["encoding"].to_list()))
     segments: list[tuple[str, Sequence[str] | pl.Series]] = []
@@ -166,19 +179,26 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
                 pl.col("messages").struct.field("name").alias("name"),
             )
         )
-        segments += [(encoding, prompts["prompt"]), (encoding, distinct), (encoding, chat["content"])]
-        plans.append((encoding, prompts, systems, distinct, chat))
+        billed = sub.filter(pl.col("billed_text").is_not_null()).select("item", "billed_text")
+        segments += [
+            (encoding, prompts["prompt"]),
+            (encoding, distinct),
+            (encoding, chat["content"]),
+            (encoding, billed["billed_text"]),
+        ]
+        plans.append((encoding, prompts, systems, distinct, chat, billed))
     counts = count_segments(segments, workers=workers)
     found: list[pl.DataFrame] = []
-    for i, (encoding, prompts, systems, distinct, chat) in enumerate(plans):
-        prompt_n, system_n, chat_n = counts[3 * i : 3 * i + 3]
+    for i, (encoding, prompts, systems, distinct, chat, billed) in enumerate(plans):
+        prompt_n, system_n, chat_n, billed_n = counts[4 * i : 4 * i + 4]
         found.append(prompts.select("item", pl.Series("prompt_tokens", prompt_n, dtype=pl.Int64)))
+        found.append(billed.select("item", pl.Series("billed_tokens", billed_n, dtype=pl.Int64)))
         table = pl.DataFrame({"system": distinct, "system_tokens": pl.Series(system_n, dtype=pl.Int64)})
         found.append(systems.join(table, on="system", how="left").select("item", "system_tokens"))
         if chat.height:
             found.append(_chat_tokens(chat.with_columns(content_tokens=pl.Series(chat_n, dtype=pl.Int64)), encoding))
-    base = frame.select("item", "encoding", "token_factor_milli")
-    for column in ("prompt_tokens", "system_tokens", "chat_tokens"):
+    base = frame.select("item", "encoding", "token_factor_milli", "estimated", "features")
+    for column in ("prompt_tokens", "system_tokens", "chat_tokens", "billed_tokens"):
         parts = [f for f in found if column in f.columns]
         if parts:
             base = base.join(pl.concat(parts), on="item", how="left", maintain_order="left")
@@ -193,13 +213,24 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
 
     system_role = pl.col("encoding").replace_strict({e: r[0] for e, r in roles.items()}, return_dtype=pl.Int64)
     user_role = pl.col("encoding").replace_strict({e: r[1] for e, r in roles.items()}, return_dtype=pl.Int64)
+    tools_overhead = (
+        pl.when(pl.col("features").list.contains("tools").fill_null(False))
+        .then(pl.when(pl.col("estimated")).then(TOOLS_OVERHEAD_ESTIMATE).otherwise(TOOLS_OVERHEAD))
+        .otherwise(0)
+    )
     total = (
         REPLY_PRIMING
         + message("system_tokens", system_role)
         + message("prompt_tokens", user_role)
         + pl.col("chat_tokens").fill_null(0)
+        + (pl.col("billed_tokens").fill_null(0) * factor + 999) // 1000
+        + tools_overhead
     )
     return base.select(total.cast(pl.Int64).alias("input_tokens"))["input_tokens"]
+
+
+def _optional(items: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    return pl.col(name) if name in items.columns else pl.lit(None, dtype).alias(name)
 
 
 def _chat_tokens(chat: pl.DataFrame, encoding: str) -> pl.DataFrame:

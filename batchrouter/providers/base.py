@@ -22,9 +22,11 @@ class RequestItem:
 
     item_id: str
     messages: list[dict[str, Any]]
-    max_tokens: int
+    max_tokens: int  # per choice
     temperature: float | None = None
-    params: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None  # passed-on body fields (`request_fields.PASSED_FIELDS`)
+    n: int = 1
+    max_price: tuple[int, int] | None = None  # (input, output) pico-dollars per token the reserve allows
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class Completion:
     cached_tokens: int = 0
     request_id: str | None = None
     reported_cost_usd_micros: int | None = None
+    # Every choice in OpenAI's shape ({index, message: {role, content, tool_calls?}, finish_reason}),
+    # whatever the wire, so tool calls and `n` choices reach the outputs.
+    choices: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

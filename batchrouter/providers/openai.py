@@ -31,6 +31,8 @@ class OpenAIAdapter(ProviderAdapter):
     def body(self, item: RequestItem, upstream: str) -> dict[str, Any]:
         body: dict[str, Any] = {**(item.params or {}), "model": upstream, "messages": item.messages}
         body["max_completion_tokens"] = item.max_tokens
+        if item.n > 1:
+            body["n"] = item.n
         if item.temperature is not None:
             body["temperature"] = item.temperature
         return body
@@ -72,6 +74,7 @@ class OpenAIAdapter(ProviderAdapter):
             cached_tokens=cached,
             request_id=request_id or data.get("id"),
             reported_cost_usd_micros=self.reported_cost(usage),
+            choices=data["choices"] if isinstance(data["choices"], list) else None,
         )
 
     def reported_cost(self, usage: Mapping[str, Any]) -> int | None:

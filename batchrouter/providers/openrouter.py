@@ -36,6 +36,12 @@ class OpenRouterAdapter(OpenAIAdapter):
             provider["data_collection"] = "deny"
         if self.zero_retention:
             provider["zdr"] = True
+        if item.max_price is not None:
+            # USD per million tokens = pico-dollars per token / 10^6.
+            provider["max_price"] = {
+                "prompt": float(Decimal(item.max_price[0]) / 10**6),
+                "completion": float(Decimal(item.max_price[1]) / 10**6),
+            }
         body["provider"] = provider
         body["usage"] = {"include": True}
         return body

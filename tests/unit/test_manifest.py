@@ -191,18 +191,15 @@ def test_jsonl_max_completion_tokens_is_the_output_cap(catalog: Catalog) -> None
     assert row["max_tokens"] == 77
 
 
-def test_jsonl_text_content_parts_are_read_in_order(catalog: Catalog) -> None:
-    body = {
-        "model": "gpt-4o-mini",
-        "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}]}
-        ],
-    }
+def test_jsonl_text_content_parts_are_counted_in_order_and_sent_as_written(catalog: Catalog) -> None:
+    parts = [{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}]
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": parts}]}
     (row,) = read("b.jsonl", jsonl_line("a", body).encode(), catalog).items.to_dicts()
     assert row["reject_code"] is None
+    counted = row["messages"][0]["content"]
+    assert 0 <= counted.index("first part") < counted.index("second")
     (message,) = sent(row)
-    assert message["role"] == "user"
-    assert 0 <= message["content"].index("first part") < message["content"].index("second")
+    assert message == {"role": "user", "content": parts}
 
 
 def test_jsonl_extra_body_fields_are_kept_in_params(catalog: Catalog) -> None:
@@ -258,7 +255,7 @@ def test_jsonl_line_that_is_not_json_is_rejected_as_invalid_json(catalog: Catalo
     ("method", "url", "body", "field"),
     [
         ("GET", CHAT, user("x"), "url"),
-        ("POST", "/v1/embeddings", {"model": "gpt-4o-mini", "input": "x"}, "url"),
+        ("POST", "/v1/completions", {"model": "gpt-4o-mini", "prompt": "x"}, "url"),
         ("POST", CHAT, None, "body"),
         ("POST", CHAT, "not an object", "body"),
     ],
@@ -320,14 +317,28 @@ def test_model_not_in_catalog_is_rejected_and_the_reason_lists_known_models(cata
         [{"role": "robot", "content": "unknown role"}],
         [{"role": "user"}],
         [{"role": "user", "content": 42}],
-        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}],
+        [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}],
         ["just a string"],
+        [{"role": "user", "content": "hi", "audio": {"id": "x"}}],
     ],
 )
-def test_malformed_messages_are_rejected(catalog: Catalog, messages: Any) -> None:
+def test_malformed_messages_are_rejected_naming_the_message(catalog: Catalog, messages: Any) -> None:
     body = {"model": "gpt-4o-mini", "messages": messages}
     (row,) = read("b.jsonl", jsonl_line("a", body).encode(), catalog).items.to_dicts()
-    assert rejection(row) == (1, "messages", "malformed_messages")
+    line, field, code = rejection(row)
+    assert (line, code) == (1, "malformed_messages")
+    assert field.startswith("messages"), field
+
+
+def test_embeddings_lines_are_refused_with_a_reason_that_says_so(catalog: Catalog) -> None:
+    text = jsonl_line("ok", user("x")) + "\n" + jsonl_line(
+        "emb", {"model": "text-embedding-3-small", "input": "x"}, url="/v1/embeddings"
+    )
+    rows = rows_by_id(read("b.jsonl", text.encode(), catalog))
+    assert rejection(rows["emb"]) == (2, "url", "unsupported_endpoint")
+    assert "embeddings" in rows["emb"]["reject_reason"]
+    assert rows["ok"]["reject_code"] is None
 
 
 def test_messages_cell_that_is_not_json_is_rejected_as_malformed_messages(catalog: Catalog) -> None:

@@ -49,6 +49,7 @@ def result(item_id: str, status: str = "succeeded", **fields: Any) -> ItemResult
         "input_sha256": "0" * 64,
         "output_sha256": None,
         "output_text": f"answer {item_id}" if status == "succeeded" else None,
+        "choices": None,
         "finish_reason": "stop" if status == "succeeded" else None,
         "error_code": None if status == "succeeded" else "http_500",
         "error_message": None if status == "succeeded" else "server error (after 4 attempt(s) on openai:gpt-4o-mini)",
