@@ -25,6 +25,8 @@ from batchrouter.errors import ConfigError
 
 ProviderKind = Literal["openai", "anthropic", "openrouter", "openai_compatible", "simulator"]
 Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]
+Endpoint = Literal["chat", "responses", "embeddings"]
+ImageRule = Literal["tile", "patch", "area", "none"]
 Objective = Literal["cost", "latency", "balanced"]
 
 _STRICT = ConfigDict(extra="forbid")
@@ -70,9 +72,24 @@ class ModelConfig(BaseModel):
     expected_output_tokens: int | None = Field(default=None, gt=0)
     tokenizer: Tokenizer | None = None
     token_factor: Decimal | None = Field(default=None, ge=1)
+    # Left out on a new model: assumed to train on inputs and to retain them (excluded by the
+    # route policy's deny_training and zero_retention).
     trains_on_inputs: bool | None = None
     retention_days: int | None = Field(default=None, ge=0)
     typical_latency_ms: int | None = Field(default=None, gt=0)
+    cached_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    priority_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    priority_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    flex: bool | None = None
+    reasoning: bool | None = None
+    endpoints: list[Endpoint] | None = None
+    image_rule: ImageRule | None = None
+    image_base_tokens: int | None = Field(default=None, ge=0)
+    image_tile_tokens: int | None = Field(default=None, ge=0)
+    image_patch_multiplier: Decimal | None = Field(default=None, gt=0)
+    image_max_patches: int | None = Field(default=None, gt=0)
+    image_max_tokens: int | None = Field(default=None, ge=0)
+    aliases: list[str] | None = None
 
 
 class RoutePolicy(BaseModel):

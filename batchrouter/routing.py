@@ -42,8 +42,9 @@ def policy_exclusions(entry: CatalogEntry, policy: RoutePolicy) -> list[str]:
         reasons.append(f"provider {entry.provider} is in denied_providers")
     if policy.deny_training and entry.trains_on_inputs:
         reasons.append("it may train on inputs (deny_training)")
-    if policy.zero_retention and entry.retention_days > 0:
-        reasons.append(f"it retains data for {entry.retention_days} days (zero_retention)")
+    if policy.zero_retention and not entry.zero_retention:
+        kept = "for an unknown time" if entry.retention_days is None else f"for {entry.retention_days} days"
+        reasons.append(f"it retains data {kept} (zero_retention)")
     if policy.max_input_usd_per_mtok is not None and entry.input_usd_per_mtok > policy.max_input_usd_per_mtok:
         reasons.append(
             f"input price {entry.input_usd_per_mtok} USD/Mtok is over max_input_usd_per_mtok "

@@ -24,7 +24,7 @@ _TASKS = (
     "Answer the customer's question politely and concisely:",
 )
 
-DEFAULT_MODEL_MIX = {"gpt-4o-mini": 0.6, "claude-3-5-haiku": 0.2, "gpt-4.1-nano": 0.1, "llama-3.1-8b-instruct": 0.1}
+DEFAULT_MODEL_MIX = {"gpt-4o-mini": 0.6, "claude-haiku-4-5": 0.2, "gpt-5.4-nano": 0.1, "llama-3.1-8b-instruct": 0.1}
 
 
 def sample_manifest(

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 MINI = "openai:gpt-4o-mini"
 MINI_OPENROUTER = "openrouter:openai/gpt-4o-mini"
-HAIKU = "anthropic:claude-3-5-haiku-20241022"
+HAIKU = "anthropic:claude-haiku-4-5-20251001"
 TRICKLE_S = 1.0
 # Quick back-off; a breaker that never opens unless a test asks for it (with no fallback, an open breaker
 # holds items for its cooldown); a stall timeout generous enough for a loaded machine, shortened by stall tests.
@@ -71,7 +71,7 @@ def job(prompt: str, chain: list[str] | None = None) -> Job:
     item_id = uuid.uuid4().hex
     text = f"{prompt} (item {item_id})"
     chain = chain or [MINI]
-    model = "claude-3-5-haiku" if chain[0] == HAIKU else "gpt-4o-mini"
+    model = "claude-haiku-4-5" if chain[0] == HAIKU else "gpt-4o-mini"
     return Job(
         item_id=item_id,
         model=model,

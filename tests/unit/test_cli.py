@@ -104,12 +104,12 @@ def test_quote_uses_the_workspace_policy_from_the_config(tmp_path: Path, capsys:
 
 
 def test_quote_table_mentions_the_routes_and_rejections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = b"item_id,model,prompt\n1,gpt-4o-mini,hi\n2,claude-3-5-haiku,hi\n3,nope,hi\n"
+    data = b"item_id,model,prompt\n1,gpt-4o-mini,hi\n2,claude-haiku-4-5,hi\n3,nope,hi\n"
     code = main(["quote", manifest(tmp_path, data), "--workspace", "acme"])
     out = capsys.readouterr().out
     assert code == 0
     assert "openai:gpt-4o-mini" in out
-    assert "anthropic:claude-3-5-haiku-20241022" in out
+    assert "anthropic:claude-haiku-4-5-20251001" in out
     assert "ROUTE" in out
     assert "nope" in out  # the rejection reason names the unknown model
 

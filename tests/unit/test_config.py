@@ -209,7 +209,7 @@ retention_days = 0
     assert entry.output_pico_per_token == 600_000  # 0.6 USD per million tokens
     # Optional fields come from the catalog defaults; the default cap is min(max output, 4096).
     assert (entry.expected_output_tokens, entry.token_factor, entry.default_max_tokens) == (256, Decimal("1.0"), 4096)
-    assert catalog.version.startswith("2026-11-01+")
+    assert catalog.version.startswith(load_catalog().version + "+")
 
 
 def test_new_model_missing_required_fields_raises_catalog_error(tmp_path: Path) -> None:

@@ -487,7 +487,7 @@ def test_empty_metadata_object_merged_with_unknown_columns_is_valid_json(catalog
 # Each kind of CSV row and the rejection code it must get (None: accepted).
 _CSV_KINDS: dict[str, tuple[str, str | None]] = {
     "good": ('{id},gpt-4o-mini,hello,10,0.5,"{{""k"": 1}}"', None),
-    "good_plain": ("{id},claude-3-5-haiku,hi there,,,", None),
+    "good_plain": ("{id},claude-haiku-4-5,hi there,,,", None),
     "missing_id": (",gpt-4o-mini,hello,,,", "missing_item_id"),
     "missing_model": ("{id},,hello,,,", "missing_model"),
     "unknown_model": ("{id},nope-1,hello,,,", "unknown_model"),

@@ -22,7 +22,28 @@ from batchrouter.quote import Quote, build_quote
 from batchrouter.sample import sample_manifest
 
 CL100K = bpe_openai.get_encoding("cl100k_base")
-BASE_VERSION = "2026-11-01"
+BASE_VERSION = "2026-12-01"
+
+# gpt-3.5-turbo is retired from the built-in catalog; a [[models]] entry serving it (a self-hosted or
+# proxied copy) keeps the cl100k_base path and a small context window under test.
+LEGACY_CL100K = ModelConfig(
+    name="gpt-3.5-turbo",
+    provider="legacy",
+    upstream="gpt-3.5-turbo-0125",
+    input_usd_per_mtok=Decimal("0.50"),
+    output_usd_per_mtok=Decimal("1.50"),
+    context_window=16385,
+    max_output_tokens=4096,
+    default_max_tokens=1024,
+    tokenizer="cl100k_base",
+    trains_on_inputs=False,
+    retention_days=30,
+)
+
+
+@pytest.fixture
+def legacy() -> Catalog:
+    return load_catalog([LEGACY_CL100K])
 
 
 def jsonl(*bodies: dict[str, Any]) -> bytes:
@@ -93,9 +114,8 @@ def test_expected_uses_the_smaller_of_expected_output_and_cap(catalog: Catalog) 
     ("model", "in_price", "out_price", "default_cap"),
     [
         ("gpt-4o-mini", "0.15", "0.60", 4096),
-        ("gpt-4.1-nano", "0.10", "0.40", 4096),
-        ("gpt-3.5-turbo", "0.50", "1.50", 1024),
-        ("claude-sonnet-4", "3.00", "15.00", 4096),
+        ("gpt-4.1-mini", "0.40", "1.60", 4096),
+        ("claude-sonnet-4-5", "3.00", "15.00", 4096),
     ],
 )
 def test_reserve_is_input_plus_default_cap_at_list_prices_rounded_up(
@@ -108,9 +128,9 @@ def test_reserve_is_input_plus_default_cap_at_list_prices_rounded_up(
     assert row["expected_usd_micros"] == micros(row["input_tokens"], in_price, 256, out_price)
 
 
-def test_default_cap_shrinks_to_fit_the_context_window(catalog: Catalog) -> None:
+def test_default_cap_shrinks_to_fit_the_context_window(legacy: Catalog) -> None:
     text = "hello " * 15800
-    quote = quote_of(jsonl(body("gpt-3.5-turbo", text)), catalog)
+    quote = quote_of(jsonl(body("gpt-3.5-turbo", text)), legacy)
     row = quote.accepted.row(0, named=True)
     # Input: 3 + 1 (role) + content + 3, counted with cl100k_base; the window of gpt-3.5-turbo is 16385,
     # so the default cap of 1024 shrinks to what is left.
@@ -121,16 +141,16 @@ def test_default_cap_shrinks_to_fit_the_context_window(catalog: Catalog) -> None
     assert row["reserve_usd_micros"] == micros(row["input_tokens"], "0.50", left, "1.50")
 
 
-def test_explicit_max_tokens_that_does_not_fit_is_context_too_long(catalog: Catalog) -> None:
+def test_explicit_max_tokens_that_does_not_fit_is_context_too_long(legacy: Catalog) -> None:
     # The same ~15,808-token prompt fits with the shrunk default cap but not with max_tokens 1000.
-    quote = quote_of(jsonl(body("gpt-3.5-turbo", "hello " * 15800, max_tokens=1000)), catalog)
+    quote = quote_of(jsonl(body("gpt-3.5-turbo", "hello " * 15800, max_tokens=1000)), legacy)
     (row,) = quote.items.to_dicts()
     assert row["status"] == "rejected"
     assert row["reject_code"] == "context_too_long"
 
 
-def test_prompt_longer_than_every_context_window_is_context_too_long(catalog: Catalog) -> None:
-    quote = quote_of(jsonl(body("gpt-4o-mini", "ok"), body("gpt-3.5-turbo", "hello " * 20000)), catalog)
+def test_prompt_longer_than_every_context_window_is_context_too_long(legacy: Catalog) -> None:
+    quote = quote_of(jsonl(body("gpt-4o-mini", "ok"), body("gpt-3.5-turbo", "hello " * 20000)), legacy)
     ok, huge = quote.items.to_dicts()
     assert ok["status"] == "accepted"
     assert (huge["row"], huge["status"], huge["reject_code"]) == (2, "rejected", "context_too_long")
@@ -140,8 +160,8 @@ def test_prompt_longer_than_every_context_window_is_context_too_long(catalog: Ca
 
 
 def test_billable_item_costs_at_least_one_micro_dollar(catalog: Catalog) -> None:
-    # llama on openrouter: 0.02 in, 0.03 out. "hi" is 1 o200k token x 1.25 -> 2; input 3 + 1 + 2 + 3 = 9.
-    # 9 x 0.02 + 1 x 0.03 = 0.21 micro-dollars, which rounds up to 1.
+    # llama on openrouter: 0.05 in, 0.08 out. "hi" is 1 o200k token x 1.25 -> 2; input 3 + 1 + 2 + 3 = 9.
+    # 9 x 0.05 + 1 x 0.08 = 0.53 micro-dollars, which rounds up to 1.
     quote = quote_of(
         jsonl(body("llama-3.1-8b-instruct", "hi", max_tokens=1)), catalog, RoutePolicy(allowed_providers=["openrouter"])
     )
@@ -182,8 +202,8 @@ def test_reservation_of_llama_covers_the_paid_fallback_of_a_free_primary(catalog
     row = quote.accepted.row(0, named=True)
     assert row["provider"] == "selfhosted"
     assert row["fallbacks"] == ["openrouter:meta-llama/llama-3.1-8b-instruct"]
-    # 15 input tokens (see test_tokens) x 0.02 + 100 x 0.03 = 0.3 + 3 = 3.3 -> 4 on the openrouter fallback.
-    assert row["reserve_usd_micros"] == micros(15, "0.02", 100, "0.03") == 4
+    # 15 input tokens (see test_tokens) x 0.05 + 100 x 0.08 = 0.75 + 8 = 8.75 -> 9 on the openrouter fallback.
+    assert row["reserve_usd_micros"] == micros(15, "0.05", 100, "0.08") == 9
     assert row["expected_usd_micros"] == 0
 
 
@@ -320,7 +340,7 @@ def test_quote_records_the_builtin_catalog_version(catalog: Catalog) -> None:
 def test_model_override_changes_the_catalog_version_and_the_quote_id(catalog: Catalog) -> None:
     override = ModelConfig(name="gpt-4o-mini", provider="openai", input_usd_per_mtok=Decimal("0.30"))
     custom = load_catalog([override])
-    assert re.fullmatch(r"2026-11-01\+[0-9a-f]{8}", custom.version)
+    assert re.fullmatch(re.escape(BASE_VERSION) + r"\+[0-9a-f]{8}", custom.version)
     data = jsonl(body("gpt-4o-mini", "hi"))
     quote = quote_of(data, custom)
     assert quote.catalog_version == custom.version
@@ -356,10 +376,9 @@ def test_model_override_prices_are_the_ones_quoted(catalog: Catalog) -> None:
 _SINGLE_PRICE = {
     "gpt-4o-mini": ("0.15", "0.60", 16384),
     "gpt-4o": ("2.50", "10.00", 16384),
-    "gpt-4.1-nano": ("0.10", "0.40", 32768),
-    "gpt-3.5-turbo": ("0.50", "1.50", 4096),
-    "claude-3-5-haiku": ("0.80", "4.00", 8192),
-    "claude-sonnet-4": ("3.00", "15.00", 64000),
+    "gpt-4.1-mini": ("0.40", "1.60", 32768),
+    "claude-haiku-4-5": ("1.00", "5.00", 64000),
+    "claude-sonnet-4-5": ("3.00", "15.00", 64000),
 }
 
 

@@ -27,7 +27,7 @@ MANIFEST = (
     b"item_id,model,prompt,max_tokens\n"
     b"1,gpt-4o-mini,Say hello in French.,40\n"
     b"2,gpt-4o-mini,Name three colours.,40\n"
-    b"3,claude-sonnet-4,Write one short sentence.,30\n"
+    b"3,claude-sonnet-4-5,Write one short sentence.,30\n"
     b"4,not-a-model,hi,10\n"
 )
 
@@ -127,7 +127,7 @@ def test_usage_daily_counts_items_and_tokens_per_model(
         "SELECT model, count(*) AS items, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens "
         "FROM receipts WHERE status = 'succeeded' GROUP BY model ORDER BY model",
     )
-    assert [u["model"] for u in usage] == ["claude-sonnet-4", "gpt-4o-mini"]
+    assert [u["model"] for u in usage] == ["claude-sonnet-4-5", "gpt-4o-mini"]
     for u, r in zip(usage, receipts, strict=True):
         assert (u["items"], u["succeeded"], u["input_tokens"], u["output_tokens"]) == (
             r["items"],
@@ -192,7 +192,7 @@ def test_quote_accuracy_view_compares_each_models_actual_cost_with_its_quote(
     report: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     got = rows(capsys, "SELECT * FROM quote_accuracy ORDER BY model")
-    assert [(r["model"], r["items"]) for r in got] == [("claude-sonnet-4", 1), ("gpt-4o-mini", 2)]
+    assert [(r["model"], r["items"]) for r in got] == [("claude-sonnet-4-5", 1), ("gpt-4o-mini", 2)]
     assert sum(r["reserved_usd_micros"] for r in got) == report["quote"]["reserve_usd_micros"]
     assert sum(r["expected_usd_micros"] for r in got) == report["quote"]["expected_usd_micros"]
     assert sum(r["actual_usd_micros"] for r in got) == report["summary"]["cost_usd_micros"]

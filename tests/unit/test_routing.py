@@ -150,11 +150,11 @@ def test_max_output_price_drops_routes_above_it(tri: Catalog) -> None:
 
 
 def test_max_output_price_below_every_route_is_no_route(catalog: Catalog) -> None:
-    # claude-sonnet-4 costs 15 USD/Mtok output on both of its routes.
-    row = route(catalog, "claude-sonnet-4", RoutePolicy(max_output_usd_per_mtok=Decimal("5")))
+    # claude-sonnet-4-5 costs 15 USD/Mtok output on both of its routes.
+    row = route(catalog, "claude-sonnet-4-5", RoutePolicy(max_output_usd_per_mtok=Decimal("5")))
     assert row["reject_code"] == "no_route"
-    assert "anthropic:claude-sonnet-4-20250514" in row["reject_reason"]
-    assert "openrouter:anthropic/claude-sonnet-4" in row["reject_reason"]
+    assert "anthropic:claude-sonnet-4-5-20250929" in row["reject_reason"]
+    assert "openrouter:anthropic/claude-sonnet-4.5" in row["reject_reason"]
     assert "max_output_usd_per_mtok" in row["reject_reason"]
 
 

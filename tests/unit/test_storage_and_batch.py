@@ -28,7 +28,7 @@ from batchrouter.storage import Storage, route_slug
 MANIFEST = (
     b"item_id,model,prompt,max_tokens,team\n"
     b"a,gpt-4o-mini,Say this is a test!,100,x\n"
-    b"b,claude-3-5-haiku,Hello,50,y\n"
+    b"b,claude-haiku-4-5,Hello,50,y\n"
     b"c,llama-3.1-8b-instruct,Hi,20,z\n"
     b"d,nope,bad model,,x\n"
     b"e,gpt-4o-mini,another,10,y\n"
@@ -123,7 +123,7 @@ def test_stage_route_partitions_accepted_items_by_primary_route(
     counts = stage_route(storage, info, manifest, quote)
     assert counts == {
         "openai:gpt-4o-mini": 2,
-        "anthropic:claude-3-5-haiku-20241022": 1,
+        "anthropic:claude-haiku-4-5-20251001": 1,
         "selfhosted:meta-llama/Llama-3.1-8B-Instruct": 1,
     }
     folder = root / "batches" / info.batch_id / "routed_items"

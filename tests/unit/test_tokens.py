@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 import bpe_openai
@@ -11,13 +12,30 @@ import numpy as np
 import pytest
 
 from batchrouter import tokens
-from batchrouter.catalog import Catalog
-from batchrouter.config import LimitsConfig, RoutePolicy
+from batchrouter.catalog import Catalog, load_catalog
+from batchrouter.config import LimitsConfig, ModelConfig, RoutePolicy
 from batchrouter.manifest import read_manifest
 from batchrouter.quote import build_quote
 
 O200K = bpe_openai.get_encoding("o200k_base")
 CL100K = bpe_openai.get_encoding("cl100k_base")
+
+
+@pytest.fixture
+def catalog() -> Catalog:
+    """The built-in catalog plus a cl100k_base model: gpt-3.5-turbo is retired, so a [[models]] entry serves it."""
+    legacy = ModelConfig(
+        name="gpt-3.5-turbo",
+        provider="legacy",
+        upstream="gpt-3.5-turbo-0125",
+        input_usd_per_mtok=Decimal("0.50"),
+        output_usd_per_mtok=Decimal("1.50"),
+        context_window=16385,
+        max_output_tokens=4096,
+        tokenizer="cl100k_base",
+    )
+    return load_catalog([legacy])
+
 
 # The example conversation of OpenAI's cookbook "How to count tokens with tiktoken" (section 6). The
 # cookbook shows the OpenAI API itself reporting usage.prompt_tokens = 129 for it on gpt-3.5-turbo
@@ -145,9 +163,9 @@ def test_cl100k_model_is_counted_with_cl100k(catalog: Catalog) -> None:
 
 
 def test_estimate_tokenizer_scales_o200k_content_by_the_factor_rounding_up(catalog: Catalog) -> None:
-    # claude-3-5-haiku: factor 1.5. "Say this is a test!" is 6 o200k tokens -> ceil(9.0) = 9;
+    # claude-haiku-4-5: factor 1.5. "Say this is a test!" is 6 o200k tokens -> ceil(9.0) = 9;
     # 3 + 1 (role) + 9 + 3 (priming) = 16.
-    assert counted(catalog, "claude-3-5-haiku", [{"role": "user", "content": "Say this is a test!"}]) == [16]
+    assert counted(catalog, "claude-haiku-4-5", [{"role": "user", "content": "Say this is a test!"}]) == [16]
     # llama-3.1-8b-instruct: factor 1.25 -> ceil(7.5) = 8; 3 + 1 + 8 + 3 = 15.
     assert counted(catalog, "llama-3.1-8b-instruct", [{"role": "user", "content": "Say this is a test!"}]) == [15]
 
@@ -157,7 +175,7 @@ def test_estimate_tokenizer_rounds_up_per_message_not_per_request(catalog: Catal
     # whereas rounding the sum once (ceil(3.0) = 3) would give 14.
     assert len(O200K.encode_ordinary("hi")) == 1
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"}]
-    assert counted(catalog, "claude-3-5-haiku", messages) == [15]
+    assert counted(catalog, "claude-haiku-4-5", messages) == [15]
 
 
 def test_estimate_tokenizer_matches_ceil_formula_for_longer_texts(catalog: Catalog) -> None:
@@ -179,7 +197,7 @@ def test_items_of_different_encodings_in_one_manifest_keep_their_own_counts(cata
                 "body": {"model": model, "messages": [{"role": "user", "content": text}]},
             }
         )
-        for i, model in enumerate(["gpt-3.5-turbo", "gpt-4o-mini", "claude-3-5-haiku", "gpt-3.5-turbo"])
+        for i, model in enumerate(["gpt-3.5-turbo", "gpt-4o-mini", "claude-haiku-4-5", "gpt-3.5-turbo"])
     ]
     manifest = read_manifest("t.jsonl", "\n".join(lines).encode(), catalog=catalog, limits=LimitsConfig())
     quote = build_quote(manifest, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1)
@@ -224,7 +242,7 @@ def test_parallel_quote_over_mixed_encodings_matches_serial_quote(
     monkeypatch.setattr(tokens, "_count_parallel", lambda *a, **k: calls.append(1) or real(*a, **k))
     rng = np.random.default_rng(11)
     words = ["alpha", "beta", "Grüße", "日本語", "😀", "token", "count", "policy", "invoice"]
-    models = ["gpt-4o-mini", "gpt-3.5-turbo", "claude-3-5-haiku"]
+    models = ["gpt-4o-mini", "gpt-3.5-turbo", "claude-haiku-4-5"]
     lines = ["item_id,model,prompt,max_tokens"]
     for i, n in enumerate(rng.integers(100, 800, size=1500).tolist()):
         lines.append(f"{i},{models[i % 3]},{' '.join(rng.choice(words, size=n).tolist())},16")
@@ -245,7 +263,7 @@ def test_shared_system_prompt_is_counted_for_every_item_under_its_own_encoding(c
         ("1", "gpt-4o-mini", system, "first question"),
         ("2", "gpt-3.5-turbo", system, "first question"),
         ("3", "gpt-4o-mini", system, "a second, longer question about invoices"),
-        ("4", "claude-3-5-haiku", system, "first question"),
+        ("4", "claude-haiku-4-5", system, "first question"),
         ("5", "gpt-4o-mini", "Other system.", "first question"),
         ("6", "gpt-4o-mini", "", "no system at all"),
     ]
@@ -257,7 +275,7 @@ def test_shared_system_prompt_is_counted_for_every_item_under_its_own_encoding(c
         messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [
             {"role": "user", "content": prompt}
         ]
-        if model == "claude-3-5-haiku":  # estimate: ceil(o200k content x 1.5) per message
+        if model == "claude-haiku-4-5":  # estimate: ceil(o200k content x 1.5) per message
             return 3 + sum(3 + 1 + math.ceil(len(O200K.encode_ordinary(m["content"])) * 3 / 2) for m in messages)
         return by_hand(messages, CL100K if model == "gpt-3.5-turbo" else O200K)
 
@@ -281,7 +299,7 @@ def test_parallel_quote_with_a_lone_item_of_another_encoding_matches_serial_quot
     words = ["alpha", "beta", "Grüße", "日本語", "😀", "token"]
     lines = []
     for i in range(2500):
-        model = {1234: "gpt-3.5-turbo", 5: "claude-3-5-haiku", 2499: "claude-3-5-haiku"}.get(i, "gpt-4o-mini")
+        model = {1234: "gpt-3.5-turbo", 5: "claude-haiku-4-5", 2499: "claude-haiku-4-5"}.get(i, "gpt-4o-mini")
         text = " ".join(rng.choice(words, size=int(rng.integers(50, 300))).tolist())
         messages = [{"role": "user", "content": text}]
         if i % 7 == 0:
