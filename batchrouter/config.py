@@ -104,6 +104,8 @@ class RoutePolicy(BaseModel):
     max_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     objective: Objective = "cost"
     max_fallbacks: int = Field(default=2, ge=0)
+    # A model its provider retired: refuse the item naming the successor, or run it on the successor.
+    retired_models: Literal["refuse", "successor"] = "refuse"
     # Card numbers and credentials are rejected (restricted_content) unless this is set.
     allow_restricted_content: bool = False
 

@@ -177,8 +177,17 @@ class Route:
                     if self.health.limits_learned_at is None:
                         self.health.limits_learned_at = time.monotonic()
 
-    def cost_micros(self, completion_in: int, completion_out: int) -> int:
-        pico = completion_in * self.entry.input_pico_per_token + completion_out * self.entry.output_pico_per_token
+    def cost_micros(self, completion_in: int, completion_out: int, *, cached: int = 0, tier: str | None = None) -> int:
+        """What the provider bills, by the catalog: cached input at the cached price, the tier's prices."""
+        e = self.entry
+        price_in, price_out = e.input_pico_per_token, e.output_pico_per_token
+        price_cached = e.cached_input_pico_per_token
+        if tier == "priority" and e.priority_input_pico_per_token and e.priority_output_pico_per_token:
+            price_in, price_out, price_cached = e.priority_input_pico_per_token, e.priority_output_pico_per_token, None
+        cached = min(max(cached, 0), completion_in) if price_cached is not None else 0
+        pico = (completion_in - cached) * price_in + cached * (price_cached or 0) + completion_out * price_out
+        if tier == "flex" and e.flex:
+            pico = pico * int((1 - e.batch_discount) * 1000) // 1000  # flex is sold at batch prices
         return -(-pico // PICO_PER_MICRO)
 
 
@@ -317,7 +326,9 @@ class Dispatcher:
         except RefusedError as err:
             route.health.terminal_errors += 1
             route.breaker.record_success()  # the route works; the model declined this item
-            cost = route.cost_micros(err.input_tokens, err.output_tokens)
+            cost = route.cost_micros(
+                err.input_tokens, err.output_tokens, tier=(job.request.params or {}).get("service_tier")
+            )
             self._finish(
                 job,
                 route,
@@ -357,7 +368,11 @@ class Dispatcher:
             cost = completion.reported_cost_usd_micros
             source = "provider"
             if cost is None:
-                cost, source = route.cost_micros(completion.input_tokens, completion.output_tokens), "catalog"
+                tier = completion.service_tier or (job.request.params or {}).get("service_tier")
+                cost = route.cost_micros(
+                    completion.input_tokens, completion.output_tokens, cached=completion.cached_tokens, tier=tier
+                )
+                source = "catalog"
             self._finish(
                 job,
                 route,

@@ -19,6 +19,8 @@ The item table (`ITEM_SCHEMA`) is what every later stage reads:
   n              choices requested (null: 1); the output cap counts once per choice
   billed_text    text billed as input beyond message text (tool definitions, schemas, tool calls)
   images         the item's image parts: {detail, width, height} (size null when unknown)
+  retired_from   the model name as written when it is retired and `model` is its successor
+                 (the quote refuses such items unless the policy says `retired_models = "successor"`)
   features       fields not every provider supports (`request_fields.WIRE_FEATURES`); routing honours them
   reject_code, reject_field, reject_reason   the first problem found, or null
 """
@@ -66,6 +68,7 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
     "billed_text": pl.String(),
     "images": pl.List(IMAGE),
     "features": pl.List(pl.String()),
+    "retired_from": pl.String(),
     "reject_code": pl.String(),
     "reject_field": pl.String(),
     "reject_reason": pl.String(),
@@ -560,7 +563,7 @@ def _put_extras(row: dict[str, Any], extras: Extras) -> None:
 def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.DataFrame:
     """Apply every row rule in order; the first that fails names the rejection."""
     models = catalog.models_frame().select("model", "max_output_tokens")
-    frame = raw.join(models, on="model", how="left", maintain_order="left")
+    frame = _resolve_models(raw, catalog).join(models, on="model", how="left", maintain_order="left")
     known = ", ".join(catalog.model_names())
     message_text = pl.col("messages").list.eval(pl.element().struct.field("content").str.len_bytes())
     content_bytes = (
@@ -684,6 +687,26 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
         ),
     )
     return out.select(list(ITEM_SCHEMA)).cast(pl.Schema(ITEM_SCHEMA))
+
+
+def _resolve_models(raw: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
+    """Model names as users write them -> catalog names: snapshots to their model, retired to successors."""
+    names = (
+        catalog.aliases_frame()
+        .select(pl.col("alias").str.to_lowercase().alias("_key"), pl.col("model").alias("_resolved"))
+        .unique("_key", keep="first")
+    )
+    retired = pl.DataFrame(
+        {"_key": [k.lower() for k in catalog.retired], "_successor": list(catalog.retired.values())},
+        schema={"_key": pl.String, "_successor": pl.String},
+    ).unique("_key", keep="first")
+    keyed = raw.with_columns(pl.col("model").str.strip_chars().str.to_lowercase().alias("_key"))
+    joined = keyed.join(names, on="_key", how="left").join(retired, on="_key", how="left")
+    is_retired = pl.col("_resolved").is_null() & pl.col("_successor").is_not_null()
+    return joined.with_columns(
+        pl.when(is_retired).then(pl.col("model")).otherwise(None).alias("retired_from"),
+        pl.coalesce("_resolved", "_successor", "model").alias("model"),
+    ).drop("_key", "_resolved", "_successor")
 
 
 def _with_features(features: pl.Expr, *flags: tuple[str, pl.Expr]) -> pl.Expr:

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrouter import guards, routing, tokens
+from batchrouter import guards, images, routing, tokens
 from batchrouter.catalog import PICO_PER_MICRO, Catalog
 from batchrouter.config import RoutePolicy
 from batchrouter.manifest import Manifest
@@ -119,11 +119,15 @@ def build_quote(
 ) -> Quote:
     """Count, route and price every accepted item of `manifest`; rejected rows keep their reason."""
     items = manifest.items.with_row_index("item")
+    if policy.retired_models == "refuse":
+        items = reject_retired(items)
     if not policy.allow_restricted_content:
         items = reject_restricted(items)
     models = catalog.models_frame()
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
-    counted = valid.with_columns(tokens.input_tokens(valid, workers=workers).alias("input_tokens"))
+    counted = valid.with_columns(
+        (tokens.input_tokens(valid, workers=workers) + image_input_tokens(valid, catalog)).alias("input_tokens")
+    )
     routed = routing.route_items(
         counted.select("item", "model", "input_tokens", "max_tokens", "expected_output_tokens", "features", "n"),
         catalog=catalog,
@@ -172,6 +176,40 @@ def build_quote(
         source=manifest.source,
         manifest_sha256=manifest.sha256,
         items=table,
+    )
+
+
+def image_input_tokens(items: pl.DataFrame, catalog: Catalog) -> pl.Series:
+    """Per item, the input tokens of its image parts: the most any route of its model may bill for them."""
+    out = [0] * items.height
+    if "images" not in items.columns:
+        return pl.Series("image_tokens", out, dtype=pl.Int64)
+    with_images = items.select(pl.int_range(pl.len()).alias("i"), "model", "images").filter(
+        pl.col("images").list.len() > 0
+    )
+    for i, model, parts in with_images.iter_rows():
+        routes = [e for e in catalog.routes_for(model) if e.image_rule != "none"]
+        out[i] = max(
+            (sum(images.image_tokens(e, detail=p["detail"], width=p["width"], height=p["height"]) for p in parts)
+             for e in routes),
+            default=0,
+        )
+    return pl.Series("image_tokens", out, dtype=pl.Int64)
+
+
+def reject_retired(items: pl.DataFrame) -> pl.DataFrame:
+    """Reject items naming a retired model, with its successor (the manifest already resolved it)."""
+    hit = pl.col("reject_code").is_null() & pl.col("retired_from").is_not_null()
+    reason = pl.format(
+        "model '{}' is retired by its provider; its successor is '{}': change the model name, or set "
+        'retired_models = "successor" in the workspace\'s route policy to run such items on the successor',
+        pl.col("retired_from"),
+        pl.col("model"),
+    )
+    return items.with_columns(
+        pl.when(hit).then(pl.lit("retired_model")).otherwise("reject_code").alias("reject_code"),
+        pl.when(hit).then(pl.lit("model")).otherwise("reject_field").alias("reject_field"),
+        pl.when(hit).then(reason).otherwise("reject_reason").alias("reject_reason"),
     )
 
 

@@ -21,6 +21,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batchrouter.catalog import CatalogEntry
+from batchrouter.images import image_size
+
 Wire = Literal["openai", "anthropic", "openrouter", "openai_compatible"]
 Endpoint = Literal["chat", "responses"]
 
@@ -135,17 +138,8 @@ def image_part(part: dict[str, Any], where: str) -> dict[str, Any]:
     url = spec["url"]
     if not (url.startswith(("http://", "https://", "data:image/"))):
         raise FieldError(where, f"{where}.url must be an http(s) URL or a data:image/... URL", "malformed_messages")
-    size = _image_size(url)
+    size = image_size(url)
     return {"detail": detail or "auto", "width": size[0] if size else None, "height": size[1] if size else None}
-
-
-def _image_size(url: str) -> tuple[int, int] | None:
-    try:
-        from batchrouter.images import image_size  # TODO(merge): plain import once images.py lands
-    except ImportError:
-        return None
-    size: tuple[int, int] | None = image_size(url)
-    return size
 
 
 def normalise_message(msg: Any, i: int, extras: Extras) -> dict[str, Any]:
@@ -427,15 +421,15 @@ def wire_of(provider: str) -> Wire:
     return "openai_compatible"
 
 
-def route_features(entry: Any) -> frozenset[str]:
+def route_features(entry: CatalogEntry) -> frozenset[str]:
     """The features a catalog entry's route supports: its wire's, narrowed by what the model offers."""
     features = set(WIRE_FEATURES[wire_of(entry.provider)])
-    if getattr(entry, "image_rule", "tile") == "none":
+    if entry.image_rule == "none":
         features.discard("image")
-    if not getattr(entry, "reasoning", False):
+    if not entry.reasoning:
         features.discard("reasoning_effort")
-    if not getattr(entry, "flex", False):
+    if not entry.flex:
         features.discard("service_tier_flex")
-    if getattr(entry, "priority_input_usd_per_mtok", None) is None:
+    if entry.priority_input_pico_per_token is None or entry.priority_output_pico_per_token is None:
         features.discard("service_tier_priority")
     return frozenset(features)

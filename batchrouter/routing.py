@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from batchrouter.catalog import Catalog, CatalogEntry, usd_per_mtok_to_pico_per_token
+from batchrouter.catalog import Catalog, CatalogEntry
 from batchrouter.config import RoutePolicy, Settings
 from batchrouter.request_fields import FEATURE_FIELDS, route_features
 
@@ -216,15 +216,15 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
 
 def _route_support(catalog: Catalog) -> pl.DataFrame:
     """Per route: the request features it accepts and its priority-tier prices (null where not sold)."""
-    rows = []
-    for e in catalog.entries:
-        p_in, p_out = getattr(e, "priority_input_usd_per_mtok", None), getattr(e, "priority_output_usd_per_mtok", None)
-        rows.append({
+    rows = [
+        {
             "route": e.route,
             "route_features": sorted(route_features(e)),
-            "priority_input_pico": None if p_in is None else usd_per_mtok_to_pico_per_token(p_in),
-            "priority_output_pico": None if p_out is None else usd_per_mtok_to_pico_per_token(p_out),
-        })
+            "priority_input_pico": e.priority_input_pico_per_token,
+            "priority_output_pico": e.priority_output_pico_per_token,
+        }
+        for e in catalog.entries
+    ]
     schema: dict[str, pl.DataType] = {
         "route": pl.String(),
         "route_features": pl.List(pl.String()),

@@ -50,6 +50,7 @@ class Completion:
     # Every choice in OpenAI's shape ({index, message: {role, content, tool_calls?}, finish_reason}),
     # whatever the wire, so tool calls and `n` choices reach the outputs.
     choices: list[dict[str, Any]] | None = None
+    service_tier: str | None = None  # the tier that served it, where the provider says
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class OpenAIAdapter(ProviderAdapter):
             request_id=request_id or data.get("id"),
             reported_cost_usd_micros=self.reported_cost(usage),
             choices=data["choices"] if isinstance(data["choices"], list) else None,
+            service_tier=data.get("service_tier") if isinstance(data.get("service_tier"), str) else None,
         )
 
     def reported_cost(self, usage: Mapping[str, Any]) -> int | None:
