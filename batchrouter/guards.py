@@ -86,10 +86,8 @@ _GROUPINGS = frozenset(
      (4, 4, 4, 3), (4, 4, 4, 2), (4, 4, 4, 1)}
 )  # fmt: skip
 # A superset of every card shape above, for the vectorised pass.
-CARD_PREFILTER = (
-    r"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4}"
-    r"|[0-9]{4}[ -][0-9]{4}[ -][0-9]{5}"
-)
+# (A pattern without a bounded run such as [0-9]{13} as its own branch: Polars' regex engine is ~40x faster so.)
+CARD_PREFILTER = r"[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]{4}[ -]?[0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4}"
 _DIGITS = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
 _SEPARATOR = re.compile(r"[ -]")
 _WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
@@ -230,7 +228,7 @@ class CredentialFormat:
     """A published credential format: a cheap Polars-compatible prefilter and the exact check."""
 
     name: str
-    prefilter: str  # RE2-style (Rust regex): no lookaround, no backreferences; a superset of `pattern`
+    prefilter: str  # literals (Rust regex) found in every match of `pattern`: a literal set scans fastest
     pattern: re.Pattern[str]  # group 1, when present, is the secret part checked by `check`
     check: Callable[[str], bool] = _real
 
@@ -239,10 +237,19 @@ _T = r"(?<![A-Za-z0-9_-])"  # a token starts here
 _E = r"(?![A-Za-z0-9_-])"  # and ends here
 _LABEL_VALUE = r"""["']?\s*[:=]\s*["']?"""
 
+
+def _word(word: str) -> str:
+    """A label word as people write it (lower, Capitalised or UPPER), matched by the literal prefilter."""
+    return f"(?:{word}|{word.capitalize()}|{word.upper()})"
+
+
+_SECRET_LABEL = f"(?:{_word('aws')}[_ ]?)?{_word('secret')}(?:[_ ]?{_word('access')})?(?:[_ ]?{_word('key')})?"
+_AZURE_LABEL = f"(?:{_word('azure')}[_ ]?)?{_word('storage')}[_ ]?(?:{_word('account')}[_ ]?)?{_word('key')}"
+
 CREDENTIALS: tuple[CredentialFormat, ...] = (
     CredentialFormat(
         "private key (PEM)",
-        r"-----BEGIN [A-Z ]{0,16}PRIVATE KEY",
+        r"PRIVATE KEY",
         re.compile(
             r"-----BEGIN (?:(?:RSA|DSA|EC|OPENSSH|ENCRYPTED|PGP) )?PRIVATE KEY(?: BLOCK)?-----"
             r"(?:[A-Za-z0-9+/=\s:,-]|\\+[nrt])+"
@@ -258,46 +265,38 @@ CREDENTIALS: tuple[CredentialFormat, ...] = (
     ),
     CredentialFormat(
         "AWS access key id",
-        r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}",
+        r"AKIA|ASIA|ABIA|ACCA",
         re.compile(r"(?<![A-Za-z0-9])((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})(?![A-Za-z0-9])"),
     ),
     CredentialFormat(
         "AWS secret access key",
-        r"(?i:secret[_ ]?access[_ ]?key|aws[_ ]?secret)",
-        re.compile(
-            r"(?i:aws[_ ]?secret(?:[_ ]?access)?(?:[_ ]?key)?|secret[_ ]?access[_ ]?key)"
-            + _LABEL_VALUE
-            + r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
-        ),  # fmt: skip
+        r"secret|Secret|SECRET",
+        re.compile(_SECRET_LABEL + _LABEL_VALUE + r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),  # fmt: skip
         lambda v: _real(v) and bool(re.search(r"[0-9/+]", v)) and bool(re.search(r"[A-Z]", v)),
     ),
-    CredentialFormat("Google API key", r"AIza[0-9A-Za-z_-]{35}", re.compile(_T + r"(AIza[0-9A-Za-z_-]{35})" + _E)),
-    CredentialFormat(
-        "Google OAuth client secret", r"GOCSPX-[A-Za-z0-9_-]{28}", re.compile(_T + r"(GOCSPX-[A-Za-z0-9_-]{28})" + _E)
-    ),
+    CredentialFormat("Google API key", r"AIza", re.compile(_T + r"(AIza[0-9A-Za-z_-]{35})" + _E)),
+    CredentialFormat("Google OAuth client secret", r"GOCSPX-", re.compile(_T + r"(GOCSPX-[A-Za-z0-9_-]{28})" + _E)),
     CredentialFormat(
         "Azure storage key",
-        r"AccountKey=|SharedAccessKey=|(?i:storage[_ ]?(?:account[_ ]?)?key)",
+        r"AccountKey=|SharedAccessKey=|storage|Storage|STORAGE",
         re.compile(
-            r"(?:(?i:AccountKey)=|(?i:azure[_ ]?storage[_ ]?(?:account[_ ]?)?key|storage[_ ]?account[_ ]?key)"
-            + _LABEL_VALUE
-            + r")([A-Za-z0-9+/]{86}==)"
+            r"(?:AccountKey=|" + _AZURE_LABEL + _LABEL_VALUE + r")([A-Za-z0-9+/]{86}==)"
             r"|SharedAccessKey=([A-Za-z0-9+/]{43}=)"
         ),  # fmt: skip
         lambda v: _real(v) and not v.startswith(_AZURITE_KEY),
     ),
     CredentialFormat(
         "GitHub token",
-        r"gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9]{20}",
+        r"gh[pousr]_|github_pat_",
         re.compile(
             r"(?<![A-Za-z0-9_])(gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9]{20,}_[A-Za-z0-9]{50,})"
             r"(?![A-Za-z0-9_])"
         ),
     ),  # fmt: skip
-    CredentialFormat("GitLab token", r"glpat-[A-Za-z0-9_-]{20}", re.compile(_T + r"(glpat-[A-Za-z0-9_-]{20,})" + _E)),
+    CredentialFormat("GitLab token", r"glpat-", re.compile(_T + r"(glpat-[A-Za-z0-9_-]{20,})" + _E)),
     CredentialFormat(
         "Slack token",
-        r"xox[abposr]-[0-9]|xapp-[0-9]-|hooks\.slack\.com/",
+        r"xox[abposr]-|xapp-|hooks\.slack\.com/",
         re.compile(
             _T
             + r"(xox[abposr]-[0-9]{8,}-[A-Za-z0-9-]{8,}|xapp-[0-9]-[A-Z0-9]{8,}-[0-9]{8,}-[A-Za-z0-9]{32,})"
@@ -307,7 +306,7 @@ CREDENTIALS: tuple[CredentialFormat, ...] = (
     ),
     CredentialFormat(
         "Stripe secret key",
-        r"[sr]k_live_[A-Za-z0-9]{20}|whsec_[A-Za-z0-9]{32}",
+        r"_live_|whsec_",
         re.compile(r"(?<![A-Za-z0-9_])((?:sk|rk)_live_[A-Za-z0-9]{20,}|whsec_[A-Za-z0-9]{32,})(?![A-Za-z0-9_])"),
     ),
     CredentialFormat(
@@ -317,23 +316,21 @@ CREDENTIALS: tuple[CredentialFormat, ...] = (
     ),
     CredentialFormat(
         "OpenAI API key",
-        r"sk-[A-Za-z0-9_-]{32}",
+        r"sk-",
         re.compile(
             _T + r"(sk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_-]{32,}|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20,})" + _E
         ),
     ),
     CredentialFormat(
         "API key (sk-)",  # the format OpenAI's legacy keys and several other providers' keys share
-        r"sk-[A-Za-z0-9_-]{32}",
+        r"sk-",
         re.compile(_T + r"(sk-[A-Za-z0-9]{32,})" + _E),
     ),
-    CredentialFormat(
-        "Hugging Face token", r"hf_[A-Za-z0-9]{34}", re.compile(r"(?<![A-Za-z0-9_])(hf_[A-Za-z0-9]{34,40})" + _E)
-    ),
-    CredentialFormat("npm token", r"npm_[A-Za-z0-9]{36}", re.compile(r"(?<![A-Za-z0-9_])(npm_[A-Za-z0-9]{36})" + _E)),
+    CredentialFormat("Hugging Face token", r"hf_", re.compile(r"(?<![A-Za-z0-9_])(hf_[A-Za-z0-9]{34,40})" + _E)),
+    CredentialFormat("npm token", r"npm_", re.compile(r"(?<![A-Za-z0-9_])(npm_[A-Za-z0-9]{36})" + _E)),
     CredentialFormat(
         "JSON Web Token",
-        r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{16}",
+        r"eyJ",
         re.compile(
             r"(?<![A-Za-z0-9_.-])(eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{16,})(?![A-Za-z0-9_.-])"
         ),
@@ -357,12 +354,14 @@ def credential_kind(text: str) -> str | None:
 
 
 # -- scanning ------------------------------------------------------------------------------------------------
-def prefilter(*, cards: bool = True, credentials: bool = True) -> str:
-    """One Polars pattern that every text holding a card or credential matches (and few others do)."""
-    parts = ([CARD_PREFILTER] if cards else []) + (
-        list(dict.fromkeys(f.prefilter for f in CREDENTIALS)) if credentials else []
-    )
-    return "|".join(f"(?:{p})" for p in parts)
+def prefilters(*, cards: bool = True, credentials: bool = True) -> list[str]:
+    """Polars patterns that every text holding a card or credential matches (and few others do).
+
+    Kept apart rather than joined into one: a set of literals alone, and the card digits alone, each scan
+    at several hundred MB/s, where one pattern holding both is several times slower.
+    """
+    anchors = "|".join(dict.fromkeys(f.prefilter for f in CREDENTIALS))
+    return ([CARD_PREFILTER] if cards else []) + ([anchors] if credentials else [])
 
 
 def find_in_text(text: str, *, cards: bool = True, credentials: bool = True) -> tuple[Kind, str] | None:
@@ -451,14 +450,18 @@ def scan(items: pl.DataFrame, *, cards: bool = True, credentials: bool = True) -
     )
     if items.height == 0 or not (cards or credentials):
         return empty
-    pattern = prefilter(cards=cards, credentials=credentials)
-    # JSON columns are checked decoded; an escape (\u0034, \/) could hide a value from the pattern.
-    json_pattern = pattern + r"|\\u[0-9A-Fa-f]{4}|\\/"
+    patterns = prefilters(cards=cards, credentials=credentials)
+    # JSON columns are checked decoded; an escape (\u0034, \/) could hide a value from the patterns.
+    json_patterns = [*patterns, r"\\u[0-9A-Fa-f]{4}|\\/"]
+
+    def candidate(text: pl.Expr, name: str) -> pl.Expr:
+        text = text.cast(pl.String)
+        return pl.any_horizontal(
+            text.str.contains(p).fill_null(False) for p in (json_patterns if name in _JSON_FIELDS else patterns)
+        )
+
     text_columns = [c for c in ("system", "prompt", "params", "metadata") if c in items.columns]
-    masks = [
-        pl.col(c).cast(pl.String).str.contains(json_pattern if c in _JSON_FIELDS else pattern).fill_null(False)
-        for c in text_columns
-    ]
+    masks = [candidate(pl.col(c), c) for c in text_columns]
     message_fields: list[str] = []
     if "messages" in items.columns:
         dtype = items.schema["messages"]
@@ -468,13 +471,7 @@ def scan(items: pl.DataFrame, *, cards: bool = True, credentials: bool = True) -
             message_fields = [f for f in MESSAGE_FIELDS if f in names]
         if message_fields:
             element = pl.element().struct
-            hit = pl.any_horizontal(
-                element.field(f)
-                .cast(pl.String)
-                .str.contains(json_pattern if f in _JSON_FIELDS else pattern)
-                .fill_null(False)
-                for f in message_fields
-            )
+            hit = pl.any_horizontal(candidate(element.field(f), f) for f in message_fields)
             masks.append(pl.col("messages").list.eval(hit).list.any().fill_null(False))
     if not masks:
         return empty
