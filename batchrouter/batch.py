@@ -112,10 +112,10 @@ def stage_manifest(storage: Storage, settings: Settings, catalog: Catalog, info:
             *info.folder("status.json"),
         )
         raise
-    if not settings.workspace(info.workspace).policy.allow_restricted_content:
-        # Card numbers and credentials are rejected here, and their text is not written anywhere.
-        items = reject_restricted(manifest.items.with_row_index("item"), redact=True).drop("item")
-        manifest = Manifest(manifest.source, manifest.format, manifest.sha256, items)
+    # Card numbers and credentials are rejected here (unless allowed), and their text is not written anywhere.
+    policy = settings.workspace(info.workspace).policy
+    items = reject_restricted(manifest.items.with_row_index("item"), policy=policy, redact=True).drop("item")
+    manifest = Manifest(manifest.source, manifest.format, manifest.sha256, items)
     storage.write_parquet(manifest.items, *info.folder("manifest.parquet"))
     return manifest
 

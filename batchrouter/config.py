@@ -106,8 +106,19 @@ class RoutePolicy(BaseModel):
     max_fallbacks: int = Field(default=2, ge=0)
     # A model its provider retired: refuse the item naming the successor, or run it on the successor.
     retired_models: Literal["refuse", "successor"] = "refuse"
-    # Card numbers and credentials are rejected (restricted_content) unless this is set.
+    # Card numbers and credentials are rejected (restricted_content) unless allowed: each kind by its
+    # own key, or both by allow_restricted_content (the older key).
+    allow_cards: bool = False
+    allow_credentials: bool = False
     allow_restricted_content: bool = False
+
+    @property
+    def cards_allowed(self) -> bool:
+        return self.allow_cards or self.allow_restricted_content
+
+    @property
+    def credentials_allowed(self) -> bool:
+        return self.allow_credentials or self.allow_restricted_content
 
 
 class WorkspaceConfig(BaseModel):

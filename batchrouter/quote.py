@@ -121,8 +121,7 @@ def build_quote(
     items = manifest.items.with_row_index("item")
     if policy.retired_models == "refuse":
         items = reject_retired(items)
-    if not policy.allow_restricted_content:
-        items = reject_restricted(items)
+    items = reject_restricted(items, policy=policy)
     models = catalog.models_frame()
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
     counted = valid.with_columns(
@@ -213,40 +212,46 @@ def reject_retired(items: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def reject_restricted(items: pl.DataFrame, *, redact: bool = False) -> pl.DataFrame:
-    """Reject accepted items holding card numbers or credentials (`guards`).
+def reject_restricted(items: pl.DataFrame, *, policy: RoutePolicy | None = None, redact: bool = False) -> pl.DataFrame:
+    """Reject open items holding card numbers or credentials (`guards`), unless `policy` allows the kind.
 
-    With `redact`, the rejected items' texts are dropped too, so the value is not kept in what is
-    written from this table (the batch's manifest.parquet). Needs the `item` row-index column.
+    The reason names the field and the format found, never the value. With `redact`, a rejected
+    item's scanned texts are dropped too, so the value is not kept in what is written from this
+    table (the batch's manifest.parquet). Needs the `item` row-index column.
     """
+    policy = policy or RoutePolicy()
+    cards, credentials = not policy.cards_allowed, not policy.credentials_allowed
+    if not (cards or credentials):
+        return items
     open_rows = items.filter(pl.col("reject_code").is_null())
-    kinds = guards.item_restrictions(open_rows)
-    hits = open_rows.select("item").with_columns(kinds.alias("_kind")).filter(pl.col("_kind").is_not_null())
+    found = guards.scan(open_rows, cards=cards, credentials=credentials)
+    hits = pl.concat([open_rows.select("item"), found], how="horizontal").filter(pl.col("kind").is_not_null())
     if hits.height == 0:
         return items
+    what = pl.when(pl.col("kind") == "card").then(pl.lit("a payment card number")).otherwise(pl.lit("a credential"))
+    key = pl.when(pl.col("kind") == "card").then(pl.lit("allow_cards")).otherwise(pl.lit("allow_credentials"))
     reason = pl.format(
-        "the item contains restricted content ({}), which the terms forbid sending; remove it, or set "
-        "allow_restricted_content in the workspace's route policy if you are entitled to",
-        pl.col("_kind"),
+        "{} holds {} ({}), which the terms forbid sending; remove it, or set {} in the workspace's route "
+        "policy if you are entitled to",
+        pl.col("field"),
+        what,
+        pl.col("format"),
+        key,
     )
+    hit = pl.col("_reason").is_not_null()
     return (
-        items.join(hits, on="item", how="left")
+        items.join(hits.select("item", pl.col("field").alias("_field"), reason.alias("_reason")), on="item", how="left")
         .with_columns(
-            pl.when(pl.col("_kind").is_not_null())
-            .then(pl.lit("restricted_content"))
-            .otherwise("reject_code")
-            .alias("reject_code"),
-            pl.when(pl.col("_kind").is_not_null())
-            .then(pl.lit("prompt"))
-            .otherwise("reject_field")
-            .alias("reject_field"),
-            pl.when(pl.col("_kind").is_not_null()).then(reason).otherwise("reject_reason").alias("reject_reason"),
+            pl.when(hit).then(pl.lit("restricted_content")).otherwise("reject_code").alias("reject_code"),
+            pl.when(hit).then(pl.col("_field")).otherwise("reject_field").alias("reject_field"),
+            pl.when(hit).then(pl.col("_reason")).otherwise("reject_reason").alias("reject_reason"),
             *[
-                pl.when(pl.col("_kind").is_not_null() & redact).then(None).otherwise(c).alias(c)
-                for c in ("system", "prompt", "messages", "metadata", "params")
+                pl.when(hit & redact).then(None).otherwise(c).alias(c)
+                for c in (*guards.SCANNED_COLUMNS, "billed_text")
+                if c in items.columns
             ],
         )
-        .drop("_kind")
+        .drop("_field", "_reason")
     )
 
 

@@ -1,49 +1,104 @@
-"""Guards on input: payment card numbers and credentials are found (and only they), rejected by the
-quote with `restricted_content`, never stored or logged, and let through when the policy allows."""
+"""Guards on input: payment card numbers and credentials are found (and only they), in every field an
+item sends, rejected by the quote with `restricted_content` naming the field and the format, never
+stored or logged, and let through kind by kind when the policy allows."""
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
+from guardset import REALFILES, Sample, card_number, check_digit, credentials, items_frame, labelled_set
 from starlette.testclient import TestClient
 
+from batchrouter import guards
 from batchrouter.accounts import Accounts
 from batchrouter.api import create_app
 from batchrouter.catalog import Catalog
 from batchrouter.config import LimitsConfig, RoutePolicy, Settings, load_settings
-from batchrouter.guards import credential_kind, has_card_number, restricted
+from batchrouter.guards import credential_kind, find_card, has_card_number
 from batchrouter.ledger import Ledger
-from batchrouter.manifest import read_manifest
+from batchrouter.manifest import ITEM_SCHEMA, read_manifest
 from batchrouter.quote import Quote, build_quote
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
 
 
-# -- card numbers ------------------------------------------------------------------------------------------
-def check_digit(body: str) -> str:
-    """The Luhn check digit that completes `body` (written here independently of the guard)."""
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:  # these are doubled once the check digit is appended
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return str((10 - total % 10) % 10)
+# -- the labelled set ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def labelled() -> tuple[list[Sample], list[dict[str, str | None]]]:
+    samples = labelled_set()
+    return samples, guards.scan(items_frame(samples)).to_dicts()
 
 
-def card(length: int) -> str:
-    body = ("4" + "539876012345678901234")[: length - 1]
-    return body + check_digit(body)
+def test_the_labelled_set_is_large_real_and_varied(labelled: tuple[list[Sample], list[dict[str, str | None]]]) -> None:
+    samples, _ = labelled
+    negatives = collections.Counter(s.category for s in samples if s.expected is None and s.category != "lookalike")
+    assert sum(negatives.values()) >= 300, negatives
+    assert {"legal", "code", "tables", "multilingual", "prose"} <= set(negatives), negatives
+    if REALFILES.is_dir():
+        assert "medical" in negatives
+    positives = collections.Counter(s.field for s in samples if s.expected is not None)
+    assert len(positives) >= 10 and min(positives.values()) >= 10, positives
 
 
-def grouped(number: str, sep: str) -> str:
-    return sep.join(number[i : i + 4] for i in range(0, len(number), 4))
+def test_recall_is_at_least_99_percent(labelled: tuple[list[Sample], list[dict[str, str | None]]]) -> None:
+    samples, found = labelled
+    positives = [(s, f) for s, f in zip(samples, found, strict=True) if s.expected is not None]
+    missed = [s.name for s, f in positives if f["kind"] != s.expected]
+    assert len(missed) <= 0.01 * len(positives), missed[:20]
+
+
+def test_false_positives_are_at_most_half_a_percent(labelled: tuple[list[Sample], list[dict[str, str | None]]]) -> None:
+    samples, found = labelled
+    negatives = [(s, f) for s, f in zip(samples, found, strict=True) if s.expected is None]
+    flagged = [(s.name, f["format"]) for s, f in negatives if f["kind"] is not None]
+    assert len(flagged) <= 0.005 * len(negatives), flagged[:20]
+
+
+def test_each_finding_names_the_field_it_is_in(labelled: tuple[list[Sample], list[dict[str, str | None]]]) -> None:
+    samples, found = labelled
+    wrong = [(s.name, f["field"]) for s, f in zip(samples, found, strict=True) if s.expected and f["field"] != s.field]
+    assert wrong == []
+
+
+def test_the_vectorised_scan_finds_exactly_what_the_exact_check_finds(
+    labelled: tuple[list[Sample], list[dict[str, str | None]]],
+) -> None:
+    """The cheap prefilter drops no text the exact check would flag."""
+    samples, found = labelled
+    exact = [guards.find_in_item(s.item) for s in samples]
+    assert [f["field"] for f in found] == [None if e is None else e.field for e in exact]
+    assert [f["format"] for f in found] == [None if e is None else e.format for e in exact]
+
+
+def test_a_message_struct_without_the_raw_field_is_scanned_too() -> None:
+    samples = [s for s in labelled_set() if s.expected is not None and "tool_calls" not in (s.field or "")]
+    found = guards.scan(items_frame(samples, raw=False))
+    assert found["kind"].to_list() == [s.expected for s in samples]
+
+
+def test_scanning_only_one_kind_finds_only_that_kind(
+    labelled: tuple[list[Sample], list[dict[str, str | None]]],
+) -> None:
+    samples, _ = labelled
+    frame = items_frame(samples)
+    only_cards = guards.scan(frame, credentials=False)["kind"].to_list()
+    only_credentials = guards.scan(frame, cards=False)["kind"].to_list()
+    assert set(only_cards) == {"card", None} and set(only_credentials) == {"credential", None}
+    assert all(k == "card" for s, k in zip(samples, only_cards, strict=True) if s.expected == "card")
+    assert all(k == "credential" for s, k in zip(samples, only_credentials, strict=True) if s.expected == "credential")
+
+
+# -- card numbers ----------------------------------------------------------------------------------------
+def visa(length: int = 16, seed: int = 1) -> str:
+    return card_number("4", length, random.Random(seed))
 
 
 def test_the_test_card_numbers_are_luhn_valid() -> None:
@@ -52,93 +107,75 @@ def test_the_test_card_numbers_are_luhn_valid() -> None:
         assert check_digit(known[:-1]) == known[-1]
 
 
-@pytest.mark.parametrize("sep", ["", " ", "-"], ids=["plain", "spaces", "dashes"])
-@pytest.mark.parametrize("length", range(13, 20))
-def test_a_luhn_valid_card_number_of_13_to_19_digits_is_found(length: int, sep: str) -> None:
-    assert has_card_number(f"please charge {grouped(card(length), sep)} today")
-
-
 @pytest.mark.parametrize(
-    "text",
+    ("text", "issuer"),
     [
-        "4111 1111 1111 1111",
-        "4111-1111-1111-1111",
-        "Card: 3782 822463 10005, thanks",  # Amex grouping
-        "my card is4111111111111111and that is it",
-        "card 4111 1111 1111 1111 exp 12/28",
-        "card 4111 1111 1111 1111 12/28",  # followed by its expiry
-        "pay 4111 1111 1111 1111 123 now",  # followed by its CVV
-        "qty 2 4111-1111-1111-1111",  # preceded by another number
-        "first line\n6011 1111 1111 1117\nlast line",
+        ("4111 1111 1111 1111", "Visa"),
+        ("4111-1111-1111-1111", "Visa"),
+        ("Card: 3782 822463 10005, thanks", "American Express"),
+        ("Diners 3056 930902 5904", "Diners Club"),
+        ("mc 2223 0031 2200 3222 and more", "Mastercard"),
+        ("mc 5555555555554444", "Mastercard"),
+        ("card 4111 1111 1111 1111 exp 12/28", "Visa"),
+        ("pay 4111 1111 1111 1111 123 now", "Visa"),  # followed by its CVV
+        ("qty 2 4111-1111-1111-1111", "Visa"),  # another number, another separator
+        ("qty 2 4111111111111111", "Visa"),
+        ("on 2024-01-15 4111 1111 1111 1111", "Visa"),
+        ("first line\n6011 1111 1111 1117\nlast line", "Discover"),
+        ("카드번호4111111111111111입니다", "Visa"),  # no space in Korean, still not a word of Latin letters
+        ("JCB 3530111333300000", "JCB"),
+        ("UnionPay 6200000000000005", "UnionPay"),
     ],
 )
-def test_a_card_number_in_text_is_found(text: str) -> None:
-    assert has_card_number(text)
+def test_a_card_number_in_text_is_found_with_its_issuer(text: str, issuer: str) -> None:
+    assert find_card(text) == issuer
 
 
-@pytest.mark.parametrize("length", range(13, 20))
+@pytest.mark.parametrize("length", [13, 16, 19])
 def test_a_luhn_invalid_run_is_not_a_card_number(length: int) -> None:
-    valid = card(length)
+    valid = visa(length)
     wrong = valid[:-1] + str((int(valid[-1]) + 1) % 10)
-    assert not has_card_number(grouped(wrong, " "))
+    assert has_card_number(valid)
     assert not has_card_number(wrong)
 
 
 @pytest.mark.parametrize(
     "text",
     [
-        "reference " + "41111111111" + check_digit("41111111111"),  # Luhn-valid, but 12 digits
-        "account 1234-5678-9012",
-        "a 20-digit id " + "4539876012345678901" + check_digit("4539876012345678901"),  # Luhn-valid, too long
+        "reference 41111111111" + check_digit("41111111111"),  # Luhn-valid, but 12 digits
+        "a 20-digit id 4539876012345678901" + check_digit("4539876012345678901"),  # Luhn-valid, too long
+        "a Luhn-valid number no issuer uses: 1234567812345670",
+        "my card is" + "4111111111111111" + "and that is it",  # inside a word
+        "ref_4111111111111111, x4111111111111111",
+        "12-4111111111111111 and 4111111111111111-7",  # hyphenated into a longer id
+        "0.4111111111111111 and 41111111.11111111",  # decimals
+        "4111 1111-1111 1111",  # separators must be consistent
+        "4111 1111 1111 1111 1111",  # five groups: a row of numbers, not a card
+        "+4111111111111111",
         "call +1 (415) 555-0132 or +44 20 7946 0958",
-        "call 415-555-0132 or 212-555-0187",
-        "on 2024-01-15, at 2024-01-15T10:30:00Z",
-        "from 2024-01-15 to 2024-02-20",
+        "on 2024-01-15, at 2024-01-15T10:30:00Z, from 2024-01-15 to 2024-02-20",
         "Order #100-2345-6789 and invoice INV-2024-000123, PO 4500012345",
-        "The meeting is at 10:30 on 15 January; bring 3 copies of the 250-page report for 12 people.",
+        "1961 9 1 제162조 ①증인신문은 2013 4 5 제1234조 2020 12 8 법률 제17572호",
         "",
     ],
 )
-def test_ordinary_numbers_and_prose_are_not_card_numbers(text: str) -> None:
+def test_numbers_that_are_not_written_as_cards_are_not_card_numbers(text: str) -> None:
     assert not has_card_number(text)
 
 
-# -- credentials -------------------------------------------------------------------------------------------
-# Assembled at run time, so no credential-shaped literal sits in the repository.
-KEYS = {
-    "private key": "-----BEGIN " + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn\n-----END RSA PRIVATE KEY",
-    "private key (PKCS#8)": "-----BEGIN " + "PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY",
-    "private key (OpenSSH)": "-----BEGIN " + "OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUA",
-    "OpenAI project key": "sk-" + "proj-" + "Ab3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dF3hJ5kL7n",
-    "OpenAI legacy key": "sk-" + "T3BlbkFJ" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8",
-    "Anthropic key": "sk-" + "ant-api03-" + "Zx9Yw8Vu7Ts6Rq5Po4Nm3Lk2Ji1Hg0Fe9Dc8Ba7-_xyzAA",
-    "AWS access key id": "AKIA" + "IOSFODNN7" + "EXAMPLE",
-    "GitHub token": "gh" + "p_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5",
-    "Stripe secret key": "sk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0",
-    "Slack bot token": "xox" + "b-" + "1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx",
-    "Google API key": "AI" + "za" + "SyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW",
-    "Google API key ending in a dash": "AI" + "za" + "SyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUv-",
-}
-KINDS = {
-    "private key": "private key",
-    "private key (PKCS#8)": "private key",
-    "private key (OpenSSH)": "private key",
-    "OpenAI project key": "OpenAI or Anthropic API key",
-    "OpenAI legacy key": "OpenAI or Anthropic API key",
-    "Anthropic key": "OpenAI or Anthropic API key",
-    "AWS access key id": "AWS access key",
-    "GitHub token": "GitHub token",
-    "Stripe secret key": "Stripe secret key",
-    "Slack bot token": "Slack token",
-    "Google API key": "Google API key",
-    "Google API key ending in a dash": "Google API key",
-}
+@pytest.mark.skipif(not (REALFILES / "kmmlu_batchinput.jsonl").exists(), reason="the real files are not here")
+def test_korean_legal_text_full_of_dates_and_article_numbers_has_no_card(catalog: Catalog) -> None:
+    data = (REALFILES / "kmmlu_batchinput.jsonl").read_bytes()
+    manifest = read_manifest("kmmlu.jsonl", data, catalog=catalog, limits=LimitsConfig())
+    found = guards.scan(manifest.items)
+    assert found["kind"].null_count() == manifest.rows
 
 
-@pytest.mark.parametrize("name", list(KEYS))
-def test_a_credential_is_found_and_named_by_kind(name: str) -> None:
-    assert credential_kind(f"use this: {KEYS[name]} for the call") == KINDS[name]
-    assert credential_kind(KEYS[name]) == KINDS[name]
+# -- credentials -----------------------------------------------------------------------------------------
+def test_every_credential_format_is_found_alone_and_in_a_sentence() -> None:
+    for name, value in credentials(random.Random(3)):
+        assert credential_kind(value) is not None, name
+        assert credential_kind(f"use this: {value} for the call") is not None, name
 
 
 @pytest.mark.parametrize(
@@ -146,89 +183,148 @@ def test_a_credential_is_found_and_named_by_kind(name: str) -> None:
     [
         "keep your private key safe and never share it",
         "the task-list and ask-project columns are sorted",
-        "sk-short",
-        "AKIA is not a word, and AKIAshort neither",
-        "gh" + "p_tooShort123",
-        "sk" + "_live_short",
-        "xox" + "b-short",
+        "sk-short, sk-..., sk-proj-XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+        "AKIA is not a word, and AKIAshort neither; AKIA" + "IOSFODNN7EXAMPLE is AWS's documented example",
+        "gh" + "p_tooShort123 and gh" + "p_" + "x" * 36,
+        "sk" + "_live_short; publishable keys are public: pk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0",
+        "xox" + "b-short and xox" + "b-your-token-here",
         "AI" + "za is the start of a Google key; AI" + "zaTooShort",
         "-----BEGIN CERTIFICATE-----\nMIIDdzCCAl+gAwIBAgIEAgAAuTANBgkqhkiG9w0BAQUFADBa\n-----END CERTIFICATE-----",
         "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----",
+        "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----",
+        "OPENAI_API_KEY=${OPENAI_API_KEY} and ANTHROPIC_API_KEY=<your key>",
     ],
 )
-def test_credential_lookalikes_are_not_credentials(text: str) -> None:
+def test_credential_lookalikes_and_placeholders_are_not_credentials(text: str) -> None:
     assert credential_kind(text) is None
 
 
-def test_the_vectorised_pass_finds_exactly_what_the_single_text_checks_find() -> None:
-    texts = [
-        *(f"x {v} y" for v in KEYS.values()),
-        *(grouped(card(n), " ") for n in range(13, 20)),
-        "card 4111 1111 1111 1111 123",
-        "call 415-555-0132",
-        "from 2024-01-15 to 2024-02-20",
-        "nothing to see here",
-        None,
-    ]
-    found = restricted(pl.Series(texts, dtype=pl.String)).to_list()
-    expected = [
-        None if t is None else (credential_kind(t) or ("payment card number" if has_card_number(t) else None))
-        for t in texts
-    ]
-    assert found == expected
-    assert found[-4:] == [None, None, None, None]
-    assert all(kind is not None for kind in found[:-4])
+def test_a_secret_labelled_by_its_json_key_is_found_in_params() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYq8Rz2nLpTj"
+    found = guards.find_in_json(json.dumps({"tools": [{"config": {"aws_secret_access_key": secret}}]}))
+    assert found == ("tools", "credential", "AWS secret access key")
+
+
+def test_a_key_that_is_itself_restricted_is_not_used_as_the_field_name() -> None:
+    found = guards.find_in_json(json.dumps({"4111111111111111": "x"}))
+    assert found == ("", "card", "Visa")
 
 
 # -- the quote --------------------------------------------------------------------------------------------
+# Assembled at run time, so no credential-shaped literal sits in the repository.
 CARD = "4111 1111 1111 1111"
-STRIPE_KEY = KEYS["Stripe secret key"]
-SECRETS = [CARD, CARD.replace(" ", ""), STRIPE_KEY, KEYS["private key"].splitlines()[1]]
+STRIPE_KEY = "sk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0"
+PEM = (
+    "-----BEGIN "
+    + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn2HqLyjW4e2Rk9TgB7nVxQpZ3a\n-----END RSA PRIVATE KEY"
+)
+GITHUB = "gh" + "p_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
+AMEX = "3782-822463-10005"
+SECRETS = [CARD, CARD.replace(" ", ""), STRIPE_KEY, PEM.splitlines()[1], GITHUB, AMEX]
 
 
 def manifest_csv() -> bytes:
     rows = [
-        ["item_id", "model", "prompt", "system", "messages"],
-        ["clean", "gpt-4o-mini", "Say this is a test!", "", ""],
-        ["card", "gpt-4o-mini", f"charge {CARD} for the order", "", ""],
-        ["stripe", "gpt-4o-mini", f"the key is {STRIPE_KEY}", "", ""],
-        ["in-system", "gpt-4o-mini", "summarise", f"Secret: {KEYS['private key']}", ""],
+        ["item_id", "model", "prompt", "system", "messages", "metadata"],
+        ["clean", "gpt-4o-mini", "Say this is a test!", "", "", ""],
+        ["card", "gpt-4o-mini", f"charge {CARD} for the order", "", "", ""],
+        ["stripe", "gpt-4o-mini", f"the key is {STRIPE_KEY}", "", "", ""],
+        ["in-system", "gpt-4o-mini", "summarise", f"Secret: {PEM}", "", ""],
         ["in-messages", "gpt-4o-mini", "", "",
-         json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"card {CARD}"}])],
-        ["order", "gpt-4o-mini", "Order #100-2345-6789 ships on 2024-01-15; call 415-555-0132", "", ""],
+         json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"card {CARD}"}]), ""],
+        ["in-name", "gpt-4o-mini", "", "", json.dumps([{"role": "user", "content": "hi", "name": GITHUB}]), ""],
+        ["in-metadata", "gpt-4o-mini", "hello", "", "", json.dumps({"billing": {"card": AMEX}})],
+        ["order", "gpt-4o-mini", "Order #100-2345-6789 ships on 2024-01-15; call 415-555-0132", "", "", ""],
     ]  # fmt: skip
     buf = io.StringIO()
     pl.DataFrame({c: [r[i] for r in rows[1:]] for i, c in enumerate(rows[0])}).write_csv(buf)
     return buf.getvalue().encode()
 
 
-def quote_of(catalog: Catalog, policy: RoutePolicy) -> Quote:
-    manifest = read_manifest("m.csv", manifest_csv(), catalog=catalog, limits=LimitsConfig())
+def quote_of(catalog: Catalog, policy: RoutePolicy, data: bytes | None = None, name: str = "m.csv") -> Quote:
+    manifest = read_manifest(name, data or manifest_csv(), catalog=catalog, limits=LimitsConfig())
     return build_quote(manifest, workspace="acme", catalog=catalog, policy=policy, workers=1)
 
 
-def test_the_quote_rejects_items_holding_restricted_content_with_the_kind_in_the_reason(catalog: Catalog) -> None:
+def test_the_quote_rejects_restricted_items_naming_the_field_and_the_format(catalog: Catalog) -> None:
     summary = quote_of(catalog, RoutePolicy()).summary()
-    rejected = {r["item_id"]: r for r in summary["rejections"]}
-    assert set(rejected) == {"card", "stripe", "in-system", "in-messages"}
-    assert {r["code"] for r in rejected.values()} == {"restricted_content"}
-    assert "payment card number" in rejected["card"]["reason"]
-    assert "Stripe secret key" in rejected["stripe"]["reason"]
-    assert "private key" in rejected["in-system"]["reason"]
-    assert "payment card number" in rejected["in-messages"]["reason"]
-    assert (summary["accepted"], summary["rejected"]) == (2, 4)
+    rejected = {r["item_id"]: (r["code"], r["field"], r["reason"]) for r in summary["rejections"]}
+    assert {k: v[:2] for k, v in rejected.items()} == {
+        "card": ("restricted_content", "prompt"),
+        "stripe": ("restricted_content", "prompt"),
+        "in-system": ("restricted_content", "system"),
+        "in-messages": ("restricted_content", "messages[1].content"),
+        "in-name": ("restricted_content", "messages[0].name"),
+        "in-metadata": ("restricted_content", "metadata.billing"),
+    }
+    assert rejected["card"][2].startswith("prompt holds a payment card number (Visa)")
+    assert "allow_cards" in rejected["card"][2]
+    assert "a credential (Stripe secret key)" in rejected["stripe"][2] and "allow_credentials" in rejected["stripe"][2]
+    assert "a credential (private key (PEM))" in rejected["in-system"][2]
+    assert "a credential (GitHub token)" in rejected["in-name"][2]
+    assert "a payment card number (American Express)" in rejected["in-metadata"][2]
+    assert (summary["accepted"], summary["rejected"]) == (2, 6)
+
+
+def jsonl_manifest() -> bytes:
+    def line(custom_id: str, **body: object) -> str:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], **body}
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+    tool = {"type": "function", "function": {"name": "pay", "parameters": {"type": "object", "properties": {
+        "card": {"type": "string", "examples": [CARD]}}}}}  # fmt: skip
+    return "\n".join([
+        line("clean", tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+        line("in-tools", tools=[tool]),
+        line("in-user", user=GITHUB),
+        line("in-stop", stop=["END", STRIPE_KEY]),
+        line("in-response-format", response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "description": f"use {AMEX}"}}}),
+    ]).encode()  # fmt: skip
+
+
+def test_the_quote_scans_every_passed_on_body_field(catalog: Catalog) -> None:
+    summary = quote_of(catalog, RoutePolicy(), jsonl_manifest(), "m.jsonl").summary()
+    rejected = {r["item_id"]: r["field"] for r in summary["rejections"] if r["code"] == "restricted_content"}
+    assert rejected == {
+        "in-tools": "params.tools",
+        "in-user": "params.user",
+        "in-stop": "params.stop",
+        "in-response-format": "params.response_format",
+    }
 
 
 def test_the_quote_never_echoes_the_detected_value(catalog: Catalog) -> None:
-    quote = quote_of(catalog, RoutePolicy())
-    text = json.dumps(quote.summary()) + repr(quote.items.to_dicts())
-    for secret in SECRETS:
-        assert secret not in text
+    for quote in (quote_of(catalog, RoutePolicy()), quote_of(catalog, RoutePolicy(), jsonl_manifest(), "m.jsonl")):
+        text = json.dumps(quote.summary()) + repr(quote.items.to_dicts())
+        assert [s[:6] for s in SECRETS if s in text] == []
 
 
-def test_allow_restricted_content_lets_such_items_through(catalog: Catalog) -> None:
+def test_allow_restricted_content_lets_both_kinds_through(catalog: Catalog) -> None:
     summary = quote_of(catalog, RoutePolicy(allow_restricted_content=True)).summary()
-    assert (summary["accepted"], summary["rejected"]) == (6, 0)
+    assert (summary["accepted"], summary["rejected"]) == (8, 0)
+
+
+def test_allow_cards_lets_only_cards_through(catalog: Catalog) -> None:
+    summary = quote_of(catalog, RoutePolicy(allow_cards=True)).summary()
+    assert {r["item_id"] for r in summary["rejections"]} == {"stripe", "in-system", "in-name"}
+
+
+def test_allow_credentials_lets_only_credentials_through(catalog: Catalog) -> None:
+    summary = quote_of(catalog, RoutePolicy(allow_credentials=True)).summary()
+    assert {r["item_id"] for r in summary["rejections"]} == {"card", "in-messages", "in-metadata"}
+
+
+def test_redaction_drops_every_scanned_column_of_a_rejected_item(catalog: Catalog) -> None:
+    from batchrouter.quote import reject_restricted
+
+    manifest = read_manifest("m.csv", manifest_csv(), catalog=catalog, limits=LimitsConfig())
+    out = reject_restricted(manifest.items.with_row_index("item"), redact=True)
+    assert set(guards.SCANNED_COLUMNS) <= set(ITEM_SCHEMA)
+    rejected = out.filter(pl.col("reject_code") == "restricted_content")
+    assert rejected.height == 6
+    assert rejected.select(guards.SCANNED_COLUMNS).null_count().row(0) == (6,) * len(guards.SCANNED_COLUMNS)
+    assert [s[:6] for s in SECRETS if s in repr(out.to_dicts())] == []
 
 
 # -- what the API stores and logs -------------------------------------------------------------------------
@@ -271,7 +367,7 @@ def test_the_quote_preview_answer_and_stored_quote_never_contain_the_value(
     stored: tuple[Path, str, dict[str, object]],
 ) -> None:
     root, _, quote = stored
-    assert quote["rejected"] == 4
+    assert quote["rejected"] == 6
     for secret in SECRETS:
         assert secret not in json.dumps(quote)
     files = [p for p in (root / "quotes" / "acme").rglob("*") if p.is_file() and "source" not in p.parts]
@@ -307,4 +403,4 @@ def test_the_api_quote_lets_restricted_items_through_when_the_workspace_policy_a
     client, headers = client_for(settings)
     with client:
         quote = client.post("/v1/quotes?filename=m.csv", content=manifest_csv(), headers=headers).json()
-    assert (quote["accepted"], quote["rejected"]) == (6, 0)
+    assert (quote["accepted"], quote["rejected"]) == (8, 0)

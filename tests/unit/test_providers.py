@@ -152,7 +152,10 @@ def test_anthropic_request_sends_a_temperature_within_its_range_as_given(given: 
 
 def test_anthropic_request_holds_only_fields_anthropic_takes() -> None:
     item = RequestItem(
-        "i", [{"role": "user", "content": "x"}], max_tokens=5, params={"response_format": {"type": "json"}, "top_p": 0.5}
+        "i",
+        [{"role": "user", "content": "x"}],
+        max_tokens=5,
+        params={"response_format": {"type": "json"}, "top_p": 0.5},
     )
     body = body_of(anthropic_adapter().build(item, "m"))
     assert set(body) == {"model", "max_tokens", "messages", "top_p"}

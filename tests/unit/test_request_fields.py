@@ -100,7 +100,9 @@ def test_every_documented_chat_field_is_accepted_and_passed_on(catalog: Catalog)
         ("stop", ["a", "b", "c", "d", "e"]),
     ],
 )
-def test_a_field_that_cannot_be_priced_or_is_unknown_is_refused_by_name(catalog: Catalog, field: str, value: Any) -> None:
+def test_a_field_that_cannot_be_priced_or_is_unknown_is_refused_by_name(
+    catalog: Catalog, field: str, value: Any
+) -> None:
     (row,) = items_of(catalog, line("a", chat(**{field: value}))).values()
     assert row["reject_code"] == "unsupported_field"
     assert row["reject_field"].startswith(field)
@@ -109,8 +111,14 @@ def test_a_field_that_cannot_be_priced_or_is_unknown_is_refused_by_name(catalog:
 
 def test_tool_definitions_are_billed_as_input_at_least_as_openai_counts_them(catalog: Catalog) -> None:
     # The cookbook's example: OpenAI billed 101 prompt tokens on gpt-4o for it (33 without the tool).
-    system = {"role": "system", "content": "You are a helpful assistant that can answer to questions about the weather."}
-    body = {"model": "gpt-4o", "messages": [system, {"role": "user", "content": "What's the weather like in San Francisco?"}]}
+    system = {
+        "role": "system",
+        "content": "You are a helpful assistant that can answer to questions about the weather.",
+    }
+    body = {
+        "model": "gpt-4o",
+        "messages": [system, {"role": "user", "content": "What's the weather like in San Francisco?"}],
+    }
     rows = by_id(quote_of(catalog, line("plain", body), line("tools", {**body, "tools": [WEATHER_TOOL]})))
     assert rows["plain"]["input_tokens"] == 33
     assert rows["tools"]["input_tokens"] >= 101 - 12  # our tool is a little shorter than the cookbook's
@@ -133,7 +141,10 @@ def test_invalid_n_is_rejected(catalog: Catalog, n: Any) -> None:
 
 def test_an_image_part_is_accepted_sent_as_written_and_counted(catalog: Catalog) -> None:
     part = {"type": "image_url", "image_url": {"url": "https://example.org/a.png", "detail": "low"}}
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}],
+    }
     (row,) = items_of(catalog, line("a", body)).values()
     assert row["reject_code"] is None
     assert row["images"] == [{"detail": "low", "width": None, "height": None}]
@@ -143,7 +154,11 @@ def test_an_image_part_is_accepted_sent_as_written_and_counted(catalog: Catalog)
 
 
 def test_tool_calls_and_tool_results_are_accepted_and_billed(catalog: Catalog) -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location":"SF"}'}}
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_current_weather", "arguments": '{"location":"SF"}'},
+    }
     messages = [
         {"role": "user", "content": "Weather in SF?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -158,6 +173,7 @@ def test_tool_calls_and_tool_results_are_accepted_and_billed(catalog: Catalog) -
 
 # ---- /v1/responses ---------------------------------------------------------------------------------
 
+
 def test_a_responses_line_with_string_input_becomes_one_user_message(catalog: Catalog) -> None:
     (row,) = items_of(catalog, line("r", {"model": "gpt-4o-mini", "input": "Say hi"}, RESPONSES)).values()
     assert row["reject_code"] is None
@@ -170,8 +186,13 @@ def test_a_responses_line_is_translated_field_by_field(catalog: Catalog) -> None
         "model": "gpt-4o-mini",
         "instructions": "Be brief.",
         "input": [
-            {"role": "user", "content": [{"type": "input_text", "text": "Weather?"},
-                                         {"type": "input_image", "image_url": "https://x.org/i.png", "detail": "low"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "Weather?"},
+                    {"type": "input_image", "image_url": "https://x.org/i.png", "detail": "low"},
+                ],
+            },
         ],
         "max_output_tokens": 40,
         "tools": [{"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}}],
@@ -183,8 +204,9 @@ def test_a_responses_line_is_translated_field_by_field(catalog: Catalog) -> None
     assert row["reject_code"] is None, row["reject_reason"]
     assert row["max_tokens"] == 40
     params = json.loads(row["params"])
-    assert params["tools"] == [{"type": "function", "function": {"name": "f", "description": "d",
-                                                                 "parameters": {"type": "object"}}}]
+    assert params["tools"] == [
+        {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
+    ]
     assert params["tool_choice"] == {"type": "function", "function": {"name": "f"}}
     assert params["response_format"]["json_schema"]["name"] == "out"
     sent = request_messages(row["system"], row["prompt"], row["messages"])
@@ -194,8 +216,13 @@ def test_a_responses_line_is_translated_field_by_field(catalog: Catalog) -> None
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("previous_response_id", "resp_1"), ("tools", [{"type": "web_search"}]), ("background", True),
-     ("reasoning", {"effort": "low", "summary": "auto"}), ("unknown_thing", 1)],
+    [
+        ("previous_response_id", "resp_1"),
+        ("tools", [{"type": "web_search"}]),
+        ("background", True),
+        ("reasoning", {"effort": "low", "summary": "auto"}),
+        ("unknown_thing", 1),
+    ],
 )
 def test_responses_fields_that_cannot_run_here_are_refused_by_name(catalog: Catalog, field: str, value: Any) -> None:
     (row,) = items_of(catalog, line("r", {"model": "gpt-4o-mini", "input": "x", field: value}, RESPONSES)).values()
@@ -204,6 +231,7 @@ def test_responses_fields_that_cannot_run_here_are_refused_by_name(catalog: Cata
 
 
 # ---- routing by feature ----------------------------------------------------------------------------
+
 
 def _mixed_catalog(catalog: Catalog) -> Catalog:
     """A model served by OpenAI and Anthropic, so routing must choose by feature."""
@@ -223,8 +251,15 @@ def test_a_feature_one_provider_lacks_routes_the_item_to_one_that_has_it(catalog
     mixed = _mixed_catalog(catalog)
     model = mixed.entries[0].name
     base = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
-    rows = by_id(quote_of(mixed, line("plain", base), line("hot", {**base, "temperature": 1.5}),
-                          line("n", {**base, "n": 2}), line("seed", {**base, "seed": 1})))
+    rows = by_id(
+        quote_of(
+            mixed,
+            line("plain", base),
+            line("hot", {**base, "temperature": 1.5}),
+            line("n", {**base, "n": 2}),
+            line("seed", {**base, "seed": 1}),
+        )
+    )
     assert rows["plain"]["provider"] == "anthropic"  # cheapest
     for item in ("hot", "n", "seed"):
         assert rows[item]["provider"] == "openai", item
@@ -242,42 +277,71 @@ def test_no_route_accepting_a_feature_rejects_the_item_naming_field_and_route(ca
 
 # ---- adapters ----------------------------------------------------------------------------------------
 
+
 def test_anthropic_gets_each_field_in_its_own_form() -> None:
-    call = {"id": "toolu_1", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location":"SF"}'}}
+    call = {
+        "id": "toolu_1",
+        "type": "function",
+        "function": {"name": "get_current_weather", "arguments": '{"location":"SF"}'},
+    }
     item = RequestItem(
         "a",
         [
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": [{"type": "text", "text": "Look:"},
-                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Look:"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            },
             {"role": "assistant", "content": None, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
         ],
         max_tokens=30,
         temperature=0.5,
-        params={"stop": "END", "tools": [WEATHER_TOOL], "tool_choice": "required", "parallel_tool_calls": False,
-                "user": "u-9", "top_p": 0.9},
+        params={
+            "stop": "END",
+            "tools": [WEATHER_TOOL],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+            "user": "u-9",
+            "top_p": 0.9,
+        },
     )
     adapter = AnthropicAdapter("anthropic", ProviderConfig(kind="anthropic"), api_key="k")
     body = json.loads(adapter.build(item, "claude-x").body)
     assert body["system"] == "Be brief."
     assert body["stop_sequences"] == ["END"]
-    assert body["tools"] == [{"name": "get_current_weather", "description": WEATHER_TOOL["function"]["description"],
-                              "input_schema": WEATHER_TOOL["function"]["parameters"]}]
+    assert body["tools"] == [
+        {
+            "name": "get_current_weather",
+            "description": WEATHER_TOOL["function"]["description"],
+            "input_schema": WEATHER_TOOL["function"]["parameters"],
+        }
+    ]
     assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
     assert body["metadata"] == {"user_id": "u-9"}
     assert body["top_p"] == 0.9 and body["temperature"] == 0.5
     user, assistant, result = body["messages"]
-    assert user["content"][1] == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
-    assert assistant["content"] == [{"type": "tool_use", "id": "toolu_1", "name": "get_current_weather",
-                                     "input": {"location": "SF"}}]
+    assert user["content"][1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"},
+    }
+    assert assistant["content"] == [
+        {"type": "tool_use", "id": "toolu_1", "name": "get_current_weather", "input": {"location": "SF"}}
+    ]
     assert result == {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"}]}
 
 
 def test_anthropic_tool_use_answers_come_back_as_openai_tool_calls() -> None:
     adapter = AnthropicAdapter("anthropic", ProviderConfig(kind="anthropic"), api_key="k")
-    answer = {"id": "msg_1", "content": [{"type": "tool_use", "id": "toolu_2", "name": "f", "input": {"x": 1}}],
-              "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 5}}
+    answer = {
+        "id": "msg_1",
+        "content": [{"type": "tool_use", "id": "toolu_2", "name": "f", "input": {"x": 1}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }
     done = adapter.parse(200, {}, json.dumps(answer).encode())
     assert done.finish_reason == "tool_calls"
     assert done.choices is not None
@@ -300,6 +364,7 @@ def test_openrouter_is_capped_at_the_reserved_price() -> None:
 
 
 # ---- token counting under concurrency ----------------------------------------------------------------
+
 
 def test_concurrent_parallel_counts_never_mix_up_texts(monkeypatch: pytest.MonkeyPatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
