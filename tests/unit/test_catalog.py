@@ -114,6 +114,18 @@ def test_retired_models_and_their_snapshots_name_a_successor(catalog: Catalog, w
     assert catalog.retired[written] == successor
 
 
+def test_successor_matches_names_the_way_resolve_does(catalog: Catalog) -> None:
+    assert catalog.successor(" GPT-4-0613 ") == catalog.retired["gpt-4-0613"] == "gpt-5.6-sol"
+    assert catalog.successor("gpt-4o") is None
+    assert catalog.successor("gpt-9-imaginary") is None
+
+
+def test_retired_frame_lists_every_retired_name_with_its_successor(catalog: Catalog) -> None:
+    frame = catalog.retired_frame()
+    assert frame.schema == pl.Schema({"alias": pl.String, "successor": pl.String})
+    assert dict(zip(frame["alias"], frame["successor"], strict=True)) == catalog.retired
+
+
 def test_every_successor_is_a_model_of_the_catalog(catalog: Catalog) -> None:
     assert catalog.retired
     assert {catalog.resolve(s) for s in catalog.retired.values()} <= set(catalog.model_names())
