@@ -275,7 +275,7 @@ def test_the_models_users_pick_today_are_in_the_catalog(catalog: Catalog) -> Non
 
 def test_claude_estimates_stay_above_the_published_tokenizer_ratios(catalog: Catalog) -> None:
     # Older Claude tokenizer: o200k x 1.15 seen 20-50% short, so at least 1.5. Opus 4.7+ and the 5.x models
-    # use a tokenizer that needs up to 1.35x as many tokens again: at least 1.5 x 1.35.
+    # use a tokenizer measured at up to 1.47x as many tokens again (Anthropic says 1.0-1.35x): at least 1.5 x 1.5.
     for entry in catalog.entries:
         if "claude" not in entry.name:
             continue
@@ -283,7 +283,7 @@ def test_claude_estimates_stay_above_the_published_tokenizer_ratios(catalog: Cat
         newer = entry.name.startswith(
             ("claude-opus-4-7", "claude-opus-4-8", "claude-opus-5", "claude-sonnet-5", "claude-haiku-5")
         )
-        assert entry.token_factor >= (Decimal("1.5") * Decimal("1.35") if newer else Decimal("1.5")), entry.route
+        assert entry.token_factor >= (Decimal("1.5") * Decimal("1.5") if newer else Decimal("1.5")), entry.route
 
 
 def test_tiered_routes_keep_their_context_window_below_the_first_tier(catalog: Catalog) -> None:
