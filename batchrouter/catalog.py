@@ -20,6 +20,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from importlib import resources
 from typing import Any, get_args
 
@@ -42,6 +43,11 @@ def usd_per_mtok_to_pico_per_token(value: Decimal) -> int:
     if pico != pico.to_integral_value():
         raise CatalogError(f"price {value} USD/Mtok is finer than one pico-dollar per token")
     return int(pico)
+
+
+def normalise_model_name(name: str) -> str:
+    """A model name as the catalog spells names: trimmed and lower-cased."""
+    return name.strip().lower()
 
 
 def _pico_or_none(value: Decimal | None) -> int | None:
@@ -151,7 +157,8 @@ class Catalog:
                 return e
         raise CatalogError(f"route {route!r} is not in catalog {self.version}")
 
-    def _aliases(self) -> dict[str, str]:
+    @cached_property
+    def _names(self) -> dict[str, str]:
         names: dict[str, str] = {}
         for e in self.entries:
             names[e.name] = e.name
@@ -163,19 +170,31 @@ class Catalog:
     def resolve(self, name: str) -> str | None:
         """The catalog model a user's model name means (itself, or the model of a snapshot), else None.
 
-        Retired names resolve to None; look them up in `retired` for the successor.
+        Names match exactly, else trimmed and lower-cased. Retired names resolve to None: `successor`
+        names their replacement.
         """
-        names = self._aliases()
-        found = names.get(name)
-        if found is None:
-            found = names.get(name.strip().lower())
-        return found
+        return self._names.get(name, self._names.get(normalise_model_name(name)))
+
+    def successor(self, name: str) -> str | None:
+        """The catalog model replacing `name` when `name` is a retired model (or snapshot), else None."""
+        return self.retired.get(name, self.retired.get(normalise_model_name(name)))
 
     def aliases_frame(self) -> pl.DataFrame:
-        """Every name that resolves (`alias`) and its catalog model (`model`); catalog names map to themselves."""
-        names = self._aliases()
+        """Every name that resolves (`alias`) and its catalog model (`model`); catalog names map to themselves.
+
+        Names are exact: join on `model` normalised like `normalise_model_name` (trimmed, lower-cased)
+        to match what `resolve` matches.
+        """
         return pl.DataFrame(
-            {"alias": list(names), "model": list(names.values())}, schema={"alias": pl.String, "model": pl.String}
+            {"alias": list(self._names), "model": list(self._names.values())},
+            schema={"alias": pl.String, "model": pl.String},
+        )
+
+    def retired_frame(self) -> pl.DataFrame:
+        """Every retired name (`alias`) and the catalog model replacing it (`successor`)."""
+        return pl.DataFrame(
+            {"alias": list(self.retired), "successor": list(self.retired.values())},
+            schema={"alias": pl.String, "successor": pl.String},
         )
 
     def models_frame(self) -> pl.DataFrame:

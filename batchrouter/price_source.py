@@ -29,6 +29,7 @@ SOURCE_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "openrouter": 
 class SourcePrice:
     """What the source says for one route on one day, in USD per million tokens."""
 
+    provider_id: str
     model_id: str
     input: Decimal
     output: Decimal
@@ -45,7 +46,8 @@ class SourcePrice:
 
     def matches(self, name: str) -> bool:
         """The source's model is the one `name` means (the source matches model names its own way)."""
-        return _model(self.model_id, name) is not None
+        found = _model(self.provider_id, name)
+        return found is not None and found.id == self.model_id
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ def source_price(provider: str, upstream: str, *, on: date) -> SourcePrice | Non
         batch_output = variant(batch, "output_mtok")
         batch_cached = variant(batch, "cache_read_mtok")
     return SourcePrice(
+        provider_id=provider_id,
         model_id=model.id,
         input=input_price,
         output=output_price,

@@ -2,6 +2,7 @@
 
     python tools/catalog_prices.py                 # every drift between catalog.toml and the source; exit 1 if any
     python tools/catalog_prices.py openai gpt-5.2  # what the source says for one route, as catalog.toml keys
+    python tools/catalog_prices.py openai gpt-5.2 2027-01-01   # ... on another day
 
 Update catalog.toml by hand from the second form (keeping its comments), bump its `version` to the day the
 prices are read at, and run the first form until it prints nothing.
@@ -17,7 +18,7 @@ from batchrouter.price_source import catalog_date, catalog_drift, source_price
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) == 2:
+    if len(argv) in (2, 3):
         on = date.fromisoformat(argv[2]) if len(argv) > 2 else catalog_date(load_catalog())
         price = source_price(argv[0], argv[1], on=on)
         if price is None:

@@ -383,11 +383,11 @@ def test_max_tokens_at_the_bounds_is_accepted(catalog: Catalog, value: str) -> N
 
 
 def test_max_tokens_limit_is_the_models_own_max_output(catalog: Catalog) -> None:
-    # gpt-3.5-turbo allows at most 4096 output tokens; gpt-4o-mini allows 16384.
-    data = b"item_id,model,prompt,max_tokens\n1,gpt-3.5-turbo,hi,4097\n2,gpt-4o-mini,hi,4097\n"
+    # gpt-4o-mini allows at most 16384 output tokens; gpt-4.1-mini allows 32768.
+    data = b"item_id,model,prompt,max_tokens\n1,gpt-4o-mini,hi,16385\n2,gpt-4.1-mini,hi,16385\n"
     rows = rows_by_id(read("m.csv", data, catalog))
     assert rejection(rows["1"]) == (1, "max_tokens", "invalid_max_tokens")
-    assert "4096" in rows["1"]["reject_reason"]
+    assert "16384" in rows["1"]["reject_reason"]
     assert rows["2"]["reject_code"] is None
 
 
