@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchrouter import tokens
 from batchrouter.catalog import Catalog, load_catalog
 from batchrouter.config import LimitsConfig, ModelConfig, RoutePolicy
 from batchrouter.manifest import Manifest, read_manifest
@@ -160,15 +161,15 @@ def test_prompt_longer_than_every_context_window_is_context_too_long(legacy: Cat
 
 
 def test_billable_item_costs_at_least_one_micro_dollar(catalog: Catalog) -> None:
-    # llama on openrouter: 0.05 in, 0.08 out. "hi" is 1 o200k token x 1.25 -> 2; input 3 + 1 + 2 + 3 = 9.
-    # 9 x 0.05 + 1 x 0.08 = 0.53 micro-dollars, which rounds up to 1.
+    # llama on openrouter: 0.05 in, 0.08 out. "hi" is 1 o200k token x 1.25 -> 2; input 3 + 1 + 2 + 3 = 9,
+    # plus 24 for the chat template's own framing = 33. 33 x 0.05 + 1 x 0.08 = 1.73 micro-dollars -> 2.
     quote = quote_of(
         jsonl(body("llama-3.1-8b-instruct", "hi", max_tokens=1)), catalog, RoutePolicy(allowed_providers=["openrouter"])
     )
     row = quote.accepted.row(0, named=True)
-    assert row["input_tokens"] == 9
-    assert row["reserve_usd_micros"] == 1
-    assert row["expected_usd_micros"] == 1
+    assert row["input_tokens"] == 9 + tokens.ESTIMATE_REQUEST_OVERHEAD
+    assert row["reserve_usd_micros"] == 2
+    assert row["expected_usd_micros"] == 2
 
 
 def test_zero_price_route_costs_nothing(catalog: Catalog) -> None:
@@ -202,8 +203,8 @@ def test_reservation_of_llama_covers_the_paid_fallback_of_a_free_primary(catalog
     row = quote.accepted.row(0, named=True)
     assert row["provider"] == "selfhosted"
     assert row["fallbacks"] == ["openrouter:meta-llama/llama-3.1-8b-instruct"]
-    # 15 input tokens (see test_tokens) x 0.05 + 100 x 0.08 = 0.75 + 8 = 8.75 -> 9 on the openrouter fallback.
-    assert row["reserve_usd_micros"] == micros(15, "0.05", 100, "0.08") == 9
+    # 15 + 24 input tokens (see test_tokens) x 0.05 + 100 x 0.08 = 1.95 + 8 = 9.95 -> 10 on the openrouter fallback.
+    assert row["reserve_usd_micros"] == micros(15 + tokens.ESTIMATE_REQUEST_OVERHEAD, "0.05", 100, "0.08") == 10
     assert row["expected_usd_micros"] == 0
 
 

@@ -164,10 +164,13 @@ def test_cl100k_model_is_counted_with_cl100k(catalog: Catalog) -> None:
 
 def test_estimate_tokenizer_scales_o200k_content_by_the_factor_rounding_up(catalog: Catalog) -> None:
     # claude-haiku-4-5: factor 1.5. "Say this is a test!" is 6 o200k tokens -> ceil(9.0) = 9;
-    # 3 + 1 (role) + 9 + 3 (priming) = 16.
-    assert counted(catalog, "claude-haiku-4-5", [{"role": "user", "content": "Say this is a test!"}]) == [16]
+    # 3 + 1 (role) + 9 + 3 (priming) = 16, plus the request allowance for Claude's own framing.
+    extra = tokens.ESTIMATE_REQUEST_OVERHEAD
+    assert counted(catalog, "claude-haiku-4-5", [{"role": "user", "content": "Say this is a test!"}]) == [16 + extra]
     # llama-3.1-8b-instruct: factor 1.25 -> ceil(7.5) = 8; 3 + 1 + 8 + 3 = 15.
-    assert counted(catalog, "llama-3.1-8b-instruct", [{"role": "user", "content": "Say this is a test!"}]) == [15]
+    assert counted(catalog, "llama-3.1-8b-instruct", [{"role": "user", "content": "Say this is a test!"}]) == [
+        15 + extra
+    ]
 
 
 def test_estimate_tokenizer_rounds_up_per_message_not_per_request(catalog: Catalog) -> None:
@@ -175,7 +178,7 @@ def test_estimate_tokenizer_rounds_up_per_message_not_per_request(catalog: Catal
     # whereas rounding the sum once (ceil(3.0) = 3) would give 14.
     assert len(O200K.encode_ordinary("hi")) == 1
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"}]
-    assert counted(catalog, "claude-haiku-4-5", messages) == [15]
+    assert counted(catalog, "claude-haiku-4-5", messages) == [15 + tokens.ESTIMATE_REQUEST_OVERHEAD]
 
 
 def test_estimate_tokenizer_matches_ceil_formula_for_longer_texts(catalog: Catalog) -> None:
@@ -183,7 +186,7 @@ def test_estimate_tokenizer_matches_ceil_formula_for_longer_texts(catalog: Catal
     results = counted(catalog, "llama-3.1-8b-instruct", *[[{"role": "user", "content": t}] for t in texts])
     for text, got in zip(texts, results, strict=True):
         content = math.ceil(len(O200K.encode_ordinary(text)) * 5 / 4)  # factor 1.25, exact in integers
-        assert got == 3 + 1 + content + 3
+        assert got == 3 + 1 + content + 3 + tokens.ESTIMATE_REQUEST_OVERHEAD
 
 
 def test_items_of_different_encodings_in_one_manifest_keep_their_own_counts(catalog: Catalog) -> None:
@@ -202,7 +205,8 @@ def test_items_of_different_encodings_in_one_manifest_keep_their_own_counts(cata
     manifest = read_manifest("t.jsonl", "\n".join(lines).encode(), catalog=catalog, limits=LimitsConfig())
     quote = build_quote(manifest, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1)
     cl, o = len(CL100K.encode_ordinary(text)), len(O200K.encode_ordinary(text))
-    assert quote.items["input_tokens"].to_list() == [7 + cl, 7 + o, 7 + math.ceil(o * 3 / 2), 7 + cl]
+    claude = 7 + math.ceil(o * 3 / 2) + tokens.ESTIMATE_REQUEST_OVERHEAD
+    assert quote.items["input_tokens"].to_list() == [7 + cl, 7 + o, claude, 7 + cl]
 
 
 @pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
@@ -276,7 +280,8 @@ def test_shared_system_prompt_is_counted_for_every_item_under_its_own_encoding(c
             {"role": "user", "content": prompt}
         ]
         if model == "claude-haiku-4-5":  # estimate: ceil(o200k content x 1.5) per message
-            return 3 + sum(3 + 1 + math.ceil(len(O200K.encode_ordinary(m["content"])) * 3 / 2) for m in messages)
+            content = sum(3 + 1 + math.ceil(len(O200K.encode_ordinary(m["content"])) * 3 / 2) for m in messages)
+            return 3 + content + tokens.ESTIMATE_REQUEST_OVERHEAD
         return by_hand(messages, CL100K if model == "gpt-3.5-turbo" else O200K)
 
     assert quote.items["input_tokens"].to_list() == [expected(m, s, p) for _, m, s, p in rows]
