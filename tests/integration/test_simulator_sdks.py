@@ -149,8 +149,8 @@ def test_anthropic_sdk_parses_text_usage_ids_and_stop_reason(url: str) -> None:
     block = reply.content[0]
     assert block.type == "text"
     assert block.text
-    # 1.2 x o200k_base for the text ("be brief" 2 + "hello" 1 -> 4), 4 per message, 3 for a system prompt.
-    assert reply.usage.input_tokens == 11
+    # 1.2 x o200k_base, rounded up per part ("be brief" 2 -> 3, "hello" 1 -> 2), 4 per message, 3 for a system prompt.
+    assert reply.usage.input_tokens == 12
     assert reply.usage.output_tokens == int(
         (count_text(block.text, "o200k_base") * Decimal("1.2")).to_integral_value(rounding="ROUND_CEILING")
     )
