@@ -64,7 +64,14 @@ _WORDS = (
 ).split()
 DEFAULT_CAP = 4096
 OPENROUTER_FIELDS = frozenset({"provider", "usage", "models", "transforms", "route", "plugins"})
-REASONING_TOKENS = {"minimal": (0, 0), "low": (32, 256), "medium": (128, 1024), "high": (512, 4096)}
+REASONING_TOKENS = {
+    "none": (0, 0),
+    "minimal": (0, 0),
+    "low": (32, 256),
+    "medium": (128, 1024),
+    "high": (512, 4096),
+    "xhigh": (1024, 8192),
+}
 ANTHROPIC_CACHE_MIN = 1024
 ANTHROPIC_HAIKU_CACHE_MIN = 2048
 ANTHROPIC_TOOL_FRAME = 4
@@ -182,6 +189,9 @@ def _limit_headers(wire: str, rpm: Bucket | None, tpm: Bucket | None, wait: floa
         headers["retry-after"] = str(max(1, int(wait + 0.999)))
         headers["retry-after-ms"] = str(int(wait * 1000) + 1)
     return headers
+
+
+STATE = web.AppKey("state", SimulatorState)
 
 
 def _output_words(digest: bytes, limit: int) -> list[str]:
@@ -336,17 +346,28 @@ def _counter(encoding: str, ratio: Decimal) -> Callable[[str], int]:
     return lambda text: bill.scale(count_text(text, encoding), ratio)
 
 
-def _reasoning_range(model: str, effort: Any, key: str) -> tuple[int, int]:
+def _reasoning_range(
+    body: dict[str, Any], model: str, effort: Any, key: str, *, strict: bool = True
+) -> tuple[int, int]:
+    """The span of reasoning tokens the request may bill; refuses sampling settings its effort forbids."""
     if not bill.is_reasoning_model(model):
-        if effort is not None:
+        if effort is not None and strict:
             raise WireRejection(f"Unsupported parameter: '{key}' is not supported with this model.", param=key)
         return (0, 0)
-    allowed = ("minimal", "low", "medium", "high")
-    if effort is not None and effort not in allowed:
+    if effort is not None and effort not in REASONING_TOKENS:
         raise WireRejection(
-            f"Invalid value for '{key}': {effort!r}. Supported values are: {', '.join(allowed)}.", param=key
+            f"Invalid value for '{key}': {effort!r}. Supported values are: {', '.join(REASONING_TOKENS)}.", param=key
         )
-    return REASONING_TOKENS[effort or "medium"]
+    effort = effort or bill.default_reasoning_effort(model)
+    temperature = body.get("temperature")
+    # Reasoning models take only the default temperature unless they reason with effort "none" (gpt-5.1 on).
+    if strict and effort != "none" and temperature is not None and temperature != 1:
+        raise WireRejection(
+            f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+            "Only the default (1) value is supported.",
+            param="temperature",
+        )
+    return REASONING_TOKENS[str(effort)]
 
 
 def _service_tier(body: dict[str, Any], model: str) -> str:
@@ -359,7 +380,7 @@ def _service_tier(body: dict[str, Any], model: str) -> str:
     return "default" if tier == "auto" else str(tier)
 
 
-def _sampling_checks(body: dict[str, Any], model: str, *, strict_reasoning: bool) -> None:
+def _sampling_checks(body: dict[str, Any]) -> None:
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     _typed(body, "store", bool, "a boolean")
@@ -371,13 +392,6 @@ def _sampling_checks(body: dict[str, Any], model: str, *, strict_reasoning: bool
     if body.get("stream"):
         raise WireRejection(
             "Invalid 'stream': the simulator answers whole responses only; send stream false.", param="stream"
-        )
-    temperature = body.get("temperature")
-    if strict_reasoning and bill.is_reasoning_model(model) and temperature is not None and temperature != 1:
-        raise WireRejection(
-            f"Unsupported value: 'temperature' does not support {temperature} with this model. "
-            "Only the default (1) value is supported.",
-            param="temperature",
         )
 
 
@@ -400,7 +414,7 @@ def _chat_plan(body: dict[str, Any], state: SimulatorState, *, openrouter: bool)
         unknown = sorted(set(body) - _CHAT_FIELDS)
         if unknown:
             raise WireRejection(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0])
-    _sampling_checks(body, model, strict_reasoning=not openrouter)
+    _sampling_checks(body)
     for key in ("presence_penalty", "frequency_penalty"):
         _number(body, key, -2, 2)
     _number(body, "n", 1, 128, integer=True)
@@ -439,9 +453,9 @@ def _chat_plan(body: dict[str, Any], state: SimulatorState, *, openrouter: bool)
         marker_text=json.dumps(messages, ensure_ascii=False),
         counter=_counter(bill.openai_encoding(model), Decimal(1)),
         n=int(body.get("n") or 1),
-        reasoning=_reasoning_range(model, body.get("reasoning_effort"), "reasoning_effort")
-        if not openrouter
-        else (REASONING_TOKENS["medium"] if reasoning else (0, 0)),
+        reasoning=_reasoning_range(
+            body, model, body.get("reasoning_effort"), "reasoning_effort", strict=not openrouter
+        ),
         stops=_stops(body.get("stop"), "stop"),
         service_tier=tier,
     )
@@ -557,7 +571,7 @@ def _responses_plan(body: dict[str, Any], state: SimulatorState) -> Plan:
     unknown = sorted(set(body) - _RESPONSES_FIELDS)
     if unknown:
         raise WireRejection(f"Unknown parameter: '{unknown[0]}'.", param=unknown[0])
-    _sampling_checks(body, model, strict_reasoning=True)
+    _sampling_checks(body)
     _number(body, "max_output_tokens", 16, integer=True)
     _number(body, "top_logprobs", 0, 20, integer=True)
     _one_of(body, "truncation", ("auto", "disabled"))
@@ -583,7 +597,7 @@ def _responses_plan(body: dict[str, Any], state: SimulatorState) -> Plan:
         cap=int(body.get("max_output_tokens") or DEFAULT_CAP),
         marker_text=json.dumps(messages, ensure_ascii=False),
         counter=_counter(bill.openai_encoding(model), Decimal(1)),
-        reasoning=_reasoning_range(model, (reasoning or {}).get("effort"), "reasoning.effort"),
+        reasoning=_reasoning_range(body, model, (reasoning or {}).get("effort"), "reasoning.effort"),
         service_tier=_service_tier(body, model),
     )
     _response_format(plan, (text or {}).get("format"), "text.format", messages)
@@ -1063,7 +1077,7 @@ def _error(
 
 
 async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
-    state: SimulatorState = request.app["state"]
+    state = request.app[STATE]
     state.requests += 1
     wire = "anthropic" if endpoint == "messages" else "openai"
     key = request.headers.get("authorization", "") or request.headers.get("x-api-key", "")
@@ -1162,13 +1176,13 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    state: SimulatorState = request.app["state"]
+    state = request.app[STATE]
     return web.json_response({"requests": state.requests, "rate_limited": state.rate_limited})
 
 
 def build_app(config: SimulatorConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024**2)
-    app["state"] = SimulatorState(config or SimulatorConfig())
+    app[STATE] = SimulatorState(config or SimulatorConfig())
     for prefix in ("/v1", "/api/v1"):
         app.router.add_post(f"{prefix}/chat/completions", _chat)
         app.router.add_post(f"{prefix}/responses", _responses)

@@ -101,6 +101,11 @@ def is_reasoning_model(model: str) -> bool:
     return name.startswith("gpt-5") and "-chat" not in name
 
 
+def default_reasoning_effort(model: str) -> str:
+    """gpt-5.1 and later reason only when asked (effort "none"); older reasoning models at "medium"."""
+    return "none" if re.match(r"gpt-5\.\d", bare_model(model)) else "medium"
+
+
 def offers_flex(model: str) -> bool:
     name = bare_model(model)
     return name.startswith(("o3", "o4-mini")) or is_reasoning_model(name) and name.startswith("gpt-5")
