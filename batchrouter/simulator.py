@@ -1024,7 +1024,9 @@ def _messages_payload(state: SimulatorState, plan: Plan, digest: bytes, refused:
             content.append({"type": "thinking", "thinking": thinking, "signature": f"sig_{hexed}"})
         if answer.call is not None:
             name, arguments = answer.call
-            content.append({"type": "tool_use", "id": f"toolu_{hexed}", "name": name, "input": json.loads(arguments)})
+            given = json.loads(arguments)
+            tool_input = given if isinstance(given, dict) else {"value": given}  # Anthropic's input is an object
+            content.append({"type": "tool_use", "id": f"toolu_{hexed}", "name": name, "input": tool_input})
             stop_reason = "tool_use"
         else:
             if answer.text:

@@ -414,11 +414,10 @@ def chat_prompt(
 ) -> PromptCount:
     """Prompt tokens of a chat request as OpenAI bills it (ratio > 1 for models with other tokenizers)."""
     enc = openai_encoding(model)
-    prefix = _digest(model, ["tools", functions or [], json_schema])
     total = REPLY_PRIMING + tool_definition_tokens(model, functions or [])
     if json_schema is not None:
         total += schema_tokens(model, json_schema)
-    prefixes: list[tuple[str, int]] = []
+    running: list[int] = []
     images = 0
     for i, message in enumerate(messages):
         at = f"{where}[{i}]"
@@ -452,8 +451,13 @@ def chat_prompt(
         if isinstance(legacy, dict):
             tokens += call_tokens(model, legacy, f"{at}.function_call")
         total += tokens
-        prefix = _digest(prefix, message)
-        prefixes.append((prefix, total))
+        running.append(total)
+    prefixes: list[tuple[str, int]] = []
+    if total >= CACHE_MIN_TOKENS:  # only a prompt this long can hit the cache: digest its prefixes then
+        prefix = _digest(model, ["tools", functions or [], json_schema])
+        for message, tokens in zip(messages, running, strict=True):
+            prefix = _digest(prefix, message)
+            prefixes.append((prefix, tokens))
     return PromptCount(total, tuple(prefixes), images)
 
 

@@ -835,3 +835,46 @@ def test_gpt_5_point_releases_take_a_temperature_only_without_reasoning(sim: Ser
     assert reply["usage"]["output_tokens_details"]["reasoning_tokens"] == 0
     status, reply = sim.post("/v1/responses", {**body, "reasoning": {"effort": "high"}})
     assert status == 400 and reply["error"]["param"] == "temperature"
+
+
+MODELS = st.sampled_from(
+    ["gpt-4o-mini", "gpt-4.1-nano", "gpt-3.5-turbo-0125", "o3-mini", "o4-mini", "gpt-5", "gpt-5.2"]
+)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    model=MODELS,
+    n=st.integers(1, 4),
+    cap=st.integers(1, 400),
+    tools=st.booleans(),
+    forced=st.booleans(),
+    json_mode=st.booleans(),
+    prompt=st.text(min_size=1, max_size=40),
+)
+def test_no_choice_ever_bills_more_output_than_its_cap(
+    sim: Server, model: str, n: int, cap: int, tools: bool, forced: bool, json_mode: bool, prompt: str
+) -> None:
+    body: dict[str, Any] = {"model": model, "messages": user(prompt + " json"), "n": n, "max_completion_tokens": cap}
+    if tools:
+        body["tools"] = [WEATHER]
+        body["tool_choice"] = "required" if forced else "auto"
+    if json_mode:
+        body["response_format"] = {"type": "json_object"}
+    status, reply = sim.post("/v1/chat/completions", body)
+    assert status == 200, reply
+    usage = reply["usage"]
+    assert len(reply["choices"]) == n
+    assert usage["completion_tokens"] <= n * cap
+    assert usage["completion_tokens_details"]["reasoning_tokens"] <= usage["completion_tokens"]
+    tools_defs = [WEATHER["function"]] if tools else []
+    assert usage["prompt_tokens"] == bill.chat_prompt(model, body["messages"], functions=tools_defs).tokens
+    responses = {"model": model, "input": prompt, "max_output_tokens": max(16, cap)}
+    status, reply = sim.post("/v1/responses", responses)
+    assert status == 200, reply
+    assert reply["usage"]["output_tokens"] <= max(16, cap)
+    status, reply = sim.post(
+        "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": cap, "messages": user(prompt)}
+    )
+    assert status == 200, reply
+    assert reply["usage"]["output_tokens"] <= cap
