@@ -63,6 +63,7 @@ _WORDS = (
     "model output token request batch route provider receipt quote reserve settle deliver"
 ).split()
 DEFAULT_CAP = 4096
+MAX_OUTPUT_UNKNOWN = 1_000_000  # a model outside the catalog: no provider writes more in one answer
 OPENROUTER_FIELDS = frozenset({"provider", "usage", "models", "transforms", "route", "plugins"})
 REASONING_TOKENS = {
     "none": (0, 0),
@@ -119,6 +120,7 @@ class SimulatorState:
     rate_limited: int = 0
     buckets: dict[tuple[str, str], Bucket] = field(default_factory=dict)
     prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    max_output: dict[str, int] = field(default_factory=dict)
     cache: bill.PrefixCache = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +131,20 @@ class SimulatorState:
         for entry in load_catalog().entries:
             if entry.provider == "openrouter":
                 self.prices[entry.upstream] = (entry.input_usd_per_mtok, entry.output_usd_per_mtok)
+            for name in (entry.name, entry.upstream):
+                self.max_output[name] = max(self.max_output.get(name, 0), entry.max_output_tokens)
+
+    def check_cap(self, model: str, cap: int | None, key: str) -> int:
+        """`cap` if the model can write that many tokens (none given: a default within the model's limit)."""
+        limit = self.max_output.get(model, MAX_OUTPUT_UNKNOWN)
+        if cap is None:
+            return min(DEFAULT_CAP, limit)
+        if cap > limit:
+            raise WireRejection(
+                f"{key} is too large: {cap}. This model supports at most {limit} output tokens; lower {key}.",
+                param=key,
+            )
+        return cap
 
     def bucket(self, key: str, kind: str, limit: int) -> Bucket:
         found = self.buckets.get((key, kind))
@@ -449,7 +465,11 @@ def _chat_plan(body: dict[str, Any], state: SimulatorState, *, openrouter: bool)
         model=model,
         body=body,
         prompt_tokens=0,
-        cap=int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_CAP),
+        cap=state.check_cap(
+            model,
+            body.get("max_completion_tokens") or body.get("max_tokens"),
+            "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens",
+        ),
         marker_text=json.dumps(messages, ensure_ascii=False),
         counter=_counter(bill.openai_encoding(model), Decimal(1)),
         n=int(body.get("n") or 1),
@@ -594,7 +614,7 @@ def _responses_plan(body: dict[str, Any], state: SimulatorState) -> Plan:
         model=model,
         body=body,
         prompt_tokens=0,
-        cap=int(body.get("max_output_tokens") or DEFAULT_CAP),
+        cap=state.check_cap(model, body.get("max_output_tokens"), "max_output_tokens"),
         marker_text=json.dumps(messages, ensure_ascii=False),
         counter=_counter(bill.openai_encoding(model), Decimal(1)),
         reasoning=_reasoning_range(body, model, (reasoning or {}).get("effort"), "reasoning.effort"),
@@ -698,7 +718,7 @@ def _messages_plan(body: dict[str, Any], state: SimulatorState) -> Plan:
         model=model,
         body=body,
         prompt_tokens=count.tokens,
-        cap=max_tokens,
+        cap=state.check_cap(model, max_tokens, "max_tokens"),
         marker_text=json.dumps([body.get("system"), messages], ensure_ascii=False),
         counter=_counter("o200k_base", ratio),
         reasoning=reasoning,
@@ -1088,7 +1108,7 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _error(wire, 400, "invalid_request_error", "request body is not JSON")
     if not isinstance(body, dict):
         return _error(wire, 400, "invalid_request_error", "request body must be a JSON object")

@@ -878,3 +878,17 @@ def test_no_choice_ever_bills_more_output_than_its_cap(
     )
     assert status == 200, reply
     assert reply["usage"]["output_tokens"] <= cap
+
+
+def test_a_cap_above_the_models_output_limit_is_a_400(sim: Server) -> None:
+    limit = max(e.max_output_tokens for e in load_catalog().entries if e.upstream == "gpt-4o-mini")
+    status, reply = chat(sim, max_completion_tokens=limit + 1)
+    assert status == 400 and reply["error"]["param"] == "max_completion_tokens"
+    assert chat(sim, max_completion_tokens=limit)[0] == 200
+    status, reply = claude(sim, max_tokens=10**9)
+    assert status == 400 and "max_tokens" in reply["error"]["message"]
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(sim: Server) -> None:
+    raw = b"[" * 100_000 + b"]" * 100_000
+    assert sim.post("/v1/chat/completions", None, raw=raw)[0] == 400
