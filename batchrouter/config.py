@@ -168,6 +168,11 @@ class SimulatorConfig(BaseModel):
     trickle_seconds: float = Field(default=3.0, ge=0)
     seed: int = 0
     max_output_words: int = Field(default=120, gt=8)
+    # Simulated Claude tokenizer: o200k_base tokens x this ratio. Published comparisons put current Claude
+    # tokenizers at about 1.0-1.35x o200k_base; tests raise it to the catalog's token_factor bound.
+    anthropic_token_ratio: float = Field(default=1.2, ge=1.0, le=3.0)
+    # How long a prompt prefix stays cached (OpenAI: 5-10 minutes of inactivity; Anthropic: 5 minutes).
+    prompt_cache_ttl_s: float = Field(default=300.0, ge=0)
 
 
 class BillingConfig(BaseModel):

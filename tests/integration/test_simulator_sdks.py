@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 
 from batchrouter.config import SimulatorConfig
@@ -149,8 +154,8 @@ def test_anthropic_sdk_parses_text_usage_ids_and_stop_reason(url: str) -> None:
     block = reply.content[0]
     assert block.type == "text"
     assert block.text
-    # 1.2 x o200k_base for the text ("be brief" 2 + "hello" 1 -> 4), 4 per message, 3 for a system prompt.
-    assert reply.usage.input_tokens == 11
+    # 1.2 x o200k_base, rounded up per part ("be brief" 2 -> 3, "hello" 1 -> 2), 4 per message, 3 for a system prompt.
+    assert reply.usage.input_tokens == 12
     assert reply.usage.output_tokens == int(
         (count_text(block.text, "o200k_base") * Decimal("1.2")).to_integral_value(rounding="ROUND_CEILING")
     )
@@ -239,3 +244,202 @@ def test_simulator_stops_promptly_with_a_stalled_request_in_flight() -> None:
         stopping = time.monotonic()
     # The stalled handler sleeps for an hour; stopping must not wait out a graceful-shutdown timeout for it.
     assert time.monotonic() - stopping < 5
+
+
+# -- every field, through the SDKs --------------------------------------------------------------------
+
+
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+
+
+def tiny_png(width: int, height: int) -> str:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk).decode()
+
+
+class Grade(pydantic.BaseModel):
+    score: int
+    reason: str
+
+
+def test_openai_sdk_parses_a_forced_tool_call(url: str) -> None:
+    reply = oai(url).chat.completions.create(
+        model="gpt-4o",
+        messages=user("weather in Oslo?"),
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert set(json.loads(call.function.arguments)) == {"city", "unit"}
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_openai_sdk_parses_n_choices_summed_in_usage(url: str) -> None:
+    reply = oai(url).chat.completions.create(model="gpt-4o-mini", messages=user("three ways"), n=3, max_tokens=30)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert reply.usage is not None
+    counts = [count_text(c.message.content or "", "o200k_base") for c in reply.choices]
+    assert reply.usage.completion_tokens == sum(counts) and max(counts) <= 30
+
+
+def test_openai_sdk_sends_images_and_sees_them_billed(url: str) -> None:
+    def ask(image_url: str, detail: str) -> int:
+        content = [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": image_url, "detail": detail}},
+        ]
+        reply = oai(url).chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": content}],  # type: ignore[list-item]
+        )
+        assert reply.usage is not None
+        return reply.usage.prompt_tokens
+
+    small = ask(f"data:image/png;base64,{tiny_png(512, 512)}", "high")
+    low = ask(f"data:image/png;base64,{tiny_png(512, 512)}", "low")
+    remote = ask("https://example.com/photo.jpg", "high")
+    assert small - low == 170  # one 512-px tile on top of the 85 base
+    assert remote >= low
+
+
+def test_openai_sdk_reads_reasoning_tokens_inside_the_cap(url: str) -> None:
+    reply = oai(url).chat.completions.create(
+        model="o3-mini", messages=user("prove it"), max_completion_tokens=300, reasoning_effort="low"
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+    reasoning = reply.usage.completion_tokens_details.reasoning_tokens or 0
+    assert 0 < reasoning <= reply.usage.completion_tokens <= 300
+
+
+def test_openai_sdk_parses_structured_output_into_a_model(url: str) -> None:
+    reply = oai(url).chat.completions.parse(model="gpt-4o-mini", messages=user("grade this"), response_format=Grade)
+    parsed = reply.choices[0].message.parsed
+    assert isinstance(parsed, Grade)
+
+
+def test_openai_sdk_reads_logprobs_and_the_service_tier(url: str) -> None:
+    reply = oai(url).chat.completions.create(
+        model="o4-mini", messages=user("hi"), service_tier="flex", max_completion_tokens=2000
+    )
+    assert reply.service_tier == "flex"
+    reply = oai(url).chat.completions.create(model="gpt-4o", messages=user("hi"), logprobs=True, top_logprobs=2)
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert len(logprobs.content[0].top_logprobs) == 2
+
+
+def test_openai_sdk_raises_bad_request_naming_an_invalid_field(url: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        oai(url).chat.completions.create(model="gpt-4o-mini", messages=user("hi"), temperature=3)
+    assert info.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as info:
+        oai(url).chat.completions.create(model="gpt-4o-mini", messages=user("hi"), n=0)
+    assert info.value.param == "n"
+
+
+def test_openai_sdk_responses_api_returns_text_and_usage(url: str) -> None:
+    reply = oai(url).responses.create(model="gpt-4.1", instructions="be brief", input="hello", max_output_tokens=200)
+    assert reply.id.startswith("resp_") and reply.status == "completed"
+    assert reply.output_text
+    assert reply.usage is not None
+    assert reply.usage.output_tokens == count_text(reply.output_text, "o200k_base")
+    assert reply.usage.input_tokens_details.cached_tokens == 0
+
+
+def test_openai_sdk_responses_api_with_reasoning_and_tools(url: str) -> None:
+    function = WEATHER_TOOL["function"]
+    reply = oai(url).responses.create(
+        model="o4-mini",
+        input=[{"role": "user", "content": "weather in Oslo?"}],
+        tools=[{"type": "function", **function}],
+        tool_choice="required",
+        reasoning={"effort": "medium"},
+        max_output_tokens=4000,
+    )
+    kinds = [item.type for item in reply.output]
+    assert kinds == ["reasoning", "function_call"]
+    call = reply.output[1]
+    assert call.type == "function_call" and json.loads(call.arguments)["city"]
+    assert reply.usage is not None and reply.usage.output_tokens_details.reasoning_tokens > 0
+
+
+def test_openai_sdk_responses_parse_structured_text(url: str) -> None:
+    reply = oai(url).responses.parse(model="gpt-4.1", input="grade this", text_format=Grade)
+    assert isinstance(reply.output_parsed, Grade)
+
+
+def test_openai_sdk_through_openrouter_reads_the_cost_and_a_max_price_refusal(url: str) -> None:
+    client = oai(url)
+    reply = client.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=user("hi"), extra_body={"usage": {"include": True}}
+    )
+    assert reply.usage is not None
+    assert float((reply.usage.model_extra or {})["cost"]) > 0
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini",
+            messages=user("hi"),
+            extra_body={"usage": {"include": True}, "provider": {"max_price": {"prompt": 0.01, "completion": 0.01}}},
+        )
+    assert "max_price" in info.value.message
+
+
+def test_anthropic_sdk_parses_tool_use_images_and_thinking(url: str) -> None:
+    tool = {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],
+    }
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": tiny_png(800, 600)}}
+    reply = claude(url).messages.create(
+        model=CLAUDE,
+        max_tokens=4000,
+        system=[{"type": "text", "text": "You answer with tools."}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "weather where this was taken?"}, image]}],  # type: ignore[list-item]
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "any"},
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    )
+    assert reply.stop_reason == "tool_use"
+    assert [b.type for b in reply.content] == ["thinking", "tool_use"]
+    use = reply.content[1]
+    assert use.type == "tool_use" and use.name == "get_weather" and "city" in use.input  # type: ignore[operator]
+    assert reply.usage.input_tokens > 640 + 313  # the image (800 x 600 / 750) and the tool-use prompt
+    assert reply.usage.output_tokens <= 4000
+
+
+def test_anthropic_sdk_sees_stop_sequences_and_cache_usage(url: str) -> None:
+    reply = claude(url).messages.create(model=CLAUDE, max_tokens=200, messages=user("hello"), stop_sequences=["e"])
+    assert reply.stop_reason == "stop_sequence" and reply.stop_sequence == "e"
+    system = [
+        {"type": "text", "text": " ".join(f"rule{i}" for i in range(1500)), "cache_control": {"type": "ephemeral"}}
+    ]
+    first = claude(url).messages.create(model=CLAUDE, max_tokens=50, system=system, messages=user("a"))  # type: ignore[arg-type]
+    second = claude(url).messages.create(model=CLAUDE, max_tokens=50, system=system, messages=user("b"))  # type: ignore[arg-type]
+    assert (first.usage.cache_creation_input_tokens or 0) >= 1024
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+
+
+def test_anthropic_sdk_raises_bad_request_for_a_temperature_above_1(url: str) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        # This SDK release no longer types `temperature`; the wire field is still Anthropic's.
+        claude(url).messages.create(model=CLAUDE, max_tokens=10, messages=user("hi"), extra_body={"temperature": 1.5})
+    assert "temperature" in info.value.message
