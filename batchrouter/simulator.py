@@ -18,6 +18,17 @@ rules (`batchrouter.simulator_billing`). Endpoints, under `/v1` and OpenRouter's
 - `POST /messages` (Anthropic): tools and tool blocks, `stop_sequences`, images, `system` as a
   string or blocks, `thinking`, `cache_control` breakpoints with cache usage fields.
 
+Output billing, the same on every wire: each choice stays within its cap (`max_completion_tokens`,
+`max_tokens` or `max_output_tokens`; a cap above the catalog's `max_output_tokens` for the model is
+a 400). Reasoning models bill hidden reasoning tokens first, drawn from the request digest by effort
+(low 32-256, medium 128-1024, high 512-4096, xhigh 1024-8192; gpt-5.1 and later default to none),
+inside the cap; Anthropic `thinking` bills 256 up to `budget_tokens` the same way. A function call
+bills 3 plus its name and arguments (4 on Anthropic). Rejected `prediction` tokens are billed as
+completion tokens on top of the answer, as OpenAI does. OpenAI cached input: the longest message
+prefix (tools and schema first) seen within `prompt_cache_ttl_s` on the same model, counted from
+1024 tokens in steps of 128; Anthropic: the prefix up to the last `cache_control` block, written on
+first sight and read after, from 1024 tokens (2048 on Haiku).
+
 Limits and faults are configurable:
 
 - latency: fixed, uniform or log-normal around `latency_ms`;

@@ -14,7 +14,8 @@ OpenAI (Chat Completions and Responses):
   10 on cl100k models, plus `name:description`; 3 for a properties block; per property 3 plus
   `key:type:description`, an enum -3 plus 3 and its text per item; 12 at the end), applied to
   nested object properties too.
-- `response_format` / `text.format` with a json_schema: 3 plus its compact JSON.
+- `response_format` / `text.format` with a json_schema: 3 plus the compact JSON of its `name`,
+  `description`, `schema` and `strict`.
 - Images: the tile rule (`detail: low` is the base; else scale into 2048x2048, then the shortest
   side down to 768, and add a tile price per 512-px tile) with per-model base and tile prices, or
   the patch rule (32-px patches, at most 1536 after scaling down, times a per-model multiplier,

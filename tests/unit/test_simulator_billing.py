@@ -892,3 +892,14 @@ def test_a_cap_above_the_models_output_limit_is_a_400(sim: Server) -> None:
 def test_deeply_nested_json_is_a_400_not_a_500(sim: Server) -> None:
     raw = b"[" * 100_000 + b"]" * 100_000
     assert sim.post("/v1/chat/completions", None, raw=raw)[0] == 400
+
+
+def test_responses_input_images_are_billed_like_chat_image_parts(sim: Server) -> None:
+    url = data_url(png(1024, 1024))
+    content = [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": url, "detail": "high"},
+    ]
+    reply = sim.post("/v1/responses", {"model": "gpt-4.1-mini", "input": [{"role": "user", "content": content}]})[1]
+    plain = sim.post("/v1/responses", {"model": "gpt-4.1-mini", "input": [{"role": "user", "content": content[:1]}]})[1]
+    assert reply["usage"]["input_tokens"] - plain["usage"]["input_tokens"] == 1659  # 1024 patches x 1.62
