@@ -175,7 +175,7 @@ def _reasoning_range(
         if effort is not None and strict:
             raise WireRejection(f"Unsupported parameter: '{key}' is not supported with this model.", param=key)
         return (0, 0)
-    if effort is not None and effort not in REASONING_TOKENS:
+    if effort is not None and (not isinstance(effort, str) or effort not in REASONING_TOKENS):
         raise WireRejection(
             f"Invalid value for '{key}': {effort!r}. Supported values are: {', '.join(REASONING_TOKENS)}.", param=key
         )
