@@ -21,10 +21,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrouter import simulator_billing as bill
 from batchrouter.catalog import load_catalog
 from batchrouter.config import SimulatorConfig
-from batchrouter.simulator import build_app
+from batchrouter.simulator import billing as bill
+from batchrouter.simulator import build_app, images
 from batchrouter.tokens import count_text
 
 REALFILES = Path(os.environ.get("BATCHROUTER_REALFILES", Path(__file__).resolve().parents[3] / "shared" / "realfiles"))
@@ -211,13 +211,13 @@ def test_cookbook_low_detail_image_costs_the_base_tokens_and_gpt_35_refuses_imag
 def test_openai_image_tokens_follow_the_published_rule_of_each_model(
     model: str, size: tuple[int, int], detail: str | None, tokens: int
 ) -> None:
-    rule = bill.vision_rule(model)
+    rule = images.vision_rule(model)
     assert rule is not None
-    assert bill.openai_image_tokens(rule, *size, detail) == tokens
+    assert images.openai_image_tokens(rule, *size, detail) == tokens
 
 
 def test_models_without_vision_have_no_image_rule() -> None:
-    assert [bill.vision_rule(m) for m in ("gpt-3.5-turbo-0125", "gpt-4", "o3-mini", "o1-mini")] == [None] * 4
+    assert [images.vision_rule(m) for m in ("gpt-3.5-turbo-0125", "gpt-4", "o3-mini", "o1-mini")] == [None] * 4
 
 
 @pytest.mark.parametrize(
@@ -233,8 +233,8 @@ def test_models_without_vision_have_no_image_rule() -> None:
     ],
 )
 def test_image_size_is_read_from_the_header_of_each_format(raw: bytes, size: tuple[int, int]) -> None:
-    assert bill.image_bytes_size(raw) == size
-    assert bill.image_size(data_url(raw), where="x") == size
+    assert images.image_bytes_size(raw) == size
+    assert images.image_size(data_url(raw), where="x") == size
 
 
 def test_the_real_clip_jpeg_data_url_has_a_readable_size() -> None:
@@ -245,14 +245,14 @@ def test_the_real_clip_jpeg_data_url_has_a_readable_size() -> None:
     part = next(
         p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"] if p["type"] == "image_url"
     )
-    width, height = bill.image_size(part["image_url"]["url"], where="x")
+    width, height = images.image_size(part["image_url"]["url"], where="x")
     assert 0 < width <= 10_000 and 0 < height <= 10_000
 
 
 def test_an_http_image_gets_a_deterministic_realistic_size() -> None:
-    first = bill.image_size("https://example.com/a.jpg", where="x")
-    assert first == bill.image_size("https://example.com/a.jpg", where="x")
-    assert first != bill.image_size("https://example.com/b.jpg", where="x")
+    first = images.image_size("https://example.com/a.jpg", where="x")
+    assert first == images.image_size("https://example.com/a.jpg", where="x")
+    assert first != images.image_size("https://example.com/b.jpg", where="x")
     assert all(256 <= side <= 4096 for side in first)
 
 
@@ -271,7 +271,7 @@ def test_an_unreadable_data_url_is_a_400_naming_the_part(sim: Server) -> None:
 
 @pytest.mark.parametrize(("size", "tokens"), [((200, 200), 54), ((1000, 1000), 1334), ((3000, 1500), 1600)])
 def test_anthropic_images_cost_their_area_over_750_capped(size: tuple[int, int], tokens: int) -> None:
-    assert bill.anthropic_image_tokens(*size) == tokens
+    assert images.anthropic_image_tokens(*size) == tokens
 
 
 # -- completions ------------------------------------------------------------------------------------------
@@ -892,3 +892,14 @@ def test_a_cap_above_the_models_output_limit_is_a_400(sim: Server) -> None:
 def test_deeply_nested_json_is_a_400_not_a_500(sim: Server) -> None:
     raw = b"[" * 100_000 + b"]" * 100_000
     assert sim.post("/v1/chat/completions", None, raw=raw)[0] == 400
+
+
+def test_responses_input_images_are_billed_like_chat_image_parts(sim: Server) -> None:
+    url = data_url(png(1024, 1024))
+    content = [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": url, "detail": "high"},
+    ]
+    reply = sim.post("/v1/responses", {"model": "gpt-4.1-mini", "input": [{"role": "user", "content": content}]})[1]
+    plain = sim.post("/v1/responses", {"model": "gpt-4.1-mini", "input": [{"role": "user", "content": content[:1]}]})[1]
+    assert reply["usage"]["input_tokens"] - plain["usage"]["input_tokens"] == 1659  # 1024 patches x 1.62

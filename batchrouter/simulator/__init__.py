@@ -1,0 +1,14 @@
+"""The provider simulator: a real HTTP server that answers and bills like OpenAI, Anthropic and OpenRouter.
+
+- `server`: the aiohttp app, limits, faults and the answers it writes;
+- `requests`: what each wire accepts and the plan of a request (billed prompt, output cap);
+- `billing`: prompt tokens by the providers' published rules (messages, tools, schemas, caching);
+- `images`: image sizes and what images cost;
+- `models`: what a model name says (encoding, reasoning, flex, caching).
+
+The rules are written apart from `quote` and `routing` on purpose, so tests can compare the two.
+"""
+
+from batchrouter.simulator.server import STATE, SimulatorState, build_app, running_simulator, serve
+
+__all__ = ["STATE", "SimulatorState", "build_app", "running_simulator", "serve"]
