@@ -386,11 +386,13 @@ def find_in_json(text: str, *, cards: bool = True, credentials: bool = True) -> 
     JSON is checked as it is.
     """
     try:
-        doc = json.loads(text)
-    except ValueError:
+        return _find_in_document(json.loads(text), cards=cards, credentials=credentials)
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to walk: check it as text
         found = find_in_text(text, cards=cards, credentials=credentials)
         return None if found is None else ("", *found)
 
+
+def _find_in_document(doc: Any, *, cards: bool, credentials: bool) -> tuple[str, Kind, str] | None:
     def walk(node: Any) -> tuple[Kind, str] | None:
         if isinstance(node, str):
             found = find_in_text(node, cards=cards, credentials=credentials)

@@ -15,6 +15,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 from guardset import REALFILES, Sample, card_number, check_digit, credentials, items_frame, labelled_set
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from batchrouter import guards
@@ -28,6 +31,16 @@ from batchrouter.manifest import ITEM_SCHEMA, read_manifest
 from batchrouter.quote import Quote, build_quote
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
+# Assembled at run time, so no credential-shaped literal sits in the repository.
+CARD = "4111 1111 1111 1111"
+STRIPE_KEY = "sk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0"
+PEM = (
+    "-----BEGIN "
+    + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn2HqLyjW4e2Rk9TgB7nVxQpZ3a\n-----END RSA PRIVATE KEY"
+)
+GITHUB = "gh" + "p_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
+AMEX = "3782-822463-10005"
+SECRETS = [CARD, CARD.replace(" ", ""), STRIPE_KEY, PEM.splitlines()[1], GITHUB, AMEX]
 
 
 # -- the labelled set ------------------------------------------------------------------------------------
@@ -151,6 +164,7 @@ def test_a_luhn_invalid_run_is_not_a_card_number(length: int) -> None:
         "0.4111111111111111 and 41111111.11111111",  # decimals
         "4111 1111-1111 1111",  # separators must be consistent
         "4111 1111 1111 1111 1111",  # five groups: a row of numbers, not a card
+        "| 8 4111 1111 1111 1111 3 |",  # inside a longer run of a table's numbers
         "+4111111111111111",
         "call +1 (415) 555-0132 or +44 20 7946 0958",
         "on 2024-01-15, at 2024-01-15T10:30:00Z, from 2024-01-15 to 2024-02-20",
@@ -205,22 +219,35 @@ def test_a_secret_labelled_by_its_json_key_is_found_in_params() -> None:
     assert found == ("tools", "credential", "AWS secret access key")
 
 
+def test_json_nested_too_deep_to_walk_is_checked_as_text() -> None:
+    deep = "[" * 50_000 + json.dumps(f"card {CARD}") + "]" * 50_000
+    assert guards.find_in_json(deep) == ("", "card", "Visa")
+    assert guards.find_in_json("[" * 50_000 + "]" * 50_000) is None
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.from_regex(r"[0-9 -]{10,30}"), max_size=5
+    ),
+    st.sampled_from(["", CARD, AMEX, GITHUB, STRIPE_KEY]),
+)
+def test_any_text_scans_without_error_and_as_the_exact_check_says(parts: list[str], secret: str) -> None:
+    text = " | ".join([*parts[:2], secret, *parts[2:]])
+    items = pl.DataFrame({"prompt": [text], "params": [json.dumps({"stop": parts})]})
+    found = guards.scan(items).row(0, named=True)
+    exact = guards.find_in_item({"prompt": text, "params": json.dumps({"stop": parts})})
+    assert found["field"] == (None if exact is None else exact.field)
+    if secret:
+        assert found["kind"] is not None
+
+
 def test_a_key_that_is_itself_restricted_is_not_used_as_the_field_name() -> None:
     found = guards.find_in_json(json.dumps({"4111111111111111": "x"}))
     assert found == ("", "card", "Visa")
 
 
 # -- the quote --------------------------------------------------------------------------------------------
-# Assembled at run time, so no credential-shaped literal sits in the repository.
-CARD = "4111 1111 1111 1111"
-STRIPE_KEY = "sk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0"
-PEM = (
-    "-----BEGIN "
-    + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn2HqLyjW4e2Rk9TgB7nVxQpZ3a\n-----END RSA PRIVATE KEY"
-)
-GITHUB = "gh" + "p_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
-AMEX = "3782-822463-10005"
-SECRETS = [CARD, CARD.replace(" ", ""), STRIPE_KEY, PEM.splitlines()[1], GITHUB, AMEX]
 
 
 def manifest_csv() -> bytes:
