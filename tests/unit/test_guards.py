@@ -185,6 +185,15 @@ def test_korean_legal_text_full_of_dates_and_article_numbers_has_no_card(catalog
     assert found["kind"].null_count() == manifest.rows
 
 
+@pytest.mark.skipif(not REALFILES.is_dir(), reason="the real files are not here")
+@pytest.mark.parametrize("name", sorted(p.name for p in REALFILES.glob("*.jsonl")) if REALFILES.is_dir() else [])
+def test_no_real_batch_file_holds_a_card_or_credential_anywhere_in_its_bodies(name: str) -> None:
+    """Every line's whole body (tools, schemas, image data URLs included) walked as JSON."""
+    lines = [ln for ln in (REALFILES / name).read_text(encoding="utf-8").split("\n") if ln.strip()]
+    flagged = [n for n, ln in enumerate(lines, 1) if guards.find_in_json(json.dumps(json.loads(ln)["body"]))]
+    assert flagged == []
+
+
 # -- credentials -----------------------------------------------------------------------------------------
 def test_every_credential_format_is_found_alone_and_in_a_sentence() -> None:
     for name, value in credentials(random.Random(3)):
