@@ -232,6 +232,11 @@ class CredentialFormat:
     pattern: re.Pattern[str]  # group 1, when present, is the secret part checked by `check`
     check: Callable[[str], bool] = _real
 
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """Plain substrings one of which every match holds: the prefilter's literals up to their first class."""
+        return tuple(re.split(r"[\[\\]", alternative, maxsplit=1)[0] for alternative in self.prefilter.split("|"))
+
 
 _T = r"(?<![A-Za-z0-9_-])"  # a token starts here
 _E = r"(?![A-Za-z0-9_-])"  # and ends here
@@ -339,9 +344,14 @@ CREDENTIALS: tuple[CredentialFormat, ...] = (
 )
 
 
+_GATED = [(f, f.gates) for f in CREDENTIALS]
+
+
 def find_credential(text: str) -> str | None:
     """The format of the first credential in `text` (in `CREDENTIALS` order), or None."""
-    for fmt in CREDENTIALS:
+    for fmt, gates in _GATED:
+        if not any(g in text for g in gates):  # a substring test is far cheaper than the pattern
+            continue
         for match in fmt.pattern.finditer(text):
             value = next((g for g in match.groups() if g is not None), match.group())
             if fmt.check(value):
