@@ -385,7 +385,7 @@ def find_in_text(text: str, *, cards: bool = True, credentials: bool = True) -> 
     return None
 
 
-_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
 
 def find_in_json(text: str, *, cards: bool = True, credentials: bool = True) -> tuple[str, Kind, str] | None:
@@ -431,7 +431,8 @@ def _find_in_document(doc: Any, *, cards: bool, credentials: bool) -> tuple[str,
         for key, value in doc.items():
             found = walk({key: value})
             if found is not None:
-                named = _SAFE_KEY.fullmatch(key) is not None and walk(key) is None
+                # The key names the field only if it cannot be a secret of any kind, allowed or not.
+                named = _SAFE_KEY.fullmatch(key) is not None and find_in_text(key) is None
                 return (key if named else "", *found)
         return None
     found = walk(doc)

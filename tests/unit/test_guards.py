@@ -252,8 +252,9 @@ def test_any_text_scans_without_error_and_as_the_exact_check_says(parts: list[st
 
 
 def test_a_key_that_is_itself_restricted_is_not_used_as_the_field_name() -> None:
-    found = guards.find_in_json(json.dumps({"4111111111111111": "x"}))
-    assert found == ("", "card", "Visa")
+    assert guards.find_in_json(json.dumps({"4111111111111111": "x"})) == ("", "card", "Visa")
+    # Even when credentials are allowed, a credential-shaped key is not echoed as the field of a card.
+    assert guards.find_in_json(json.dumps({GITHUB: CARD}), credentials=False) == ("", "card", "Visa")
 
 
 # -- the quote --------------------------------------------------------------------------------------------
