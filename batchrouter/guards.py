@@ -10,8 +10,8 @@ Two kinds of restricted content are found, each with the format it matched:
 
 Everything an item sends is scanned (`SCANNED_COLUMNS`): `system`, `prompt`, every message's
 `content`, `name` and `raw` (when the message struct has it), and every string of the `params` and
-`metadata` JSON, keys included. The scan is vectorised: one Polars `str.contains` over each text
-column with a cheap superset pattern (`prefilter`), then exact checks in Python on the few candidates.
+`metadata` JSON, keys included. The scan is vectorised: Polars `str.contains` over each text column
+with cheap superset patterns (`prefilters`), then exact checks in Python on the few candidates.
 
 A finding says where (`messages[2].content`, `params.tools`) and what (`card`, `Visa`), never the
 value; nothing here logs.
@@ -44,10 +44,6 @@ class Finding:
     field: str  # e.g. "prompt", "messages[2].content", "params.tools"
     kind: Kind
     format: str  # e.g. "Visa", "GitHub token"
-
-    def describe(self) -> str:
-        what = "a payment card number" if self.kind == "card" else "a credential"
-        return f"{self.field} holds {what} ({self.format})"
 
 
 # -- payment cards -------------------------------------------------------------------------------------------
