@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import random
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from batchrouter.config import LimitsConfig, RoutePolicy, Settings, load_setting
 from batchrouter.guards import credential_kind, find_card, has_card_number
 from batchrouter.ledger import Ledger
 from batchrouter.manifest import ITEM_SCHEMA, read_manifest
-from batchrouter.quote import Quote, build_quote
+from batchrouter.quote import Quote, build_quote, reject_restricted
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
 # Assembled at run time, so no credential-shaped literal sits in the repository.
@@ -57,6 +58,9 @@ def test_the_labelled_set_is_large_real_and_varied(labelled: tuple[list[Sample],
     assert {"legal", "code", "tables", "multilingual", "prose"} <= set(negatives), negatives
     if REALFILES.is_dir():
         assert "medical" in negatives
+    texts = " ".join(s.item.get("prompt") or "" for s in samples if s.expected is None)
+    scripts = {"HANGUL", "CJK", "HIRAGANA", "LATIN"}
+    assert scripts <= {unicodedata.name(c, "?").split()[0] for c in set(texts) if c.isalpha()}
     positives = collections.Counter(s.field for s in samples if s.expected is not None)
     assert len(positives) >= 10 and min(positives.values()) >= 10, positives
 
@@ -352,8 +356,22 @@ def test_allow_credentials_lets_only_credentials_through(catalog: Catalog) -> No
     assert {r["item_id"] for r in summary["rejections"]} == {"card", "in-messages", "in-metadata"}
 
 
+def test_a_tool_call_in_a_raw_message_is_rejected_by_name_and_redacted() -> None:
+    """With the message struct's `raw` field (the original message JSON), its tool calls are scanned."""
+
+    call = {"role": "assistant", "tool_calls": [{"function": {"name": "pay", "arguments": json.dumps({"card": CARD})}}]}
+    items = items_frame(
+        [Sample("s", "card", {"messages": [{"role": "user", "content": "pay"}, {"raw": json.dumps(call)}]}, "card")]
+    ).with_columns(
+        pl.lit(1, pl.UInt32).alias("item"),
+        *(pl.lit(None, pl.String).alias(c) for c in ("reject_code", "reject_field", "reject_reason")),
+    )
+    out = reject_restricted(items, redact=True).row(0, named=True)
+    assert (out["reject_code"], out["reject_field"]) == ("restricted_content", "messages[1].tool_calls")
+    assert out["messages"] is None and CARD not in out["reject_reason"]
+
+
 def test_redaction_drops_every_scanned_column_of_a_rejected_item(catalog: Catalog) -> None:
-    from batchrouter.quote import reject_restricted
 
     manifest = read_manifest("m.csv", manifest_csv(), catalog=catalog, limits=LimitsConfig())
     out = reject_restricted(manifest.items.with_row_index("item"), redact=True)
