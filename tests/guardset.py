@@ -62,6 +62,13 @@ def _chunks(text: str, rng: random.Random, count: int, size: int = 1500) -> list
     return out
 
 
+def _category(text: str, default: str) -> str:
+    """Text mostly outside ASCII counts as multilingual (Korean legal text stays legal)."""
+    letters = [c for c in text if c.isalpha()]
+    foreign = sum(1 for c in letters if ord(c) > 0x2FF)
+    return "multilingual" if default == "prose" and letters and foreign > 0.3 * len(letters) else default
+
+
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
@@ -75,7 +82,7 @@ def _realfile_items(rng: random.Random) -> list[Sample]:
     for path in sorted(REALFILES.glob("*.jsonl")):
         lines = [ln for ln in _read(path).split("\n") if ln.strip()]
         stem = path.stem.split("_")[0]
-        for n, line in sorted(rng.sample(list(enumerate(lines)), min(len(lines), 45))):
+        for n, line in sorted(rng.sample(list(enumerate(lines)), min(len(lines), 80))):
             body = json.loads(line).get("body", {})
             messages = body.get("messages")
             if messages is None:  # /v1/responses: input as a string or a list of messages
@@ -94,7 +101,8 @@ def _realfile_items(rng: random.Random) -> list[Sample]:
                 rows.append({"role": m.get("role"), "content": text, "name": m.get("name"), "raw": raw})
             params = {k: v for k, v in body.items() if k not in ("model", "messages", "input", "instructions")}
             item = {"messages": rows, "params": json.dumps(params, ensure_ascii=False) if params else None}
-            out.append(Sample(f"realfile:{stem}#{n + 1}", categories.get(stem, "prose"), item, None))
+            texts = " ".join(r["content"] or "" for r in rows)
+            out.append(Sample(f"realfile:{stem}#{n + 1}", _category(texts, categories.get(stem, "prose")), item, None))
     return out
 
 
@@ -113,13 +121,17 @@ def _text_items(rng: random.Random) -> list[Sample]:
         ("site-licences", "legal", sorted(site.glob("*.dist-info/LICENSE*")), 1),
         ("site-docs", "code", sorted(site.glob("*.dist-info/METADATA")), 1),
         ("aws-examples", "code", sorted((site / "botocore" / "data").glob("*/*/examples-1.json")), 1),
+        ("random-tables", "tables", sorted((site / "numpy" / "random" / "tests" / "data").glob("*.csv")), 3),
+        ("certificates", "code", [site / "certifi" / "cacert.pem"], 10),
+        ("json-schemas", "code", sorted((site / "jsonschema_specifications" / "schemas").rglob("*")), 1),
     ]
     out: list[Sample] = []
     for name, category, paths, per_file in sources:
+        paths = [p for p in paths if p.is_file()]
         picked = paths if len(paths) <= 40 else sorted(rng.sample(paths, 40))
         for path in picked:
             for i, chunk in enumerate(_chunks(_read(path), rng, per_file)):
-                out.append(Sample(f"{name}:{path.name}#{i}", category, {"prompt": chunk}, None))
+                out.append(Sample(f"{name}:{path.name}#{i}", _category(chunk, category), {"prompt": chunk}, None))
     return out
 
 
@@ -280,7 +292,7 @@ def _messages(*rows: dict[str, Any]) -> list[dict[str, Any]]:
 def placements(value: str, sentence: str, rng: random.Random) -> list[tuple[str, dict[str, Any]]]:
     """(field, item) for `value` in every field an item sends, embedded as a user would write it."""
     cut = sentence.rfind(". ", 0, max(1, len(sentence) // 2)) + 1 or len(sentence) // 2
-    embedded = f"{sentence[:cut]} {value} {sentence[cut:]}"
+    embedded = f"{sentence[:cut]}\n{value}\n{sentence[cut:]}"  # its own line: not glued to a table's numbers
     tool_call = {
         "role": "assistant",
         "content": None,

@@ -9,12 +9,16 @@ import io
 import json
 import logging
 import random
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 from guardset import REALFILES, Sample, card_number, check_digit, credentials, items_frame, labelled_set
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from batchrouter import guards
@@ -25,9 +29,19 @@ from batchrouter.config import LimitsConfig, RoutePolicy, Settings, load_setting
 from batchrouter.guards import credential_kind, find_card, has_card_number
 from batchrouter.ledger import Ledger
 from batchrouter.manifest import ITEM_SCHEMA, read_manifest
-from batchrouter.quote import Quote, build_quote
+from batchrouter.quote import Quote, build_quote, reject_restricted
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
+# Assembled at run time, so no credential-shaped literal sits in the repository.
+CARD = "4111 1111 1111 1111"
+STRIPE_KEY = "sk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0"
+PEM = (
+    "-----BEGIN "
+    + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn2HqLyjW4e2Rk9TgB7nVxQpZ3a\n-----END RSA PRIVATE KEY"
+)
+GITHUB = "gh" + "p_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
+AMEX = "3782-822463-10005"
+SECRETS = [CARD, CARD.replace(" ", ""), STRIPE_KEY, PEM.splitlines()[1], GITHUB, AMEX]
 
 
 # -- the labelled set ------------------------------------------------------------------------------------
@@ -44,6 +58,9 @@ def test_the_labelled_set_is_large_real_and_varied(labelled: tuple[list[Sample],
     assert {"legal", "code", "tables", "multilingual", "prose"} <= set(negatives), negatives
     if REALFILES.is_dir():
         assert "medical" in negatives
+    texts = " ".join(s.item.get("prompt") or "" for s in samples if s.expected is None)
+    scripts = {"HANGUL", "CJK", "HIRAGANA", "LATIN"}
+    assert scripts <= {unicodedata.name(c, "?").split()[0] for c in set(texts) if c.isalpha()}
     positives = collections.Counter(s.field for s in samples if s.expected is not None)
     assert len(positives) >= 10 and min(positives.values()) >= 10, positives
 
@@ -151,6 +168,7 @@ def test_a_luhn_invalid_run_is_not_a_card_number(length: int) -> None:
         "0.4111111111111111 and 41111111.11111111",  # decimals
         "4111 1111-1111 1111",  # separators must be consistent
         "4111 1111 1111 1111 1111",  # five groups: a row of numbers, not a card
+        "| 8 4111 1111 1111 1111 3 |",  # inside a longer run of a table's numbers
         "+4111111111111111",
         "call +1 (415) 555-0132 or +44 20 7946 0958",
         "on 2024-01-15, at 2024-01-15T10:30:00Z, from 2024-01-15 to 2024-02-20",
@@ -169,6 +187,15 @@ def test_korean_legal_text_full_of_dates_and_article_numbers_has_no_card(catalog
     manifest = read_manifest("kmmlu.jsonl", data, catalog=catalog, limits=LimitsConfig())
     found = guards.scan(manifest.items)
     assert found["kind"].null_count() == manifest.rows
+
+
+@pytest.mark.skipif(not REALFILES.is_dir(), reason="the real files are not here")
+@pytest.mark.parametrize("name", sorted(p.name for p in REALFILES.glob("*.jsonl")) if REALFILES.is_dir() else [])
+def test_no_real_batch_file_holds_a_card_or_credential_anywhere_in_its_bodies(name: str) -> None:
+    """Every line's whole body (tools, schemas, image data URLs included) walked as JSON."""
+    lines = [ln for ln in (REALFILES / name).read_text(encoding="utf-8").split("\n") if ln.strip()]
+    flagged = [n for n, ln in enumerate(lines, 1) if guards.find_in_json(json.dumps(json.loads(ln)["body"]))]
+    assert flagged == []
 
 
 # -- credentials -----------------------------------------------------------------------------------------
@@ -205,22 +232,36 @@ def test_a_secret_labelled_by_its_json_key_is_found_in_params() -> None:
     assert found == ("tools", "credential", "AWS secret access key")
 
 
+def test_json_nested_too_deep_to_walk_is_checked_as_text() -> None:
+    deep = "[" * 50_000 + json.dumps(f"card {CARD}") + "]" * 50_000
+    assert guards.find_in_json(deep) == ("", "card", "Visa")
+    assert guards.find_in_json("[" * 50_000 + "]" * 50_000) is None
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.from_regex(r"[0-9 -]{10,30}"), max_size=5
+    ),
+    st.sampled_from(["", CARD, AMEX, GITHUB, STRIPE_KEY]),
+)
+def test_any_text_scans_without_error_and_as_the_exact_check_says(parts: list[str], secret: str) -> None:
+    text = " | ".join([*parts[:2], secret, *parts[2:]])
+    items = pl.DataFrame({"prompt": [text], "params": [json.dumps({"stop": parts})]})
+    found = guards.scan(items).row(0, named=True)
+    exact = guards.find_in_item({"prompt": text, "params": json.dumps({"stop": parts})})
+    assert found["field"] == (None if exact is None else exact.field)
+    if secret:
+        assert found["kind"] is not None
+
+
 def test_a_key_that_is_itself_restricted_is_not_used_as_the_field_name() -> None:
-    found = guards.find_in_json(json.dumps({"4111111111111111": "x"}))
-    assert found == ("", "card", "Visa")
+    assert guards.find_in_json(json.dumps({"4111111111111111": "x"})) == ("", "card", "Visa")
+    # Even when credentials are allowed, a credential-shaped key is not echoed as the field of a card.
+    assert guards.find_in_json(json.dumps({GITHUB: CARD}), credentials=False) == ("", "card", "Visa")
 
 
 # -- the quote --------------------------------------------------------------------------------------------
-# Assembled at run time, so no credential-shaped literal sits in the repository.
-CARD = "4111 1111 1111 1111"
-STRIPE_KEY = "sk" + "_live_" + "51HqLyjW4e2Rk9TgB7nVxQpZ3aC8dF0"
-PEM = (
-    "-----BEGIN "
-    + "RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn2HqLyjW4e2Rk9TgB7nVxQpZ3a\n-----END RSA PRIVATE KEY"
-)
-GITHUB = "gh" + "p_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"
-AMEX = "3782-822463-10005"
-SECRETS = [CARD, CARD.replace(" ", ""), STRIPE_KEY, PEM.splitlines()[1], GITHUB, AMEX]
 
 
 def manifest_csv() -> bytes:
@@ -315,8 +356,22 @@ def test_allow_credentials_lets_only_credentials_through(catalog: Catalog) -> No
     assert {r["item_id"] for r in summary["rejections"]} == {"card", "in-messages", "in-metadata"}
 
 
+def test_a_tool_call_in_a_raw_message_is_rejected_by_name_and_redacted() -> None:
+    """With the message struct's `raw` field (the original message JSON), its tool calls are scanned."""
+
+    call = {"role": "assistant", "tool_calls": [{"function": {"name": "pay", "arguments": json.dumps({"card": CARD})}}]}
+    items = items_frame(
+        [Sample("s", "card", {"messages": [{"role": "user", "content": "pay"}, {"raw": json.dumps(call)}]}, "card")]
+    ).with_columns(
+        pl.lit(1, pl.UInt32).alias("item"),
+        *(pl.lit(None, pl.String).alias(c) for c in ("reject_code", "reject_field", "reject_reason")),
+    )
+    out = reject_restricted(items, redact=True).row(0, named=True)
+    assert (out["reject_code"], out["reject_field"]) == ("restricted_content", "messages[1].tool_calls")
+    assert out["messages"] is None and CARD not in out["reject_reason"]
+
+
 def test_redaction_drops_every_scanned_column_of_a_rejected_item(catalog: Catalog) -> None:
-    from batchrouter.quote import reject_restricted
 
     manifest = read_manifest("m.csv", manifest_csv(), catalog=catalog, limits=LimitsConfig())
     out = reject_restricted(manifest.items.with_row_index("item"), redact=True)
