@@ -7,6 +7,7 @@ reordered or replayed events (and the reconciliation job) can never credit twice
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -160,17 +161,30 @@ def fulfil_session(settings: Settings, ledger: Ledger, session: Any) -> Fulfilme
     return Fulfilment(session_id, workspace, pack, micros, "already_credited" if entry.replayed else "credited", entry)
 
 
-def verify_event(settings: Settings, payload: bytes, signature: str | None) -> Any:
-    """The event, if `Stripe-Signature` is valid for this exact body within the tolerance."""
+def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """The event as a plain dict, if `Stripe-Signature` is valid for this exact body within the tolerance.
+
+    Raises:
+        SignatureError: the signature is missing or does not verify.
+        MalformedEvent: genuine, but the body is not a JSON object.
+    """
     if not signature:
         raise SignatureError("missing Stripe-Signature header")
     secret = _secret(settings.billing.webhook_secret_env, "the Stripe webhook signing secret")
     try:
-        return stripe.Webhook.construct_event(payload, signature, secret, tolerance=settings.billing.tolerance_s)
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=settings.billing.tolerance_s)
+    except UnicodeDecodeError as exc:
+        raise SignatureError("the body is not UTF-8 text, so it cannot be a signed Stripe event") from exc
     except stripe.SignatureVerificationError as exc:
         raise SignatureError(f"invalid Stripe-Signature: {exc.user_message or exc}") from exc
+    try:
+        event = json.loads(text)
     except (ValueError, RecursionError) as exc:  # a signed body that is not JSON, or nested too deep
-        raise MalformedEvent(f"the body is not a Stripe event: {exc}") from exc
+        raise MalformedEvent(f"the body is not a Stripe event: {str(exc)[:200]}") from exc
+    if not isinstance(event, dict):
+        raise MalformedEvent(f"the body is a JSON {type(event).__name__}, not a Stripe event object")
+    return event
 
 
 def handle_webhook(settings: Settings, ledger: Ledger, payload: bytes, signature: str | None) -> dict[str, Any]:
@@ -181,9 +195,6 @@ def handle_webhook(settings: Settings, ledger: Ledger, payload: bytes, signature
         MalformedEvent: genuine, but not shaped like a Stripe event.
     """
     event = verify_event(settings, payload, signature)
-    event = event.to_dict() if isinstance(event, stripe.StripeObject) else event
-    if not isinstance(event, dict):
-        raise MalformedEvent("the body is not a JSON object")
     event_id, kind = _field(event, "id", str, "event"), _field(event, "type", str, "event")
     if kind not in FULFILMENT_EVENTS:
         return {"received": True, "event": event_id, "type": kind, "outcome": "ignored"}
