@@ -145,36 +145,43 @@ def read_manifest(source: str, data: bytes, *, catalog: Catalog, limits: LimitsC
     return Manifest(source=source, format=fmt, sha256=sha256, items=items)
 
 
-def _too_big(source: str, what: str, size: int, limit: int) -> ManifestError:
+def _too_big(source: str, what: str, size: int, limit: int, key: str = "limits.max_decoded_bytes") -> ManifestError:
     return ManifestError(
-        source, f"{what} is {size:,} bytes decoded, over the limit of {limit:,} (limits.max_decoded_bytes)",
+        source, f"{what} is {size:,} bytes decoded, over the limit of {limit:,} ({key})",
         "split it into several manifests",
     )  # fmt: skip
 
 
+_INFLATE_CHUNK = 16 * 1024**2
+
+
 def _gunzip(source: str, data: bytes, limits: LimitsConfig) -> bytes:
-    """Inflate a .gz manifest, never holding more than the decoded limit."""
+    """Inflate a .gz manifest. Its size is measured first, chunk by chunk and keeping nothing, so a
+    gzip bomb is refused at the limit having cost only time, never memory."""
     limit = min(limits.max_decoded_bytes, limits.max_manifest_bytes)
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        out = inflater.decompress(data, limit + 1)
+        inflater, size, pending = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), 0, data
+        while pending and not inflater.eof:
+            size += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if size > limit:
+                key = "limits.max_decoded_bytes, max_manifest_bytes"
+                raise _too_big(source, "the inflated file", size, limit, key)
+        return zlib.decompress(data, wbits=16 + zlib.MAX_WBITS)
     except zlib.error as exc:
-        raise ManifestError(
-            source, f"not a gzip file ({exc})", "compress it with gzip, or drop the .gz suffix"
-        ) from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise _too_big(source, "the inflated file", len(out), limit)
-    return out
+        fix = "compress it with gzip, or drop the .gz suffix"
+        raise ManifestError(source, f"not a gzip file ({exc})", fix) from exc
 
 
 def _text_bytes(expr: pl.Expr, dtype: pl.DataType) -> list[pl.Expr]:
     """Expressions summing the bytes of text (and binary) held in a column, nested or not, without copying it."""
+    # Lengths are UInt32: summed as Int64, or a 100 GB column would wrap round to a small number.
     if dtype == pl.String:
-        return [expr.str.len_bytes().sum()]
+        return [expr.str.len_bytes().cast(pl.Int64).sum()]
     if isinstance(dtype, pl.Categorical | pl.Enum):
-        return [expr.cat.len_bytes().sum()]
+        return [expr.cat.len_bytes().cast(pl.Int64).sum()]
     if dtype == pl.Binary:
-        return [expr.bin.size().sum()]
+        return [expr.bin.size().cast(pl.Int64).sum()]
     if isinstance(dtype, pl.List | pl.Array):
         return _text_bytes(expr.explode(), dtype.inner)  # type: ignore[arg-type]
     if isinstance(dtype, pl.Struct):

@@ -302,3 +302,10 @@ def test_cli_quote_in_a_subprocess_never_prints_a_traceback(tmp_path: Path, name
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode in (0, 1, 2), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_dictionary_bomb_past_4_gib_of_text_is_counted_without_wrapping_round(catalog: Catalog) -> None:
+    # 5,000,000,000 bytes of text: a 32-bit count would wrap round to ~705 MB and let it through.
+    data = _dictionary_bomb(100_000, 50_000)
+    with pytest.raises(ManifestError, match="5,000,"):
+        read_manifest("bomb.parquet", data, catalog=catalog, limits=LimitsConfig(max_decoded_bytes=1_000_000_000))
