@@ -307,5 +307,5 @@ def test_cli_quote_in_a_subprocess_never_prints_a_traceback(tmp_path: Path, name
 def test_a_dictionary_bomb_past_4_gib_of_text_is_counted_without_wrapping_round(catalog: Catalog) -> None:
     # 5,000,000,000 bytes of text: a 32-bit count would wrap round to ~705 MB and let it through.
     data = _dictionary_bomb(100_000, 50_000)
-    with pytest.raises(ManifestError, match="5,000,"):
+    with pytest.raises(ManifestError, match=r"its text is 5,0\d\d,\d{3},\d{3} bytes"):
         read_manifest("bomb.parquet", data, catalog=catalog, limits=LimitsConfig(max_decoded_bytes=1_000_000_000))
