@@ -134,11 +134,11 @@ def test_accounts_store_and_find_members_by_their_canonical_email(settings: Sett
 
 def test_config_workspace_keys_are_canonical_and_spellings_of_one_name_clash(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[workspaces.Acme]\nauto_approve_max_usd = 5\n')
+    config.write_text("[workspaces.Acme]\nauto_approve_max_usd = 5\n")
     settings = load_settings(config)
     assert list(settings.workspaces) == ["acme"]
     assert settings.workspace("ACME").auto_approve_max_usd == 5
-    config.write_text('[workspaces.Acme]\nauto_approve_max_usd = 5\n[workspaces.acme]\nauto_approve_max_usd = 6\n')
+    config.write_text("[workspaces.Acme]\nauto_approve_max_usd = 5\n[workspaces.acme]\nauto_approve_max_usd = 6\n")
     with pytest.raises(ConfigError, match="same workspace"):
         load_settings(config)
     config.write_text('[workspaces."../x"]\nauto_approve_max_usd = 5\n')
