@@ -31,6 +31,7 @@ import hmac
 import json
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,7 @@ import duckdb
 
 from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
+from batchrouter.identity import IdentityError, canonical_email, canonical_workspace
 
 ROLES = ("owner", "admin", "member", "viewer")
 SCOPES = ("batches:read", "batches:write", "credits:read", "credits:write", "admin")
@@ -129,6 +131,22 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _name(canonical: Callable[[object], str], value: str) -> str:
+    """The canonical spelling (batchrouter.identity); a name that cannot be one is refused with 422."""
+    try:
+        return canonical(value)
+    except IdentityError as exc:
+        raise AccessError(exc.code, exc.message, 422) from exc
+
+
+def _lookup(canonical: Callable[[object], str], value: str) -> str:
+    """For look-ups: the canonical spelling, or the value itself when it has none (it then matches nothing)."""
+    try:
+        return canonical(value)
+    except IdentityError:
+        return value
+
+
 class Accounts:
     def __init__(self, path: str) -> None:
         self.db = Database(path, schema=SCHEMA)
@@ -149,9 +167,11 @@ class Accounts:
     def record(self, workspace: str, actor: str, action: str, target: str | None, *, before: Any = None,
                after: Any = None) -> None:  # fmt: skip
         """Append an audit event for a state change made elsewhere (batches, credits)."""
+        workspace = _lookup(canonical_workspace, workspace)
         self.db.transaction(lambda con: self._audit(con, workspace, actor, action, target, before, after))
 
     def audit_events(self, workspace: str) -> list[dict[str, Any]]:
+        workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
             cur = con.execute(
                 "SELECT * FROM audit_events WHERE workspace = ? ORDER BY occurred_at, event_id", [workspace]
@@ -165,6 +185,8 @@ class Accounts:
         con.execute("INSERT INTO workspaces VALUES (?, false, NULL, ?) ON CONFLICT DO NOTHING", [workspace, _now()])
 
     def set_suspended(self, workspace: str, suspended: bool, *, reason: str | None, actor: str) -> None:
+        workspace = _name(canonical_workspace, workspace)
+
         def work(con: duckdb.DuckDBPyConnection) -> None:
             self._ensure_workspace(con, workspace)
             before = con.execute("SELECT suspended FROM workspaces WHERE workspace = ?", [workspace]).fetchone()
@@ -180,6 +202,7 @@ class Accounts:
 
     def suspension(self, workspace: str) -> str | None:
         """The reason the workspace is suspended, or None when it is not."""
+        workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
             row = con.execute(
                 "SELECT suspended, suspended_reason FROM workspaces WHERE workspace = ?", [workspace]
@@ -192,9 +215,7 @@ class Accounts:
     def set_member(self, workspace: str, email: str, role: str, *, actor: str) -> None:
         if role not in ROLES:
             raise AccessError("invalid_role", f"role {role!r} is not one of {', '.join(ROLES)}", 422)
-        email = email.strip().lower()
-        if "@" not in email or len(email) > 254:
-            raise AccessError("invalid_email", f"{email!r} is not an email address", 422)
+        workspace, email = _name(canonical_workspace, workspace), _name(canonical_email, email)
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
             self._ensure_workspace(con, workspace)
@@ -218,7 +239,7 @@ class Accounts:
         self.db.transaction(work)
 
     def remove_member(self, workspace: str, email: str, *, actor: str) -> bool:
-        email = email.strip().lower()
+        workspace, email = _lookup(canonical_workspace, workspace), _lookup(canonical_email, email)
 
         def work(con: duckdb.DuckDBPyConnection) -> bool:
             row = con.execute(
@@ -239,6 +260,7 @@ class Accounts:
         return self.db.transaction(work)
 
     def members(self, workspace: str) -> list[dict[str, Any]]:
+        workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
             rows = con.execute(
                 "SELECT email, role, added_at FROM members WHERE workspace = ? ORDER BY email", [workspace]
@@ -246,9 +268,10 @@ class Accounts:
         return [{"email": e, "role": r, "added_at": a.isoformat()} for e, r, a in rows]
 
     def role(self, workspace: str, email: str) -> str | None:
+        workspace, email = _lookup(canonical_workspace, workspace), _lookup(canonical_email, email)
         with self.db.connect() as con:
             row = con.execute(
-                "SELECT role FROM members WHERE workspace = ? AND email = ?", [workspace, email.lower()]
+                "SELECT role FROM members WHERE workspace = ? AND email = ?", [workspace, email]
             ).fetchone()
         return str(row[0]) if row else None
 
@@ -258,6 +281,7 @@ class Accounts:
         expires_in: timedelta | None = None,
     ) -> tuple[str, ApiKey]:  # fmt: skip
         """A new key; returns (the full key, shown only now; its record)."""
+        workspace, created_by = _name(canonical_workspace, workspace), _name(canonical_email, created_by)
         bad = [s for s in scopes if s not in SCOPES]
         if bad or not scopes:
             raise AccessError("invalid_scope", f"scopes must be a non-empty subset of {', '.join(SCOPES)}", 422)
@@ -266,7 +290,7 @@ class Accounts:
             raise AccessError("not_a_member", f"{created_by} is not a member of workspace {workspace}", 403)
         prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         now = _now()
-        key = ApiKey(uuid.uuid4().hex[:16], prefix, workspace, name[:100], tuple(scopes), created_by.lower(), now,
+        key = ApiKey(uuid.uuid4().hex[:16], prefix, workspace, name[:100], tuple(scopes), created_by, now,
                      now + expires_in if expires_in else None, None)  # fmt: skip
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
@@ -281,6 +305,7 @@ class Accounts:
         return f"br_{prefix}_{secret}", key
 
     def keys(self, workspace: str) -> list[ApiKey]:
+        workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
             rows = con.execute(
                 "SELECT key_id, prefix, workspace, name, scopes, created_by, created_at, expires_at, revoked_at "
@@ -290,6 +315,8 @@ class Accounts:
         return [ApiKey(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
     def revoke_key(self, workspace: str, key_id: str, *, actor: str) -> ApiKey:
+        workspace = _lookup(canonical_workspace, workspace)
+
         def work(con: duckdb.DuckDBPyConnection) -> ApiKey:
             key = self._key_in(con, workspace, key_id)
             if key.revoked_at is None:
@@ -301,6 +328,7 @@ class Accounts:
 
     def rotate_key(self, workspace: str, key_id: str, *, actor: str, grace: timedelta) -> tuple[str, ApiKey]:
         """A new key with the same name and scopes; the old one keeps working for `grace`, then expires."""
+        workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
             old = self._key_in(con, workspace, key_id)
         if old.revoked_at is not None:

@@ -15,27 +15,30 @@ import posixpath
 import re
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from batchrouter import batch as batches
-from batchrouter import delivery, links, settlement
+from batchrouter import delivery, intake, links, settlement
 from batchrouter.accounts import ROLES, SCOPES, AccessError, Accounts, Principal
-from batchrouter.billing import BillingError, SignatureError, create_checkout, handle_webhook
+from batchrouter.billing import BillingError, MalformedEvent, SignatureError, create_checkout, handle_webhook
 from batchrouter.catalog import load_catalog
 from batchrouter.config import Settings
 from batchrouter.errors import BatchError, BatchRouterError, ConfigError, ManifestError
+from batchrouter.identity import IdentityError, canonical_email
 from batchrouter.ledger import InsufficientCredits, Ledger
 from batchrouter.manifest import read_manifest
 from batchrouter.quote import build_quote
@@ -45,6 +48,43 @@ from batchrouter.storage import Storage
 log = logging.getLogger("batchrouter.api")
 QUOTES = "quotes"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit` bytes.
+
+    A declared Content-Length over the limit is refused before anything is read; a body sent
+    without one (chunked) is read only up to the limit.
+    """
+    too_large = ApiError(413, "payload_too_large", f"{what} is over the limit of {limit:,} bytes; send less")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise ApiError(400, "invalid_request", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise too_large
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "invalid_request", "the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def gunzip_bounded(data: bytes, limit: int, what: str) -> bytes:
+    """Decompress a gzip body without ever holding more than `limit` decoded bytes (413 past it)."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, "invalid_request", f"{what} says Content-Encoding gzip but is not gzip ({exc})") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ApiError(413, "payload_too_large", f"{what} decompresses to over the limit of {limit:,} bytes")
+    return out
 
 
 class ApiError(Exception):
@@ -63,6 +103,19 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 # -- request bodies --------------------------------------------------------------------------------
 class CreateBatch(BaseModel):
     quote_id: str = Field(pattern=r"^q_[0-9a-f]{24}$", description="the id of a quote made by POST /v1/quotes")
+    run_tag: str | None = Field(
+        default=None,
+        max_length=64,
+        description="run the same manifest again on purpose: a new tag makes a new batch (the same tag, the same one)",
+    )
+
+    @field_validator("run_tag")
+    @classmethod
+    def _run_tag(cls, value: str | None) -> str | None:
+        try:
+            return batches.check_run_tag(value)
+        except BatchError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 class Checkout(BaseModel):
@@ -116,6 +169,13 @@ class Api:
         self.ledger = Ledger(settings.database)
         self.accounts = Accounts(settings.database)
         self.buckets: dict[str, tuple[float, float]] = {}
+        # Creates of one batch run one at a time in this process: the others then find its hold.
+        self._creating: dict[str, threading.Lock] = {}
+        self._creating_guard = threading.Lock()
+
+    def _create_lock(self, batch_id: str) -> threading.Lock:
+        with self._creating_guard:
+            return self._creating.setdefault(batch_id, threading.Lock())
 
     # -- plumbing -------------------------------------------------------------------------------
     def rate_limit(self, principal: Principal) -> None:
@@ -156,7 +216,7 @@ class Api:
                 if endpoint.scope is not None:
                     args.append(await asyncio.to_thread(self.authorise, request, endpoint))
                 if endpoint.body is not None:
-                    raw = await request.body()
+                    raw = await read_body(request, self.settings.api.max_body_bytes, "the request body")
                     try:
                         args.append(endpoint.body.model_validate_json(raw or b"{}"))
                     except ValidationError as exc:
@@ -166,6 +226,8 @@ class Api:
                 return await endpoint.handler(*args)
             except ApiError as exc:
                 return error(exc.status, exc.code, exc.message, exc.headers)
+            except IdentityError as exc:
+                return error(422, exc.code, exc.message)
             except AccessError as exc:
                 return error(exc.status, exc.code, exc.message)
             except InsufficientCredits as exc:
@@ -204,7 +266,13 @@ class Api:
         name = posixpath.basename(filename)
         if not _SAFE_NAME.match(name):
             raise ApiError(422, "invalid_request", "filename: use letters, digits, '.', '-' or '_' (e.g. items.jsonl)")
-        data = await request.body()
+        limit = min(self.settings.api.max_upload_bytes, self.settings.limits.max_manifest_bytes)
+        data = await read_body(request, limit, "the manifest")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            data = gunzip_bounded(data, limit, "the manifest")
+        elif encoding not in ("", "identity"):
+            raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: send gzip or no encoding")
         if not data:
             raise ApiError(422, "invalid_request", "the request body must be the manifest file")
 
@@ -238,7 +306,14 @@ class Api:
             quote = self.storage.read_json(*folder, "quote.json")
             name = quote["filename"]
             data = self.storage.read_bytes(*folder, "source", name)
-            info = batches.submit(self.storage, workspace=principal.workspace, source_name=name, data=data)
+            batch_id = batches.batch_id_for(principal.workspace, quote["manifest_sha256"], run_tag=body.run_tag)
+            with self._create_lock(batch_id):
+                return create(name, data)
+
+        def create(name: str, data: bytes) -> tuple[int, dict[str, Any]]:
+            info = batches.submit(
+                self.storage, workspace=principal.workspace, source_name=name, data=data, run_tag=body.run_tag
+            )
             # Created means reserved: a quote whose batch was refused for want of credit (402) can be
             # posted again once credit is there.
             if self.ledger.batch_holds(info.batch_id):
@@ -252,7 +327,7 @@ class Api:
             entry = settlement.stage_reserve(self.storage, self.settings, info)
             if entry is None or entry.replayed:  # a concurrent request with the same quote id got there first
                 return 200, batch_status(self.storage, self.settings, info)
-            after = {"quote_id": body.quote_id, "reserve_usd_micros": quote["reserve_usd_micros"]}
+            after = {"quote_id": body.quote_id, "reserve_usd_micros": entry.amount_usd_micros, "run_tag": body.run_tag}
             self.accounts.record(principal.workspace, principal.actor, "batch.created", info.batch_id, after=after)
             self.start(info)
             return 201, batch_status(self.storage, self.settings, info)
@@ -261,16 +336,41 @@ class Api:
         return JSONResponse(out, status_code=status)
 
     def start(self, info: batches.BatchInfo) -> None:
-        """Hand the batch to the executor: the Dagster sensor (default) or a background `batchrouter run`."""
+        """Hand the batch to the executor: the Dagster sensor (default) or a background `batchrouter run`.
+
+        Until a run picks it up, the batch's status says where it waits; if none ever does, the
+        sweeper releases its hold once the status has not moved for its staleness limit.
+        """
         if self.settings.api.executor == "inline":
             source = self.storage.url(*info.folder("source", info.source_name))
-            subprocess.Popen(
-                [sys.executable, "-m", "batchrouter.cli", "run", source, "--workspace", info.workspace],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+            command = [sys.executable, "-m", "batchrouter.cli", "run", source, "--workspace", info.workspace,
+                       "--settings-stdin"]  # fmt: skip
+            if info.run_tag:
+                command += ["--run-tag", info.run_tag]
+            # Said before the run starts, so this never overwrites what the run itself reports.
+            self._waiting(info, "inline", "handed to a background `batchrouter run` started by the API server")
+            try:
+                # The run uses this server's settings exactly (not whatever its environment would give).
+                proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                assert proc.stdin is not None
+                proc.stdin.write(self.settings.model_dump_json().encode())
+                proc.stdin.close()
+            except OSError as exc:
+                self._waiting(info, "inline", f"no run could be started ({exc}); the sweeper will release "
+                                              "the reservation")  # fmt: skip
         else:
             data = self.storage.read_bytes(*info.folder("source", info.source_name))
-            self.storage.write_bytes(data, "manifests", info.workspace, info.source_name)
+            self._waiting(info, "sensor", "waiting for the Dagster manifest sensor to start a run: it runs only "
+                                          "while `dagster dev` or the Dagster daemon is up; if no run starts, "
+                                          "the sweeper releases the reservation")  # fmt: skip
+            self.storage.write_bytes(data, "manifests", info.workspace, intake.dropped_name(info))
+
+    def _waiting(self, info: batches.BatchInfo, executor: str, message: str) -> None:
+        """Say in the batch's status who is to run it, until a run moves it on."""
+        current = self.storage.read_json(*info.folder("status.json"))
+        details = {k: v for k, v in current.items() if k not in ("batch_id", "workspace", "status", "at", "message")}
+        batches.set_status(self.storage, info, current["status"], **details, executor=executor, message=message)
 
     async def list_batches(self, request: Request, principal: Principal) -> Response:
         def work() -> list[dict[str, Any]]:
@@ -349,12 +449,17 @@ class Api:
         return JSONResponse({"session_id": session_id, "url": url}, status_code=201)
 
     async def stripe_webhook(self, request: Request) -> Response:
-        payload = await request.body()  # the raw bytes: the signature covers them exactly
+        # Unauthenticated: refuse what is not even signed before reading a byte, and cap what is.
+        signature = request.headers.get("stripe-signature")
+        if not signature:
+            return error(400, "invalid_signature", "missing Stripe-Signature header")
+        payload = await read_body(request, self.settings.api.max_body_bytes, "the webhook body")
         try:
-            result = await asyncio.to_thread(handle_webhook, self.settings, self.ledger, payload,
-                                             request.headers.get("stripe-signature"))  # fmt: skip
+            result = await asyncio.to_thread(handle_webhook, self.settings, self.ledger, payload, signature)
         except SignatureError as exc:
             return error(400, "invalid_signature", str(exc))
+        except MalformedEvent as exc:
+            return error(400, "malformed_event", str(exc))
         except ConfigError as exc:
             return error(503, "not_configured", str(exc))
         if result.get("outcome") == "credited":
@@ -368,7 +473,7 @@ class Api:
         return JSONResponse({"members": self.accounts.members(principal.workspace)})
 
     async def set_member(self, request: Request, principal: Principal, body: SetMember) -> Response:
-        email = request.path_params["email"]
+        email = canonical_email(request.path_params["email"])
         if body.role == "owner" and principal.role != "owner":
             raise ApiError(403, "forbidden", "only an owner can make another owner")
         if self.accounts.role(principal.workspace, email) == "owner" and principal.role != "owner":
@@ -377,7 +482,7 @@ class Api:
         return JSONResponse({"members": self.accounts.members(principal.workspace)})
 
     async def remove_member(self, request: Request, principal: Principal) -> Response:
-        email = request.path_params["email"]
+        email = canonical_email(request.path_params["email"])
         if self.accounts.role(principal.workspace, email) == "owner" and principal.role != "owner":
             raise ApiError(403, "forbidden", "only an owner can remove an owner")
         removed = await asyncio.to_thread(

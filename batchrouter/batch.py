@@ -23,6 +23,7 @@ from batchrouter.catalog import Catalog
 from batchrouter.config import Settings
 from batchrouter.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.errors import BatchError, ManifestError
+from batchrouter.identity import IdentityError, canonical_workspace
 from batchrouter.ledger import Ledger
 from batchrouter.manifest import Manifest, detect_format, read_manifest
 from batchrouter.quote import Quote, build_quote, reject_restricted, routed_items
@@ -45,6 +46,7 @@ class BatchInfo:
     manifest_sha256: str
     submitted_at: str
     source_key: str | None = None  # where it was dropped in the bucket, if it came that way
+    run_tag: str | None = None  # set when the same bytes were run again on purpose
 
     def folder(self, *parts: str) -> tuple[str, ...]:
         return (BATCHES, self.batch_id, *parts)
@@ -54,22 +56,56 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def batch_id_for(workspace: str, source_name: str, sha256: str) -> str:
-    """Deterministic: the same manifest bytes submitted to the same workspace are the same batch."""
-    stem = posixpath.basename(source_name).rsplit(".", 1)[0]
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{workspace}-{stem}".lower()).strip("-")[:48]
-    return f"{slug}-{sha256[:10]}"
+BATCH_DIGEST_CHARS = 24
+_RUN_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def batch_id_for(workspace: str, sha256: str, *, run_tag: str | None = None) -> str:
+    """`<workspace>-<24 hex>`: the same bytes in the same workspace (and run tag) are the same batch.
+
+    The file's name plays no part, so a renamed copy is the same batch and is not charged twice.
+    The workspace is spelled out in full and the digest has a fixed length, so the id can be split
+    back into both: two different workspaces can never share a batch id.
+    """
+    material = f"{workspace}\n{sha256}\n{run_tag or ''}".encode()
+    return f"{workspace}-{hashlib.sha256(material).hexdigest()[:BATCH_DIGEST_CHARS]}"
+
+
+def check_run_tag(run_tag: str | None) -> str | None:
+    """A run tag names a deliberate re-run of the same bytes; None or empty means no tag."""
+    if not run_tag:
+        return None
+    if not _RUN_TAG.fullmatch(run_tag) or "--" in run_tag:
+        raise BatchError(
+            f"run tag {run_tag!r} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', "
+            "without '--' (e.g. 2026-12-01-retry)"
+        )
+    return run_tag
 
 
 def submit(
-    storage: Storage, *, workspace: str, source_name: str, data: bytes, source_key: str | None = None
+    storage: Storage,
+    *,
+    workspace: str,
+    source_name: str,
+    data: bytes,
+    source_key: str | None = None,
+    run_tag: str | None = None,
 ) -> BatchInfo:
-    """Register a manifest as a batch (idempotent): keep its bytes and write `batch.json`."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", workspace):
-        raise BatchError(f"workspace {workspace!r} is not a valid name: use letters, digits, '-', '_' or '.'")
+    """Register a manifest as a batch (idempotent): keep its bytes and write `batch.json`.
+
+    The same bytes submitted again to the same workspace, under any file name, return the existing
+    batch. A new `run_tag` makes a new batch of the same bytes, on purpose.
+    """
+    try:
+        workspace = canonical_workspace(workspace)
+    except IdentityError as exc:
+        raise BatchError(exc.message) from exc
+    run_tag = check_run_tag(run_tag)
     sha = hashlib.sha256(data).hexdigest()
     name = posixpath.basename(source_name)
-    info = BatchInfo(batch_id_for(workspace, name, sha), workspace, name, sha, _now(), source_key)
+    batch_id = batch_id_for(workspace, sha, run_tag=run_tag)
+    info = BatchInfo(batch_id, workspace, name, sha, _now(), source_key, run_tag)
     if storage.exists(*info.folder("batch.json")):
         return load_batch(storage, info.batch_id)
     storage.write_bytes(data, *info.folder("source", name))

@@ -7,6 +7,7 @@ reordered or replayed events (and the reconciliation job) can never credit twice
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import stripe
 
 from batchrouter.config import Settings
 from batchrouter.errors import BatchRouterError, ConfigError
+from batchrouter.identity import IdentityError, canonical_workspace
 from batchrouter.ledger import Entry, Ledger
 
 FULFILMENT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
@@ -32,13 +34,18 @@ class SignatureError(BillingError):
     """A webhook's Stripe-Signature is missing, stale, forged or does not match the body."""
 
 
+class MalformedEvent(BillingError):
+    """A genuinely signed event lacks a field fulfilment needs, or has it with the wrong type."""
+
+
 @dataclass(frozen=True)
 class Fulfilment:
     session_id: str
     workspace: str | None
     pack: str | None
     credited_usd_micros: int
-    outcome: str  # credited | already_credited | not_paid | unknown_pack | not_ours
+    # credited | already_credited | not_paid | unknown_pack | not_ours | invalid_workspace | amount_mismatch
+    outcome: str
     entry: Entry | None = None
 
 
@@ -66,6 +73,7 @@ def pack_price_micros(settings: Settings, pack: str) -> int:
 
 def create_checkout(settings: Settings, *, workspace: str, pack: str) -> tuple[str, str]:
     """A Checkout Session for one pack; returns (session id, URL to pay at)."""
+    workspace = canonical_workspace(workspace)
     micros = pack_price_micros(settings, pack)
     with _stripe_errors("create the Checkout Session"):
         session = _create_session(settings, workspace, pack, micros)
@@ -104,46 +112,97 @@ def _create_session(settings: Settings, workspace: str, pack: str, micros: int) 
     )
 
 
+def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MalformedEvent(f"{where}.{name} is missing or not a {getattr(kind, '__name__', 'valid value')}")
+    return value
+
+
 def fulfil_session(settings: Settings, ledger: Ledger, session: Any) -> Fulfilment:
-    """Credit a paid Checkout Session's pack, once."""
+    """Credit a paid Checkout Session's pack, once, when it paid the pack's price in our currency.
+
+    Raises:
+        MalformedEvent: the session has no id, or fields of the wrong type.
+    """
     # The SDK's StripeObject is not a dict (no `.get`): read a plain copy of it.
-    session = session.to_dict() if isinstance(session, stripe.StripeObject) else dict(session)
-    session_id = str(session["id"])
+    session = session.to_dict() if isinstance(session, stripe.StripeObject) else session
+    if not isinstance(session, dict):
+        raise MalformedEvent("data.object is not a Checkout Session object")
+    session_id = str(_field(session, "id", str, "data.object"))
     metadata = session.get("metadata") or {}
-    workspace, pack = metadata.get("workspace"), metadata.get("pack")
-    if not workspace or not pack:
-        return Fulfilment(session_id, workspace, pack, 0, "not_ours")
+    if not isinstance(metadata, dict):
+        raise MalformedEvent("data.object.metadata is not an object")
+    raw_workspace, pack = metadata.get("workspace"), metadata.get("pack")
+    if not isinstance(raw_workspace, str) or not isinstance(pack, str) or not raw_workspace or not pack:
+        return Fulfilment(session_id, None, None, 0, "not_ours")
+    try:
+        workspace = canonical_workspace(raw_workspace)
+    except IdentityError:
+        return Fulfilment(session_id, None, pack, 0, "invalid_workspace")
     if session.get("payment_status") != "paid":
         return Fulfilment(session_id, workspace, pack, 0, "not_paid")
     if pack not in settings.billing.packs:
         return Fulfilment(session_id, workspace, pack, 0, "unknown_pack")
     micros = pack_price_micros(settings, pack)
+    # What was paid must be the pack's price in our currency: a session made elsewhere with our
+    # metadata, a foreign currency or another amount credits nothing.
+    amount, currency = session.get("amount_total"), session.get("currency")
+    paid_cents = amount if isinstance(amount, int) and not isinstance(amount, bool) else None
+    if (
+        paid_cents != micros // 10**4
+        or not isinstance(currency, str)
+        or currency.lower() != settings.billing.currency.lower()
+    ):
+        return Fulfilment(session_id, workspace, pack, 0, "amount_mismatch")
     entry = ledger.purchase(
         workspace, micros, key=f"stripe:{session_id}", memo=f"Stripe Checkout {session_id}, pack {pack}"
     )
     return Fulfilment(session_id, workspace, pack, micros, "already_credited" if entry.replayed else "credited", entry)
 
 
-def verify_event(settings: Settings, payload: bytes, signature: str | None) -> Any:
-    """The event, if `Stripe-Signature` is valid for this exact body within the tolerance."""
+def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """The event as a plain dict, if `Stripe-Signature` is valid for this exact body within the tolerance.
+
+    Raises:
+        SignatureError: the signature is missing or does not verify.
+        MalformedEvent: genuine, but the body is not a JSON object.
+    """
     if not signature:
         raise SignatureError("missing Stripe-Signature header")
     secret = _secret(settings.billing.webhook_secret_env, "the Stripe webhook signing secret")
     try:
-        return stripe.Webhook.construct_event(payload, signature, secret, tolerance=settings.billing.tolerance_s)
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=settings.billing.tolerance_s)
+    except UnicodeDecodeError as exc:
+        raise SignatureError("the body is not UTF-8 text, so it cannot be a signed Stripe event") from exc
     except stripe.SignatureVerificationError as exc:
         raise SignatureError(f"invalid Stripe-Signature: {exc.user_message or exc}") from exc
-    except ValueError as exc:
-        raise SignatureError(f"the body is not a Stripe event: {exc}") from exc
+    try:
+        event = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # a signed body that is not JSON, or nested too deep
+        raise MalformedEvent(f"the body is not a Stripe event: {str(exc)[:200]}") from exc
+    if not isinstance(event, dict):
+        raise MalformedEvent(f"the body is a JSON {type(event).__name__}, not a Stripe event object")
+    return event
 
 
 def handle_webhook(settings: Settings, ledger: Ledger, payload: bytes, signature: str | None) -> dict[str, Any]:
-    """Verify and apply one webhook delivery; raises SignatureError (nothing written) when not genuine."""
+    """Verify and apply one webhook delivery; nothing is written when it raises.
+
+    Raises:
+        SignatureError: the delivery is not genuine.
+        MalformedEvent: genuine, but not shaped like a Stripe event.
+    """
     event = verify_event(settings, payload, signature)
-    if event["type"] not in FULFILMENT_EVENTS:
-        return {"received": True, "event": event["id"], "type": event["type"], "outcome": "ignored"}
-    result = fulfil_session(settings, ledger, event["data"]["object"])
-    return {"received": True, "event": event["id"], "type": event["type"], "session": result.session_id,
+    event_id, kind = _field(event, "id", str, "event"), _field(event, "type", str, "event")
+    if kind not in FULFILMENT_EVENTS:
+        return {"received": True, "event": event_id, "type": kind, "outcome": "ignored"}
+    data = event.get("data")
+    if not isinstance(data, dict):
+        raise MalformedEvent("event.data is missing or not an object")
+    result = fulfil_session(settings, ledger, data.get("object"))
+    return {"received": True, "event": event_id, "type": kind, "session": result.session_id,
             "workspace": result.workspace, "outcome": result.outcome,
             "credited_usd_micros": result.credited_usd_micros}  # fmt: skip
 
@@ -159,5 +218,8 @@ def reconcile(settings: Settings, ledger: Ledger, *, since: int | None = None) -
             for event in events.auto_paging_iter():
                 # Each event carries the session as it was then: a `completed` one may be unpaid while a
                 # later `async_payment_succeeded` one is paid. Fulfilment is idempotent, so try them all.
-                results.append(fulfil_session(settings, ledger, event["data"]["object"]))
+                try:
+                    results.append(fulfil_session(settings, ledger, event["data"]["object"]))
+                except MalformedEvent:
+                    continue  # not a session we could ever credit; the webhook answered it 400
     return results

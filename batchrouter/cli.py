@@ -36,6 +36,7 @@ from batchrouter.config import Settings, SimulatorConfig, load_settings
 from batchrouter.deletion import delete_workspace_data
 from batchrouter.delivery import add_endpoint, deliver_batch_completed, list_endpoints, remove_endpoint
 from batchrouter.errors import BatchRouterError, ConfigError, ManifestError
+from batchrouter.identity import canonical_email, canonical_workspace
 from batchrouter.ledger import InsufficientCredits, Ledger, usd
 from batchrouter.manifest import read_manifest
 from batchrouter.quote import build_quote
@@ -120,9 +121,8 @@ def cmd_quote(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    info = submit(
-        Storage(settings.storage), workspace=args.workspace, source_name=args.manifest, data=_read_input(args.manifest)
-    )
+    info = submit(Storage(settings.storage), workspace=args.workspace, source_name=args.manifest,
+                  data=_read_input(args.manifest), run_tag=args.run_tag)  # fmt: skip
     print(json.dumps({"batch_id": info.batch_id, "workspace": info.workspace}) if args.json else info.batch_id)
     return EXIT_OK
 
@@ -185,7 +185,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     storage = Storage(settings.storage)
     catalog = load_catalog(settings.models)
     data = _read_input(args.manifest)
-    info = submit(storage, workspace=args.workspace, source_name=args.manifest, data=data)
+    info = submit(storage, workspace=args.workspace, source_name=args.manifest, data=data, run_tag=args.run_tag)
     try:
         manifest = stage_manifest(storage, settings, catalog, info)
     except ManifestError as exc:
@@ -322,7 +322,7 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
-    columns, rows = query(settings, args.query)
+    columns, rows = query(settings, args.query, workspace=args.workspace)
     if args.json:
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str))
     elif args.csv:
@@ -445,6 +445,19 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+RUN_TAG_HELP = "run the same bytes again on purpose: a new tag is a new batch (the same tag, the same batch)"
+
+
+def _canonical_args(args: argparse.Namespace) -> None:
+    """Workspace names and emails in their one canonical spelling (batchrouter.identity)."""
+    if getattr(args, "workspace", None) is not None:
+        args.workspace = canonical_workspace(args.workspace)
+    if getattr(args, "email", None) is not None:
+        args.email = canonical_email(args.email)
+    if getattr(args, "command", None) == "keys" and getattr(args, "action", None) == "create":
+        args.by = canonical_email(args.by)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchrouter", description="Route and run large batches of LLM requests.")
     parser.add_argument("--config", help="TOML config file (default: $BATCHROUTER_CONFIG, else built-in defaults)")
@@ -464,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("manifest")
     s.add_argument("--workspace", required=True)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--run-tag", help=RUN_TAG_HELP)
     common(s)
     s.set_defaults(func=cmd_submit)
 
@@ -471,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("manifest")
     r.add_argument("--workspace", required=True)
     r.add_argument("--json", action="store_true", help="print one JSON summary")
+    r.add_argument("--run-tag", help=RUN_TAG_HELP)
+    r.add_argument("--settings-stdin", action="store_true", help=argparse.SUPPRESS)  # the API's inline executor
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -525,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q2 = sub.add_parser("sql", help="run a read-only SQL query over usage and ledger views")
     q2.add_argument("query")
+    q2.add_argument("--workspace", help="restrict every view to this workspace")
     fmt = q2.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")
@@ -611,7 +628,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(getattr(args, "sub_config", None) or args.config)
+        _canonical_args(args)
+        if getattr(args, "settings_stdin", False):
+            settings = Settings.model_validate_json(sys.stdin.read())
+        else:
+            settings = load_settings(getattr(args, "sub_config", None) or args.config)
         return int(args.func(args, settings))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

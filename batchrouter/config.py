@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from batchrouter.errors import ConfigError
+from batchrouter.identity import IdentityError, canonical_workspace
 
 ProviderKind = Literal["openai", "anthropic", "openrouter", "openai_compatible", "simulator"]
 Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]
@@ -136,6 +137,8 @@ class LimitsConfig(BaseModel):
     max_rows: int = Field(default=2_000_000, gt=0)
     max_item_bytes: int = Field(default=1_048_576, gt=0)
     max_manifest_bytes: int = Field(default=4 * 1024**3, gt=0)
+    # Decoded size: a Parquet file's uncompressed column data, and the text of every manifest.
+    max_decoded_bytes: int = Field(default=8 * 1024**3, gt=0)
 
 
 class DispatchConfig(BaseModel):
@@ -210,6 +213,8 @@ class ApiConfig(BaseModel):
     executor: Literal["sensor", "inline"] = "sensor"  # who runs batches created through the API
     rate_limit_per_minute: int = Field(default=600, gt=0)
     rate_limit_burst: int = Field(default=30, gt=0)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)  # JSON bodies and the Stripe webhook: 413 past it
+    max_upload_bytes: int = Field(default=256 * 1024**2, gt=0)  # a manifest posted to /v1/quotes (decoded)
 
 
 class DeliveryConfig(BaseModel):
@@ -256,13 +261,29 @@ class Settings(BaseSettings):
     database: str = ".batchrouter/batchrouter.duckdb"
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: list[ModelConfig] = Field(default_factory=list)
-    workspaces: dict[str, WorkspaceConfig] = Field(default_factory=dict)
+    workspaces: dict[str, WorkspaceConfig] = Field(default_factory=dict)  # keys: canonical workspace names
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     dispatch: DispatchConfig = Field(default_factory=DispatchConfig)
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+
+    @field_validator("workspaces", mode="before")
+    @classmethod
+    def _canonical_workspaces(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for name, config in value.items():
+            try:
+                canonical = canonical_workspace(name)
+            except IdentityError as exc:
+                raise ValueError(exc.message) from exc
+            if canonical in out:
+                raise ValueError(f"workspaces {name!r} and another entry are the same workspace {canonical!r}")
+            out[canonical] = config
+        return out
 
     @field_validator("providers")
     @classmethod
@@ -299,6 +320,10 @@ class Settings(BaseSettings):
 
     def workspace(self, name: str) -> WorkspaceConfig:
         """The workspace's settings; unknown workspaces get the defaults."""
+        try:
+            name = canonical_workspace(name)
+        except IdentityError:
+            return WorkspaceConfig()
         return self.workspaces.get(name) or WorkspaceConfig()
 
 

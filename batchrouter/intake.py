@@ -84,10 +84,22 @@ def scan(storage: Storage, cursor: Cursor) -> list[Dropped]:
     return sorted(found, key=lambda d: (d.modified, d.key))
 
 
+RERUN_PREFIX = "rerun-"  # `rerun-<tag>--<file>`: the same bytes run again on purpose, as a new batch
+
+
+def dropped_name(info: BatchInfo) -> str:
+    """The file name under which a batch's manifest is dropped for the sensor (its run tag kept)."""
+    return f"{RERUN_PREFIX}{info.run_tag}--{info.source_name}" if info.run_tag else info.source_name
+
+
 def accept(storage: Storage, dropped: Dropped) -> BatchInfo:
     """Register a dropped manifest as a batch (idempotent: the same bytes are the same batch)."""
     data = storage.read_bytes(dropped.key)
-    return submit(storage, workspace=dropped.workspace, source_name=dropped.name, data=data, source_key=dropped.key)
+    name, run_tag = dropped.name, None
+    if name.startswith(RERUN_PREFIX) and "--" in name[len(RERUN_PREFIX) :]:
+        run_tag, name = name[len(RERUN_PREFIX) :].split("--", 1)
+    return submit(storage, workspace=dropped.workspace, source_name=name, data=data, source_key=dropped.key,
+                  run_tag=run_tag)  # fmt: skip
 
 
 def refuse(storage: Storage, dropped: Dropped, *, problem: str, fix: str) -> str:

@@ -27,9 +27,12 @@ The item table (`ITEM_SCHEMA`) is what every later stage reads:
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -136,22 +139,100 @@ def detect_format(source: str, data: bytes) -> ManifestFormat:
 
 
 def read_manifest(source: str, data: bytes, *, catalog: Catalog, limits: LimitsConfig) -> Manifest:
-    """Parse and validate a manifest's bytes; `source` names it in every message."""
+    """Parse and validate a manifest's bytes; `source` names it in every message.
+
+    Bounded twice: by the file's size, and by its decoded size (a gzip'd file as it inflates, a
+    Parquet file by its metadata before any column is read and by its text once read), so a small
+    file cannot expand into gigabytes.
+    """
     if len(data) > limits.max_manifest_bytes:
         raise ManifestError(
             source,
             f"the file is {len(data):,} bytes, over the limit of {limits.max_manifest_bytes:,}",
             "split it into several manifests",
         )
-    fmt = detect_format(source, data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    name = source
+    if source.lower().endswith(".gz"):
+        data, name = _gunzip(source, data, limits), source[:-3]
+    fmt = detect_format(name, data)
     if fmt == "jsonl":
         raw = _read_jsonl(source, data, limits)
     else:
         table = _read_parquet(source, data, limits) if fmt == "parquet" else _read_csv(source, data)
         _check_rows(source, table.height, limits)
+        _check_decoded(source, table, limits)
         raw = _normalise_tabular(source, table)
     items = _validate(raw, catalog, limits)
-    return Manifest(source=source, format=fmt, sha256=hashlib.sha256(data).hexdigest(), items=items)
+    return Manifest(source=source, format=fmt, sha256=sha256, items=items)
+
+
+def _too_big(source: str, what: str, size: int, limit: int, key: str = "limits.max_decoded_bytes") -> ManifestError:
+    return ManifestError(
+        source, f"{what} is {size:,} bytes decoded, over the limit of {limit:,} ({key})",
+        "split it into several manifests",
+    )  # fmt: skip
+
+
+_INFLATE_CHUNK = 16 * 1024**2
+
+
+def _gunzip(source: str, data: bytes, limits: LimitsConfig) -> bytes:
+    """Inflate a .gz manifest. Its size is measured first, chunk by chunk and keeping nothing, so a
+    gzip bomb is refused at the limit having cost only time, never memory."""
+    limit = min(limits.max_decoded_bytes, limits.max_manifest_bytes)
+    try:
+        inflater, size, pending = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), 0, data
+        while pending and not inflater.eof:
+            size += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if size > limit:
+                key = "limits.max_decoded_bytes, max_manifest_bytes"
+                raise _too_big(source, "the inflated file", size, limit, key)
+        return zlib.decompress(data, wbits=16 + zlib.MAX_WBITS)
+    except zlib.error as exc:
+        fix = "compress it with gzip, or drop the .gz suffix"
+        raise ManifestError(source, f"not a gzip file ({exc})", fix) from exc
+
+
+def _text_bytes(expr: pl.Expr, dtype: pl.DataType) -> list[pl.Expr]:
+    """Expressions summing the bytes of text (and binary) held in a column, nested or not, without copying it."""
+    # Lengths are UInt32: summed as Int64, or a 100 GB column would wrap round to a small number.
+    if dtype == pl.String:
+        return [expr.str.len_bytes().cast(pl.Int64).sum()]
+    if isinstance(dtype, pl.Categorical | pl.Enum):
+        return [expr.cat.len_bytes().cast(pl.Int64).sum()]
+    if dtype == pl.Binary:
+        return [expr.bin.size().cast(pl.Int64).sum()]
+    if isinstance(dtype, pl.List | pl.Array):
+        return _text_bytes(expr.explode(), dtype.inner)  # type: ignore[arg-type]
+    if isinstance(dtype, pl.Struct):
+        return [e for f in dtype.fields for e in _text_bytes(expr.struct.field(f.name), f.dtype)]  # type: ignore[arg-type]
+    return []
+
+
+def _check_decoded(source: str, frame: pl.DataFrame, limits: LimitsConfig) -> None:
+    """Refuse a table whose text, decoded, is over the limit (e.g. one huge string repeated by a dictionary)."""
+    exprs = [e for name, dtype in frame.schema.items() for e in _text_bytes(pl.col(name), dtype)]
+    if not exprs:
+        return
+    total = sum(int(v or 0) for v in frame.select(exprs).row(0))
+    if total > limits.max_decoded_bytes:
+        raise _too_big(source, "its text", total, limits.max_decoded_bytes)
+
+
+def _check_headers(source: str, names: list[str]) -> None:
+    """Column names must differ ignoring case and surrounding spaces (`Prompt` and `prompt` would be ambiguous)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.strip().casefold()
+        if key in seen:
+            raise ManifestError(
+                source,
+                f"columns {seen[key]!r} and {name!r} collide (names are compared ignoring case and spaces)",
+                "give every column a distinct name",
+            )
+        seen[key] = name
 
 
 def _check_rows(source: str, rows: int, limits: LimitsConfig) -> None:
@@ -165,21 +246,57 @@ def _check_rows(source: str, rows: int, limits: LimitsConfig) -> None:
 
 def _read_parquet(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
     try:
-        rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-        _check_rows(source, rows, limits)
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        meta = parquet.metadata
+        # From the footer alone, before any column is read: rows, and the columns' uncompressed size.
+        _check_rows(source, meta.num_rows, limits)
+        uncompressed = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        if uncompressed > limits.max_decoded_bytes:
+            raise _too_big(source, "its column data", uncompressed, limits.max_decoded_bytes)
+        _check_headers(source, list(parquet.schema_arrow.names))
         return pl.read_parquet(io.BytesIO(data))
     except ManifestError:
         raise
-    except Exception as exc:
-        raise ManifestError(source, f"not a readable Parquet file ({exc})", "re-export it as Parquet") from exc
+    except BaseException as exc:  # polars and pyarrow errors, and a panic (a BaseException) on odd files
+        if isinstance(exc, KeyboardInterrupt | SystemExit | MemoryError):
+            raise
+        raise ManifestError(
+            source, f"not a readable Parquet file ({_first_line(exc)})", "re-export it as Parquet"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+         (b"\xfe\xff", "UTF-16"))  # fmt: skip
+
+
+def _decode_text(source: str, data: bytes, kind: str) -> str:
+    """UTF-8 text (a UTF-8 BOM is dropped); other encodings are refused naming the encoding and the line."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            raise ManifestError(source, f"the file is {encoding} text, not UTF-8", f"save the {kind} as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            source,
+            f"not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at line {line}; Latin-1 or UTF-16 perhaps)",
+            f"save the {kind} as UTF-8",
+        ) from exc
 
 
 def _read_csv(source: str, data: bytes) -> pl.DataFrame:
+    text = _decode_text(source, data, "CSV")
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ManifestError(source, f"not UTF-8 text (invalid byte at line {line})", "save the CSV as UTF-8") from exc
+        header = next(csv.reader(io.StringIO(text[:1_048_576])), [])
+    except csv.Error as exc:
+        raise ManifestError(source, f"the header line is not readable CSV ({exc})", "check its quoting") from exc
+    # Polars would rename a repeated column quietly (prompt_duplicated_0): refuse it instead.
+    _check_headers(source, header)
     try:
         # Every column as text: types are checked per row below, so one bad value rejects one row.
         frame = pl.read_csv(io.BytesIO(data), infer_schema=False, raise_if_empty=False)
@@ -189,6 +306,7 @@ def _read_csv(source: str, data: bytes) -> pl.DataFrame:
             f"not a readable CSV file ({exc})",
             "check quoting: fields with commas, quotes or newlines must be in double quotes (RFC 4180)",
         ) from exc
+    _check_headers(source, frame.columns)
     return frame.rename({c: c.strip() for c in frame.columns})
 
 
@@ -204,15 +322,72 @@ def _require_columns(source: str, columns: list[str]) -> None:
         )
 
 
+TEXT_COLUMNS = ("item_id", "model", "prompt", "system")
+
+
+def _check_column_types(source: str, frame: pl.DataFrame) -> None:
+    """Text columns must hold scalars; lists, maps and structs there are a whole-file mistake."""
+    for name in (*TEXT_COLUMNS, "max_tokens", "temperature"):
+        dtype = frame.schema.get(name)
+        if dtype is not None and dtype.is_nested():
+            raise ManifestError(
+                source, f"column {name!r} holds {dtype} values, not text or numbers",
+                f"write {name} as one plain value per row",
+            )  # fmt: skip
+    dtype = frame.schema.get("metadata")
+    if dtype is not None and isinstance(dtype, pl.List | pl.Array):
+        raise ManifestError(source, f"column 'metadata' holds {dtype} values, not objects",
+                            "write metadata as a JSON object (or a struct) per row")  # fmt: skip
+    for name, dtype in frame.schema.items():
+        if name not in KNOWN_COLUMNS and dtype.is_nested() and _holds_binary(dtype):
+            raise ManifestError(source, f"column {name!r} nests binary values ({dtype}), which metadata cannot keep",
+                                "store them as text (e.g. base64) or drop the column")  # fmt: skip
+
+
+def _holds_binary(dtype: pl.DataType) -> bool:
+    if dtype == pl.Binary:
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        return _holds_binary(dtype.inner)  # type: ignore[arg-type]
+    if isinstance(dtype, pl.Struct):
+        return any(_holds_binary(f.dtype) for f in dtype.fields)  # type: ignore[arg-type]
+    return False
+
+
+def _binary_as_text(col: pl.Series) -> pl.Series:
+    """A binary column as text, null where a value is not UTF-8 (that row is then rejected, not the file)."""
+
+    def decode(value: bytes | None) -> str | None:
+        try:
+            return None if value is None else value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    # A rare column type (text belongs in string columns), so a plain loop is fine.
+    return pl.Series(col.name, [decode(v) for v in col.to_list()], dtype=pl.String)
+
+
+def _map_as_json(col: pl.Series) -> pl.Series:
+    """A Parquet map column as JSON object text (a value JSON cannot hold makes that row's metadata malformed)."""
+
+    def encode(value: Any) -> str | None:
+        try:
+            return None if value is None else json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError):
+            return "not JSON"
+
+    return pl.Series(col.name, [encode(v) for v in col.to_list()], dtype=pl.String)
+
+
 def _as_text(frame: pl.DataFrame, name: str) -> pl.Expr:
     if name not in frame.columns:
         return pl.lit(None, dtype=pl.String)
     dtype = frame.schema[name]
     if dtype == pl.String:
         return pl.col(name)
-    if isinstance(dtype, pl.Struct | pl.List):
-        return pl.col(name).struct.json_encode() if isinstance(dtype, pl.Struct) else pl.col(name).cast(pl.String)
-    return pl.col(name).cast(pl.String)
+    if isinstance(dtype, pl.Struct):
+        return pl.col(name).struct.json_encode()
+    return pl.col(name).cast(pl.String, strict=False)
 
 
 def _blank(expr: pl.Expr) -> pl.Expr:
@@ -227,7 +402,12 @@ def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
     a million-row manifest cheap next to the tokenizer.
     """
     _require_columns(source, frame.columns)
+    _check_headers(source, frame.columns)
+    _check_column_types(source, frame)
     extras = [c for c in frame.columns if c not in KNOWN_COLUMNS]
+    frame = frame.with_columns(_binary_as_text(frame[c]) for c in frame.columns if frame.schema[c] == pl.Binary)
+    if isinstance(frame.schema.get("metadata"), pl.Map):
+        frame = frame.with_columns(_map_as_json(frame["metadata"]))
     n = frame.height
     messages_col, message_errors, message_extras = _parse_messages_column(frame)
     max_tokens, max_tokens_bad = _integer_column(frame, "max_tokens")
@@ -295,11 +475,13 @@ def _integer_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Serie
         return pl.Series(name, [None] * frame.height, pl.Int64), pl.Series([False] * frame.height)
     col = frame[name]
     if col.dtype.is_integer():
-        return col.cast(pl.Int64), pl.Series([False] * frame.height)
+        # Unsigned or 128-bit values past Int64 are flagged, not a crash.
+        value = col.cast(pl.Int64, strict=False)
+        return value, col.is_not_null() & value.is_null()
     if col.dtype.is_float():
         ok = col.is_null() | (col.is_finite() & (col == col.floor()))
         return pl.Series(name, col.cast(pl.Int64, strict=False)).set(~ok, None), ~ok
-    text = col.cast(pl.String).str.strip_chars()
+    text = col.cast(pl.String, strict=False).str.strip_chars()
     text = text.set(text == "", None)
     # "100" and "100.0" are the same whole number, as a Parquet float 100.0 is; "1.5" and "ten" are not.
     number = text.cast(pl.Float64, strict=False)
@@ -313,8 +495,9 @@ def _float_column(frame: pl.DataFrame, name: str) -> tuple[pl.Series, pl.Series]
         return pl.Series(name, [None] * frame.height, pl.Float64), pl.Series([False] * frame.height)
     col = frame[name]
     if col.dtype.is_numeric():
-        return col.cast(pl.Float64), pl.Series([False] * frame.height)
-    text = col.cast(pl.String).str.strip_chars()
+        value = col.cast(pl.Float64, strict=False)
+        return value, col.is_not_null() & value.is_null()
+    text = col.cast(pl.String, strict=False).str.strip_chars()
     text = text.set(text == "", None)
     value = text.cast(pl.Float64, strict=False)
     return value, text.is_not_null() & value.is_null()
@@ -351,6 +534,9 @@ def _parse_messages_column(frame: pl.DataFrame) -> tuple[pl.Series, pl.Series, p
         except (ValueError, TypeError) as exc:
             parsed.append(None)
             errors.append(exc.reason if isinstance(exc, FieldError) else str(exc))
+        except RecursionError:
+            parsed.append(None)
+            errors.append("the JSON is nested too deeply")
     return (
         pl.Series(parsed, dtype=pl.List(MESSAGE)),
         pl.Series(errors, dtype=pl.String),
@@ -425,7 +611,7 @@ def _merge_metadata_rows(values: list[str | None], extra_values: list[str | None
             continue
         try:
             obj = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             merged.append(extra)
             errors.append(f"metadata is not valid JSON ({exc})")
             continue
@@ -442,25 +628,56 @@ def _merge_metadata_rows(values: list[str | None], extra_values: list[str | None
 
 def _read_jsonl(source: str, data: bytes, limits: LimitsConfig) -> pl.DataFrame:
     """OpenAI Batch API input lines -> the item table, one row per non-blank line."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad_line = data[: exc.start].count(b"\n") + 1
-        raise ManifestError(
-            source, f"not UTF-8 text (invalid byte at line {bad_line})", "save the JSONL as UTF-8"
-        ) from exc
+    text = _decode_text(source, data, "JSONL")
     rows: list[dict[str, Any]] = []
     # Only \n ends a line: JSON allows U+2028 and friends raw inside strings, which splitlines() splits on.
     for line_no, raw_line in enumerate(text.split("\n"), start=1):
         line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
-        rows.append(_jsonl_row(line_no, line))
+        rows.append(_bounded_jsonl_row(line_no, line))
         if len(rows) > limits.max_rows:
             _check_rows(source, len(rows), limits)
     if not rows:
         return pl.DataFrame(schema={**ITEM_SCHEMA, **_PARSE_FLAGS})
     return pl.DataFrame(rows, schema={**ITEM_SCHEMA, **_PARSE_FLAGS})
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+# A JSON \u escape of a UTF-16 surrogate; only lines holding one need the (slower) full check.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _bounded_jsonl_row(line_no: int, line: str) -> dict[str, Any]:
+    """One line's row, with what JSON allows but the item table cannot hold turned into a rejection."""
+
+    def unreadable(why: str) -> dict[str, Any]:
+        return {"row": line_no, "_max_tokens_bad": False, "_temperature_bad": False, "reject_code": "invalid_json",
+                "reject_field": "line", "reject_reason": f"line {line_no} cannot be used: {why}"}  # fmt: skip
+
+    try:
+        row = _jsonl_row(line_no, line)
+    except RecursionError:
+        return unreadable("its JSON is nested too deeply")
+    except (OverflowError, ValueError, TypeError) as exc:
+        return unreadable(f"a value is out of range ({exc})")
+    cap = row.get("max_tokens")
+    if isinstance(cap, int) and not _INT64[0] <= cap <= _INT64[1]:
+        row["max_tokens"], row["_max_tokens_bad"] = None, True
+    if _SURROGATE_ESCAPE.search(line) and _has_surrogate(row):
+        return unreadable("it holds a lone UTF-16 surrogate escape (such as \\ud800), which is not text")
+    return row
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_surrogate(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
 
 
 _PARSE_FLAGS: dict[str, pl.DataType] = {

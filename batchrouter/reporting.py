@@ -20,6 +20,7 @@ import polars as pl
 from batchrouter.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from batchrouter.config import Settings
 from batchrouter.errors import BatchRouterError
+from batchrouter.identity import canonical_workspace
 from batchrouter.ledger import SCHEMA as LEDGER_SCHEMA
 from batchrouter.receipts import RECEIPT_COLUMNS, RESULT_SCHEMA
 from batchrouter.storage import Storage
@@ -209,10 +210,61 @@ def _explained_kind(sql: str) -> str | None:
     return statements[0].type.name if len(statements) == 1 else None
 
 
-def query(settings: Settings, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run a read-only query against the reporting views; (column names, rows)."""
-    check_read_only(sql)
+# What `batchrouter sql` may read: these views and nothing else (no API key hashes, webhook secrets or
+# signing keys are in any of them).
+PRODUCT_VIEWS = ("receipts", "quote_items", "usage_daily", "ledger_entries", "postings", "balances", "batches",
+                 "audit_events", "quote_accuracy", "platform_revenue")  # fmt: skip
+PLATFORM_ONLY_VIEWS = ("platform_revenue",)  # no meaning inside one workspace
+_BATCH_DIGEST = 25  # "-" and the 24 hex digits after the workspace in a batch id (batchrouter.batch.batch_id_for)
+
+
+def _workspace_filter(con: duckdb.DuckDBPyConnection, view: str, workspace: str) -> str:
+    """The condition that keeps one workspace's rows of a view."""
+    # DDL takes no parameters: the name (canonical, so pattern-checked) is quoted as a literal.
+    name = _literal(canonical_workspace(workspace))
+    columns = {row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()}
+    if "workspace" in columns:
+        return f"workspace = {name}"
+    # A batch id spells its workspace out in full before a fixed-length digest.
+    return f"left(batch_id, greatest(length(batch_id) - {_BATCH_DIGEST}, 0)) = {name}"
+
+
+@contextmanager
+def restricted(settings: Settings, *, workspace: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A sealed in-memory database holding only the product's views, as tables (one workspace's rows if given).
+
+    The views are copied into tables, then every other database (the ledger with its key hashes and
+    secrets) is detached, and the connection can no longer reach any file, database or extension
+    (`enable_external_access = false`) nor change a setting (`lock_configuration = true`).
+    """
     with connect(settings) as con:
+        kept = [v for v in PRODUCT_VIEWS if workspace is None or v not in PLATFORM_ONLY_VIEWS]
+        for view in kept:
+            sql = f"CREATE TABLE memory.main._sealed_{view} AS SELECT * FROM {view}"
+            if workspace is not None:
+                sql += f" WHERE {_workspace_filter(con, view, workspace)}"
+            con.execute(sql)
+        for (name,) in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall():
+            con.execute(f'DROP VIEW IF EXISTS "{name}"')
+        for view in kept:
+            con.execute(f"ALTER TABLE memory.main._sealed_{view} RENAME TO {view}")
+        con.execute("USE memory")
+        others = con.execute(
+            "SELECT database_name FROM duckdb_databases() WHERE NOT internal AND database_name <> 'memory'"
+        ).fetchall()
+        for (name,) in others:
+            con.execute(f'DETACH "{name}"')
+        for setting in ("enable_external_access", "autoinstall_known_extensions", "autoload_known_extensions",
+                        "allow_community_extensions", "python_enable_replacements"):  # fmt: skip
+            con.execute(f"SET {setting} = false")
+        con.execute("SET lock_configuration = true")
+        yield con
+
+
+def query(settings: Settings, sql: str, *, workspace: str | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run a read-only query against the reporting views (of one workspace if given); (column names, rows)."""
+    check_read_only(sql)
+    with restricted(settings, workspace=workspace) as con:
         try:
             cur = con.execute(sql)
         except duckdb.Error as exc:

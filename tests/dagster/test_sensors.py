@@ -102,7 +102,7 @@ def drop(bucket: Path, name: str, data: bytes, *, workspace: str = WS, mtime: fl
 
 
 def expected_batch_id(name: str, data: bytes, workspace: str = WS) -> str:
-    return batch_id_for(workspace, name, hashlib.sha256(data).hexdigest())
+    return batch_id_for(workspace, hashlib.sha256(data).hexdigest())
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None = None, sensor: Any = manifest_sensor) -> dg.SensorResult:

@@ -68,7 +68,7 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
 def test_killed_run_resumes_without_losing_or_repeating_an_item(tmp_path: Path) -> None:
     manifest = tmp_path / "crash.csv"
     data = write_manifest(manifest, ITEMS)
-    batch_id = batch_id_for(WORKSPACE, manifest.name, hashlib.sha256(data).hexdigest())
+    batch_id = batch_id_for(WORKSPACE, hashlib.sha256(data).hexdigest())
     grant_credits()
     env = {
         **os.environ,
@@ -130,7 +130,7 @@ def test_killed_run_resumes_without_losing_or_repeating_an_item(tmp_path: Path) 
 def test_running_a_finished_batch_again_dispatches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest = tmp_path / "done.csv"
     data = write_manifest(manifest, 20)
-    batch_id = batch_id_for(WORKSPACE, manifest.name, hashlib.sha256(data).hexdigest())
+    batch_id = batch_id_for(WORKSPACE, hashlib.sha256(data).hexdigest())
     grant_credits()
     capsys.readouterr()
     with running_simulator(SimulatorConfig(latency_ms=5, max_output_words=12)) as url:

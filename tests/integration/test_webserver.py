@@ -162,7 +162,7 @@ def test_a_manifest_dropped_in_the_bucket_runs_batch_job_to_success_under_dagste
         }
     )
     data = frame.write_csv().encode()
-    batch_id = batch_id_for(WS, "visitors.csv", hashlib.sha256(data).hexdigest())
+    batch_id = batch_id_for(WS, hashlib.sha256(data).hexdigest())
     drop = tmp_path / "bucket" / "manifests" / WS / "visitors.csv"
     drop.parent.mkdir(parents=True)
     staged = drop.with_name(".visitors.csv.part")  # hidden while written, then renamed: never read half-written
