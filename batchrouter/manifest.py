@@ -18,6 +18,7 @@ The item table (`ITEM_SCHEMA`) is what every later stage reads:
   endpoint       `chat` or `responses` (the API the request was written for; both run as chat)
   n              choices requested (null: 1); the output cap counts once per choice
   billed_text    text billed as input beyond message text (tool definitions, schemas, tool calls)
+  predicted_text a `prediction`'s content: its rejected tokens are billed as output beyond the cap
   images         the item's image parts: {detail, width, height} (size null when unknown)
   retired_from   the model name as written when it is retired and `model` is its successor
                  (the quote refuses such items unless the policy says `retired_models = "successor"`)
@@ -69,6 +70,7 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
     "endpoint": pl.String(),
     "n": pl.Int64(),
     "billed_text": pl.String(),
+    "predicted_text": pl.String(),
     "images": pl.List(IMAGE),
     "features": pl.List(pl.String()),
     "retired_from": pl.String(),
@@ -431,6 +433,7 @@ def _normalise_tabular(source: str, frame: pl.DataFrame) -> pl.DataFrame:
             pl.lit("chat", pl.String).alias("endpoint"),
             pl.lit(None, pl.Int64).alias("n"),
             message_extras["billed_text"].alias("billed_text"),
+            pl.lit(None, pl.String).alias("predicted_text"),
             message_extras["images"].alias("images"),
             message_extras["features"].alias("features"),
             message_errors.alias("_messages_error"),
@@ -767,12 +770,20 @@ def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
         return reject(exc.code, exc.field, exc.reason)
     if params:
         row["params"] = json.dumps(params, ensure_ascii=False)
+    if "json_object" in extras.features and not any("json" in m["content"].lower() for m in row.get("messages") or []):
+        return reject(
+            "unsupported_field",
+            "response_format",
+            "response_format json_object needs the word 'json' somewhere in the messages (the provider refuses "
+            "the request otherwise); say in the system or user message that the answer is JSON",
+        )
     _put_extras(row, extras)
     return row
 
 
 def _put_extras(row: dict[str, Any], extras: Extras) -> None:
     row["billed_text"] = "\n".join(extras.billed_text) or None
+    row["predicted_text"] = "\n".join(extras.predicted_text) or None
     row["images"] = extras.images or None
     row["features"] = sorted(extras.features) or None
 
@@ -900,6 +911,7 @@ def _validate(raw: pl.DataFrame, catalog: Catalog, limits: LimitsConfig) -> pl.D
         _with_features(
             pl.col("features"),
             ("n", pl.col("n") > 1),
+            ("temperature", pl.col("temperature") != 1),
             ("temperature_above_1", pl.col("temperature") > 1),
         ),
     )

@@ -1,8 +1,9 @@
 """Quotes: exact token counts, routes and integer micro-dollar prices for every item of a manifest.
 
 Per accepted item:
-  reserve_usd_micros  = ceil(input_tokens x input price + output_cap x n x output price), on the most
-                        expensive route of its chain (the primary route when it has no fallbacks)
+  reserve_usd_micros  = ceil(input_tokens x input price + (output_cap x n + predicted) x output price), on
+                        the most expensive route of its chain (the primary route when it has none);
+                        `predicted` is a `prediction`'s tokens, which may be billed as output on top
   expected_usd_micros = the same on the primary route with min(expected output, output_cap) tokens
 input_tokens counts what the provider bills as input: messages as OpenAI counts them, tool definitions
 and schemas (`tokens`), and image parts by the model's published rule (`images`); reasoning tokens
@@ -125,10 +126,14 @@ def build_quote(
     models = catalog.models_frame()
     valid = items.filter(pl.col("reject_code").is_null()).join(models, on="model", how="left", maintain_order="left")
     counted = valid.with_columns(
-        (tokens.input_tokens(valid, workers=workers) + image_input_tokens(valid, catalog)).alias("input_tokens")
+        (tokens.input_tokens(valid, workers=workers) + image_input_tokens(valid, catalog)).alias("input_tokens"),
+        tokens.predicted_tokens(valid).alias("extra_output_tokens"),
     )
     routed = routing.route_items(
-        counted.select("item", "model", "input_tokens", "max_tokens", "expected_output_tokens", "features", "n"),
+        counted.select(
+            "item", "model", "input_tokens", "max_tokens", "expected_output_tokens", "features", "n",
+            "extra_output_tokens",
+        ),
         catalog=catalog,
         policy=policy,
     )

@@ -18,6 +18,7 @@ every later stage sees one shape; the item keeps `endpoint = "responses"`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,13 +35,13 @@ MAX_STOP = 4
 # Feature names (what routes must support), by wire. Model-specific ones (images, reasoning effort,
 # service tiers) are further narrowed per catalog entry in `route_features`.
 _COMMON = {"tools", "json_object", "json_schema", "image", "logprobs", "seed", "stop", "top_p", "penalties",
-           "logit_bias", "temperature_above_1", "user"}
+           "logit_bias", "temperature", "temperature_above_1", "user"}
 WIRE_FEATURES: dict[str, frozenset[str]] = {
     "openai": frozenset(_COMMON | {"n", "prediction", "reasoning_effort", "service_tier_flex",
                                    "service_tier_priority", "store", "openai_only"}),
     "openrouter": frozenset(_COMMON | {"reasoning_effort"}),
     "openai_compatible": frozenset(_COMMON | {"n"}),
-    "anthropic": frozenset({"tools", "image", "stop", "top_p", "user"}),
+    "anthropic": frozenset({"tools", "image", "stop", "top_p", "user", "temperature"}),
 }
 # What each feature is, for rejection reasons: the body field a user recognises.
 FEATURE_FIELDS: dict[str, str] = {
@@ -54,6 +55,7 @@ FEATURE_FIELDS: dict[str, str] = {
     "top_p": "top_p",
     "penalties": "frequency_penalty/presence_penalty",
     "logit_bias": "logit_bias",
+    "temperature": "temperature",
     "temperature_above_1": "temperature",
     "user": "user",
     "n": "n",
@@ -116,6 +118,8 @@ class Extras:
     """What an item's messages and fields add beyond message text: billed text, images, features."""
 
     billed_text: list[str] = field(default_factory=list)  # counted as input tokens (tool schemas, ...)
+    # Billed as output beyond the cap: a prediction's rejected tokens are charged at completion rates.
+    predicted_text: list[str] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)  # {detail, width, height}
     features: set[str] = field(default_factory=set)
     has_tools: bool = False
@@ -256,9 +260,12 @@ def passed_params(body: dict[str, Any], extras: Extras, *, skip: tuple[str, ...]
             if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOP:
                 raise FieldError(key, f"stop must be a string or a list of at most {MAX_STOP} strings")
         elif key == "prediction":
-            if not isinstance(value, dict):
+            content = value.get("content") if isinstance(value, dict) else None
+            if isinstance(content, list):
+                content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if not isinstance(content, str):
                 raise FieldError(key, "prediction must be an object {type: content, content}")
-            extras.billed_text.append(_json(value.get("content")))
+            extras.predicted_text.append(content)
         elif key == "reasoning_effort" and value not in REASONING_EFFORTS:
             raise FieldError(key, f"reasoning_effort {value!r} is not one of {', '.join(REASONING_EFFORTS)}")
         elif key == "top_logprobs" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 20):
@@ -421,9 +428,18 @@ def wire_of(provider: str) -> Wire:
     return "openai_compatible"
 
 
+def always_reasons(entry: CatalogEntry) -> bool:
+    """o-series and the first gpt-5 models reason on every request (and take only the default temperature);
+    gpt-5.1 and later reason only when asked."""
+    name = entry.upstream.rsplit("/", 1)[-1]
+    return entry.reasoning and not re.match(r"gpt-5\.\d", name)
+
+
 def route_features(entry: CatalogEntry) -> frozenset[str]:
     """The features a catalog entry's route supports: its wire's, narrowed by what the model offers."""
     features = set(WIRE_FEATURES[wire_of(entry.provider)])
+    if always_reasons(entry):
+        features -= {"temperature", "temperature_above_1"}
     if entry.image_rule == "none":
         features.discard("image")
     if not entry.reasoning:

@@ -89,6 +89,9 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
     items = items.with_columns(
         pl.col("features") if "features" in items.columns else pl.lit(None, pl.List(pl.String)).alias("features"),
         (pl.col("n") if "n" in items.columns else pl.lit(None, pl.Int64)).fill_null(1).alias("n"),
+        (pl.col("extra_output_tokens") if "extra_output_tokens" in items.columns else pl.lit(0, pl.Int64))
+        .fill_null(0)
+        .alias("extra_output_tokens"),
     )
     cand = items.join(routes, on="model", how="inner").join(_route_support(catalog), on="route", how="left")
     cand = cand.with_columns(
@@ -144,9 +147,13 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
             pl.col("expected_pico_route").first().alias("expected_pico"),
             pl.col("expected_output_tokens").first().alias("_expected_out"),
             pl.col("n").first().alias("_n"),
+            pl.col("extra_output_tokens").first().alias("_extra_out"),
         )
         .with_columns(
-            (pl.col("_tokens") * pl.col("_in") + pl.col("output_cap") * pl.col("_n") * pl.col("_out"))
+            (
+                pl.col("_tokens") * pl.col("_in")
+                + (pl.col("output_cap") * pl.col("_n") + pl.col("_extra_out")) * pl.col("_out")
+            )
             .list.max()
             .alias("reserve_pico"),
             # Recomputed on the chain-wide cap so expected <= reserve always holds.
@@ -157,7 +164,7 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
                 * pl.col("_out").list.first()
             ).alias("expected_pico"),
         )
-        .drop("_in", "_out", "_tokens", "_expected_out", "_n")
+        .drop("_in", "_out", "_tokens", "_expected_out", "_n", "_extra_out")
     )
     largest = routes.group_by("model").agg(pl.col("context_window").max().alias("_largest"))
     out = items.select("item", "model", "input_tokens", "max_tokens").join(chains, on="item", how="left")

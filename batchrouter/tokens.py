@@ -233,6 +233,27 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
     return base.select(total.cast(pl.Int64).alias("input_tokens"))["input_tokens"]
 
 
+def predicted_tokens(items: pl.DataFrame) -> pl.Series:
+    """Per item, the tokens of its `prediction` (`predicted_text`), scaled like content; 0 without one.
+
+    Rejected prediction tokens are billed at completion rates on top of the cap, so the reservation
+    counts all of them as output.
+    """
+    out = np.zeros(items.height, dtype=np.int64)
+    if "predicted_text" in items.columns:
+        frame = items.select(
+            pl.int_range(pl.len()).alias("i"),
+            "predicted_text",
+            "token_factor_milli",
+            pl.col("tokenizer").replace({"estimate": ESTIMATE_BASE}).alias("encoding"),
+        ).filter(pl.col("predicted_text").is_not_null())
+        for (encoding,), group in frame.group_by(["encoding"]):
+            counts = count_texts(group["predicted_text"], str(encoding), workers=1)
+            scaled = (counts * group["token_factor_milli"].to_numpy() + 999) // 1000
+            out[group["i"].to_numpy()] = scaled
+    return pl.Series("predicted_tokens", out, dtype=pl.Int64)
+
+
 def _optional(items: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(name) if name in items.columns else pl.lit(None, dtype).alias(name)
 

@@ -380,3 +380,46 @@ def test_concurrent_parallel_counts_never_mix_up_texts(monkeypatch: pytest.Monke
         results = list(pool.map(count, range(12)))
     for k, got in enumerate(results):
         assert got == expected[k % 3]
+
+
+def test_json_object_without_the_word_json_is_refused_before_it_reaches_the_provider(catalog: Catalog) -> None:
+    fmt = {"type": "json_object"}
+    rows = items_of(
+        catalog,
+        line("no", chat("List three colours.", response_format=fmt)),
+        line("yes", chat("List three colours as JSON.", response_format=fmt)),
+    )
+    assert (rows["no"]["reject_code"], rows["no"]["reject_field"]) == ("unsupported_field", "response_format")
+    assert "json" in rows["no"]["reject_reason"]
+    assert rows["yes"]["reject_code"] is None
+
+
+def test_a_prediction_reserves_its_tokens_as_output_on_top_of_the_cap(catalog: Catalog) -> None:
+    predicted = "The weather in San Francisco is foggy and mild today. " * 20
+    rows = by_id(
+        quote_of(
+            catalog,
+            line("plain", chat(max_tokens=50)),
+            line("pred", chat(max_tokens=50, prediction={"type": "content", "content": predicted})),
+        )
+    )
+    entry = catalog.entry(rows["plain"]["route"])
+    predicted_tokens = tokens.count_text(predicted, "o200k_base")
+    extra = rows["pred"]["reserve_usd_micros"] - rows["plain"]["reserve_usd_micros"]
+    assert extra >= predicted_tokens * entry.output_pico_per_token // 10**6
+    assert rows["pred"]["input_tokens"] == rows["plain"]["input_tokens"]  # not billed as input
+
+
+def test_a_temperature_is_refused_on_a_model_that_always_reasons(catalog: Catalog) -> None:
+    from batchrouter.request_fields import always_reasons
+
+    model = next(e.name for e in catalog.entries if always_reasons(e) and len(catalog.routes_for(e.name)) == 1)
+    rows = by_id(
+        quote_of(
+            catalog,
+            line("t", {"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 0.2}),
+            line("d", {"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 1}),
+        )
+    )
+    assert (rows["t"]["reject_code"], rows["t"]["reject_field"]) == ("unsupported_field", "temperature")
+    assert rows["d"]["status"] == "accepted"
