@@ -7,14 +7,17 @@ public tokenizer (`tokenizer = "estimate"`), content is counted with o200k_base 
 the catalog's `token_factor` (rounded up per message), which the catalog sets above the highest
 ratio seen for that provider's tokenizers, so the reservation stays an upper bound.
 
-The tokenizer (bpe-openai, Rust) holds the GIL, so large inputs are counted in forked worker
-processes, each over a contiguous slice, to use every core.
+The tokenizer (bpe-openai, Rust) holds the GIL, so large inputs are counted in worker processes,
+each over a contiguous slice, to use every core: forked from a single-threaded caller (they inherit
+the Arrow buffers), or from a clean forkserver reading a memory-mapped Arrow file when other threads
+run (a fork would copy the locks they hold).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
 import threading
 from collections.abc import Sequence
 from functools import lru_cache
@@ -121,20 +124,53 @@ def _count_parallel(
         cuts: Any = np.searchsorted(np.cumsum(lengths[segment]), np.linspace(0, size, k + 1)[1:-1]) if k > 1 else []
         edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
         bounds += [(segment, encoding, lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if hi > lo]
-    # fork: workers inherit the Arrow buffers instead of receiving texts through pipes.
-    global _WORK
-    with _WORK_LOCK:
-        _WORK = arrays
-        try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_count_slice, bounds, chunksize=1)
-        finally:
-            _WORK = []
+    if threading.active_count() == 1:
+        parts = _count_forked(arrays, bounds, workers)
+    else:
+        parts = _count_in_forkserver(arrays, bounds, workers)
     out = []
     for segment, _, _, n in spans:
         mine = [p for b, p in zip(bounds, parts, strict=True) if b[0] == segment]
         out.append(np.concatenate(mine) if mine else np.zeros(n, dtype=np.int64))
     return out
+
+
+def _count_forked(arrays: list[pa.Array], bounds: list[tuple[int, str, int, int]], workers: int) -> list[np.ndarray]:
+    """fork: workers inherit the Arrow buffers instead of receiving texts through pipes.
+
+    Only safe while this is the process's one thread: a fork copies locks other threads hold.
+    """
+    global _WORK
+    with _WORK_LOCK:
+        _WORK = arrays
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                return pool.map(_count_slice, bounds, chunksize=1)
+        finally:
+            _WORK = []
+
+
+def _count_in_forkserver(
+    arrays: list[pa.Array], bounds: list[tuple[int, str, int, int]], workers: int
+) -> list[np.ndarray]:
+    """With other threads running (an API server, a Dagster run), workers come from a clean forkserver
+    and memory-map the texts from an Arrow file in shared memory rather than inheriting them."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=folder, prefix="batchrouter-tokens-") as tmp:
+        path = os.path.join(tmp, "texts.arrow")
+        schema = pa.schema([("text", pa.large_string())])
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for array in arrays:
+                writer.write_batch(pa.record_batch([array.cast(pa.large_string())], schema=schema))
+        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
+            return pool.map(_count_file_slice, [(path, *b) for b in bounds], chunksize=1)
+
+
+def _count_file_slice(args: tuple[str, int, str, int, int]) -> np.ndarray:
+    path, segment, encoding, lo, hi = args
+    with pa.memory_map(path) as source:
+        texts = pa.ipc.open_file(source).get_batch(segment).column(0)
+        return _count_slice((0, encoding, lo, hi), [texts])
 
 
 def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Series:

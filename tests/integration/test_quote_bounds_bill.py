@@ -92,6 +92,7 @@ def chat_body(draw: st.DrawFn) -> dict[str, Any]:
         body["tools"] = draw(st.lists(tool(), min_size=1, max_size=3))
         body["tool_choice"] = draw(st.sampled_from(["auto", "required", "none"]))
     if draw(st.integers(0, 4)) == 0:
+        messages.insert(0, {"role": "system", "content": "Answer in JSON."})
         body["response_format"] = draw(st.sampled_from([
             {"type": "json_object"},
             {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object", "properties": {
@@ -99,6 +100,12 @@ def chat_body(draw: st.DrawFn) -> dict[str, Any]:
         ]))
     if draw(st.integers(0, 4)) == 0:
         body["temperature"] = draw(st.floats(0, 2, allow_nan=False))
+    if draw(st.integers(0, 5)) == 0:
+        body["prediction"] = {"type": "content", "content": draw(TEXT)}
+    if draw(st.integers(0, 5)) == 0:
+        body["service_tier"] = draw(st.sampled_from(["auto", "default", "flex", "priority"]))
+    if draw(st.integers(0, 5)) == 0:
+        body["reasoning_effort"] = draw(st.sampled_from(["low", "medium", "high"]))
     if draw(st.integers(0, 5)) == 0:
         body["stop"] = draw(st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=4))
     return body
