@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from batchrouter.control import served
 from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
 
@@ -167,6 +168,7 @@ class Ledger:
         return self.db.transaction(work)
 
     # -- reads -------------------------------------------------------------------------------
+    @served(read_only=True)
     def balance(self, workspace: str) -> Balance:
         with self._connect() as con:
             row = con.execute(
@@ -176,6 +178,7 @@ class Ledger:
             ).fetchone()
         return Balance(workspace, *(int(v) for v in row)) if row else Balance(workspace, 0, 0, 0, 0)
 
+    @served(read_only=True)
     def history(self, workspace: str) -> list[dict[str, Any]]:
         with self._connect() as con:
             cur = con.execute(
@@ -186,16 +189,19 @@ class Ledger:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
+    @served(read_only=True)
     def hold(self, batch_id: str) -> Hold | None:
         with self._connect() as con:
             return _hold(con, batch_id)
 
+    @served(read_only=True)
     def holds(self, *, status: str | None = None) -> list[Hold]:
         with self._connect() as con:
             ids = [r[0] for r in con.execute("SELECT DISTINCT batch_id FROM journal WHERE op = 'reserve'").fetchall()]
             found = [h for h in (_hold(con, b) for b in ids) if h is not None]
         return [h for h in found if status is None or h.status == status]
 
+    @served(read_only=True)
     def batch_holds(self, batch_id: str) -> list[Hold]:
         """The holds of a batch, one per dispatch round, oldest first (`<batch>`, `<batch>~r1`, ...)."""
         with self._connect() as con:
@@ -215,11 +221,13 @@ class Ledger:
         return [h for h in self.holds(status="held") if h.created_at < cutoff]
 
     # -- operations --------------------------------------------------------------------------
+    @served()
     def grant(self, workspace: str, amount_usd_micros: int, *, key: str, memo: str | None = None) -> Entry:
         """Promotional credit."""
         _positive(amount_usd_micros)
         return self._credit("grant", "platform:promotions", workspace, amount_usd_micros, key=key, memo=memo)
 
+    @served()
     def purchase(self, workspace: str, amount_usd_micros: int, *, key: str, memo: str | None = None) -> Entry:
         """Credit bought through Stripe; `key` is the Checkout Session id."""
         _positive(amount_usd_micros)
@@ -247,6 +255,7 @@ class Ledger:
 
         return self._transaction(work)
 
+    @served()
     def reserve(self, workspace: str, batch_id: str, amount_usd_micros: int) -> Entry:
         """Hold `amount` for `batch_id`; refuses (writing nothing) when less is available."""
         if amount_usd_micros < 0:
@@ -269,6 +278,7 @@ class Ledger:
 
         return self._transaction(work)
 
+    @served()
     def settle(self, batch_id: str, actual_usd_micros: int) -> Entry:
         """Capture the actual cost (at most the hold) and release the rest, exactly once."""
         if actual_usd_micros < 0:
@@ -296,10 +306,12 @@ class Ledger:
 
         return self._transaction(work)
 
+    @served()
     def void(self, batch_id: str, *, reason: str = "voided") -> Entry:
         """Release the whole hold (batch cancelled or never dispatched)."""
         return self._release("void", batch_id, reason)
 
+    @served()
     def expire(self, batch_id: str, *, reason: str = "expired") -> Entry:
         """Release the hold of a batch whose run died."""
         return self._release("expire", batch_id, reason)
@@ -323,6 +335,7 @@ class Ledger:
         return self._transaction(work)
 
     # -- proof -------------------------------------------------------------------------------
+    @served(read_only=True)
     def verify(self) -> dict[str, Any]:
         """Replay the journal and compare: balanced entries, wallets = replay, no overdraft, holds resolved once."""
         problems: list[str] = []
