@@ -74,8 +74,8 @@ CREATE TABLE IF NOT EXISTS control_requests (
     answered_at TIMESTAMPTZ NOT NULL
 );
 """
-# Every module whose tables live in the file: the owner creates them all when it opens it.
-SCHEMA_MODULES = ("batchrouter.ledger", "batchrouter.accounts", "batchrouter.delivery", "batchrouter.summary")
+# The modules whose tables the reporting views read: a snapshot always holds them.
+SCHEMA_MODULES = ("batchrouter.ledger", "batchrouter.accounts")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 REQUEST_MEMORY = timedelta(days=7)  # recorded answers older than this are forgotten at start-up
 DEFAULT_IDLE_S = 300.0
@@ -288,9 +288,8 @@ class Owner:
         self.con = db.open_file(self.database, lock_timeout_s=lock_timeout_s)
         self.write_lock = threading.Lock()
         self.lock_timeout_s = lock_timeout_s
-        schemas = [SCHEMA] + [importlib.import_module(m).SCHEMA for m in SCHEMA_MODULES]
-        for schema in schemas:
-            db.retrying(self._cursor, functools.partial(_execute, schema), timeout_s=lock_timeout_s)
+        self._schemas: set[str] = set()
+        db.retrying(self._cursor, functools.partial(_execute, SCHEMA), timeout_s=lock_timeout_s)
         cutoff = datetime.now(UTC) - REQUEST_MEMORY
         forget = "DELETE FROM control_requests WHERE answered_at < ?"
         db.retrying(self._cursor, lambda con: con.execute(forget, [cutoff]), timeout_s=lock_timeout_s)
@@ -336,6 +335,7 @@ class Owner:
         op = getattr(target, "__served__", None)
         if not isinstance(op, _Op) or op.name != name:
             raise ControlError(f"{name!r} is not an operation the control service runs")
+        self._ensure_schema(name.partition(":")[0])
         fn = target.__wrapped__
         if op.method:
             cls = _resolve(name.rsplit(".", 1)[0])
@@ -344,8 +344,20 @@ class Owner:
             call_args = [self.database, *args]
         return self.run(op, fn, call_args, kwargs, request_id=request_id)
 
+    def _ensure_schema(self, module_name: str) -> None:
+        """Create the tables of an operation's module the first time one of its operations runs."""
+        if module_name in self._schemas:
+            return
+        schema = getattr(importlib.import_module(module_name), "SCHEMA", "")
+        with self.write_lock:
+            if schema:
+                db.retrying(self._cursor, functools.partial(_execute, schema), timeout_s=self.lock_timeout_s)
+            self._schemas.add(module_name)
+
     def snapshot(self) -> str:
         """A consistent copy of the whole database in a new file beside it (0600), for read-only reporting."""
+        for module_name in SCHEMA_MODULES:
+            self._ensure_schema(module_name)
         folder = Path(f"{self.database}.snapshots")
         folder.mkdir(mode=0o700, exist_ok=True)
         target = folder / f"{uuid.uuid4().hex}.duckdb"
@@ -428,6 +440,8 @@ class _Handler(BaseHTTPRequestHandler):
             server.busy += 1
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
+            if body.get("database") != server.owner.database:
+                return self._answer(409, {"error": {"message": f"this service owns {server.owner.database}"}})
             if self.path == "/v1/shutdown":
                 server.stop.set()
                 return self._answer(200, {"stopping": True})
@@ -550,11 +564,17 @@ def _write_discovery(database: str, info: dict[str, Any]) -> None:
 
 
 def _read_discovery(database: str) -> dict[str, Any] | None:
+    """The owner's address, if the file beside `database` names an owner *of this database*.
+
+    A copied folder carries the discovery file of the original: it names another database and is ignored.
+    """
     try:
         info = json.loads(discovery_path(database).read_text())
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) and {"url", "token"} <= info.keys() else None
+    if not isinstance(info, dict) or not {"url", "token", "database"} <= info.keys():
+        return None
+    return info if info["database"] == db.canonical_path(database) else None
 
 
 def _remove_discovery(database: str, token: str) -> None:
@@ -587,14 +607,15 @@ class Client:
         self._start_lock = threading.Lock()
 
     def call(self, op: _Op, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        payload = {"op": op.name, "args": encode(args), "kwargs": encode(kwargs), "request_id": uuid.uuid4().hex}
+        payload = {"op": op.name, "args": encode(args), "kwargs": encode(kwargs), "request_id": uuid.uuid4().hex,
+                   "database": self.database}  # fmt: skip
         body = self._post("/v1/op", payload, what=op.name)
         if body.get("ok"):
             return decode(body["result"])
         raise decode_error(body["error"], op.name)
 
     def snapshot(self) -> str:
-        return str(self._post("/v1/snapshot", {}, what="a snapshot")["result"])
+        return str(self._post("/v1/snapshot", {"database": self.database}, what="a snapshot")["result"])
 
     def _post(self, path: str, payload: dict[str, Any], *, what: str) -> dict[str, Any]:
         data = json.dumps(payload).encode()
@@ -613,7 +634,7 @@ class Client:
                     if status == 200:
                         return body
                     problem = f"{info['url']} answered {status}: {body.get('error', {}).get('message')}"
-                    if status not in (401, 503):  # 401: a stale discovery file; 503: stopping
+                    if status not in (401, 409, 503):  # 401, 409: a stale discovery file; 503: stopping
                         raise ControlError(f"the control service refused {what}: {problem}")
             self._start()
             if time.monotonic() > deadline:
@@ -643,7 +664,15 @@ class Client:
                 os.close(fd)  # the owner holds the same lock through its inherited descriptor
 
 
-_ENTRY = "import sys; from batchrouter.control import main; sys.exit(main(sys.argv[1:]))"
+# The owner's entry point. It loads `batchrouter` as a bare package, without running its
+# `__init__` (which imports the whole engine, seconds of start-up on a busy machine): the owner
+# needs `control`, `db` and the modules of the operations it is asked to run, imported on demand.
+_ENTRY = (
+    "import importlib.util, sys, types; spec = importlib.util.find_spec('batchrouter'); "
+    "package = types.ModuleType('batchrouter'); package.__path__ = list(spec.submodule_search_locations); "
+    "sys.modules['batchrouter'] = package; "
+    "from batchrouter.control import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 def start_detached(database: str, *, lock_fd: int) -> None:
@@ -691,7 +720,7 @@ def stop(database: str | Path, *, timeout_s: float = 60.0) -> bool:
     info = _read_discovery(database)
     if info is not None:
         with contextlib.suppress(OSError, http.client.HTTPException):
-            _http(info, "/v1/shutdown", b"{}")
+            _http(info, "/v1/shutdown", json.dumps({"database": database}).encode())
     was_running = info is not None or owner_running(database)
     deadline = time.monotonic() + timeout_s
     while owner_running(database):
@@ -700,7 +729,7 @@ def stop(database: str | Path, *, timeout_s: float = 60.0) -> bool:
         info = _read_discovery(database)
         if info is not None:
             with contextlib.suppress(OSError, http.client.HTTPException):
-                _http(info, "/v1/shutdown", b"{}")
+                _http(info, "/v1/shutdown", json.dumps({"database": database}).encode())
         time.sleep(0.05)
     return was_running
 
