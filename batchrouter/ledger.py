@@ -13,12 +13,17 @@ Operations, each idempotent by key (same key and body: the same entry back; same
 body: `IdempotencyConflict`): `grant`, `purchase`, `reserve`, `settle`, `void`, `expire`.
 Corrections are new entries; nothing is updated or deleted in `journal` and `postings`.
 
-Concurrency: DuckDB lets one process open the file at a time, so every operation opens the file,
-runs one transaction and closes it, retrying with jittered back-off while another process holds
-the lock. Within the transaction, the workspace's row in `wallets` (the balances the journal
-replays to, kept for speed) is updated: two transactions that both read a balance and spend it
-conflict on that row, and the loser retries against the new balance. So no interleaving of
-processes or threads can take more than the balance, and none loses its operation to a lock.
+Concurrency: one process owns the DuckDB file, the control service (`batchrouter.control`); every
+public operation here is `@served`, so from any other process it runs there, as one transaction,
+writes one at a time. Within the transaction, the workspace's row in `wallets` (the balances the
+journal replays to, kept for speed) is updated: two transactions that both read a balance and
+spend it conflict on that row (a process alone with its file, with many threads, relies on that),
+and the loser retries against the new balance. So no interleaving of processes or threads can
+take more than the balance.
+
+Amounts are checked by `money.micros_problem` (whole micro-dollars, 0 to `money.MAX_USD_MICROS`);
+the engine's keys (`reserve:<batch>`, `settle:`, `void:`, `expire:`) are a namespace an operator's
+grant or purchase key cannot enter.
 """
 
 from __future__ import annotations
