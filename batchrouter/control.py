@@ -290,9 +290,7 @@ class Owner:
         self.lock_timeout_s = lock_timeout_s
         self._schemas: set[str] = set()
         db.retrying(self._cursor, functools.partial(_execute, SCHEMA), timeout_s=lock_timeout_s)
-        cutoff = datetime.now(UTC) - REQUEST_MEMORY
-        forget = "DELETE FROM control_requests WHERE answered_at < ?"
-        db.retrying(self._cursor, lambda con: con.execute(forget, [cutoff]), timeout_s=lock_timeout_s)
+        self.forget()
         db.hold(self.database, self.con)
         _OWNERS[self.database] = self
 
@@ -343,6 +341,17 @@ class Owner:
         else:
             call_args = [self.database, *args]
         return self.run(op, fn, call_args, kwargs, request_id=request_id)
+
+    def forget(self) -> None:
+        """Drop recorded answers older than `REQUEST_MEMORY` (no client retries for that long) and old snapshots."""
+        cutoff = datetime.now(UTC) - REQUEST_MEMORY
+        forget = "DELETE FROM control_requests WHERE answered_at < ?"
+        with self.write_lock:
+            db.retrying(self._cursor, lambda con: con.execute(forget, [cutoff]), timeout_s=self.lock_timeout_s)
+        for leftover in Path(f"{self.database}.snapshots").glob("*.duckdb*"):
+            with contextlib.suppress(OSError):
+                if time.time() - leftover.stat().st_mtime > 3600:  # a reader that died before removing it
+                    leftover.unlink()
 
     def _ensure_schema(self, module_name: str) -> None:
         """Create the tables of an operation's module the first time one of its operations runs."""
@@ -502,7 +511,11 @@ def serve(
         log.info("serving %s at %s (idle exit: %s)", database, url, f"{idle_s:g} s" if idle_s else "never")
         if foreground:
             print(f"control service for {database} at {url} (pid {os.getpid()}); Ctrl-C stops it", file=sys.stderr)
+        next_forget = time.monotonic() + 3600
         while not server.stop.wait(0.2):
+            if time.monotonic() > next_forget:
+                owner.forget()
+                next_forget = time.monotonic() + 3600
             with server.counter:
                 idle = server.busy == 0 and time.monotonic() - server.last_request > (idle_s or float("inf"))
             if idle:
