@@ -38,6 +38,7 @@ from typing import Any
 
 import duckdb
 
+from batchrouter.control import served
 from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
 from batchrouter.identity import IdentityError, canonical_email, canonical_workspace
@@ -149,6 +150,7 @@ def _lookup(canonical: Callable[[object], str], value: str) -> str:
 
 class Accounts:
     def __init__(self, path: str) -> None:
+        self.path = str(path)
         self.db = Database(path, schema=SCHEMA)
 
     # -- audit -------------------------------------------------------------------------------
@@ -164,12 +166,14 @@ class Accounts:
              json.dumps(after, default=str) if after is not None else None],
         )  # fmt: skip
 
+    @served()
     def record(self, workspace: str, actor: str, action: str, target: str | None, *, before: Any = None,
                after: Any = None) -> None:  # fmt: skip
         """Append an audit event for a state change made elsewhere (batches, credits)."""
         workspace = _lookup(canonical_workspace, workspace)
         self.db.transaction(lambda con: self._audit(con, workspace, actor, action, target, before, after))
 
+    @served(read_only=True)
     def audit_events(self, workspace: str) -> list[dict[str, Any]]:
         workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
@@ -184,6 +188,7 @@ class Accounts:
     def _ensure_workspace(con: duckdb.DuckDBPyConnection, workspace: str) -> None:
         con.execute("INSERT INTO workspaces VALUES (?, false, NULL, ?) ON CONFLICT DO NOTHING", [workspace, _now()])
 
+    @served()
     def set_suspended(self, workspace: str, suspended: bool, *, reason: str | None, actor: str) -> None:
         workspace = _name(canonical_workspace, workspace)
 
@@ -200,6 +205,7 @@ class Accounts:
 
         self.db.transaction(work)
 
+    @served(read_only=True)
     def suspension(self, workspace: str) -> str | None:
         """The reason the workspace is suspended, or None when it is not."""
         workspace = _lookup(canonical_workspace, workspace)
@@ -212,6 +218,7 @@ class Accounts:
         return None
 
     # -- members -------------------------------------------------------------------------------
+    @served()
     def set_member(self, workspace: str, email: str, role: str, *, actor: str) -> None:
         if role not in ROLES:
             raise AccessError("invalid_role", f"role {role!r} is not one of {', '.join(ROLES)}", 422)
@@ -238,6 +245,7 @@ class Accounts:
 
         self.db.transaction(work)
 
+    @served()
     def remove_member(self, workspace: str, email: str, *, actor: str) -> bool:
         workspace, email = _lookup(canonical_workspace, workspace), _lookup(canonical_email, email)
 
@@ -259,6 +267,7 @@ class Accounts:
 
         return self.db.transaction(work)
 
+    @served(read_only=True)
     def members(self, workspace: str) -> list[dict[str, Any]]:
         workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
@@ -267,6 +276,7 @@ class Accounts:
             ).fetchall()
         return [{"email": e, "role": r, "added_at": a.isoformat()} for e, r, a in rows]
 
+    @served(read_only=True)
     def role(self, workspace: str, email: str) -> str | None:
         workspace, email = _lookup(canonical_workspace, workspace), _lookup(canonical_email, email)
         with self.db.connect() as con:
@@ -276,6 +286,7 @@ class Accounts:
         return str(row[0]) if row else None
 
     # -- keys ----------------------------------------------------------------------------------
+    @served()
     def create_key(
         self, workspace: str, *, name: str, scopes: list[str], created_by: str, actor: str,
         expires_in: timedelta | None = None,
@@ -304,6 +315,7 @@ class Accounts:
         self.db.transaction(work)
         return f"br_{prefix}_{secret}", key
 
+    @served(read_only=True)
     def keys(self, workspace: str) -> list[ApiKey]:
         workspace = _lookup(canonical_workspace, workspace)
         with self.db.connect() as con:
@@ -314,6 +326,7 @@ class Accounts:
             ).fetchall()
         return [ApiKey(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
+    @served()
     def revoke_key(self, workspace: str, key_id: str, *, actor: str) -> ApiKey:
         workspace = _lookup(canonical_workspace, workspace)
 
@@ -326,6 +339,7 @@ class Accounts:
 
         return self.db.transaction(work)
 
+    @served()
     def rotate_key(self, workspace: str, key_id: str, *, actor: str, grace: timedelta) -> tuple[str, ApiKey]:
         """A new key with the same name and scopes; the old one keeps working for `grace`, then expires."""
         workspace = _lookup(canonical_workspace, workspace)
@@ -361,6 +375,7 @@ class Accounts:
             raise AccessError("not_found", f"no key {key_id} in workspace {workspace}", 404)
         return ApiKey(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8])
 
+    @served(read_only=True)
     def authenticate(self, token: str | None) -> Principal:
         """The principal of a presented key; AccessError 401 for a missing, unknown, revoked or expired one."""
         if not token or not token.startswith("br_") or token.count("_") < 2:

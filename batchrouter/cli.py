@@ -13,12 +13,12 @@ import sys
 import time
 import uuid
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from batchrouter import control, money, vault
 from batchrouter.accounts import Accounts
 from batchrouter.api import serve as serve_api
 from batchrouter.batch import (
@@ -299,17 +299,16 @@ def render_balance(balance: dict[str, Any]) -> str:
 
 
 def usd_to_micros(text: str) -> int:
-    try:
-        amount = Decimal(text)
-    except ArithmeticError as exc:
-        raise BatchRouterError(f"--usd {text!r} is not a number") from exc
-    micros = amount * 10**6
-    if amount <= 0 or micros != micros.to_integral_value():
-        raise BatchRouterError(f"--usd {text}: give a positive amount with at most 6 decimal places")
-    return int(micros)
+    return money.usd_to_micros(text, field="--usd")
 
 
 def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "serve":
+        return control.serve(settings.database, idle_s=args.idle_s or None, foreground=True)
+    if args.action == "stop":
+        stopped = control.stop(settings.database)
+        print(f"control service of {settings.database}: {'stopped' if stopped else 'none was running'}")
+        return EXIT_OK
     report = Ledger(settings.database).verify()
     if args.json:
         print(json.dumps(report))
@@ -319,6 +318,12 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
         for problem in report["problems"]:
             print(f"  - {problem}")
     return EXIT_OK if report["ok"] else EXIT_NOTHING_ACCEPTED
+
+
+def cmd_secrets(args: argparse.Namespace, settings: Settings) -> int:
+    counts = vault.rotate(settings.database)
+    print("re-encrypted " + ", ".join(f"{n} in {table}" for table, n in counts.items()))
+    return EXIT_OK
 
 
 def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
@@ -536,8 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = lg.add_subparsers(dest="action", required=True)
     lv = lsub.add_parser("verify", help="replay the journal and prove balances, holds and conservation")
     lv.add_argument("--json", action="store_true")
+    ls = lsub.add_parser("serve", help="own the database and serve it to other processes, in the foreground")
+    ls.add_argument("--idle-s", type=float, default=0.0, help="stop after this many idle seconds (default 0: never)")
+    lsub.add_parser("stop", help="stop the control service of the database (it restarts when next needed)")
     common(lg)
     lg.set_defaults(func=cmd_ledger)
+
+    sc = sub.add_parser("secrets", help="secrets at rest: rotate re-encrypts them with the first key")
+    ssub = sc.add_subparsers(dest="action", required=True)
+    ssub.add_parser("rotate", help="re-encrypt webhook secrets and signing keys (see BATCHROUTER_SECRET_KEY)")
+    common(sc)
+    sc.set_defaults(func=cmd_secrets)
 
     q2 = sub.add_parser("sql", help="run a read-only SQL query over usage and ledger views")
     q2.add_argument("query")

@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from batchrouter.errors import ConfigError
 from batchrouter.identity import IdentityError, canonical_workspace
+from batchrouter.money import usd_to_micros
 
 ProviderKind = Literal["openai", "anthropic", "openrouter", "openai_compatible", "simulator"]
 Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]
@@ -129,6 +130,14 @@ class WorkspaceConfig(BaseModel):
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
     auto_approve_max_usd: Decimal | None = Field(default=None, ge=0)
 
+    @field_validator("auto_approve_max_usd", mode="before")
+    @classmethod
+    def _plain_amount(cls, value: Any) -> Any:
+        # As written (before conversion, so `1e3` is still visible): the one rule for every amount.
+        if value is not None:
+            usd_to_micros(value, field="auto_approve_max_usd", allow_zero=True)
+        return value
+
 
 class LimitsConfig(BaseModel):
     """Hard limits on what one manifest may hold."""
@@ -193,6 +202,14 @@ class BillingConfig(BaseModel):
     cancel_url: str = "http://127.0.0.1:8080/billing/cancelled"
     tolerance_s: int = Field(default=300, gt=0)
     reconcile_lookback_hours: int = Field(default=72, gt=0)
+
+    @field_validator("packs", mode="before")
+    @classmethod
+    def _plain_amounts(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, price in value.items():
+                usd_to_micros(price, field=f"pack {name}: price")
+        return value
 
     @field_validator("packs")
     @classmethod

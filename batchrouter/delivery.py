@@ -18,7 +18,8 @@ all, are refused when added and again before every attempt, and each request goe
 that was checked (no second DNS lookup to rebind), unless `delivery.allow_private_endpoints`.
 Redirects are not followed and proxy environment variables are ignored.
 
-Tables live in the DuckDB file `settings.database`, opened per operation with lock retry.
+Tables live in the DuckDB file `settings.database`; the functions marked `@served` run in its control
+service (`batchrouter.control`). Endpoint secrets are stored sealed (`batchrouter.vault`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from typing import Any, TypeVar
 import duckdb
 import httpx
 
+from batchrouter import vault
 from batchrouter.batch import BatchInfo
 from batchrouter.config import Settings
+from batchrouter.control import served
 from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
 from batchrouter.links import sign_link
@@ -218,22 +221,31 @@ def add_endpoint(settings: Settings, workspace: str, url: str) -> tuple[str, str
         raise DeliveryError(f"workspace {workspace!r} is not a valid name")
     check_url(url, allow_private=settings.delivery.allow_private_endpoints)
     endpoint_id, secret = f"ep_{uuid.uuid4().hex}", new_secret()
+    _insert_endpoint(settings.database, endpoint_id, workspace, url, vault.seal(settings.database, secret))
+    return endpoint_id, secret
 
-    def work(con: duckdb.DuckDBPyConnection) -> None:
-        con.execute(
+
+@served()
+def _insert_endpoint(database: str, endpoint_id: str, workspace: str, url: str, sealed: str) -> None:
+    _transaction(
+        database,
+        lambda con: con.execute(
             "INSERT INTO webhook_endpoints (endpoint_id, workspace, url, secret, enabled, disabled_reason, "
             "created_at, failures) VALUES (?, ?, ?, ?, true, NULL, ?, 0)",
-            [endpoint_id, workspace, url, secret, datetime.now(UTC)],
-        )
-
-    _transaction(settings.database, work)
-    return endpoint_id, secret
+            [endpoint_id, workspace, url, sealed, datetime.now(UTC)],
+        ),
+    )
 
 
 def list_endpoints(settings: Settings, workspace: str) -> list[Endpoint]:
     """The workspace's endpoints, oldest first, without their secrets."""
+    return _endpoints(settings.database, workspace)
+
+
+@served(read_only=True)
+def _endpoints(database: str, workspace: str) -> list[Endpoint]:
     return _transaction(
-        settings.database,
+        database,
         lambda con: [
             _endpoint(r)
             for r in _rows(
@@ -260,12 +272,16 @@ def remove_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> Non
     Raises:
         EndpointNotFound: no such endpoint in this workspace.
     """
+    _remove_endpoint(settings.database, workspace, endpoint_id)
 
+
+@served()
+def _remove_endpoint(database: str, workspace: str, endpoint_id: str) -> None:
     def work(con: duckdb.DuckDBPyConnection) -> None:
         _require_endpoint(con, workspace, endpoint_id)
         con.execute("DELETE FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id])
 
-    _transaction(settings.database, work)
+    _transaction(database, work)
 
 
 def enable_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> None:
@@ -274,7 +290,11 @@ def enable_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> Non
     Raises:
         EndpointNotFound: no such endpoint in this workspace.
     """
+    _enable_endpoint(settings.database, workspace, endpoint_id)
 
+
+@served()
+def _enable_endpoint(database: str, workspace: str, endpoint_id: str) -> None:
     def work(con: duckdb.DuckDBPyConnection) -> None:
         _require_endpoint(con, workspace, endpoint_id)
         con.execute(
@@ -282,13 +302,18 @@ def enable_endpoint(settings: Settings, workspace: str, endpoint_id: str) -> Non
             [endpoint_id],
         )
 
-    _transaction(settings.database, work)
+    _transaction(database, work)
 
 
 def list_attempts(settings: Settings, *, endpoint_id: str | None = None, event_id: str | None = None) -> list[Attempt]:
     """Recorded attempts, in the order they were made, optionally of one endpoint and/or one event."""
+    return _attempts(settings.database, endpoint_id, event_id)
+
+
+@served(read_only=True)
+def _attempts(database: str, endpoint_id: str | None, event_id: str | None) -> list[Attempt]:
     return _transaction(
-        settings.database,
+        database,
         lambda con: [
             Attempt(**r)
             for r in _rows(
@@ -351,9 +376,10 @@ def _send(
     raise AssertionError("check_url returns at least one address")  # pragma: no cover
 
 
-def _record(settings: Settings, attempt: Attempt) -> None:
+@served()
+def _record(database: str, attempt: Attempt) -> None:
     _transaction(
-        settings.database,
+        database,
         lambda con: con.execute(
             "INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, \"at\", status_code, error, duration_ms) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -363,9 +389,11 @@ def _record(settings: Settings, attempt: Attempt) -> None:
     )  # fmt: skip
 
 
-def _conclude(settings: Settings, endpoint_id: str, *, delivered: bool, gone: bool, error: str | None) -> None:
+@served()
+def _conclude(
+    database: str, endpoint_id: str, *, limit: int, delivered: bool, gone: bool, error: str | None
+) -> None:
     """After an event's last attempt to an endpoint: reset, count a failed event, or disable."""
-    limit = settings.delivery.disable_after_failed_events
 
     def work(con: duckdb.DuckDBPyConnection) -> None:
         row = con.execute("SELECT failures FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id]).fetchone()
@@ -386,13 +414,22 @@ def _conclude(settings: Settings, endpoint_id: str, *, delivered: bool, gone: bo
             [failures, reason is None, reason, endpoint_id],
         )
 
-    _transaction(settings.database, work)
+    _transaction(database, work)
 
 
 def _targets(settings: Settings, workspace: str, event_id: str, first_due: float) -> list[_Target]:
     """The workspace's enabled endpoints that have not accepted this event yet."""
+    return [
+        _Target(endpoint_id, url, vault.unseal(settings.database, sealed), done + 1, 0, first_due)
+        for endpoint_id, url, sealed, done in _pending(settings.database, workspace, event_id)
+    ]
 
-    def work(con: duckdb.DuckDBPyConnection) -> list[_Target]:
+
+@served(read_only=True)
+def _pending(database: str, workspace: str, event_id: str) -> list[tuple[str, str, str, int]]:
+    """(endpoint id, url, sealed secret, attempts made) of enabled endpoints that did not accept the event."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, int]]:
         rows = _rows(
             con,
             "SELECT e.endpoint_id, e.url, e.secret, coalesce(max(a.attempt), 0) AS done, "
@@ -401,18 +438,15 @@ def _targets(settings: Settings, workspace: str, event_id: str, first_due: float
             "WHERE e.workspace = ? AND e.enabled GROUP BY ALL ORDER BY min(e.created_at), e.endpoint_id",
             [event_id, workspace],
         )
-        return [
-            _Target(r["endpoint_id"], r["url"], r["secret"], int(r["done"]) + 1, 0, first_due)
-            for r in rows
-            if not r["delivered"]
-        ]
+        return [(r["endpoint_id"], r["url"], r["secret"], int(r["done"])) for r in rows if not r["delivered"]]
 
-    return _transaction(settings.database, work)
+    return _transaction(database, work)
 
 
-def _still_enabled(settings: Settings, endpoint_id: str) -> bool:
+@served(read_only=True)
+def _still_enabled(database: str, endpoint_id: str) -> bool:
     row = _transaction(
-        settings.database,
+        database,
         lambda con: con.execute(
             "SELECT enabled FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id]
         ).fetchone(),
@@ -483,7 +517,7 @@ def deliver_batch_completed(
             if target.due > elapsed:
                 sleep(target.due - elapsed)
                 elapsed = target.due
-            if target.step > 0 and not _still_enabled(settings, target.endpoint_id):
+            if target.step > 0 and not _still_enabled(settings.database, target.endpoint_id):
                 targets.remove(target)  # disabled or removed while waiting
                 continue
             started = time.monotonic()
@@ -493,7 +527,7 @@ def deliver_batch_completed(
             attempt = Attempt(
                 event_id, target.endpoint_id, target.attempt, datetime.now(UTC), code, error, round(took * 1000)
             )
-            _record(settings, attempt)
+            _record(settings.database, attempt)
             made.append(attempt)
             target.attempt += 1
             target.step += 1
@@ -504,7 +538,8 @@ def deliver_batch_completed(
                 or elapsed + schedule[target.step] > config.max_total_s
             )
             if last:
-                _conclude(settings, target.endpoint_id, delivered=attempt.ok, gone=code == 410, error=error)
+                _conclude(settings.database, target.endpoint_id, limit=config.disable_after_failed_events,
+                          delivered=attempt.ok, gone=code == 410, error=error)  # fmt: skip
                 targets.remove(target)
             else:
                 target.due = elapsed + schedule[target.step]

@@ -13,12 +13,17 @@ Operations, each idempotent by key (same key and body: the same entry back; same
 body: `IdempotencyConflict`): `grant`, `purchase`, `reserve`, `settle`, `void`, `expire`.
 Corrections are new entries; nothing is updated or deleted in `journal` and `postings`.
 
-Concurrency: DuckDB lets one process open the file at a time, so every operation opens the file,
-runs one transaction and closes it, retrying with jittered back-off while another process holds
-the lock. Within the transaction, the workspace's row in `wallets` (the balances the journal
-replays to, kept for speed) is updated: two transactions that both read a balance and spend it
-conflict on that row, and the loser retries against the new balance. So no interleaving of
-processes or threads can take more than the balance, and none loses its operation to a lock.
+Concurrency: one process owns the DuckDB file, the control service (`batchrouter.control`); every
+public operation here is `@served`, so from any other process it runs there, as one transaction,
+writes one at a time. Within the transaction, the workspace's row in `wallets` (the balances the
+journal replays to, kept for speed) is updated: two transactions that both read a balance and
+spend it conflict on that row (a process alone with its file, with many threads, relies on that),
+and the loser retries against the new balance. So no interleaving of processes or threads can
+take more than the balance.
+
+Amounts are checked by `money.micros_problem` (whole micro-dollars, 0 to `money.MAX_USD_MICROS`);
+the engine's keys (`reserve:<batch>`, `settle:`, `void:`, `expire:`) are a namespace an operator's
+grant or purchase key cannot enter.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from batchrouter.control import served
 from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
+from batchrouter.money import micros_problem
 
 T = TypeVar("T")
 
@@ -69,6 +76,10 @@ CREATE TABLE IF NOT EXISTS wallets (
 """
 
 OPS = ("grant", "purchase", "reserve", "settle", "void", "expire")
+# The engine's own keys (`reserve:<batch>`, ...): a grant or purchase key can never take one, so an
+# operator's `--key` cannot collide with a batch's reservation, settlement, void or expiry.
+INTERNAL_KEY_PREFIXES = ("reserve:", "settle:", "void:", "expire:")
+MAX_KEY_LENGTH = 200
 
 
 class LedgerError(BatchRouterError):
@@ -87,6 +98,18 @@ class InsufficientCredits(LedgerError):
             f"workspace {workspace} needs {usd(needed)} but has {usd(available)} available: "
             f"{usd(self.missing)} missing; buy credits (batchrouter credits buy) or lower the batch's max_tokens"
         )
+
+
+class InvalidAmount(LedgerError):
+    """An amount is not a whole number of micro-dollars from 0 to `money.MAX_USD_MICROS`."""
+
+    code = "invalid_amount"
+
+
+class InvalidKey(LedgerError):
+    """An operator's idempotency key is empty, too long, or takes the engine's own namespace."""
+
+    code = "invalid_key"
 
 
 class IdempotencyConflict(LedgerError):
@@ -167,6 +190,7 @@ class Ledger:
         return self.db.transaction(work)
 
     # -- reads -------------------------------------------------------------------------------
+    @served(read_only=True)
     def balance(self, workspace: str) -> Balance:
         with self._connect() as con:
             row = con.execute(
@@ -176,6 +200,7 @@ class Ledger:
             ).fetchone()
         return Balance(workspace, *(int(v) for v in row)) if row else Balance(workspace, 0, 0, 0, 0)
 
+    @served(read_only=True)
     def history(self, workspace: str) -> list[dict[str, Any]]:
         with self._connect() as con:
             cur = con.execute(
@@ -186,16 +211,19 @@ class Ledger:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
+    @served(read_only=True)
     def hold(self, batch_id: str) -> Hold | None:
         with self._connect() as con:
             return _hold(con, batch_id)
 
+    @served(read_only=True)
     def holds(self, *, status: str | None = None) -> list[Hold]:
         with self._connect() as con:
             ids = [r[0] for r in con.execute("SELECT DISTINCT batch_id FROM journal WHERE op = 'reserve'").fetchall()]
             found = [h for h in (_hold(con, b) for b in ids) if h is not None]
         return [h for h in found if status is None or h.status == status]
 
+    @served(read_only=True)
     def batch_holds(self, batch_id: str) -> list[Hold]:
         """The holds of a batch, one per dispatch round, oldest first (`<batch>`, `<batch>~r1`, ...)."""
         with self._connect() as con:
@@ -215,17 +243,20 @@ class Ledger:
         return [h for h in self.holds(status="held") if h.created_at < cutoff]
 
     # -- operations --------------------------------------------------------------------------
+    @served()
     def grant(self, workspace: str, amount_usd_micros: int, *, key: str, memo: str | None = None) -> Entry:
         """Promotional credit."""
-        _positive(amount_usd_micros)
+        _amount(amount_usd_micros, "a grant", allow_zero=False)
         return self._credit("grant", "platform:promotions", workspace, amount_usd_micros, key=key, memo=memo)
 
+    @served()
     def purchase(self, workspace: str, amount_usd_micros: int, *, key: str, memo: str | None = None) -> Entry:
         """Credit bought through Stripe; `key` is the Checkout Session id."""
-        _positive(amount_usd_micros)
+        _amount(amount_usd_micros, "a purchase", allow_zero=False)
         return self._credit("purchase", "platform:stripe_receivable", workspace, amount_usd_micros, key=key, memo=memo)
 
     def _credit(self, op: str, source: str, workspace: str, amount: int, *, key: str, memo: str | None) -> Entry:
+        _operator_key(key)
         body = {"op": op, "workspace": workspace, "amount": amount}
 
         def work(con: duckdb.DuckDBPyConnection) -> Entry:
@@ -247,10 +278,10 @@ class Ledger:
 
         return self._transaction(work)
 
+    @served()
     def reserve(self, workspace: str, batch_id: str, amount_usd_micros: int) -> Entry:
         """Hold `amount` for `batch_id`; refuses (writing nothing) when less is available."""
-        if amount_usd_micros < 0:
-            raise LedgerError("a reservation cannot be negative")
+        _amount(amount_usd_micros, f"the reservation of batch {batch_id}")
         key = f"reserve:{batch_id}"
         body = {"op": "reserve", "workspace": workspace, "batch_id": batch_id, "amount": amount_usd_micros}
 
@@ -269,10 +300,10 @@ class Ledger:
 
         return self._transaction(work)
 
+    @served()
     def settle(self, batch_id: str, actual_usd_micros: int) -> Entry:
         """Capture the actual cost (at most the hold) and release the rest, exactly once."""
-        if actual_usd_micros < 0:
-            raise LedgerError("an actual cost cannot be negative")
+        _amount(actual_usd_micros, f"the actual cost of batch {batch_id}")
         key = f"settle:{batch_id}"
         body = {"op": "settle", "batch_id": batch_id, "actual": actual_usd_micros}
 
@@ -296,10 +327,12 @@ class Ledger:
 
         return self._transaction(work)
 
+    @served()
     def void(self, batch_id: str, *, reason: str = "voided") -> Entry:
         """Release the whole hold (batch cancelled or never dispatched)."""
         return self._release("void", batch_id, reason)
 
+    @served()
     def expire(self, batch_id: str, *, reason: str = "expired") -> Entry:
         """Release the hold of a batch whose run died."""
         return self._release("expire", batch_id, reason)
@@ -323,60 +356,125 @@ class Ledger:
         return self._transaction(work)
 
     # -- proof -------------------------------------------------------------------------------
+    @served(read_only=True)
     def verify(self) -> dict[str, Any]:
-        """Replay the journal and compare: balanced entries, wallets = replay, no overdraft, holds resolved once."""
-        problems: list[str] = []
+        """Replay the journal and prove the store whole; every problem found is listed, none stops the check.
+
+        Checks: every entry has postings and every posting an entry; every entry balances; every
+        entry's postings are the ones its operation writes (a hold's reservation, capture and release
+        included), so a hold's state agrees with its postings; every resolution has a reservation and
+        every hold is resolved at most once; wallets equal the replay of the postings, and credited =
+        available + held + spent; no available balance ever went below zero.
+        """
         with self._connect() as con:
-            unbalanced = con.execute(
-                "SELECT j.entry_id, coalesce(sum(p.amount_usd_micros), 0) FROM journal j "
-                "LEFT JOIN postings p USING (entry_id) GROUP BY j.entry_id "
-                "HAVING coalesce(sum(p.amount_usd_micros), 0) <> 0"
+            entries = con.execute(
+                "SELECT entry_id, idempotency_key, op, workspace, batch_id, amount_usd_micros FROM journal "
+                "ORDER BY created_at, entry_id"
             ).fetchall()
-            problems += [f"entry {e} does not balance (sum {s})" for e, s in unbalanced]
-            replay = {
-                (w, kind): int(total)
-                for w, kind, total in con.execute(
-                    "SELECT workspace, split_part(account, ':', 3), sum(amount_usd_micros) FROM postings "
-                    "WHERE account LIKE 'workspace:%' GROUP BY ALL"
-                ).fetchall()
-            }
-            credited = {
-                w: int(t)
-                for w, t in con.execute(
-                    "SELECT workspace, sum(amount_usd_micros) FROM journal "
-                    "WHERE op IN ('grant', 'purchase') GROUP BY ALL"
-                ).fetchall()
-            }
+            postings = con.execute("SELECT entry_id, account, workspace, amount_usd_micros FROM postings").fetchall()
             wallets = con.execute(
                 "SELECT workspace, available_usd_micros, held_usd_micros, spent_usd_micros, credited_usd_micros "
                 "FROM wallets"
             ).fetchall()
-            for w, available, held, spent, cred in wallets:
-                expected = (replay.get((w, "available"), 0), replay.get((w, "held"), 0),
-                            replay.get((w, "spent"), 0), credited.get(w, 0))  # fmt: skip
-                if (available, held, spent, cred) != expected:
-                    problems.append(f"workspace {w}: wallet {(available, held, spent, cred)} != replay {expected}")
-                if cred != available + held + spent:
-                    problems.append(f"workspace {w}: credited {cred} != available + held + spent")
             running = con.execute(
                 "SELECT workspace, min(running) FROM (SELECT p.workspace, sum(p.amount_usd_micros) OVER ("
                 "PARTITION BY p.workspace ORDER BY j.created_at, j.entry_id) AS running FROM postings p "
                 "JOIN journal j USING (entry_id) WHERE p.account LIKE '%:available') GROUP BY ALL"
             ).fetchall()
-            problems += [f"workspace {w}: available went below zero ({m})" for w, m in running if m < 0]
-            multi = con.execute(
-                "SELECT batch_id, count(*) FROM journal WHERE op IN ('settle', 'void', 'expire') "
-                "GROUP BY batch_id HAVING count(*) > 1"
-            ).fetchall()
-            problems += [f"batch {b}: hold resolved {n} times" for b, n in multi]
-            entries = con.execute("SELECT count(*) FROM journal").fetchone()
-        return {"ok": not problems, "entries": int(entries[0]) if entries else 0, "workspaces": len(wallets),
-                "problems": problems}  # fmt: skip
+        problems = _problems(entries, postings, wallets)
+        problems += [f"workspace {w}: available went below zero ({m})" for w, m in running if m < 0]
+        return {"ok": not problems, "entries": len(entries), "workspaces": len(wallets), "problems": problems}
 
 
-def _positive(amount: int) -> None:
-    if not isinstance(amount, int) or amount <= 0:
-        raise LedgerError(f"amount must be a positive whole number of micro-dollars, got {amount!r}")
+def _problems(
+    entries: list[tuple[Any, ...]], postings: list[tuple[Any, ...]], wallets: list[tuple[Any, ...]]
+) -> list[str]:
+    """What `verify` finds wrong in the journal, postings and wallets rows given."""
+    problems: list[str] = []
+    by_entry: dict[str, dict[str, int]] = {}
+    replay: dict[tuple[str, str], int] = {}
+    for entry_id, acct, workspace, amount in postings:
+        sums = by_entry.setdefault(entry_id, {})
+        sums[acct] = sums.get(acct, 0) + int(amount)
+        if acct.startswith("workspace:"):
+            owner, kind = acct.split(":")[1], acct.split(":")[2]
+            if owner != workspace:
+                problems.append(f"entry {entry_id}: posting to {acct} is marked workspace {workspace}")
+            replay[(owner, kind)] = replay.get((owner, kind), 0) + int(amount)
+    known = {e[0] for e in entries}
+    orphans = sorted(set(by_entry) - known)
+    problems += [f"postings of entry {e} have no journal entry" for e in orphans]
+    credited: dict[str, int] = {}
+    reserved: dict[str, tuple[str, int]] = {}
+    resolutions: dict[str, int] = {}
+    for entry_id, key, op, ws, batch_id, amount in entries:
+        amount = int(amount)
+        sums = {a: v for a, v in by_entry.get(entry_id, {}).items() if v != 0}
+        if entry_id not in by_entry:
+            problems.append(f"entry {entry_id} ({op} {key}) has no postings")
+        total = sum(sums.values())
+        if total != 0:
+            problems.append(f"entry {entry_id} does not balance (sum {total})")
+        expected: dict[str, int] | None = None
+        if op in ("grant", "purchase"):
+            credited[ws] = credited.get(ws, 0) + amount
+            source = "platform:promotions" if op == "grant" else "platform:stripe_receivable"
+            expected = {source: -amount, account(ws, "available"): amount}
+        elif op == "reserve":
+            if batch_id in reserved:
+                problems.append(f"batch {batch_id}: reserved more than once")
+            reserved[batch_id] = (ws, amount)
+            expected = {account(ws, "available"): -amount, account(ws, "held"): amount}
+        elif op in ("settle", "void", "expire"):
+            resolutions[batch_id] = resolutions.get(batch_id, 0) + 1
+            hold = reserved.get(batch_id)
+            if hold is None:
+                problems.append(f"batch {batch_id}: {op} entry {entry_id} resolves no earlier reservation")
+            else:
+                held = hold[1]
+                captured = amount if op == "settle" else 0
+                if op != "settle" and amount != held:
+                    problems.append(f"batch {batch_id}: {op} of {amount} but the hold is {held}")
+                if captured > held:
+                    problems.append(f"batch {batch_id}: captured {captured} exceeds the hold {held}")
+                expected = {account(ws, "held"): -held, account(ws, "available"): held - captured,
+                            account(ws, "spent"): captured}  # fmt: skip
+        else:
+            problems.append(f"entry {entry_id}: unknown operation {op!r}")
+        if expected is not None and entry_id in by_entry:
+            expected = {a: v for a, v in expected.items() if v != 0}
+            if sums != expected:
+                problems.append(f"entry {entry_id} ({op} {key}): postings {sums} are not the {op}'s {expected}")
+    problems += [f"batch {b}: hold resolved {n} times" for b, n in resolutions.items() if n > 1]
+    seen = set()
+    for w, available, held, spent, cred in wallets:
+        seen.add(w)
+        expected_wallet = (replay.get((w, "available"), 0), replay.get((w, "held"), 0),
+                           replay.get((w, "spent"), 0), credited.get(w, 0))  # fmt: skip
+        if (available, held, spent, cred) != expected_wallet:
+            problems.append(f"workspace {w}: wallet {(available, held, spent, cred)} != replay {expected_wallet}")
+        if cred != available + held + spent:
+            problems.append(f"workspace {w}: credited {cred} != available + held + spent")
+    for w in sorted({w for w, _ in replay} - seen):
+        if any(replay.get((w, kind), 0) for kind in ("available", "held", "spent")):
+            problems.append(f"workspace {w}: postings but no wallet row")
+    return problems
+
+
+def _amount(amount: object, what: str, *, allow_zero: bool = True) -> None:
+    problem = micros_problem(amount, allow_zero=allow_zero)
+    if problem:
+        raise InvalidAmount(f"{what} {problem}")
+
+
+def _operator_key(key: object) -> None:
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidKey(f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable characters, got {key!r}")
+    if key.startswith(INTERNAL_KEY_PREFIXES):
+        raise InvalidKey(
+            f"idempotency key {key!r}: keys starting with {', '.join(INTERNAL_KEY_PREFIXES)} belong to batches; "
+            "choose another key"
+        )
 
 
 def _body_hash(body: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from batchrouter import control
 from batchrouter.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from batchrouter.config import Settings
 from batchrouter.errors import BatchRouterError
@@ -98,8 +99,10 @@ def connect(settings: Settings, *, lock_timeout_s: float = 30.0) -> Iterator[duc
     """An in-memory DuckDB with the ledger attached read-only and every reporting view defined."""
     storage = Storage(settings.storage)
     con = duckdb.connect()
+    # The control service owns the file: the views read a consistent snapshot of it (see control.readable_copy).
+    ledger_copy = control.readable_copy(settings.database)
     try:
-        _attach_ledger(con, settings.database, lock_timeout_s)
+        _attach_ledger(con, ledger_copy.__enter__(), lock_timeout_s)
         receipts = _glob(storage, con, "batches", "*", "receipts.parquet")
         if receipts:
             # DDL takes no parameters: the path (from config, not from a query) is quoted as a literal.
@@ -151,6 +154,7 @@ def connect(settings: Settings, *, lock_timeout_s: float = 30.0) -> Iterator[duc
         yield con
     finally:
         con.close()
+        ledger_copy.__exit__(None, None, None)
 
 
 def _attach_ledger(con: duckdb.DuckDBPyConnection, path: str, lock_timeout_s: float) -> None:

@@ -8,8 +8,8 @@ and changing any value is not. Same artifacts, same summary bytes: Ed25519 signa
 deterministic and the summary holds no clock time.
 
 Keys are created on first use, one per workspace, in the table `workspace_signing_keys` of the
-DuckDB file `settings.database` (opened per operation, retrying while another process holds it,
-as the ledger does). The private key is stored unencrypted: protect the database file.
+DuckDB file `settings.database` (reached through its control service, `batchrouter.control`). The
+private key is stored sealed with the secret key (`batchrouter.vault`), never in plain text.
 
 `summary.json` carries the public key (`public_key_pem`), so a downloaded batch can be checked for
 damage with nothing else. To check that BatchRouter signed it, compare against the workspace's
@@ -35,8 +35,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from batchrouter import vault
 from batchrouter.batch import BatchInfo
 from batchrouter.config import Settings
+from batchrouter.control import served
 from batchrouter.db import Database
 from batchrouter.errors import BatchRouterError
 from batchrouter.storage import Storage
@@ -90,33 +92,53 @@ def _key_id(public: Ed25519PublicKey) -> str:
 
 def signing_key(settings: Settings, workspace: str) -> SigningKey:
     """The workspace's signing key, created on first use."""
+    database = settings.database
+    row = _stored_key(database, workspace)
+    if row is None:
+        private = Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        public = (
+            private.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        # Of processes creating the key at once, the first insert wins and everyone gets its key.
+        row = _insert_key(database, workspace, _key_id(private.public_key()), vault.seal(database, pem), public)
+    key_id, sealed, public_pem = row
+    return SigningKey(workspace, key_id, vault.unseal(database, sealed), public_pem)
 
-    def work(con: duckdb.DuckDBPyConnection) -> SigningKey:
+
+@served(read_only=True)
+def _stored_key(database: str, workspace: str) -> tuple[str, str, str] | None:
+    """(key id, sealed private key, public key) of the workspace, or None."""
+    row = _transaction(
+        database,
+        lambda con: con.execute(
+            "SELECT key_id, private_key_pem, public_key_pem FROM workspace_signing_keys WHERE workspace = ?",
+            [workspace],
+        ).fetchone(),
+    )
+    return (str(row[0]), str(row[1]), str(row[2])) if row is not None else None
+
+
+@served()
+def _insert_key(database: str, workspace: str, key_id: str, sealed: str, public_pem: str) -> tuple[str, str, str]:
+    def work(con: duckdb.DuckDBPyConnection) -> tuple[str, str, str]:
+        con.execute(
+            "INSERT INTO workspace_signing_keys (workspace, key_id, private_key_pem, public_key_pem, created_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace) DO NOTHING",
+            [workspace, key_id, sealed, public_pem, datetime.now(UTC)],
+        )
         row = con.execute(
             "SELECT key_id, private_key_pem, public_key_pem FROM workspace_signing_keys WHERE workspace = ?",
             [workspace],
         ).fetchone()
-        if row is not None:
-            return SigningKey(workspace, str(row[0]), str(row[1]), str(row[2]))
-        private = Ed25519PrivateKey.generate()
-        key = SigningKey(
-            workspace,
-            _key_id(private.public_key()),
-            private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ).decode(),
-            private.public_key()
-            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-            .decode(),
-        )
-        con.execute(
-            "INSERT INTO workspace_signing_keys (workspace, key_id, private_key_pem, public_key_pem, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [workspace, key.key_id, key.private_key_pem, key.public_key_pem, datetime.now(UTC)],
-        )
-        return key
+        assert row is not None
+        return str(row[0]), str(row[1]), str(row[2])
 
-    return _transaction(settings.database, work)
+    return _transaction(database, work)
 
 
 def public_key(settings: Settings, workspace: str) -> str:

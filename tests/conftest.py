@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from batchrouter import control
 from batchrouter.catalog import Catalog, load_catalog
 from batchrouter.config import LimitsConfig, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("BATCHROUTER_CONFIG",):
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for var in ("BATCHROUTER_CONFIG", "BATCHROUTER_CONTROL", "BATCHROUTER_SECRET_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BATCHROUTER_STORAGE__ROOT", str(tmp_path / "bucket"))
     monkeypatch.setenv("BATCHROUTER_DATABASE", str(tmp_path / "batchrouter.duckdb"))
+    # A control service a test starts (by touching a database) exits soon when idle; and is stopped here.
+    monkeypatch.setenv("BATCHROUTER_CONTROL_IDLE_S", "20")
+    yield
+    for found in tmp_path.rglob("*.control.lock"):
+        control.stop(str(found)[: -len(".control.lock")])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_control_service_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Services of module- and session-scoped folders (tests stop their own) stop with the session.
+    yield
+    for found in tmp_path_factory.getbasetemp().rglob("*.control.lock"):
+        control.stop(str(found)[: -len(".control.lock")])
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from batchrouter import control
 from batchrouter.batch import BatchInfo, submit
 from batchrouter.config import DeliveryConfig, Settings, load_settings
 from batchrouter.delivery import (
@@ -269,6 +270,7 @@ def test_every_attempt_is_recorded(settings: Settings, storage: Storage, batch: 
     ]
     assert [a.status_code for a in recorded] == [r.answered for r in receiver.received] == [500, 502, 200]
     assert all(a.duration_ms >= 0 and a.at is not None for a in recorded)
+    control.stop(settings.database)  # read the file itself: its owner lets go of it first
     with duckdb.connect(settings.database, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM webhook_attempts").fetchone() == (3,)
 

@@ -15,6 +15,7 @@ import duckdb
 import pytest
 from starlette.testclient import TestClient
 
+from batchrouter import control
 from batchrouter.accounts import Accounts
 from batchrouter.api import create_app
 from batchrouter.cli import main
@@ -231,6 +232,7 @@ def test_listing_keys_never_shows_a_secret(api: Api) -> None:
 def test_keys_are_stored_as_the_prefix_and_a_sha256_of_the_secret(api: Api) -> None:
     full = create_key(api, ["batches:read"]).json()["key"]
     _, prefix, secret = full.split("_", 2)
+    control.stop(api.settings.database)  # read the file itself: its owner lets go of it first
     with duckdb.connect(api.settings.database, read_only=True) as con:
         rows = con.execute("SELECT * FROM api_keys WHERE prefix = ?", [prefix]).fetchall()
     assert len(rows) == 1

@@ -24,6 +24,12 @@ from batchrouter.ledger import (
 USD = 1_000_000
 
 
+@pytest.fixture(autouse=True)
+def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ledger's own logic, in a process that is alone with its file: no control service.
+    monkeypatch.setenv("BATCHROUTER_CONTROL", "direct")
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     # Every ledger commit is fsynced; memory-backed /dev/shm (when there is one) keeps these tests quick.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
@@ -26,6 +27,12 @@ WORKSPACES = ("acme", "beta")
 BATCHES = tuple(f"b{i}" for i in range(4))
 KEYS = ("k0", "k1", "k2")
 STATUS = {"settle": "settled", "void": "voided", "expire": "expired"}
+
+
+@pytest.fixture(autouse=True)
+def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The ledger's own logic, in a process that is alone with its file: no control service.
+    monkeypatch.setenv("BATCHROUTER_CONTROL", "direct")
 
 
 @dataclass

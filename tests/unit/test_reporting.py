@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from batchrouter import control
 from batchrouter.cli import main
 from batchrouter.ledger import Ledger, usd
 
@@ -308,6 +309,7 @@ def test_rerunning_a_finished_batch_neither_reserves_nor_settles_again(
     finished: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     copy = tmp_path / "copy"
+    control.stop(Path(finished["root"]) / "batchrouter.duckdb")  # a whole file to copy: its owner lets go first
     shutil.copytree(finished["root"], copy)
     monkeypatch.setenv("BATCHROUTER_STORAGE__ROOT", str(copy / "bucket"))
     monkeypatch.setenv("BATCHROUTER_DATABASE", str(copy / "batchrouter.duckdb"))
@@ -319,6 +321,7 @@ def test_rerunning_a_finished_batch_neither_reserves_nor_settles_again(
     assert summary["batch_id"] == finished["summary"]["batch_id"]
     assert summary["cost_usd_micros"] == finished["summary"]["cost_usd_micros"]
     assert summary["settlement"]["already_settled"] is True
+    control.stop(copy / "batchrouter.duckdb")
     with duckdb.connect(str(copy / "batchrouter.duckdb"), read_only=True) as con:
         ops = con.execute(
             "SELECT op, count(*) FROM journal WHERE batch_id LIKE ? GROUP BY op ORDER BY op",

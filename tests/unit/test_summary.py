@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from batchrouter import control, vault
 from batchrouter.batch import BatchInfo, submit
 from batchrouter.config import Settings
 from batchrouter.storage import Storage
@@ -242,15 +243,17 @@ def test_public_key_is_stable_per_workspace_and_differs_between_workspaces(setti
 
 def test_keys_are_kept_in_the_workspace_signing_keys_table(settings: Settings) -> None:
     pem = public_key(settings, "acme")
+    control.stop(settings.database)  # read the file itself: its owner lets go of it first
     with duckdb.connect(settings.database, read_only=True) as con:
         rows = con.execute(
             "SELECT workspace, key_id, private_key_pem, public_key_pem, created_at FROM workspace_signing_keys"
         ).fetchall()
     assert len(rows) == 1
-    workspace, key_id, private_pem, public_pem, created_at = rows[0]
+    workspace, key_id, sealed_pem, public_pem, created_at = rows[0]
     assert (workspace, public_pem) == ("acme", pem)
     assert key_id.startswith("ed25519:") and created_at is not None
-    private = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    assert sealed_pem.startswith("fernet:") and "PRIVATE KEY" not in sealed_pem  # encrypted at rest
+    private = serialization.load_pem_private_key(vault.unseal(settings.database, sealed_pem).encode(), password=None)
     assert _pem(private) == pem  # type: ignore[arg-type]
 
 
@@ -342,5 +345,6 @@ def test_concurrent_first_use_creates_one_key_per_workspace(settings: Settings) 
     with ThreadPoolExecutor(max_workers=8) as pool:
         keys = list(pool.map(lambda _: public_key(settings, "race"), range(16)))
     assert len(set(keys)) == 1
+    control.stop(settings.database)
     with duckdb.connect(settings.database, read_only=True) as con:
         assert con.execute("SELECT count(*) FROM workspace_signing_keys").fetchone() == (1,)
