@@ -17,7 +17,7 @@ $(UV):
 	$(UV_HOME)/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(BIN)/batchrouter: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON) --quiet
+	$(UV) sync --locked --extra dev --python $(PYTHON) --quiet
 	touch $(BIN)/batchrouter
 
 demo: $(BIN)/batchrouter
