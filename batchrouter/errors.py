@@ -6,6 +6,13 @@
     ├── ManifestError          a manifest is unusable as a whole (unreadable, missing column, too big)
     ├── StorageError           the storage root cannot be read or written
     ├── BatchError             a batch is unknown or in a state that forbids the operation
+    ├── LedgerError            (ledger) a money operation was refused
+    │   ├── InsufficientCredits, IdempotencyConflict, HoldError, InvalidAmount, InvalidKey
+    ├── AmountError            (money) an amount is not whole micro-dollars within 0..10^15
+    ├── ControlError           (control) the control service refused or failed an operation
+    │   └── ServiceUnavailable no control service could be reached or started
+    ├── VaultError             (vault) a sealed secret cannot be opened with the keys given
+    ├── IdentityError          (identity) a workspace name or email is not valid
     └── ProviderError          a provider call did not give a usable answer
         ├── TransientError     worth retrying: 5xx, 529, timeouts, resets, truncated bodies, stalls
         │   └── RateLimitedError   429, with the provider's Retry-After
