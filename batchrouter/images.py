@@ -7,6 +7,7 @@ The catalog says which published rule a route follows (`image_rule`) with its fi
   `detail: "low"` costs the base alone.
 - `patch` (OpenAI, newer models): 32-px patches, ceil(w / 32) x ceil(h / 32), at most `image_max_patches`
   (larger images are scaled down to fit), times `image_patch_multiplier`. `detail` does not lower it.
+  A route whose rule is not published for certain also carries tile figures; the larger result counts.
 - `area` (Anthropic): about w x h / 750 tokens, and images are scaled down to stay within
   `image_max_tokens`.
 - `none`: the route takes no images (0 here; routing refuses image items for it).
@@ -61,7 +62,11 @@ def image_tokens(entry: CatalogEntry, *, detail: str | None, width: int | None, 
     if entry.image_rule == "patch":
         cap = entry.image_max_patches
         patches = cap if size is None else min(math.ceil(size[0] / PATCH) * math.ceil(size[1] / PATCH), cap)
-        return math.ceil(patches * entry.image_patch_multiplier)
+        tokens = math.ceil(patches * entry.image_patch_multiplier)
+        if entry.image_tile_tokens:  # a route whose rule is uncertain carries both; the larger counts
+            tiles = MAX_TILES if size is None else _tiles(*size)
+            tokens = max(tokens, entry.image_base_tokens + tiles * entry.image_tile_tokens)
+        return tokens
     # area
     if size is None:
         return entry.image_max_tokens

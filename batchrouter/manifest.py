@@ -770,6 +770,22 @@ def _jsonl_row(line_no: int, line: str) -> dict[str, Any]:
         return reject(exc.code, exc.field, exc.reason)
     if params:
         row["params"] = json.dumps(params, ensure_ascii=False)
+    if params.get("prediction") is not None and (
+        (row.get("n") or 1) > 1 or params.get("tools") or params.get("functions") or params.get("logprobs")
+    ):
+        return reject(
+            "unsupported_field",
+            "prediction",
+            "prediction cannot be combined with n > 1, tools or logprobs (the provider refuses it); remove one",
+        )
+    effort = params.get("reasoning_effort")
+    if row.get("temperature") not in (None, 1.0) and effort not in (None, "none"):
+        return reject(
+            "unsupported_field",
+            "temperature",
+            f"temperature cannot be set with reasoning_effort {effort!r}: reasoning models take only the default "
+            "temperature (1); remove one of them",
+        )
     if "json_object" in extras.features and not any("json" in m["content"].lower() for m in row.get("messages") or []):
         return reject(
             "unsupported_field",

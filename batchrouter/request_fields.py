@@ -440,6 +440,8 @@ def route_features(entry: CatalogEntry) -> frozenset[str]:
     features = set(WIRE_FEATURES[wire_of(entry.provider)])
     if always_reasons(entry):
         features -= {"temperature", "temperature_above_1"}
+    if not re.match(r"(gpt-4o|gpt-4\.1)", entry.upstream.rsplit("/", 1)[-1]):
+        features.discard("prediction")  # OpenAI offers predicted outputs on the gpt-4o and gpt-4.1 families only
     if entry.image_rule == "none":
         features.discard("image")
     if not entry.reasoning:

@@ -37,6 +37,7 @@ REPLY_PRIMING = 3
 # Anthropic adds a tool-use system prompt of about 350 tokens on current models; the estimate allows 500.
 TOOLS_OVERHEAD = 32
 TOOLS_OVERHEAD_ESTIMATE = 500
+SCHEMA_OVERHEAD = 16  # a json_schema response format: its framing, and key order differing from ours
 # Claude's own framing of a request is larger than OpenAI's (a lone "hi" counts 15 tokens on Opus 4.7,
 # where the o200k-based estimate gives 10): estimated requests carry this allowance on top.
 ESTIMATE_REQUEST_OVERHEAD = 24
@@ -264,6 +265,7 @@ def input_tokens(items: pl.DataFrame, *, workers: int | None = None) -> pl.Serie
         + pl.col("chat_tokens").fill_null(0)
         + (pl.col("billed_tokens").fill_null(0) * factor + 999) // 1000
         + tools_overhead
+        + pl.when(pl.col("features").list.contains("json_schema").fill_null(False)).then(SCHEMA_OVERHEAD).otherwise(0)
         + pl.when(pl.col("estimated")).then(ESTIMATE_REQUEST_OVERHEAD).otherwise(0)
     )
     return base.select(total.cast(pl.Int64).alias("input_tokens"))["input_tokens"]

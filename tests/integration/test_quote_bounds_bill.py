@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from batchrouter.catalog import load_catalog
@@ -56,14 +56,28 @@ def image_part(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def tool(draw: st.DrawFn) -> dict[str, Any]:
-    props = draw(st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
-                                 st.sampled_from([{"type": "string"}, {"type": "integer"},
-                                                  {"type": "string", "enum": ["a", "b", "c"]},
-                                                  {"type": "array", "items": {"type": "number"}}]),
-                                 max_size=6))
-    return {"type": "function", "function": {"name": draw(st.from_regex(r"[a-z][a-z_]{0,20}", fullmatch=True)),
-                                             "description": draw(TEXT),
-                                             "parameters": {"type": "object", "properties": props}}}
+    props = draw(
+        st.dictionaries(
+            st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
+            st.sampled_from(
+                [
+                    {"type": "string"},
+                    {"type": "integer"},
+                    {"type": "string", "enum": ["a", "b", "c"]},
+                    {"type": "array", "items": {"type": "number"}},
+                ]
+            ),
+            max_size=6,
+        )
+    )
+    return {
+        "type": "function",
+        "function": {
+            "name": draw(st.from_regex(r"[a-z][a-z_]{0,20}", fullmatch=True)),
+            "description": draw(TEXT),
+            "parameters": {"type": "object", "properties": props},
+        },
+    }
 
 
 @st.composite
@@ -93,11 +107,20 @@ def chat_body(draw: st.DrawFn) -> dict[str, Any]:
         body["tool_choice"] = draw(st.sampled_from(["auto", "required", "none"]))
     if draw(st.integers(0, 4)) == 0:
         messages.insert(0, {"role": "system", "content": "Answer in JSON."})
-        body["response_format"] = draw(st.sampled_from([
-            {"type": "json_object"},
-            {"type": "json_schema", "json_schema": {"name": "out", "schema": {"type": "object", "properties": {
-                "answer": {"type": "string"}}}}},
-        ]))
+        body["response_format"] = draw(
+            st.sampled_from(
+                [
+                    {"type": "json_object"},
+                    {
+                        "type": "json_schema",
+                        "json_schema": {
+                            "name": "out",
+                            "schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+                        },
+                    },
+                ]
+            )
+        )
     if draw(st.integers(0, 4)) == 0:
         body["temperature"] = draw(st.floats(0, 2, allow_nan=False))
     if draw(st.integers(0, 5)) == 0:
@@ -117,23 +140,42 @@ def manifest_lines(draw: st.DrawFn) -> list[str]:
     lines = []
     for i, body in enumerate(bodies):
         if draw(st.integers(0, 3)) == 0:  # the same request written for the Responses API
-            responses: dict[str, Any] = {"model": body["model"], "input": [
-                {"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else [
-                    {"type": "input_text", "text": p["text"]} if p["type"] == "text"
-                    else {"type": "input_image", "image_url": p["image_url"]["url"]} for p in m["content"]]}
-                for m in body["messages"]]}
+            responses: dict[str, Any] = {
+                "model": body["model"],
+                "input": [
+                    {
+                        "role": m["role"],
+                        "content": m["content"]
+                        if isinstance(m["content"], str)
+                        else [
+                            {"type": "input_text", "text": p["text"]}
+                            if p["type"] == "text"
+                            else {"type": "input_image", "image_url": p["image_url"]["url"]}
+                            for p in m["content"]
+                        ],
+                    }
+                    for m in body["messages"]
+                ],
+            }
             if "max_tokens" in body:
                 responses["max_output_tokens"] = body["max_tokens"]
-            lines.append(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses",
-                                     "body": responses}))
+            lines.append(
+                json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/responses", "body": responses})
+            )
         else:
-            lines.append(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-                                     "body": body}))
+            lines.append(
+                json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+            )
     return lines
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                                  HealthCheck.function_scoped_fixture])
+# Each example is a whole run; the failure message names the items, so shrinking is not worth its time.
+@settings(
+    max_examples=10,
+    deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 @given(lines=manifest_lines())
 def test_settled_cost_never_exceeds_the_reserve(
     lines: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -156,5 +198,6 @@ def test_settled_cost_never_exceeds_the_reserve(
     failed = outputs.filter(~pl.col("status").is_in(["succeeded", "rejected"]))
     assert failed.height == 0, failed.select("item_id", "error_code", "error_message").to_dicts()
     over = ran.filter(pl.col("cost_usd_micros") > pl.col("reserve_usd_micros"))
-    assert over.height == 0, over.select("item_id", "model", "input_tokens", "output_tokens", "cost_usd_micros",
-                                         "reserve_usd_micros")
+    assert over.height == 0, over.select(
+        "item_id", "route", "input_tokens", "output_tokens", "cost_usd_micros", "reserve_usd_micros"
+    ).to_dicts()
