@@ -67,7 +67,6 @@ DOCUMENTED_FIELDS: dict[str, Any] = {
     "seed": 7,
     "logprobs": True,
     "top_logprobs": 3,
-    "prediction": {"type": "content", "content": "The weather is"},
     "service_tier": "default",
     "store": False,
     "user": "user-1",
@@ -376,8 +375,8 @@ def test_concurrent_parallel_counts_never_mix_up_texts(monkeypatch: pytest.Monke
     def count(k: int) -> list[int]:
         return tokens.count_texts(pl.Series(corpora[k % 3]), "o200k_base", workers=2).tolist()
 
-    with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(count, range(12)))
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(count, range(6)))
     for k, got in enumerate(results):
         assert got == expected[k % 3]
 
@@ -392,6 +391,20 @@ def test_json_object_without_the_word_json_is_refused_before_it_reaches_the_prov
     assert (rows["no"]["reject_code"], rows["no"]["reject_field"]) == ("unsupported_field", "response_format")
     assert "json" in rows["no"]["reject_reason"]
     assert rows["yes"]["reject_code"] is None
+
+
+def test_a_prediction_is_passed_on_and_refused_with_tools_n_or_logprobs(catalog: Catalog) -> None:
+    prediction = {"type": "content", "content": "The weather is"}
+    rows = items_of(
+        catalog,
+        line("ok", chat(prediction=prediction)),
+        line("tools", chat(prediction=prediction, tools=[WEATHER_TOOL])),
+        line("n", chat(prediction=prediction, n=2)),
+        line("logprobs", chat(prediction=prediction, logprobs=True)),
+    )
+    assert json.loads(rows["ok"]["params"])["prediction"] == prediction
+    for item in ("tools", "n", "logprobs"):
+        assert (rows[item]["reject_code"], rows[item]["reject_field"]) == ("unsupported_field", "prediction"), item
 
 
 def test_a_prediction_reserves_its_tokens_as_output_on_top_of_the_cap(catalog: Catalog) -> None:
