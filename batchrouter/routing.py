@@ -93,19 +93,28 @@ def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -
         .fill_null(0)
         .alias("extra_output_tokens"),
     )
-    cand = items.join(routes, on="model", how="inner").join(_route_support(catalog), on="route", how="left")
-    cand = cand.with_columns(
-        pl.col("features").fill_null(pl.lit([], pl.List(pl.String))).list.set_difference("route_features")
-        .alias("_missing")
+    support = _route_support(catalog)
+    cand = items.join(routes, on="model", how="inner")
+    # Features, in long form: one row per (candidate, feature) of the few items that have any, so no
+    # list is carried on every candidate row.
+    wanted = (
+        cand.filter(pl.col("features").is_not_null())
+        .select("item", "route", pl.col("features").alias("feature"))
+        .explode("feature")
     )
-    missing = (
-        cand.filter(pl.col("_missing").list.len() > 0)
-        .group_by("item", maintain_order=True)
-        .agg(pl.format("{} does not take {}", pl.col("route"), pl.col("_missing").list.join(", ")).alias("_why"),
-             pl.col("_missing").first().list.first().alias("_first_missing"))
+    accepted = support.select("route", pl.col("route_features").alias("feature")).explode("feature")
+    lacking = wanted.join(accepted.with_columns(pl.lit(True).alias("_ok")), on=["route", "feature"], how="left")
+    lacking = lacking.filter(pl.col("_ok").is_null()).group_by("item", "route", maintain_order=True).agg(
+        pl.col("feature").alias("_missing")
     )
+    missing = lacking.group_by("item", maintain_order=True).agg(
+        pl.format("{} does not take {}", pl.col("route"), pl.col("_missing").list.join(", ")).alias("_why"),
+        pl.col("_missing").first().list.first().alias("_first_missing"),
+    )
+    cand = cand.join(lacking.select("item", "route"), on=["item", "route"], how="anti")
     priority = pl.col("features").list.contains("service_tier_priority").fill_null(False)
-    cand = cand.filter(pl.col("_missing").list.len() == 0).with_columns(
+    prices = support.select("route", "priority_input_pico", "priority_output_pico")
+    cand = cand.join(prices, on="route", how="left").with_columns(
         pl.when(priority).then(pl.col("priority_input_pico")).otherwise(pl.col("input_pico")).alias("input_pico"),
         pl.when(priority).then(pl.col("priority_output_pico")).otherwise(pl.col("output_pico")).alias("output_pico"),
     )
