@@ -26,7 +26,6 @@ from batchrouter.catalog import CatalogEntry
 from batchrouter.images import image_size
 
 Wire = Literal["openai", "anthropic", "openrouter", "openai_compatible"]
-Endpoint = Literal["chat", "responses"]
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MAX_N = 128
@@ -122,7 +121,6 @@ class Extras:
     predicted_text: list[str] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)  # {detail, width, height}
     features: set[str] = field(default_factory=set)
-    has_tools: bool = False
 
 
 def _json(value: Any) -> str:
@@ -215,11 +213,11 @@ def normalise_messages(data: Any, extras: Extras | None = None) -> list[dict[str
     return [normalise_message(m, i, extras) for i, m in enumerate(data)]
 
 
-def passed_params(body: dict[str, Any], extras: Extras, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def passed_params(body: dict[str, Any], extras: Extras) -> dict[str, Any]:
     """The body fields sent on as written, validated; the features they need are added to `extras`."""
     params: dict[str, Any] = {}
     for key, value in body.items():
-        if key in COLUMN_FIELDS or key in IGNORED_FIELDS or key in skip:
+        if key in COLUMN_FIELDS or key in IGNORED_FIELDS:
             continue
         if key in REFUSED_FIELDS:
             raise FieldError(key, f"{key}: {REFUSED_FIELDS[key]}; remove it")
@@ -254,7 +252,6 @@ def passed_params(body: dict[str, Any], extras: Extras, *, skip: tuple[str, ...]
                     raise FieldError(f"{key}[{j}]", f"{key}[{j}] has type {kind!r}: only function tools can be "
                                      "quoted (hosted tools are billed per call by the provider)")
             extras.billed_text.append(_json(value))
-            extras.has_tools = True
         elif key == "stop":
             stops = [value] if isinstance(value, str) else value
             if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOP:
