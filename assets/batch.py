@@ -6,12 +6,12 @@ from typing import Any
 
 import dagster as dg
 
-from batchrouter import batch
-from batchrouter import delivery as webhooks
-from batchrouter import settlement as money
-from batchrouter.errors import ManifestError
-from batchrouter.ledger import InsufficientCredits
-from batchrouter.status import batch_status
+from batchrouter.batches import lifecycle as batch
+from batchrouter.batches.status import batch_status
+from batchrouter.core.errors import ManifestError
+from batchrouter.money import settlement as money
+from batchrouter.money.ledger import InsufficientCredits
+from batchrouter.output import delivery as webhooks
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from batchrouter.reporting import write_usage_report
+from batchrouter.output.reporting import write_usage_report
 from pipelines.resources import BatchRouterResource
 
 daily = dg.DailyPartitionsDefinition(start_date="2026-01-01")

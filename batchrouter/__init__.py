@@ -1,9 +1,8 @@
 """BatchRouter: manifests in, exact quotes, routes, dispatch and receipts out. Never imports dagster."""
 
-from batchrouter.batch import BatchInfo, load_batch, stage_manifest, stage_quote, stage_route, submit
-from batchrouter.catalog import Catalog, CatalogEntry, load_catalog
-from batchrouter.config import RoutePolicy, Settings, load_settings
-from batchrouter.errors import (
+from batchrouter.batches.lifecycle import BatchInfo, load_batch, stage_manifest, stage_quote, stage_route, submit
+from batchrouter.core.config import RoutePolicy, Settings, load_settings
+from batchrouter.core.errors import (
     BatchError,
     BatchRouterError,
     CatalogError,
@@ -15,9 +14,10 @@ from batchrouter.errors import (
     TerminalError,
     TransientError,
 )
-from batchrouter.manifest import Manifest, read_manifest
-from batchrouter.quote import Quote, build_quote
-from batchrouter.storage import Storage
+from batchrouter.core.storage import Storage
+from batchrouter.intake.manifest import Manifest, read_manifest
+from batchrouter.pricing.catalog import Catalog, CatalogEntry, load_catalog
+from batchrouter.pricing.quote import Quote, build_quote
 
 __all__ = [
     "BatchError",

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from guardset import Sample, items_frame, labelled_set  # noqa: E402
 
-from batchrouter import guards  # noqa: E402
-from batchrouter.sample import sample_manifest  # noqa: E402
+from batchrouter.intake import guards
+from batchrouter.intake.sample import sample_manifest  # noqa: E402
 
 
 def best_of(runs: int, fn: object) -> float:

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from batchrouter.config import load_settings
-from batchrouter.receipts import RECEIPT_COLUMNS
-from batchrouter.reporting import connect
+from batchrouter.core.config import load_settings
+from batchrouter.output.receipts import RECEIPT_COLUMNS
+from batchrouter.output.reporting import connect
 
 BATCHES = 100
 

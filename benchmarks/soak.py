@@ -47,7 +47,7 @@ def _bare_import(name: str) -> Any:
 
 def worker(database: str, worker_id: int, ops: int, seed: int, out_path: str) -> None:
     """`ops` rounds; each acknowledged operation is appended to `out_path` as one JSON line before the next."""
-    ledger_module = _bare_import("batchrouter.ledger")
+    ledger_module = _bare_import("batchrouter.money.ledger")
     ledger = ledger_module.Ledger(database)
     rng = random.Random(seed)
     with open(out_path, "w") as out:
@@ -84,8 +84,8 @@ def _grant(ledger: Any, processes: int, ops: int) -> None:
 
 def check(database: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Stop the service, then read the file itself: losses, leftovers of refusals, verify."""
-    control = _bare_import("batchrouter.control")
-    ledger_module = _bare_import("batchrouter.ledger")
+    control = _bare_import("batchrouter.money.control")
+    ledger_module = _bare_import("batchrouter.money.ledger")
     import duckdb
 
     control.stop(database)
@@ -122,13 +122,12 @@ def soak(
     folder: Path, *, processes: int, ops: int, burners: int, seed: int = 7, timeout_s: float = 600.0
 ) -> dict[str, Any]:
     """Run the soak in `folder` and return its figures (see the module docstring)."""
-    ledger_module = _bare_import("batchrouter.ledger")
+    ledger_module = _bare_import("batchrouter.money.ledger")
     database = str(folder / "soak.duckdb")
     _grant(ledger_module.Ledger(database), processes, ops)
     outs = [folder / f"worker-{w}.jsonl" for w in range(processes)]
     burning = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
-        for _ in range(burners)
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL) for _ in range(burners)
     ]
     try:
         started = time.perf_counter()
@@ -161,7 +160,7 @@ def soak(
 
 def baseline(folder: Path, *, operations: int, seed: int = 7) -> float:
     """Operations per second of one process running about as many operations alone (no burners)."""
-    ledger_module = _bare_import("batchrouter.ledger")
+    ledger_module = _bare_import("batchrouter.money.ledger")
     database = str(folder / "baseline.duckdb")
     _grant(ledger_module.Ledger(database), 1, operations)
     out = folder / "baseline.jsonl"
@@ -170,7 +169,7 @@ def baseline(folder: Path, *, operations: int, seed: int = 7) -> float:
     worker(database, 0, rounds, seed, str(out))
     elapsed = time.perf_counter() - started
     done = len(out.read_text().splitlines())
-    _bare_import("batchrouter.control").stop(database)
+    _bare_import("batchrouter.money.control").stop(database)
     return done / elapsed
 
 
@@ -199,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"soak: {figures['operations']} operations from {opts.processes} processes with {opts.burners} "
               f"burners in {figures['seconds']} s: {figures['ops_per_s']} ops/s, "
               f"{figures['throughput_ratio']}x one process alone ({figures['baseline_ops_per_s']} ops/s)")  # fmt: skip
-        print(f"acknowledged {figures['acknowledged']}, refused {figures['refused']}, lost {figures['lost']}, "
-              f"without postings {figures['without_postings']}, verify {'OK' if figures['verify_ok'] else 'FAILED'}")
+        print(
+            f"acknowledged {figures['acknowledged']}, refused {figures['refused']}, lost {figures['lost']}, "
+            f"without postings {figures['without_postings']}, verify {'OK' if figures['verify_ok'] else 'FAILED'}"
+        )
     return 1 if bad else 0
 
 

@@ -11,12 +11,12 @@ import sys
 
 import dagster as dg
 
-from batchrouter.batch import load_batch, submit, write_results
+from batchrouter.batches.lifecycle import load_batch, submit, write_results
 from batchrouter.cli import render_balance, render_quote, render_run
-from batchrouter.config import load_settings
-from batchrouter.ledger import Ledger
-from batchrouter.sample import sample_manifest
-from batchrouter.storage import Storage
+from batchrouter.core.config import load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.intake.sample import sample_manifest
+from batchrouter.money.ledger import Ledger
 from pipelines.definitions import defs
 from pipelines.partitions import batches
 

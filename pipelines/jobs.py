@@ -19,7 +19,7 @@ def sweep_dead_runs(context: dg.OpExecutionContext, batchrouter: BatchRouterReso
     """Expire reservations of batches whose runs died and mark those batches failed."""
     from datetime import timedelta
 
-    from batchrouter.settlement import sweep
+    from batchrouter.money.settlement import sweep
 
     stale = timedelta(minutes=batchrouter.settings.dispatch.stale_after_minutes)
     for swept in sweep(batchrouter.storage, batchrouter.settings, stale_after=stale):
@@ -31,8 +31,8 @@ def reconcile_stripe(context: dg.OpExecutionContext, batchrouter: BatchRouterRes
     """Credit paid Checkout Sessions the webhook missed (idempotent)."""
     import os
 
-    from batchrouter.billing import reconcile
-    from batchrouter.ledger import Ledger
+    from batchrouter.money.billing import reconcile
+    from batchrouter.money.ledger import Ledger
 
     settings = batchrouter.settings
     if not os.environ.get(settings.billing.stripe_api_key_env):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from batchrouter import control
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import LimitsConfig, Settings, load_settings
+from batchrouter.core.config import LimitsConfig, Settings, load_settings
+from batchrouter.money import control
+from batchrouter.pricing.catalog import Catalog, load_catalog
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from datetime import date
 
-from batchrouter.catalog import load_catalog
-from batchrouter.price_source import catalog_date, catalog_drift, source_price
+from batchrouter.pricing.catalog import load_catalog
+from batchrouter.pricing.price_source import catalog_date, catalog_drift, source_price
 
 
 def main(argv: list[str]) -> int:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from batchrouter.intake.tokens import count_text
 from batchrouter.simulator.images import (
     anthropic_image_size,
     anthropic_image_tokens,
@@ -46,7 +47,6 @@ from batchrouter.simulator.images import (
 )
 from batchrouter.simulator.models import bare_model, caches_prompts, openai_encoding
 from batchrouter.simulator.rejection import WireRejection
-from batchrouter.tokens import count_text
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchrouter.errors import BatchRouterError
+from batchrouter.core.errors import BatchRouterError
 
 
 class WireRejection(BatchRouterError):

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from batchrouter.config import SimulatorConfig
+from batchrouter.core.config import SimulatorConfig
+from batchrouter.intake.tokens import count_text
 from batchrouter.simulator import billing as bill
 from batchrouter.simulator import models
 from batchrouter.simulator.billing import PrefixCache
 from batchrouter.simulator.rejection import WireRejection
-from batchrouter.tokens import count_text
 
 OPENROUTER_FIELDS = frozenset({"provider", "usage", "models", "transforms", "route", "plugins"})
 REASONING_TOKENS = {

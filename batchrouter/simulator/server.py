@@ -63,7 +63,7 @@ from typing import Any
 
 from aiohttp import web
 
-from batchrouter.config import SimulatorConfig
+from batchrouter.core.config import SimulatorConfig
 from batchrouter.simulator import billing as bill
 from batchrouter.simulator import models
 from batchrouter.simulator.rejection import WireRejection
@@ -127,7 +127,7 @@ class SimulatorState:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
         self.cache = bill.PrefixCache(self.config.prompt_cache_ttl_s)
-        from batchrouter.catalog import load_catalog
+        from batchrouter.pricing.catalog import load_catalog
 
         for entry in load_catalog().entries:
             if entry.provider == "openrouter":

@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 
 from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
-from batchrouter.batch import submit
-from batchrouter.config import load_settings
-from batchrouter.ledger import Ledger
-from batchrouter.sample import sample_manifest
-from batchrouter.storage import Storage, route_slug
+from batchrouter.batches.lifecycle import submit
+from batchrouter.core.config import load_settings
+from batchrouter.core.storage import Storage, route_slug
+from batchrouter.intake.sample import sample_manifest
+from batchrouter.money.ledger import Ledger
 from pipelines.definitions import defs
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource

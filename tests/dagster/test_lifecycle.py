@@ -20,12 +20,12 @@ import pytest
 from assets.batch import dispatch, manifest, quote, reservation, routed_items
 from assets.reporting import usage_report
 from batchrouter import cli
-from batchrouter.batch import BatchInfo, load_batch, submit
-from batchrouter.config import SimulatorConfig, load_settings
-from batchrouter.ledger import Ledger
-from batchrouter.settlement import sweep
+from batchrouter.batches.lifecycle import BatchInfo, load_batch, submit
+from batchrouter.core.config import SimulatorConfig, load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.money.ledger import Ledger
+from batchrouter.money.settlement import sweep
 from batchrouter.simulator import running_simulator
-from batchrouter.storage import Storage
 from pipelines.definitions import defs
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource

@@ -18,11 +18,11 @@ import pytest
 
 from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
 from batchrouter import cli
-from batchrouter.accounts import Accounts
-from batchrouter.batch import batch_id_for, load_batch
-from batchrouter.config import load_settings
-from batchrouter.ledger import Ledger
-from batchrouter.storage import Storage
+from batchrouter.access.accounts import Accounts
+from batchrouter.batches.lifecycle import batch_id_for, load_batch
+from batchrouter.core.config import load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.money.ledger import Ledger
 from pipelines.definitions import defs
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource

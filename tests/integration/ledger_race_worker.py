@@ -1,6 +1,6 @@
 """The worker of the multi-process overdraft race (test_ledger_concurrency), importable by spawned processes.
 
-It loads `batchrouter.ledger` without running `batchrouter/__init__.py`: the package's init imports the
+It loads `batchrouter.money.ledger` without running `batchrouter/__init__.py`: the package's init imports the
 whole engine (tokenizer tables included, over a second per process), while the ledger needs only
 `ledger.py` and `errors.py`. The code under test is the same file either way.
 """
@@ -24,7 +24,7 @@ def _ledger_module() -> Any:
             package = types.ModuleType("batchrouter")
             package.__path__ = list(spec.submodule_search_locations)
             sys.modules["batchrouter"] = package
-    return importlib.import_module("batchrouter.ledger")
+    return importlib.import_module("batchrouter.money.ledger")
 
 
 def reserve_many(path: str, worker: int, attempts: int, barrier: Any, results: Any) -> None:

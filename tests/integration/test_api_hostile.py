@@ -17,12 +17,12 @@ import httpx
 import pytest
 import uvicorn
 
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
-from batchrouter.config import Settings, StorageConfig, load_settings
-from batchrouter.ledger import Ledger
-from batchrouter.settlement import sweep
-from batchrouter.storage import Storage
+from batchrouter.core.config import Settings, StorageConfig, load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.money.ledger import Ledger
+from batchrouter.money.settlement import sweep
 
 pytestmark = pytest.mark.integration
 

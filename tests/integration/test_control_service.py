@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from batchrouter import control
-from batchrouter.accounts import AccessError, Accounts, ApiKey
-from batchrouter.ledger import Entry, Hold, InsufficientCredits, InvalidAmount, Ledger
+from batchrouter.access.accounts import AccessError, Accounts, ApiKey
+from batchrouter.money import control
+from batchrouter.money.ledger import Entry, Hold, InsufficientCredits, InvalidAmount, Ledger
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,7 @@ def test_the_database_and_the_discovery_file_are_readable_by_their_owner_only(tm
 def test_many_processes_starting_at_once_get_exactly_one_owner(tmp_path: Path) -> None:
     database = tmp_path / "ledger.duckdb"
     script = (
-        "import sys; from batchrouter.ledger import Ledger; "
+        "import sys; from batchrouter.money.ledger import Ledger; "
         "Ledger(sys.argv[1]).grant('acme', 1000, key='g' + sys.argv[2]); print('ok')"
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(database), str(n)], stdout=subprocess.PIPE)
@@ -106,7 +106,7 @@ def test_a_write_resent_with_the_same_request_id_is_applied_once(tmp_path: Path)
     accounts = Accounts(str(database))
     accounts.record("acme", "test", "first", None)
     info = discovery(database)
-    body = {"op": "batchrouter.accounts:Accounts.record", "args": ["acme", "test", "resent", None], "kwargs": {},
+    body = {"op": "batchrouter.access.accounts:Accounts.record", "args": ["acme", "test", "resent", None], "kwargs": {},
             "request_id": "req-1", "database": str(database)}  # fmt: skip
     answers = [post(info, "/v1/op", body) for _ in range(3)]  # the answer "was lost" twice
     assert all(status == 200 and reply["ok"] for status, reply in answers)
@@ -117,12 +117,12 @@ def test_the_service_refuses_a_wrong_token_another_database_and_unknown_operatio
     database = tmp_path / "ledger.duckdb"
     Ledger(database).balance("acme")
     info = discovery(database)
-    body = {"op": "batchrouter.ledger:Ledger.balance", "args": ["acme"], "kwargs": {}, "database": str(database)}
+    body = {"op": "batchrouter.money.ledger:Ledger.balance", "args": ["acme"], "kwargs": {}, "database": str(database)}
     assert post(info, "/v1/op", body, token="wrong")[0] == 401
     assert post(info, "/v1/op", {**body, "database": "/elsewhere.duckdb"})[0] == 409
     status, reply = post(info, "/v1/op", {**body, "op": "os:system", "args": ["true"]})
     assert status == 200 and not reply["ok"] and "not a BatchRouter name" in reply["error"]["args"][0]
-    status, reply = post(info, "/v1/op", {**body, "op": "batchrouter.ledger:_replay"})
+    status, reply = post(info, "/v1/op", {**body, "op": "batchrouter.money.ledger:_replay"})
     assert status == 200 and not reply["ok"] and "not an operation" in reply["error"]["args"][0]
 
 

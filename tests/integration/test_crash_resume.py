@@ -15,9 +15,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrouter.batch import batch_id_for
+from batchrouter.batches.lifecycle import batch_id_for
 from batchrouter.cli import main
-from batchrouter.config import SimulatorConfig
+from batchrouter.core.config import SimulatorConfig
 from batchrouter.simulator import running_simulator
 
 pytestmark = pytest.mark.integration

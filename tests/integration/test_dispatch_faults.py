@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from batchrouter.catalog import load_catalog
-from batchrouter.config import RoutePolicy, SimulatorConfig, load_settings
-from batchrouter.dispatch import Dispatcher, Job
-from batchrouter.providers import OpenAIAdapter, RequestItem
-from batchrouter.receipts import ItemResult
+from batchrouter.core.config import RoutePolicy, SimulatorConfig, load_settings
+from batchrouter.execution.dispatch import Dispatcher, Job
+from batchrouter.execution.providers import OpenAIAdapter, RequestItem
+from batchrouter.output.receipts import ItemResult
+from batchrouter.pricing.catalog import load_catalog
 from batchrouter.simulator import running_simulator
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ledger_race_worker import reserve_many
 
-from batchrouter.ledger import InsufficientCredits, Ledger
+from batchrouter.money.ledger import InsufficientCredits, Ledger
 
 pytestmark = pytest.mark.integration
 

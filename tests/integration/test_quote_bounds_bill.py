@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from batchrouter.catalog import load_catalog
 from batchrouter.cli import main
+from batchrouter.pricing.catalog import load_catalog
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrouter.catalog import load_catalog
 from batchrouter.cli import main
-from batchrouter.config import load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import load_settings
+from batchrouter.money.ledger import Ledger
+from batchrouter.pricing.catalog import load_catalog
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ import pytest
 
 from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
 from batchrouter import cli
-from batchrouter.batch import load_batch
-from batchrouter.config import load_settings
-from batchrouter.ledger import Ledger
-from batchrouter.storage import Storage
+from batchrouter.batches.lifecycle import load_batch
+from batchrouter.core.config import load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.money.ledger import Ledger
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 from pipelines.sensors import manifest_sensor

@@ -16,10 +16,10 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup, ServerError
 
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.api import Api, create_app
-from batchrouter.config import load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import load_settings
+from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ import openai
 import pydantic
 import pytest
 
-from batchrouter.config import SimulatorConfig
+from batchrouter.core.config import SimulatorConfig
+from batchrouter.intake.tokens import count_text
 from batchrouter.simulator import running_simulator
-from batchrouter.tokens import count_text
 
 pytestmark = [
     pytest.mark.integration,

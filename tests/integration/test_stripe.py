@@ -31,10 +31,10 @@ from fakes.stripe_server import (
 from starlette.testclient import TestClient
 
 from batchrouter.api import create_app
-from batchrouter.billing import create_checkout, reconcile
 from batchrouter.cli import main
-from batchrouter.config import BillingConfig, Settings, load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import BillingConfig, Settings, load_settings
+from batchrouter.money.billing import create_checkout, reconcile
+from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

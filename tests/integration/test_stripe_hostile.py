@@ -13,9 +13,9 @@ from fakes.stripe_server import FakeStripe, deliver, running_fake_stripe, stripe
 from starlette.testclient import TestClient
 
 from batchrouter.api import create_app
-from batchrouter.billing import create_checkout, reconcile
-from batchrouter.config import Settings, load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import Settings, load_settings
+from batchrouter.money.billing import create_checkout, reconcile
+from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

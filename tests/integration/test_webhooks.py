@@ -19,10 +19,11 @@ import duckdb
 import polars as pl
 import pytest
 
-from batchrouter import control
-from batchrouter.batch import BatchInfo, submit
-from batchrouter.config import DeliveryConfig, Settings, load_settings
-from batchrouter.delivery import (
+from batchrouter.batches.lifecycle import BatchInfo, submit
+from batchrouter.core.config import DeliveryConfig, Settings, load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.money import control
+from batchrouter.output.delivery import (
     EndpointNotFound,
     EndpointRefused,
     add_endpoint,
@@ -34,9 +35,8 @@ from batchrouter.delivery import (
     remove_endpoint,
     sign,
 )
-from batchrouter.links import resolve_link
-from batchrouter.storage import Storage
-from batchrouter.summary import verify_batch_dir
+from batchrouter.output.links import resolve_link
+from batchrouter.output.summary import verify_batch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ SPEC_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
 def reference_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
-    """Standard Webhooks signing, written from the spec independently of batchrouter.delivery."""
+    """Standard Webhooks signing, written from the spec independently of batchrouter.output.delivery."""
     assert secret.startswith("whsec_")
     key = base64.b64decode(secret[len("whsec_") :])
     signed = msg_id.encode() + b"." + timestamp.encode() + b"." + body

@@ -20,8 +20,8 @@ import polars as pl
 import pytest
 
 from batchrouter import cli
-from batchrouter.batch import batch_id_for
-from batchrouter.ledger import Ledger
+from batchrouter.batches.lifecycle import batch_id_for
+from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 

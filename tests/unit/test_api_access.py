@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.api import Api, create_app
-from batchrouter.config import Settings, load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import Settings, load_settings
+from batchrouter.money.ledger import Ledger
 
 # -- the README's tables ---------------------------------------------------------------------------
 ROLES = ("owner", "admin", "member", "viewer")

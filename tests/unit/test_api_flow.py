@@ -15,12 +15,12 @@ import duckdb
 import pytest
 from starlette.testclient import TestClient
 
-from batchrouter import control
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
 from batchrouter.cli import main
-from batchrouter.config import Settings, load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import Settings, load_settings
+from batchrouter.money import control
+from batchrouter.money.ledger import Ledger
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
 CSV = b"item_id,model,prompt,max_tokens\n1,gpt-4o-mini,Say this is a test!,100\n2,gpt-4o-mini,Name three colours.,50\n"

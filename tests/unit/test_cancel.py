@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import polars as pl
 
-from batchrouter.batch import stage_dispatch, stage_manifest, stage_quote, stage_route, submit
-from batchrouter.catalog import load_catalog
-from batchrouter.config import Settings
-from batchrouter.ledger import Ledger
-from batchrouter.settlement import stage_reserve, stage_settle
-from batchrouter.storage import Storage
+from batchrouter.batches.lifecycle import stage_dispatch, stage_manifest, stage_quote, stage_route, submit
+from batchrouter.core.config import Settings
+from batchrouter.core.storage import Storage
+from batchrouter.money.ledger import Ledger
+from batchrouter.money.settlement import stage_reserve, stage_settle
+from batchrouter.pricing.catalog import load_catalog
 
 
 def test_a_batch_cancelled_before_dispatch_sends_nothing_and_is_never_reserved_again(settings: Settings) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import ModelConfig, RoutePolicy, load_settings
-from batchrouter.errors import CatalogError, ConfigError
-from batchrouter.routing import policy_exclusions
+from batchrouter.core.config import ModelConfig, RoutePolicy, load_settings
+from batchrouter.core.errors import CatalogError, ConfigError
+from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.pricing.routing import policy_exclusions
 
 REALFILES = Path(__file__).resolve().parents[3] / "shared" / "realfiles"
 

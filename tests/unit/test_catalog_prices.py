@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import pytest
 
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import ModelConfig
-from batchrouter.price_source import SOURCE_PROVIDERS, catalog_date, catalog_drift, entry_drift, source_price
+from batchrouter.core.config import ModelConfig
+from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.pricing.price_source import SOURCE_PROVIDERS, catalog_date, catalog_drift, entry_drift, source_price
 
 
 def test_every_priced_route_equals_the_source_exactly(catalog: Catalog) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
 from batchrouter.cli import main
-from batchrouter.config import Settings, load_settings
-from batchrouter.ledger import Ledger
+from batchrouter.core.config import Settings, load_settings
+from batchrouter.money.ledger import Ledger
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
 WORKSPACES = ("acme", "other")

@@ -21,15 +21,15 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from batchrouter import guards
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
-from batchrouter.catalog import Catalog
-from batchrouter.config import LimitsConfig, RoutePolicy, Settings, load_settings
-from batchrouter.guards import credential_kind, find_card, has_card_number
-from batchrouter.ledger import Ledger
-from batchrouter.manifest import ITEM_SCHEMA, read_manifest
-from batchrouter.quote import Quote, build_quote, reject_restricted
+from batchrouter.core.config import LimitsConfig, RoutePolicy, Settings, load_settings
+from batchrouter.intake import guards
+from batchrouter.intake.guards import credential_kind, find_card, has_card_number
+from batchrouter.intake.manifest import ITEM_SCHEMA, read_manifest
+from batchrouter.money.ledger import Ledger
+from batchrouter.pricing.catalog import Catalog
+from batchrouter.pricing.quote import Quote, build_quote, reject_restricted
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
 # Assembled at run time, so no credential-shaped literal sits in the repository.

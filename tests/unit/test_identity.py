@@ -13,15 +13,15 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from batchrouter.accounts import AccessError, Accounts
+from batchrouter.access.accounts import AccessError, Accounts
 from batchrouter.api import create_app
-from batchrouter.batch import BATCH_DIGEST_CHARS, batch_id_for, submit
+from batchrouter.batches.lifecycle import BATCH_DIGEST_CHARS, batch_id_for, submit
 from batchrouter.cli import main
-from batchrouter.config import ConfigError, Settings, load_settings
-from batchrouter.errors import BatchError
-from batchrouter.identity import WORKSPACE_PATTERN, IdentityError, canonical_email, canonical_workspace
-from batchrouter.intake import Dropped, accept, dropped_name
-from batchrouter.storage import Storage
+from batchrouter.core.config import ConfigError, Settings, load_settings
+from batchrouter.core.errors import BatchError
+from batchrouter.core.identity import WORKSPACE_PATTERN, IdentityError, canonical_email, canonical_workspace
+from batchrouter.core.storage import Storage
+from batchrouter.intake.drops import Dropped, accept, dropped_name
 
 MANIFEST = b"item_id,model,prompt\n1,gpt-4o-mini,hello\n"
 SHA = hashlib.sha256(MANIFEST).hexdigest()

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchrouter.ledger import (
+from batchrouter.money.ledger import (
     HoldError,
     IdempotencyConflict,
     InsufficientCredits,

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, multiple, rule
 
-from batchrouter.ledger import Entry, HoldError, IdempotencyConflict, InsufficientCredits, Ledger
+from batchrouter.money.ledger import Entry, HoldError, IdempotencyConflict, InsufficientCredits, Ledger
 
 USD = 1_000_000
 WORKSPACES = ("acme", "beta")

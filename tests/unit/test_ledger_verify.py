@@ -14,9 +14,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from batchrouter import control
 from batchrouter.cli import main
-from batchrouter.ledger import Ledger
+from batchrouter.money import control
+from batchrouter.money.ledger import Ledger
 
 USD = 1_000_000
 

@@ -15,10 +15,11 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrouter import links
-from batchrouter.batch import BatchInfo, submit
-from batchrouter.config import DeliveryConfig, Settings, StorageConfig, load_settings
-from batchrouter.links import (
+from batchrouter.batches.lifecycle import BatchInfo, submit
+from batchrouter.core.config import DeliveryConfig, Settings, StorageConfig, load_settings
+from batchrouter.core.storage import Storage
+from batchrouter.output import links
+from batchrouter.output.links import (
     LinkError,
     LinkExpired,
     LinkNotFound,
@@ -31,7 +32,6 @@ from batchrouter.links import (
     sign_link,
     signature,
 )
-from batchrouter.storage import Storage
 
 NOW = 1_900_000_000
 MANIFEST = b"item_id,model,prompt\na,gpt-4o-mini,hello\n"

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import LimitsConfig
-from batchrouter.errors import ManifestError
-from batchrouter.manifest import Manifest, read_manifest, request_messages
+from batchrouter.core.config import LimitsConfig
+from batchrouter.core.errors import ManifestError
+from batchrouter.intake.manifest import Manifest, read_manifest, request_messages
+from batchrouter.pricing.catalog import Catalog, load_catalog
 
 CHAT = "/v1/chat/completions"
 
@@ -332,8 +332,10 @@ def test_malformed_messages_are_rejected_naming_the_message(catalog: Catalog, me
 
 
 def test_embeddings_lines_are_refused_with_a_reason_that_says_so(catalog: Catalog) -> None:
-    text = jsonl_line("ok", user("x")) + "\n" + jsonl_line(
-        "emb", {"model": "text-embedding-3-small", "input": "x"}, url="/v1/embeddings"
+    text = (
+        jsonl_line("ok", user("x"))
+        + "\n"
+        + jsonl_line("emb", {"model": "text-embedding-3-small", "input": "x"}, url="/v1/embeddings")
     )
     rows = rows_by_id(read("b.jsonl", text.encode(), catalog))
     assert rejection(rows["emb"]) == (2, "url", "unsupported_endpoint")

@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from batchrouter.catalog import Catalog
 from batchrouter.cli import main
-from batchrouter.config import LimitsConfig, load_settings
-from batchrouter.errors import ManifestError
-from batchrouter.manifest import read_manifest
+from batchrouter.core.config import LimitsConfig, load_settings
+from batchrouter.core.errors import ManifestError
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.pricing.catalog import Catalog
 
 MODEL = "gpt-4o-mini"
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from batchrouter.config import ProviderConfig, RoutePolicy
-from batchrouter.errors import RateLimitedError, TerminalError, TransientError
-from batchrouter.providers import (
+from batchrouter.core.config import ProviderConfig, RoutePolicy
+from batchrouter.core.errors import RateLimitedError, TerminalError, TransientError
+from batchrouter.execution.providers import (
     SIMULATOR_KEY,
     AnthropicAdapter,
     OpenAIAdapter,
@@ -22,7 +22,7 @@ from batchrouter.providers import (
     RequestItem,
     adapter_for,
 )
-from batchrouter.providers.base import classify, retry_after_seconds
+from batchrouter.execution.providers.base import classify, retry_after_seconds
 
 ITEM = RequestItem(
     "item-1",

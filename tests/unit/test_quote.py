@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrouter import tokens
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import LimitsConfig, ModelConfig, RoutePolicy
-from batchrouter.manifest import Manifest, read_manifest
-from batchrouter.quote import Quote, build_quote
-from batchrouter.sample import sample_manifest
+from batchrouter.core.config import LimitsConfig, ModelConfig, RoutePolicy
+from batchrouter.intake import tokens
+from batchrouter.intake.manifest import Manifest, read_manifest
+from batchrouter.intake.sample import sample_manifest
+from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.pricing.quote import Quote, build_quote
 
 CL100K = bpe_openai.get_encoding("cl100k_base")
 BASE_VERSION = "2026-12-01"

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from batchrouter import ratelimit
-from batchrouter.ratelimit import AdaptiveRate, CircuitBreaker, TokenBucket
+from batchrouter.execution import ratelimit
+from batchrouter.execution.ratelimit import AdaptiveRate, CircuitBreaker, TokenBucket
 
 
 class FakeClock:
-    """Stands in for `time.monotonic` and `asyncio.sleep` inside `batchrouter.ratelimit` only."""
+    """Stands in for `time.monotonic` and `asyncio.sleep` inside `batchrouter.execution.ratelimit` only."""
 
     def __init__(self) -> None:
         self.now = 1000.0

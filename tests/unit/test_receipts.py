@@ -11,12 +11,19 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrouter.catalog import Catalog
-from batchrouter.config import LimitsConfig, RoutePolicy, Settings
-from batchrouter.manifest import read_manifest
-from batchrouter.quote import build_quote
-from batchrouter.receipts import OUTPUT_COLUMNS, RECEIPT_COLUMNS, RESULT_SCHEMA, Checkpoint, ItemResult, build_outputs
-from batchrouter.storage import Storage
+from batchrouter.core.config import LimitsConfig, RoutePolicy, Settings
+from batchrouter.core.storage import Storage
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.output.receipts import (
+    OUTPUT_COLUMNS,
+    RECEIPT_COLUMNS,
+    RESULT_SCHEMA,
+    Checkpoint,
+    ItemResult,
+    build_outputs,
+)
+from batchrouter.pricing.catalog import Catalog
+from batchrouter.pricing.quote import build_quote
 
 MANIFEST = (
     b"item_id,model,prompt,max_tokens,team\n"

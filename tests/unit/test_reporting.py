@@ -17,9 +17,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from batchrouter import control
 from batchrouter.cli import main
-from batchrouter.ledger import Ledger, usd
+from batchrouter.money import control
+from batchrouter.money.ledger import Ledger, usd
 
 USD = 1_000_000
 WORKSPACE = "acme"

@@ -8,12 +8,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from batchrouter import tokens
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import LimitsConfig, ProviderConfig, RoutePolicy
-from batchrouter.manifest import read_manifest, request_messages
-from batchrouter.providers import AnthropicAdapter, OpenAIAdapter, OpenRouterAdapter, RequestItem
-from batchrouter.quote import Quote, build_quote
+from batchrouter.core.config import LimitsConfig, ProviderConfig, RoutePolicy
+from batchrouter.execution.providers import AnthropicAdapter, OpenAIAdapter, OpenRouterAdapter, RequestItem
+from batchrouter.intake import tokens
+from batchrouter.intake.manifest import read_manifest, request_messages
+from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.pricing.quote import Quote, build_quote
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
@@ -424,7 +424,7 @@ def test_a_prediction_reserves_its_tokens_as_output_on_top_of_the_cap(catalog: C
 
 
 def test_a_temperature_is_refused_on_a_model_that_always_reasons(catalog: Catalog) -> None:
-    from batchrouter.request_fields import always_reasons
+    from batchrouter.intake.request_fields import always_reasons
 
     model = next(e.name for e in catalog.entries if always_reasons(e) and len(catalog.routes_for(e.name)) == 1)
     rows = by_id(

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import LimitsConfig, ModelConfig, RoutePolicy
-from batchrouter.manifest import read_manifest
-from batchrouter.quote import build_quote
+from batchrouter.core.config import LimitsConfig, ModelConfig, RoutePolicy
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.pricing.quote import build_quote
 
 LLAMA_OPENROUTER = "openrouter:meta-llama/llama-3.1-8b-instruct"
 LLAMA_SELF = "selfhosted:meta-llama/Llama-3.1-8B-Instruct"

@@ -21,11 +21,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrouter.catalog import load_catalog
-from batchrouter.config import SimulatorConfig
+from batchrouter.core.config import SimulatorConfig
+from batchrouter.intake.tokens import count_text
+from batchrouter.pricing.catalog import load_catalog
 from batchrouter.simulator import billing as bill
 from batchrouter.simulator import build_app, images
-from batchrouter.tokens import count_text
 
 REALFILES = Path(os.environ.get("BATCHROUTER_REALFILES", Path(__file__).resolve().parents[3] / "shared" / "realfiles"))
 

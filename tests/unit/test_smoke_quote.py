@@ -1,7 +1,7 @@
-from batchrouter.catalog import Catalog
-from batchrouter.config import LimitsConfig, RoutePolicy
-from batchrouter.manifest import read_manifest
-from batchrouter.quote import build_quote
+from batchrouter.core.config import LimitsConfig, RoutePolicy
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.pricing.catalog import Catalog
+from batchrouter.pricing.quote import build_quote
 
 
 def test_openai_reference_prompt_is_13_tokens_and_priced_exactly(catalog: Catalog, limits: LimitsConfig) -> None:

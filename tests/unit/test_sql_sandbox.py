@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from batchrouter.accounts import Accounts
+from batchrouter.access.accounts import Accounts
 from batchrouter.cli import main
-from batchrouter.config import load_settings
-from batchrouter.delivery import add_endpoint
-from batchrouter.reporting import PRODUCT_VIEWS
+from batchrouter.core.config import load_settings
+from batchrouter.output.delivery import add_endpoint
+from batchrouter.output.reporting import PRODUCT_VIEWS
 
 USD = 1_000_000
 # "acme-b" starts with "acme-": a prefix match on batch ids would leak its rows into acme's.

@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrouter.batch import (
+from batchrouter.batches.lifecycle import (
     load_batch,
     load_manifest,
     load_quote,
@@ -20,10 +20,10 @@ from batchrouter.batch import (
     stage_route,
     submit,
 )
-from batchrouter.catalog import Catalog
-from batchrouter.config import Settings
-from batchrouter.errors import BatchError, ManifestError
-from batchrouter.storage import Storage, route_slug
+from batchrouter.core.config import Settings
+from batchrouter.core.errors import BatchError, ManifestError
+from batchrouter.core.storage import Storage, route_slug
+from batchrouter.pricing.catalog import Catalog
 
 MANIFEST = (
     b"item_id,model,prompt,max_tokens,team\n"

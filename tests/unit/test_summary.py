@@ -16,11 +16,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from batchrouter import control, vault
-from batchrouter.batch import BatchInfo, submit
-from batchrouter.config import Settings
-from batchrouter.storage import Storage
-from batchrouter.summary import (
+from batchrouter.access import vault
+from batchrouter.batches.lifecycle import BatchInfo, submit
+from batchrouter.core.config import Settings
+from batchrouter.core.storage import Storage
+from batchrouter.money import control
+from batchrouter.output.summary import (
     ARTIFACTS,
     SummaryError,
     canonical,
@@ -258,7 +259,7 @@ def test_keys_are_kept_in_the_workspace_signing_keys_table(settings: Settings) -
 
 
 def test_signing_keys_live_beside_the_ledger(settings: Settings) -> None:
-    from batchrouter.ledger import Ledger
+    from batchrouter.money.ledger import Ledger
 
     Ledger(settings.database).grant("acme", 5_000_000, key="g1")
     public_key(settings, "acme")

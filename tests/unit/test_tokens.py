@@ -11,11 +11,11 @@ import bpe_openai
 import numpy as np
 import pytest
 
-from batchrouter import tokens
-from batchrouter.catalog import Catalog, load_catalog
-from batchrouter.config import LimitsConfig, ModelConfig, RoutePolicy
-from batchrouter.manifest import read_manifest
-from batchrouter.quote import build_quote
+from batchrouter.core.config import LimitsConfig, ModelConfig, RoutePolicy
+from batchrouter.intake import tokens
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.pricing.quote import build_quote
 
 O200K = bpe_openai.get_encoding("o200k_base")
 CL100K = bpe_openai.get_encoding("cl100k_base")

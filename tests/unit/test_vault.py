@@ -9,11 +9,11 @@ import duckdb
 import pytest
 from cryptography.fernet import Fernet
 
-from batchrouter import vault
+from batchrouter.access import vault
 from batchrouter.cli import main
-from batchrouter.config import Settings
-from batchrouter.delivery import _targets, add_endpoint
-from batchrouter.summary import signing_key
+from batchrouter.core.config import Settings
+from batchrouter.output.delivery import _targets, add_endpoint
+from batchrouter.output.summary import signing_key
 
 
 @pytest.fixture(autouse=True)

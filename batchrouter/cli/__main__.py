@@ -1,0 +1,5 @@
+import sys
+
+from batchrouter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,487 @@
+"""Dispatch: send routed items to their providers as fast as each route's limits allow.
+
+Per route: a token bucket for requests per minute and one for tokens per minute (tokens taken on
+the quote's estimate, input + output cap, and the unused part given back once usage is known), a
+concurrency cap, adaptive slow-down on 429 that honours Retry-After and recovers, jittered
+exponential back-off for transient errors within a per-item attempt budget, a per-request timeout,
+stall detection (no byte for `stall_timeout_s`: cancel and retry), and a circuit breaker that moves
+a failing route's items to the next route of their fallback chain. Limits announced by the
+provider's headers replace configured ones when they are lower.
+
+Each item ends in exactly one final state, `succeeded` or `failed` (with the last error's code
+and message); the caller records it (see `receipts.Checkpoint`).
+
+The HTTP client is httpx's API over an aiohttp transport (httpx-aiohttp): httpx's own connection
+pool spends milliseconds of CPU per request at hundreds in flight; see benchmarks/dispatch.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import httpx
+import numpy as np
+import polars as pl
+from httpx_aiohttp import AiohttpTransport
+
+from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
+from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
+from batchrouter.execution.providers import ProviderAdapter, RefusedError, RequestItem, adapter_for
+from batchrouter.intake.manifest import request_messages
+from batchrouter.output.receipts import ItemResult, utc
+from batchrouter.pricing.catalog import PICO_PER_MICRO, Catalog, CatalogEntry
+
+# Errors that say the route itself is unusable (bad key, unknown model): try the next route.
+ROUTE_ERRORS = ("unauthorized", "not_found", "missing_base_url", "missing_api_key")
+MAX_RATE_LIMITED = 50  # 429s one item may absorb before it counts as a failed attempt
+RATE_MARGIN = 0.98  # stay just under a provider's announced limit
+
+
+@dataclass
+class Job:
+    """An item on its way: its request, its route chain and what happened so far."""
+
+    item_id: str
+    model: str
+    request: RequestItem
+    chain: list[str]
+    estimate_tokens: int
+    reserve_usd_micros: int
+    input_sha256: str
+    position: int = 0
+    attempts: int = 0
+    failures_here: int = 0
+    rate_limited: int = 0
+    started: float | None = None
+    last_error: ProviderError | None = None
+    tried: list[str] = field(default_factory=list)
+
+    @property
+    def route(self) -> str:
+        return self.chain[self.position]
+
+
+def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
+    """Jobs for routed items (the `routed_items` table)."""
+    jobs = []
+    for row in items.iter_rows(named=True):
+        messages = request_messages(row["system"], row["prompt"], row["messages"])
+        params = json.loads(row["params"]) if row.get("params") else None
+        n = int(row.get("n") or 1)
+        canonical = json.dumps(
+            [messages, params, row["temperature"], *([n] if n > 1 else [])], sort_keys=True, ensure_ascii=False
+        )
+        jobs.append(
+            Job(
+                item_id=row["item_id"],
+                model=row["model"],
+                request=RequestItem(row["item_id"], messages, int(row["output_cap"]), row["temperature"], params, n=n),
+                chain=[row["route"], *(row["fallbacks"] or [])],
+                estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]) * n,
+                reserve_usd_micros=int(row["reserve_usd_micros"]),
+                input_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+            )
+        )
+    return jobs
+
+
+@dataclass
+class RouteHealth:
+    """What one route did during a run; recorded as data (`dispatch/health.parquet`)."""
+
+    route: str
+    requests: int = 0
+    succeeded: int = 0
+    transient_errors: int = 0
+    terminal_errors: int = 0
+    rate_limited: int = 0
+    timeouts: int = 0
+    breaker_trips: int = 0
+    moved_to_fallback: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    rate_limited_at: list[float] = field(default_factory=list)  # monotonic times of 429s
+    limits_learned_at: float | None = None  # when the provider's headers first lowered our limits
+
+    def row(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(0)
+        n = max(1, self.requests)
+        return {
+            "route": self.route,
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "transient_errors": self.transient_errors,
+            "terminal_errors": self.terminal_errors,
+            "rate_limited": self.rate_limited,
+            "timeouts": self.timeouts,
+            "breaker_trips": self.breaker_trips,
+            "moved_to_fallback": self.moved_to_fallback,
+            "error_rate": (self.transient_errors + self.terminal_errors) / n,
+            "rate_limited_rate": self.rate_limited / n,
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+            "rate_limited_after_learning": self.rate_limited_after_learning(),
+        }
+
+    def rate_limited_after_learning(self, grace_s: float = 1.0) -> int:
+        """429s that came once the announced limits were in force (after requests already in flight)."""
+        if self.limits_learned_at is None:
+            return len(self.rate_limited_at)
+        return sum(1 for t in self.rate_limited_at if t > self.limits_learned_at + grace_s)
+
+
+class Route:
+    """Runtime state of one route: limits, queue, breaker, health."""
+
+    def __init__(
+        self, name: str, entry: CatalogEntry, adapter: ProviderAdapter, provider: ProviderConfig, cfg: DispatchConfig
+    ) -> None:
+        from batchrouter.execution.ratelimit import AdaptiveRate, CircuitBreaker, TokenBucket
+
+        self.name = name
+        self.entry = entry
+        self.adapter = adapter
+        # A provider that routes on to upstreams of its own (OpenRouter) is capped at this route's catalog
+        # prices, so none of its fallbacks can bill above what was reserved.
+        self.max_price = (
+            (entry.input_pico_per_token, entry.output_pico_per_token) if entry.provider == "openrouter" else None
+        )
+        self.provider = provider
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.rpm = TokenBucket(provider.rpm)
+        self.tpm = TokenBucket(provider.tpm)
+        self.slots = asyncio.Semaphore(provider.max_concurrency)
+        self.adaptive = AdaptiveRate()
+        self.breaker = CircuitBreaker(cfg.breaker_failures, cooldown_s=cfg.breaker_cooldown_s)
+        self.health = RouteHealth(name)
+
+    def learn(self, limits: Any) -> None:
+        """Adopt the provider's announced limits when they are below the configured ones."""
+        for announced, configured, bucket in (
+            (limits.requests_per_minute, self.provider.rpm, self.rpm),
+            (limits.tokens_per_minute, self.provider.tpm, self.tpm),
+        ):
+            if announced:
+                target = min(configured, announced * RATE_MARGIN)
+                if abs(target - bucket.per_minute) > 0.5:
+                    bucket.set_limit(target)
+                    if self.health.limits_learned_at is None:
+                        self.health.limits_learned_at = time.monotonic()
+
+    def cost_micros(self, completion_in: int, completion_out: int, *, cached: int = 0, tier: str | None = None) -> int:
+        """What the provider bills, by the catalog: cached input at the cached price, the tier's prices."""
+        e = self.entry
+        price_in, price_out = e.input_pico_per_token, e.output_pico_per_token
+        price_cached = e.cached_input_pico_per_token
+        if tier == "priority" and e.priority_input_pico_per_token and e.priority_output_pico_per_token:
+            price_in, price_out, price_cached = e.priority_input_pico_per_token, e.priority_output_pico_per_token, None
+        cached = min(max(cached, 0), completion_in) if price_cached is not None else 0
+        pico = (completion_in - cached) * price_in + cached * (price_cached or 0) + completion_out * price_out
+        if tier == "flex" and e.flex:
+            pico = pico * int((1 - e.batch_discount) * 1000) // 1000  # flex is sold at batch prices
+        return -(-pico // PICO_PER_MICRO)
+
+
+class Dispatcher:
+    """Runs jobs to a final state; `on_result` receives each `ItemResult` as it is decided."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        policy: RoutePolicy,
+        on_result: Callable[[ItemResult], None],
+        simulator_url: str | None = None,
+        seed: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.policy = policy
+        self.on_result = on_result
+        self.simulator_url = simulator_url
+        self.cfg = settings.dispatch
+        self.routes: dict[str, Route] = {}
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.rng = random.Random(seed)
+        self.cancelled = cancelled
+        self.remaining = 0
+        self.done = asyncio.Event()
+        self.pumps: list[asyncio.Task[None]] = []
+        self.inflight: set[asyncio.Task[None]] = set()
+
+    # -- setup -------------------------------------------------------------------------------
+    def _route(self, name: str) -> Route:
+        found = self.routes.get(name)
+        if found is not None:
+            return found
+        entry = self.catalog.entry(name)
+        provider = self.settings.provider(entry.provider)
+        adapter = adapter_for(entry.provider, provider, policy=self.policy, simulator_url=self.simulator_url)
+        route = Route(name, entry, adapter, provider, self.cfg)
+        self.routes[name] = route
+        if adapter.base_url not in self.clients:
+            self.clients[adapter.base_url] = self._client(adapter)
+        self.pumps.append(asyncio.create_task(self._pump(route)))
+        return route
+
+    def _client(self, adapter: ProviderAdapter) -> httpx.AsyncClient:
+        connections = sum(self.settings.provider(name).max_concurrency for name in self.settings.provider_names())
+        timeout = httpx.Timeout(
+            connect=min(30.0, self.cfg.stall_timeout_s), read=self.cfg.stall_timeout_s, write=30.0, pool=None
+        )
+        transport = AiohttpTransport(limits=httpx.Limits(max_connections=connections, keepalive_expiry=60))
+        return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+    # -- running -----------------------------------------------------------------------------
+    async def run(self, jobs: list[Job]) -> None:
+        self.remaining = len(jobs)
+        if not jobs:
+            return
+        try:
+            for job in jobs:
+                self._enqueue(job)
+            await self.done.wait()
+        finally:
+            for task in self.pumps:
+                task.cancel()
+            for task in list(self.inflight):
+                task.cancel()
+            await asyncio.gather(*self.pumps, *self.inflight, return_exceptions=True)
+            for client in self.clients.values():
+                await client.aclose()
+
+    def _enqueue(self, job: Job, delay: float = 0.0) -> None:
+        try:
+            route = self._route(job.route)
+        except Exception as exc:  # a route the config cannot serve (unknown provider, missing base_url)
+            err = exc if isinstance(exc, ProviderError) else TerminalError("route_unavailable", str(exc))
+            job.last_error = err
+            self._next_route(job)
+            return
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, route.queue.put_nowait, job)
+        else:
+            route.queue.put_nowait(job)
+
+    async def _pump(self, route: Route) -> None:
+        """Admission loop of one route: a job leaves the queue only when limits allow it."""
+        while True:
+            job = await route.queue.get()
+            if self.cancelled is not None and self.cancelled():
+                cancel = TerminalError("cancelled", "the batch was cancelled before this item was sent")
+                self._finish(job, route, "failed", cancel, latency=None)
+                continue
+            if await route.adaptive.wait_if_paused():
+                # The buckets refilled during the pause; spending that as a burst would hit the limit
+                # again at once, so resume at the steady rate.
+                route.rpm.drain()
+                route.tpm.drain()
+            if route.breaker.is_open:
+                if job.position + 1 < len(job.chain):
+                    job.last_error = job.last_error or TransientError("circuit_open", f"route {route.name} is failing")
+                    route.health.moved_to_fallback += 1
+                    self._next_route(job)
+                    continue
+                assert route.breaker.opened_at is not None
+                await asyncio.sleep(max(0.0, route.breaker.opened_at + route.breaker.cooldown_s - time.monotonic()))
+            await route.slots.acquire()
+            route.rpm.scale = route.adaptive.scale
+            await route.rpm.acquire(1)
+            await route.tpm.acquire(job.estimate_tokens)
+            task = asyncio.create_task(self._attempt(route, job))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def _attempt(self, route: Route, job: Job) -> None:
+        start = time.monotonic()
+        if job.started is None:
+            job.started = time.time()
+        job.attempts += 1
+        route.health.requests += 1
+        try:
+            completion = await self._send(route, job)
+        except RateLimitedError as err:
+            route.health.rate_limited += 1
+            route.health.rate_limited_at.append(time.monotonic())
+            route.adaptive.on_rate_limited(err.retry_after_s)
+            route.rpm.drain()
+            route.tpm.refund(job.estimate_tokens)
+            job.rate_limited += 1
+            job.last_error = err
+            if job.rate_limited <= MAX_RATE_LIMITED:
+                route.queue.put_nowait(job)
+            else:
+                self._transient(route, job, err)
+        except RefusedError as err:
+            route.health.terminal_errors += 1
+            route.breaker.record_success()  # the route works; the model declined this item
+            cost = route.cost_micros(
+                err.input_tokens, err.output_tokens, tier=(job.request.params or {}).get("service_tier")
+            )
+            self._finish(
+                job,
+                route,
+                "failed",
+                err,
+                latency=time.monotonic() - start,
+                cost=cost,
+                cost_source="catalog",
+                tokens=(err.input_tokens, err.output_tokens),
+                request_id=err.request_id,
+            )
+        except TerminalError as err:
+            route.health.terminal_errors += 1
+            job.last_error = err
+            if err.code in ROUTE_ERRORS:
+                route.breaker.record_failure()
+                self._next_route(job)
+            else:
+                self._finish(job, route, "failed", err, latency=time.monotonic() - start)
+        except TransientError as err:
+            route.health.transient_errors += 1
+            if err.code in ("stalled", "timeout"):
+                route.health.timeouts += 1
+            route.tpm.refund(job.estimate_tokens)
+            self._transient(route, job, err)
+        except Exception as exc:  # an adapter bug or an answer nobody foresaw: end the item, never hang the run
+            route.health.terminal_errors += 1
+            job.last_error = TerminalError("internal_error", f"{type(exc).__name__}: {exc}")
+            self._finish(job, route, "failed", job.last_error, latency=time.monotonic() - start)
+        else:
+            latency = time.monotonic() - start
+            route.health.succeeded += 1
+            route.health.latencies_ms.append(latency * 1000)
+            route.breaker.record_success()
+            route.adaptive.on_success()
+            route.tpm.refund(max(0, job.estimate_tokens - completion.input_tokens - completion.output_tokens))
+            cost = completion.reported_cost_usd_micros
+            source = "provider"
+            if cost is None:
+                tier = completion.service_tier or (job.request.params or {}).get("service_tier")
+                cost = route.cost_micros(
+                    completion.input_tokens, completion.output_tokens, cached=completion.cached_tokens, tier=tier
+                )
+                source = "catalog"
+            self._finish(
+                job,
+                route,
+                "succeeded",
+                None,
+                latency=latency,
+                cost=cost,
+                cost_source=source,
+                tokens=(completion.input_tokens, completion.output_tokens),
+                completion=completion,
+            )
+        finally:
+            route.slots.release()
+
+    async def _send(self, route: Route, job: Job) -> Any:
+        request = job.request if route.max_price is None else replace(job.request, max_price=route.max_price)
+        prepared = route.adapter.build(request, route.entry.upstream)
+        client = self.clients[route.adapter.base_url]
+        try:
+            response = await asyncio.wait_for(
+                client.post(prepared.url, content=prepared.body, headers=prepared.headers),
+                timeout=route.provider.timeout_s,
+            )
+        except TimeoutError as exc:
+            raise TransientError("timeout", f"no complete answer within {route.provider.timeout_s:g} s") from exc
+        except httpx.TimeoutException as exc:
+            cause = exc.__cause__
+            # httpx-aiohttp reports every aiohttp connection error (refused, reset) as ConnectTimeout.
+            if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+                raise TransientError("connection_error", f"{type(cause).__name__}: {cause}") from exc
+            raise TransientError(
+                "stalled", f"no data from {route.adapter.base_url} for {self.cfg.stall_timeout_s:g} s ({exc})"
+            ) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise TransientError("truncated_body", f"the connection closed mid-answer ({exc})") from exc
+        except httpx.TransportError as exc:
+            raise TransientError("connection_error", f"{type(exc).__name__}: {exc}") from exc
+        route.learn(route.adapter.rate_limits(response.headers))
+        return route.adapter.parse(response.status_code, response.headers, response.content)
+
+    def _transient(self, route: Route, job: Job, err: ProviderError) -> None:
+        job.last_error = err
+        job.failures_here += 1
+        route.breaker.record_failure()
+        if route.breaker.is_open:
+            route.health.breaker_trips = route.breaker.trips
+        if job.failures_here < self.cfg.max_attempts:
+            delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (job.failures_here - 1))
+            self._enqueue(job, delay * self.rng.uniform(0.5, 1.5))
+        else:
+            self._next_route(job)
+
+    def _next_route(self, job: Job) -> None:
+        job.tried.append(job.route)
+        if job.position + 1 < len(job.chain):
+            job.position += 1
+            job.failures_here = 0
+            self._enqueue(job)
+            return
+        route = self.routes.get(job.route)
+        self._finish(job, route, "failed", job.last_error, latency=None)
+
+    def _finish(
+        self,
+        job: Job,
+        route: Route | None,
+        status: str,
+        err: ProviderError | None,
+        *,
+        latency: float | None,
+        cost: int = 0,
+        cost_source: str = "none",
+        tokens: tuple[int, int] = (0, 0),
+        completion: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        text = completion.text if completion is not None else None
+        message = None
+        if err is not None:
+            routes = ", ".join(dict.fromkeys([*job.tried, job.route]))
+            message = f"{err.message} (after {job.attempts} attempt(s) on {routes})"
+        entry = route.entry if route is not None else None
+        result = ItemResult(
+            item_id=job.item_id,
+            status=status,
+            route=job.route,
+            provider=entry.provider if entry else None,
+            model=job.model,
+            upstream=entry.upstream if entry else None,
+            attempts=job.attempts,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            cached_tokens=completion.cached_tokens if completion is not None else 0,
+            reserve_usd_micros=job.reserve_usd_micros,
+            cost_usd_micros=cost,
+            cost_source=cost_source if cost else "none",
+            latency_ms=round(latency * 1000) if latency is not None else None,
+            started_at=utc(job.started) if job.started is not None else None,
+            finished_at=utc(time.time()),
+            provider_request_id=(completion.request_id if completion is not None else request_id),
+            input_sha256=job.input_sha256,
+            output_sha256=hashlib.sha256(text.encode()).hexdigest() if text is not None else None,
+            output_text=text,
+            choices=json.dumps(completion.choices, ensure_ascii=False) if completion and completion.choices else None,
+            finish_reason=completion.finish_reason if completion is not None else None,
+            error_code=err.code if err is not None else None,
+            error_message=message,
+            fallbacks_used=job.position,
+            rate_limited=job.rate_limited,
+        )
+        self.on_result(result)
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self.done.set()
