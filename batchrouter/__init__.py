@@ -1,23 +1,63 @@
-"""BatchRouter: manifests in, exact quotes, routes, dispatch and receipts out. Never imports dagster."""
+"""BatchRouter: manifests in, exact quotes, routes, dispatch and receipts out. Never imports dagster.
 
-from batchrouter.batches.lifecycle import BatchInfo, load_batch, stage_manifest, stage_quote, stage_route, submit
-from batchrouter.core.config import RoutePolicy, Settings, load_settings
-from batchrouter.core.errors import (
-    BatchError,
-    BatchRouterError,
-    CatalogError,
-    ConfigError,
-    ManifestError,
-    ProviderError,
-    RateLimitedError,
-    StorageError,
-    TerminalError,
-    TransientError,
-)
-from batchrouter.core.storage import Storage
-from batchrouter.intake.manifest import Manifest, read_manifest
-from batchrouter.pricing.catalog import Catalog, CatalogEntry, load_catalog
-from batchrouter.pricing.quote import Quote, build_quote
+The names below are imported on first use (module `__getattr__`), so `import batchrouter` and the
+`batchrouter --help` start-up stay light; `from batchrouter import X` works as before.
+"""
+
+from __future__ import annotations
+
+import typing as _typing
+from importlib import import_module as _import_module
+
+if _typing.TYPE_CHECKING:
+    from batchrouter.batches.lifecycle import BatchInfo, load_batch, stage_manifest, stage_quote, stage_route, submit
+    from batchrouter.core.config import RoutePolicy, Settings, load_settings
+    from batchrouter.core.errors import (
+        BatchError,
+        BatchRouterError,
+        CatalogError,
+        ConfigError,
+        ManifestError,
+        ProviderError,
+        RateLimitedError,
+        StorageError,
+        TerminalError,
+        TransientError,
+    )
+    from batchrouter.core.storage import Storage
+    from batchrouter.intake.manifest import Manifest, read_manifest
+    from batchrouter.pricing.catalog import Catalog, CatalogEntry, load_catalog
+    from batchrouter.pricing.quote import Quote, build_quote
+
+# Where each public name lives (the imports above are the same list, for type checkers).
+_HOMES = {
+    "batchrouter.batches.lifecycle": [
+        "BatchInfo",
+        "load_batch",
+        "stage_manifest",
+        "stage_quote",
+        "stage_route",
+        "submit",
+    ],
+    "batchrouter.core.config": ["RoutePolicy", "Settings", "load_settings"],
+    "batchrouter.core.errors": [
+        "BatchError",
+        "BatchRouterError",
+        "CatalogError",
+        "ConfigError",
+        "ManifestError",
+        "ProviderError",
+        "RateLimitedError",
+        "StorageError",
+        "TerminalError",
+        "TransientError",
+    ],
+    "batchrouter.core.storage": ["Storage"],
+    "batchrouter.intake.manifest": ["Manifest", "read_manifest"],
+    "batchrouter.pricing.catalog": ["Catalog", "CatalogEntry", "load_catalog"],
+    "batchrouter.pricing.quote": ["Quote", "build_quote"],
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
     "BatchError",
@@ -48,3 +88,16 @@ __all__ = [
     "stage_route",
     "submit",
 ]
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME_OF.get(name)
+    if home is None:
+        raise AttributeError(f"module 'batchrouter' has no attribute {name!r}")
+    value = getattr(_import_module(home), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -11,7 +11,7 @@ import batchrouter
 def _imported_public_names() -> set[str]:
     tree = ast.parse(Path(batchrouter.__file__).read_text(encoding="utf-8"))
     names: set[str] = set()
-    for node in tree.body:
+    for node in ast.walk(tree):  # the imports under `if TYPE_CHECKING:` too (the names load lazily)
         if isinstance(node, ast.ImportFrom | ast.Import):
             for alias in node.names:
                 name = alias.asname or alias.name.split(".")[0]

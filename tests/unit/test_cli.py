@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+import io
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -166,3 +169,107 @@ def test_cli_runs_as_a_real_process(tmp_path: Path) -> None:
     assert "model" in bad.stderr
     # The child process got the storage root from the environment set by conftest.
     assert any(p.name.endswith("-x.csv") for p in (storage_root() / "quarantine" / "acme").iterdir())
+
+
+def test_help_loads_none_of_the_engines_heavy_libraries() -> None:
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['batchrouter', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('batchrouter.cli', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"')))
+    assert "quote" in done.stdout  # the help was printed, with the command list
+    assert loaded & {"polars", "duckdb", "pyarrow", "httpx", "dagster"} == set()
+
+
+def test_importing_the_package_loads_no_engine_module_until_a_name_is_used() -> None:
+    probe = (
+        "import sys, batchrouter\n"
+        "before = 'polars' in sys.modules\n"
+        "from batchrouter import Settings, build_quote\n"
+        "print(before, 'polars' in sys.modules, Settings.__name__, build_quote.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "Settings", "build_quote"]
+
+
+def test_config_and_json_are_accepted_after_the_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[limits]\nmax_rows = 0\n")  # invalid: proves which file was read
+    assert main(["credits", "balance", "--workspace", "acme", "--json", "--config", str(config)]) == 2
+    assert "limits.max_rows" in capsys.readouterr().err
+    assert main(["credits", "--config", str(config), "balance", "--workspace", "acme"]) == 2
+    assert "limits.max_rows" in capsys.readouterr().err
+    assert main(["credits", "balance", "--workspace", "acme", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["available_usd_micros"] == 0
+
+
+def test_credits_show_dollars_in_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["credits", "grant", "--workspace", "acme", "--usd", "1.5", "--key", "t1", "--memo", "hello"]) == 0
+    assert "$1.500000" in capsys.readouterr().out
+    assert main(["credits", "balance", "--workspace", "acme"]) == 0
+    balance = capsys.readouterr().out
+    assert "AVAILABLE" in balance and "$1.500000" in balance
+    assert main(["credits", "history", "--workspace", "acme"]) == 0
+    history = capsys.readouterr().out
+    assert "AMOUNT" in history and "$1.500000" in history and "hello" in history
+
+
+def test_a_usage_error_exits_2_and_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quote", "m.csv"]) == 2
+    assert "--workspace" in capsys.readouterr().err
+    assert main(["sql", "SELECT 1", "--json", "--csv"]) == 2
+    assert "--csv" in capsys.readouterr().err
+
+
+def test_simulate_has_one_option_per_simulator_setting() -> None:
+    from batchrouter.cli import ops
+    from batchrouter.core.config import SimulatorConfig
+
+    options = set(inspect.signature(ops.simulate).parameters) - {"ctx", "port", "host", "config_json", "config"}
+    assert options == set(SimulatorConfig.model_fields)
+
+
+def test_run_progress_shows_rate_eta_cost_and_items_by_status() -> None:
+    from rich.console import Console
+
+    from batchrouter.cli.progress import RunProgress, describe
+
+    @dataclass(frozen=True)
+    class Report:
+        succeeded: int
+        failed: int
+        total: int
+        cost_usd_micros: int
+        elapsed_s: float
+
+    screen = io.StringIO()
+    with RunProgress(enabled=True, console=Console(file=screen, force_terminal=True, width=160)) as progress:
+        progress(Report(succeeded=40, failed=10, total=100, cost_usd_micros=1_234_567, elapsed_s=5.0))
+    shown = screen.getvalue()
+    assert "50/100" in shown
+    assert "10.0 items/s  ETA 0:00:05  cost $1.234567  ok 40  failed 10" in shown
+    assert describe(Report(0, 0, 10, 0, 0.0)).startswith("0.0 items/s  ETA -:--:--")
+
+
+def test_run_progress_is_silent_when_disabled(capsys: pytest.CaptureFixture[str]) -> None:
+    from batchrouter.cli.progress import RunProgress
+
+    @dataclass(frozen=True)
+    class Report:
+        succeeded: int = 1
+        failed: int = 0
+        total: int = 2
+        cost_usd_micros: int = 5
+        elapsed_s: float = 1.0
+
+    with RunProgress(enabled=False) as progress:
+        progress(Report())
+    assert capsys.readouterr() == ("", "")

@@ -1,0 +1,163 @@
+"""Operator commands: sql, serve, simulate, sample, verify and `webhooks`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any, Literal
+
+import typer
+
+from batchrouter.cli.common import (
+    EXIT_UNUSABLE,
+    ConfigOpt,
+    JsonOpt,
+    OptionalWorkspaceOpt,
+    WorkspaceOpt,
+    fail,
+    leave,
+    load,
+    print_json,
+    remember_config,
+)
+
+webhooks = typer.Typer(help="A workspace's webhook endpoints: add, list, remove.", no_args_is_help=True)
+
+
+@webhooks.callback()
+def _webhooks(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    remember_config(ctx, config)
+
+
+def sql(ctx: typer.Context, query: Annotated[str, typer.Argument(help="one read-only SELECT")],
+        workspace: OptionalWorkspaceOpt = None, json: JsonOpt = False,
+        csv: Annotated[bool, typer.Option("--csv", help="print CSV")] = False,
+        config: ConfigOpt = None) -> None:  # fmt: skip
+    """Run a read-only SQL query over usage and ledger views."""
+    if json and csv:
+        fail("--json and --csv are exclusive; pass one", EXIT_UNUSABLE)
+    from batchrouter.cli.render import show, table
+    from batchrouter.output.reporting import query as run_query
+
+    columns, rows = run_query(load(ctx, config), query, workspace=workspace)
+    if json:
+        print_json([dict(zip(columns, r, strict=True)) for r in rows])
+    elif csv:
+        import csv as csv_module
+
+        writer = csv_module.writer(sys.stdout)
+        writer.writerows([columns, *rows])
+    else:
+        show(table(columns, rows))
+
+
+def serve(ctx: typer.Context, host: Annotated[str | None, typer.Option("--host")] = None,
+          port: Annotated[int | None, typer.Option("--port")] = None, config: ConfigOpt = None) -> None:  # fmt: skip
+    """Serve the HTTP API (batches, keys, members, the Stripe webhook, ...)."""
+    from batchrouter.api import serve as serve_api
+
+    settings = load(ctx, config)
+    serve_api(settings, host=host or settings.api.host, port=port or settings.api.port)
+
+
+Shape = Literal["fixed", "uniform", "lognormal"]
+
+
+def simulate(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option("--port")] = 8900,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    config_json: Annotated[str | None, typer.Option("--config-json", hidden=True)] = None,
+    # One option per field of SimulatorConfig (tests/unit/test_cli.py keeps the two lists equal): the
+    # fields are spelled out so that `--help` need not import the config's pydantic models.
+    latency_ms: Annotated[float | None, typer.Option(help="mean latency of an answer")] = None,
+    latency_shape: Annotated[Shape | None, typer.Option()] = None,
+    rpm: Annotated[int | None, typer.Option(help="requests per minute before 429s")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute before 429s")] = None,
+    error_rate: Annotated[float | None, typer.Option(help="share of 5xx answers")] = None,
+    stall_rate: Annotated[float | None, typer.Option()] = None,
+    truncate_rate: Annotated[float | None, typer.Option()] = None,
+    malformed_rate: Annotated[float | None, typer.Option()] = None,
+    trickle_rate: Annotated[float | None, typer.Option()] = None,
+    trickle_seconds: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_output_words: Annotated[int | None, typer.Option()] = None,
+    anthropic_token_ratio: Annotated[float | None, typer.Option()] = None,
+    prompt_cache_ttl_s: Annotated[float | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Serve the provider simulator (OpenAI and Anthropic wire formats) on loopback."""
+    from batchrouter.core.config import SimulatorConfig
+    from batchrouter.simulator import serve as serve_simulator
+
+    base = SimulatorConfig.model_validate_json(config_json) if config_json else load(ctx, config).simulator
+    overrides: dict[str, Any] = {k: v for k, v in ctx.params.items() if k in SimulatorConfig.model_fields}
+    chosen = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    print(f"provider simulator on http://{host}:{port}/v1 ({chosen.model_dump_json()})", flush=True)
+    serve_simulator(chosen, host=host, port=port)
+
+
+def sample(out: Annotated[str, typer.Argument(help="OUT.parquet or OUT.csv")],
+           items: Annotated[int, typer.Option("--items")] = 100, seed: Annotated[int, typer.Option("--seed")] = 7,
+           json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
+    """Write a sample manifest (.parquet or .csv)."""
+    from pathlib import Path
+
+    from batchrouter.intake.sample import sample_manifest
+
+    path = Path(out)
+    frame = sample_manifest(items, seed=seed)
+    frame.write_csv(path) if path.suffix == ".csv" else frame.write_parquet(path)
+    print_json({"path": str(path), "items": items}) if json else print(path)
+
+
+VERIFY_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def verify(ctx: typer.Context) -> None:
+    """Check a downloaded batch folder against its signed summary.json: BATCH_DIR [--public-key PEM] [--json]."""
+    from batchrouter.output.summary import main_verify
+
+    leave(main_verify(ctx.args))
+
+
+@webhooks.command("add")
+def add_webhook(ctx: typer.Context, url: Annotated[str, typer.Argument(help="where to POST batch.completed")],
+                workspace: WorkspaceOpt, json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
+    """Add an endpoint; its signing secret is printed once."""
+    from batchrouter.access.accounts import Accounts
+    from batchrouter.output.delivery import add_endpoint
+
+    settings = load(ctx, config)
+    endpoint_id, secret = add_endpoint(settings, workspace, url)
+    Accounts(settings.database).record(workspace, "cli:operator", "webhook.added", endpoint_id, after={"url": url})
+    print_json({"endpoint_id": endpoint_id, "secret": secret}) if json else print(
+        f"endpoint {endpoint_id}; signing secret (shown once): {secret}")  # fmt: skip
+
+
+@webhooks.command("remove")
+def remove_webhook(ctx: typer.Context, endpoint_id: Annotated[str, typer.Argument()], workspace: WorkspaceOpt,
+                   json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
+    """Remove an endpoint."""
+    from batchrouter.access.accounts import Accounts
+    from batchrouter.output.delivery import remove_endpoint
+
+    settings = load(ctx, config)
+    remove_endpoint(settings, workspace, endpoint_id)
+    Accounts(settings.database).record(workspace, "cli:operator", "webhook.removed", endpoint_id)
+    print_json({"endpoint_id": endpoint_id, "removed": True}) if json else print(f"removed {endpoint_id}")
+
+
+@webhooks.command("list")
+def list_webhooks(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False,
+                  config: ConfigOpt = None) -> None:  # fmt: skip
+    """A workspace's endpoints and whether they are enabled."""
+    from batchrouter.cli.render import show, table
+    from batchrouter.output.delivery import list_endpoints
+
+    rows = list_endpoints(load(ctx, config), workspace)
+    if json:
+        print_json([{"endpoint_id": e.endpoint_id, "url": e.url, "enabled": e.enabled,
+                     "disabled_reason": e.disabled_reason, "failures": e.failures} for e in rows])  # fmt: skip
+    else:
+        show(table(["ENDPOINT", "URL", "ENABLED", "DISABLED BECAUSE", "FAILURES"],
+                   [[e.endpoint_id, e.url, e.enabled, e.disabled_reason, e.failures] for e in rows]))  # fmt: skip

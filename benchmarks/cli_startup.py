@@ -1,0 +1,75 @@
+"""CLI start-up benchmark: `batchrouter --help` against a bare `python -c pass`, in the same run.
+
+Goal (issue 10): `batchrouter --help` in under 0.5 s on the project's 2-core machine. Absolute times
+move with the machine's load, so the figure to compare across runs is the ratio to a bare
+interpreter start measured alongside (best of N for each, alternating, so both see the same load).
+Also shown: a command that does work (`quote` of a 3-row manifest) and the heavy modules `--help` loads.
+
+    .venv/bin/python benchmarks/cli_startup.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEAVY = ("polars", "duckdb", "pyarrow", "httpx", "dagster", "pydantic", "fsspec", "bpe_openai")
+MANIFEST = b"item_id,model,prompt\n1,gpt-4o-mini,hi\n2,gpt-4o-mini,hello\n3,claude-haiku-4-5,hey\n"
+
+
+def wall(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def best(commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):
+        for name, command in commands.items():
+            times[name].append(wall(command))
+    return {name: min(values) for name, values in times.items()}
+
+
+def heavy_modules_after_help() -> list[str]:
+    probe = (
+        "import runpy, sys; sys.argv = ['batchrouter', '--help']\n"
+        "try: runpy.run_module('batchrouter.cli', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    return list(json.loads(out.strip().splitlines()[-1].replace("'", '"')))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "m.csv"
+        manifest.write_bytes(MANIFEST)
+        cli = [sys.executable, "-m", "batchrouter.cli"]
+        results = best(
+            {
+                "python -c pass": [sys.executable, "-c", "pass"],
+                "batchrouter --help": [*cli, "--help"],
+                "batchrouter quote --help": [*cli, "quote", "--help"],
+                "batchrouter quote (3 rows)": [*cli, "quote", str(manifest), "--workspace", "bench", "--json"],
+            },
+            args.runs,
+        )
+    bare = results["python -c pass"]
+    print(f"best of {args.runs} runs each, alternating")
+    for name, seconds in results.items():
+        print(f"  {name:<28} {seconds:6.3f} s   {seconds / bare:6.1f}x python -c pass")
+    print(f"  heavy modules loaded by --help: {heavy_modules_after_help() or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
