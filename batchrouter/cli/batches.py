@@ -1,10 +1,8 @@
-"""Batch commands: quote, submit, run, approve, status."""
+"""Batch commands: quote, submit, run, approve, status (the engine's `batches` service)."""
 
 from __future__ import annotations
 
 import sys
-import time
-from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -17,9 +15,9 @@ from batchrouter.cli.common import (
     JsonOpt,
     RunTagOpt,
     WorkspaceOpt,
+    engine,
     fail,
     leave,
-    load,
     print_json,
     read_input,
 )
@@ -31,24 +29,14 @@ BatchArg = Annotated[str, typer.Argument(help="the batch id")]
 def quote(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json: JsonOpt = False,
           config: ConfigOpt = None) -> None:  # fmt: skip
     """Validate and price a manifest without running it."""
-    from batchrouter.batches.lifecycle import quarantine
     from batchrouter.cli.render import quote_view, show
     from batchrouter.core.errors import ManifestError
-    from batchrouter.core.storage import Storage
-    from batchrouter.intake.manifest import read_manifest
-    from batchrouter.pricing.catalog import load_catalog
-    from batchrouter.pricing.quote import build_quote
 
-    settings = load(ctx, config)
-    catalog = load_catalog(settings.models)
     data = read_input(manifest)
     try:
-        parsed = read_manifest(manifest, data, catalog=catalog, limits=settings.limits)
+        summary = engine(ctx, config).batches.preview(data, filename=manifest, workspace=workspace).to_json()
     except ManifestError as exc:
-        report = quarantine(Storage(settings.storage), workspace=workspace, source_name=manifest, data=data, error=exc)
-        fail(f"{exc}\nA copy of the manifest and this report are kept at {report}", EXIT_UNUSABLE)
-    policy = settings.workspace(workspace).policy
-    summary = build_quote(parsed, workspace=workspace, catalog=catalog, policy=policy).summary()
+        fail(f"{exc}\nA copy of the manifest and this report are kept at {exc.report}", EXIT_UNUSABLE)
     print_json(summary, indent=2) if json else show(quote_view(summary))
     leave(EXIT_OK if summary["accepted"] > 0 else EXIT_NOTHING_ACCEPTED)
 
@@ -56,98 +44,64 @@ def quote(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, js
 def submit(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json: JsonOpt = False,
            run_tag: RunTagOpt = None, config: ConfigOpt = None) -> None:  # fmt: skip
     """Register a manifest as a batch under the storage root (Dagster runs it)."""
-    from batchrouter.batches.lifecycle import submit as register
-    from batchrouter.core.storage import Storage
-
-    storage = Storage(load(ctx, config).storage)
-    info = register(storage, workspace=workspace, source_name=manifest, data=read_input(manifest), run_tag=run_tag)
-    print_json({"batch_id": info.batch_id, "workspace": info.workspace}) if json else print(info.batch_id)
-
-
-@dataclass(frozen=True)
-class _Counts:
-    succeeded: int
-    failed: int
-    total: int
-    cost_usd_micros: int
-    elapsed_s: float
+    batches = engine(ctx, config).batches
+    view = batches.submit(read_input(manifest), filename=manifest, workspace=workspace, run_tag=run_tag)
+    print_json({"batch_id": view.batch_id, "workspace": view.workspace}) if json else print(view.batch_id)
 
 
 def run(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json: JsonOpt = False,
         run_tag: RunTagOpt = None, config: ConfigOpt = None,
         settings_stdin: Annotated[bool, typer.Option("--settings-stdin", hidden=True)] = False) -> None:  # fmt: skip
     """Quote, reserve, dispatch, write outputs and receipts and settle, in this process."""
-    from batchrouter.batches.lifecycle import stage_dispatch, stage_manifest, stage_quote, stage_route
-    from batchrouter.batches.lifecycle import submit as register
+    from batchrouter.access.actors import CLI
+    from batchrouter.batches.states import BatchState
     from batchrouter.cli.progress import RunProgress
     from batchrouter.cli.render import run_view, show
-    from batchrouter.core.config import Settings
     from batchrouter.core.errors import ManifestError
-    from batchrouter.core.storage import Storage
     from batchrouter.money.ledger import InsufficientCredits
-    from batchrouter.money.settlement import gate, stage_reserve, stage_settle
-    from batchrouter.output.delivery import deliver_batch_completed
-    from batchrouter.pricing.catalog import load_catalog
 
-    settings = Settings.model_validate_json(sys.stdin.read()) if settings_stdin else load(ctx, config)
-    storage = Storage(settings.storage)
-    catalog = load_catalog(settings.models)
-    info = register(storage, workspace=workspace, source_name=manifest, data=read_input(manifest), run_tag=run_tag)
+    router = engine(ctx, config, settings_json=sys.stdin.read() if settings_stdin else None)
+    batches, data = router.batches, read_input(manifest)
+    batch_id = batches.submit(data, filename=manifest, workspace=workspace, run_tag=run_tag).batch_id
     try:
-        parsed = stage_manifest(storage, settings, catalog, info)
+        view = batches.create(data, filename=manifest, workspace=workspace, run_tag=run_tag, actor=CLI)
     except ManifestError as exc:
-        where = storage.url("quarantine", info.workspace)
-        fail(f"{exc}\nThe manifest and a report are kept under {where}", EXIT_UNUSABLE)
-    stage_route(storage, info, parsed, stage_quote(storage, settings, catalog, info, parsed))
-    if not gate(storage, settings, info):
-        status = storage.read_json(*info.folder("status.json"))
-        print_json(status) if json else print(f"batch {info.batch_id} is waiting: {status['message']}")
-        leave(EXIT_NOTHING_ACCEPTED)
-    try:
-        stage_reserve(storage, settings, info)
+        fail(
+            f"{exc}\nThe manifest and a report are kept under {router.storage.url('quarantine', workspace)}",
+            EXIT_UNUSABLE,
+        )
     except InsufficientCredits as exc:
-        if json:
-            print_json({"batch_id": info.batch_id, "status": "insufficient_credits", "message": str(exc),
-                        "missing_usd_micros": exc.missing})  # fmt: skip
-            leave(EXIT_NOTHING_ACCEPTED)
-        fail(f"batch {info.batch_id} not started: {exc}")
-    started = time.monotonic()
+        if not json:
+            fail(f"batch {batch_id} not started: {exc}")
+        print_json({"batch_id": batch_id, "status": "insufficient_credits", "message": str(exc),
+                    "missing_usd_micros": exc.missing})  # fmt: skip
+        leave(EXIT_NOTHING_ACCEPTED)
+    if view.state == BatchState.AWAITING_APPROVAL:
+        print_json(view.to_json()) if json else print(f"batch {batch_id} is waiting: {view.message}")
+        leave(EXIT_NOTHING_ACCEPTED)
     with RunProgress(enabled=not json and sys.stderr.isatty()) as progress:
-        summary = stage_dispatch(storage, settings, catalog, info, on_progress=lambda ok, bad, total: progress(
-            _Counts(ok, bad, total, 0, time.monotonic() - started)))  # fmt: skip
-    if not summary["pending"]:
-        summary["settlement"] = stage_settle(storage, settings, info)
-        attempts = deliver_batch_completed(settings, storage, info)
-        summary["webhooks"] = [{"endpoint_id": a.endpoint_id, "status_code": a.status_code} for a in attempts]
+        summary = batches.advance(batch_id, actor=CLI, on_progress=progress).to_json()
     print_json(summary, indent=2) if json else show(run_view(summary))
     nothing_to_do = summary["items"] == summary["rejected"] == 0
     leave(EXIT_OK if summary["succeeded"] > 0 or nothing_to_do else EXIT_NOTHING_ACCEPTED)
 
 
 def approve(ctx: typer.Context, batch: BatchArg,
-            by: Annotated[str, typer.Option("--by", help="who approves (recorded)")] = "cli",
+            by: Annotated[str | None, typer.Option("--by", help="who approves (recorded)")] = None,
             json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
     """Approve a batch waiting at the approval gate."""
-    from batchrouter.batches.lifecycle import load_batch
-    from batchrouter.core.storage import Storage
-    from batchrouter.money.settlement import approve as record_approval
+    from batchrouter.access.actors import CLI, Operator
 
-    storage = Storage(load(ctx, config).storage)
-    record = record_approval(storage, load_batch(storage, batch), by=by)
+    view = engine(ctx, config).batches.approve(batch, actor=CLI if by is None else Operator(by))
     if json:
-        print_json(record)
+        print_json(view.to_json())
     else:
         print(f"approved batch {batch}; the manifest sensor resumes it, or run it again with batchrouter run")
 
 
 def status(ctx: typer.Context, batch: BatchArg, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Show a batch's state, quote, items by status and holds."""
-    from batchrouter.batches.lifecycle import load_batch
-    from batchrouter.batches.status import batch_status
     from batchrouter.cli.render import show, status_view
-    from batchrouter.core.storage import Storage
 
-    settings = load(ctx, config)
-    storage = Storage(settings.storage)
-    view = batch_status(storage, settings, load_batch(storage, batch))
+    view = engine(ctx, config).batches.status(batch).to_json()
     print_json(view) if json else show(status_view(view))

@@ -15,6 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from batchrouter.core.config import Settings
+    from batchrouter.engine import BatchRouter
 
 EXIT_OK, EXIT_NOTHING_ACCEPTED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -38,6 +39,14 @@ def load(ctx: typer.Context, config: str | None) -> Settings:
     from batchrouter.core.config import load_settings
 
     return load_settings(config or ctx.ensure_object(Face).config)
+
+
+def engine(ctx: typer.Context, config: str | None, *, settings_json: str | None = None) -> BatchRouter:
+    """The engine on those settings (or on settings given as JSON: the API's inline executor)."""
+    from batchrouter.core.config import Settings
+    from batchrouter.engine import BatchRouter
+
+    return BatchRouter(Settings.model_validate_json(settings_json) if settings_json else load(ctx, config))
 
 
 def _workspace(value: str | None) -> str | None:
