@@ -200,6 +200,22 @@ def test_importing_the_package_loads_no_engine_module_until_a_name_is_used() -> 
     assert done.stdout.split() == ["False", "True", "Settings", "build_quote"]
 
 
+def test_each_lazy_name_comes_from_the_module_the_type_checker_is_told() -> None:
+    import ast
+
+    import batchrouter
+
+    tree = ast.parse(Path(batchrouter.__file__).read_text(encoding="utf-8"))
+    declared = {
+        alias.asname or alias.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("batchrouter.")
+        for alias in node.names
+    }
+    assert declared == batchrouter._HOME_OF
+    assert sorted(declared) == sorted(batchrouter.__all__)
+
+
 def test_config_and_json_are_accepted_after_the_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[limits]\nmax_rows = 0\n")  # invalid: proves which file was read
