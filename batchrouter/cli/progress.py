@@ -64,7 +64,7 @@ class RunProgress:
                 console=console or Console(stderr=True),
                 transient=False,
             )
-            self._task = self._bar.add_task("dispatch", total=None, stats="starting")
+            self._task = self._bar.add_task("dispatch", total=None, stats="waiting for the first answers")
 
     def __enter__(self) -> RunProgress:
         if self._bar is not None:
