@@ -26,16 +26,17 @@ from batchrouter.core.batch_info import (
     load_batch,
     now_iso,
 )
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.identity import IdentityError, canonical_workspace
 from batchrouter.core.storage import Storage, route_slug
+from batchrouter.execution.checkpoint import Checkpoint, ItemResult
 from batchrouter.execution.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.intake.manifest import Manifest, detect_format, read_manifest
 from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import Ledger
-from batchrouter.output.receipts import FINAL_STATES, Checkpoint, ItemResult, build_outputs
-from batchrouter.pricing.catalog import Catalog
+from batchrouter.output.receipts import FINAL_STATES, build_outputs
 from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items
 from batchrouter.simulator import running_simulator
 

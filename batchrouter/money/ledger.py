@@ -40,9 +40,9 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from batchrouter.core.amounts import micros_problem
 from batchrouter.core.db import Database
 from batchrouter.core.errors import BatchRouterError
-from batchrouter.money.amounts import micros_problem
 from batchrouter.money.control import served
 
 T = TypeVar("T")

@@ -127,7 +127,7 @@ class SimulatorState:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
         self.cache = bill.PrefixCache(self.config.prompt_cache_ttl_s)
-        from batchrouter.pricing.catalog import load_catalog
+        from batchrouter.core.catalog import load_catalog
 
         for entry in load_catalog().entries:
             if entry.provider == "openrouter":
