@@ -687,16 +687,7 @@ def _free_port() -> int:
 def running_simulator(config: SimulatorConfig, *, port: int | None = None) -> Iterator[str]:
     """Start the simulator in its own process; yields its base URL (`http://127.0.0.1:PORT/v1`)."""
     port = port or _free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "batchrouter.cli",
-        "simulate",
-        "--port",
-        str(port),
-        "--config-json",
-        config.model_dump_json(),
-    ]
+    args = [sys.executable, "-m", "batchrouter.simulator", str(port), config.model_dump_json()]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
