@@ -184,7 +184,7 @@ def stage_dispatch(
         raise BatchError(
             f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
         )
-    if jobs:
+    if jobs and not cancelled():
         record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
                      remaining=len(jobs), **counts)  # fmt: skip
     beat = [time.monotonic()]
@@ -197,7 +197,7 @@ def stage_dispatch(
         if on_progress is not None:
             on_progress(counts["succeeded"], counts["failed"], total, cost[0])
         # A heartbeat: the sweeper treats a batch whose status stopped moving as a dead run.
-        if time.monotonic() - beat[0] > HEARTBEAT_S:
+        if time.monotonic() - beat[0] > HEARTBEAT_S and current_state(storage, info) == BatchState.DISPATCHING:
             beat[0] = time.monotonic()
             record_state(storage, info, BatchState.DISPATCHING, None, "batchrouter", items=total, **counts)
 
