@@ -15,10 +15,10 @@ from functools import cached_property
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.batches.service import Batches
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import Settings, load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
-from batchrouter.pricing.catalog import Catalog, load_catalog
 
 
 class BatchRouter:

@@ -38,10 +38,10 @@ from typing import Any
 
 import duckdb
 
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.identity import IdentityError, canonical_email, canonical_workspace
-from batchrouter.money.control import served
 
 ROLES = ("owner", "admin", "member", "viewer")
 SCOPES = ("batches:read", "batches:write", "credits:read", "credits:write", "admin")

@@ -27,9 +27,9 @@ from pathlib import Path
 import duckdb
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from batchrouter.core.control import served
 from batchrouter.core.db import Database, canonical_path, prepare_parent
 from batchrouter.core.errors import BatchRouterError
-from batchrouter.money.control import served
 
 PREFIX = "fernet:"
 ENV = "BATCHROUTER_SECRET_KEY"

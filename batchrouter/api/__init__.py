@@ -35,6 +35,7 @@ from batchrouter.access.accounts import ROLES, SCOPES, AccessError, Accounts, Pr
 from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.status import batch_status
 from batchrouter.core.batch_info import BatchInfo, check_run_tag, load_batch
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import (
     AwaitingApproval,
@@ -54,7 +55,6 @@ from batchrouter.intake.manifest import read_manifest
 from batchrouter.money.billing import BillingError, MalformedEvent, SignatureError, create_checkout, handle_webhook
 from batchrouter.money.ledger import InsufficientCredits, Ledger
 from batchrouter.output import delivery, links
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.pricing.quote import build_quote
 
 log = logging.getLogger("batchrouter.api")

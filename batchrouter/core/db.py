@@ -1,7 +1,7 @@
 """The control-plane DuckDB file, as seen from the one process allowed to open it.
 
 DuckDB supports one process reading and writing a file, with many threads inside it. Other
-processes reach the data through the control service (`batchrouter.money.control`), which is the process
+processes reach the data through the control service (`batchrouter.core.control`), which is the process
 that opens the file here. `Database` has three ways to reach the file, chosen by who is asking:
 
 - inside an operation the control service is running: the operation's own transaction (a nested

@@ -13,7 +13,7 @@ Operations, each idempotent by key (same key and body: the same entry back; same
 body: `IdempotencyConflict`): `grant`, `purchase`, `reserve`, `settle`, `void`, `expire`.
 Corrections are new entries; nothing is updated or deleted in `journal` and `postings`.
 
-Concurrency: one process owns the DuckDB file, the control service (`batchrouter.money.control`); every
+Concurrency: one process owns the DuckDB file, the control service (`batchrouter.core.control`); every
 public operation here is `@served`, so from any other process it runs there, as one transaction,
 writes one at a time. Within the transaction, the workspace's row in `wallets` (the balances the
 journal replays to, kept for speed) is updated: two transactions that both read a balance and
@@ -40,10 +40,10 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from batchrouter.core.amounts import micros_problem
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
 from batchrouter.core.errors import BatchRouterError
-from batchrouter.money.amounts import micros_problem
-from batchrouter.money.control import served
 
 T = TypeVar("T")
 

@@ -19,7 +19,7 @@ that was checked (no second DNS lookup to rebind), unless `delivery.allow_privat
 Redirects are not followed and proxy environment variables are ignored.
 
 Tables live in the DuckDB file `settings.database`; the functions marked `@served` run in its control
-service (`batchrouter.money.control`). Endpoint secrets are stored sealed (`batchrouter.access.vault`).
+service (`batchrouter.core.control`). Endpoint secrets are stored sealed (`batchrouter.access.vault`).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ import httpx
 from batchrouter.access import vault
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.storage import Storage
-from batchrouter.money.control import served
 from batchrouter.output.links import sign_link
 from batchrouter.output.summary import write_summary
 

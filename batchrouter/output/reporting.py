@@ -18,13 +18,14 @@ import duckdb
 import polars as pl
 
 from batchrouter.access.accounts import SCHEMA as ACCOUNTS_SCHEMA
+from batchrouter.core import control
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.identity import canonical_workspace
 from batchrouter.core.storage import Storage
-from batchrouter.money import control
+from batchrouter.execution.checkpoint import RESULT_SCHEMA
 from batchrouter.money.ledger import SCHEMA as LEDGER_SCHEMA
-from batchrouter.output.receipts import RECEIPT_COLUMNS, RESULT_SCHEMA
+from batchrouter.output.receipts import RECEIPT_COLUMNS
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 

@@ -20,10 +20,10 @@ import polars as pl
 import pytest
 
 from batchrouter.batches.lifecycle import submit
+from batchrouter.core import control
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import DeliveryConfig, Settings, load_settings
 from batchrouter.core.storage import Storage
-from batchrouter.money import control
 from batchrouter.output.delivery import (
     EndpointNotFound,
     EndpointRefused,

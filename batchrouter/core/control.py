@@ -7,7 +7,7 @@ function of `delivery`, `summary`, `vault`, marked `@served`. Call sites do not 
 `Ledger(settings.database).reserve(...)` runs in the owner and returns the same `Entry`, and an
 error comes back as the same exception class with the same code and message.
 
-    client                                  owner (python -m batchrouter.money.control serve DATABASE)
+    client                                  owner (python -m batchrouter.core.control serve DATABASE)
     Ledger(db).reserve(ws, batch, 5)  --->  POST /v1/op {"op": "batchrouter.money.ledger:Ledger.reserve",
                                              "args": [...], "request_id": ...}, Bearer token
                                             one transaction: the operation, and (for writes) the
@@ -81,7 +81,7 @@ REQUEST_MEMORY = timedelta(days=7)  # recorded answers older than this are forgo
 DEFAULT_IDLE_S = 300.0
 DEFAULT_TIMEOUT_S = 120.0
 
-log = logging.getLogger("batchrouter.money.control")
+log = logging.getLogger("batchrouter.core.control")
 
 
 class ControlError(BatchRouterError):
@@ -684,12 +684,12 @@ _ENTRY = (
     "import importlib.util, sys, types; spec = importlib.util.find_spec('batchrouter'); "
     "package = types.ModuleType('batchrouter'); package.__path__ = list(spec.submodule_search_locations); "
     "sys.modules['batchrouter'] = package; "
-    "from batchrouter.money.control import main; sys.exit(main(sys.argv[1:]))"
+    "from batchrouter.core.control import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
 def start_detached(database: str, *, lock_fd: int) -> None:
-    """Start `python -m batchrouter.money.control serve DATABASE` in a new session with stdio on /dev/null.
+    """Start `python -m batchrouter.core.control serve DATABASE` in a new session with stdio on /dev/null.
 
     The caller has taken the owner lock on `lock_fd`; the owner inherits it, so from the caller's
     decision to the owner's exit the lock stays held and no second owner is started. A throw-away
@@ -771,7 +771,7 @@ def readable_copy(database: str | Path) -> Iterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchrouter.money.control")
+    parser = argparse.ArgumentParser(prog="python -m batchrouter.core.control")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="own the database file and serve it")
     s.add_argument("database")
@@ -783,6 +783,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this `__main__` copy: the operations look up *its* owners.
-    from batchrouter.money.control import main as _main
+    from batchrouter.core.control import main as _main
 
     sys.exit(_main())
