@@ -21,8 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from batchrouter.core.errors import ConfigError
-from batchrouter.core.identity import IdentityError, canonical_workspace
+from batchrouter.core.errors import ConfigError, IdentityError
+from batchrouter.core.identity import canonical_workspace
 from batchrouter.money.amounts import usd_to_micros
 
 ProviderKind = Literal["openai", "anthropic", "openrouter", "openai_compatible", "simulator"]
