@@ -31,7 +31,7 @@ def declared_in_errors() -> list[type[BatchRouterError]]:
     return [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BatchRouterError)]
 
 
-def tree_line(cls: type) -> str:
+def tree_line(cls: type[BatchRouterError]) -> str:
     assert errors.__doc__ is not None
     lines = [line for line in errors.__doc__.splitlines() if re.search(rf"[\s─]{cls.__name__}\s", line)]
     assert len(lines) == 1, f"{cls.__name__} should have exactly one line in the core.errors docstring tree"
@@ -59,7 +59,9 @@ def test_every_batchrouter_error_in_the_package_is_declared_in_core_errors() -> 
 
 
 @pytest.mark.parametrize("cls", tree(), ids=lambda c: c.__name__)
-def test_each_error_declares_a_snake_case_code_a_real_http_status_retryability_and_a_docstring(cls: type) -> None:
+def test_each_error_has_a_snake_case_code_an_http_status_retryability_and_a_docstring(
+    cls: type[BatchRouterError],
+) -> None:
     assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", cls.code)
     assert cls.http_status in {s.value for s in HTTPStatus} and 400 <= cls.http_status <= 599
     assert isinstance(cls.retryable, bool)
@@ -80,7 +82,7 @@ def test_codes_are_unique_unless_the_tree_says_the_class_shares_one() -> None:
 
 
 @pytest.mark.parametrize("cls", tree(), ids=lambda c: c.__name__)
-def test_the_docstring_tree_shows_each_class_with_its_code_and_status(cls: type) -> None:
+def test_the_docstring_tree_shows_each_class_with_its_code_and_status(cls: type[BatchRouterError]) -> None:
     line = tree_line(cls)
     assert re.search(rf"\s{cls.code}(\s|$)", line) and f" {cls.http_status}" in line
     assert ("retryable" in line) == cls.retryable
@@ -138,11 +140,11 @@ def sample(cls: type[BatchRouterError]) -> BatchRouterError:
 
 
 @pytest.mark.parametrize("cls", tree(), ids=lambda c: c.__name__)
-def test_a_round_trip_through_the_control_service_encoding_keeps_class_and_fields(cls: type) -> None:
+def test_a_round_trip_through_the_control_service_encoding_keeps_class_and_fields(cls: type[BatchRouterError]) -> None:
     original = sample(cls)
     wire = json.loads(json.dumps(control.encode_error(original)))
     back = control.decode_error(wire, "test")
-    assert type(back) is cls
+    assert isinstance(back, BatchRouterError) and type(back) is cls
     assert str(back) == str(original)
     assert vars(back) == vars(original)
     assert (back.code, back.http_status, back.retryable) == (original.code, original.http_status, original.retryable)
