@@ -10,6 +10,7 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     BatchRouterError                           batchrouter_error            400
     ├── InvalidRequest                         invalid_request              422
     │   ├── PayloadTooLarge                    payload_too_large            413
+    │   ├── UnsupportedEncoding                unsupported_encoding         415
     │   ├── IdentityError                      invalid_identity             422
     │   │   ├── InvalidWorkspace               invalid_workspace            422
     │   │   └── InvalidEmail                   invalid_email                422
@@ -106,6 +107,13 @@ class PayloadTooLarge(InvalidRequest):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class UnsupportedEncoding(InvalidRequest):
+    """A body's Content-Encoding is neither gzip nor none."""
+
+    code = "unsupported_encoding"
+    http_status = 415
 
 
 class Unauthenticated(BatchRouterError):
