@@ -32,7 +32,8 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     ├── SummaryError                           summary_error                500
     ├── QueryError                             query_error                  400
     ├── BatchError                             batch_error                  409
-    │   └── IllegalTransition                  illegal_transition           409
+    │   ├── IllegalTransition                  illegal_transition           409
+    │   └── AwaitingApproval                   awaiting_approval            409
     ├── LedgerError                            ledger_error                 400
     │   ├── InsufficientCredits                insufficient_credits         402
     │   ├── InvalidAmount                      invalid_amount (shares)      422
@@ -253,6 +254,7 @@ class ManifestError(InvalidRequest):
         self.source = source
         self.problem = problem
         self.fix = fix
+        self.report: str | None = None  # where the quarantined copy's report is, once it is kept
         super().__init__(f"{source}: {problem}. {fix[:1].upper()}{fix[1:]}")
 
 
@@ -281,6 +283,12 @@ class IllegalTransition(BatchError):
     """A batch was asked to move to a state that may not follow its current one."""
 
     code = "illegal_transition"
+
+
+class AwaitingApproval(BatchError):
+    """The batch's quote is over the workspace's auto-approval limit and nobody has approved it yet."""
+
+    code = "awaiting_approval"
 
 
 # -- money -----------------------------------------------------------------------------------------
