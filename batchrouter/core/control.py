@@ -63,6 +63,8 @@ import duckdb
 
 from batchrouter.core import db
 from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import ControlError as ControlError
+from batchrouter.core.errors import ServiceUnavailable as ServiceUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -82,16 +84,6 @@ DEFAULT_IDLE_S = 300.0
 DEFAULT_TIMEOUT_S = 120.0
 
 log = logging.getLogger("batchrouter.core.control")
-
-
-class ControlError(BatchRouterError):
-    """The control service could not be reached, or failed running an operation."""
-
-    code = "control_error"
-
-
-class ServiceUnavailable(ControlError):
-    code = "control_unavailable"
 
 
 # -- paths and modes -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import duckdb
 
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import DatabaseBusy as DatabaseBusy
 
 T = TypeVar("T")
 
@@ -36,10 +36,6 @@ _CURRENT: ContextVar[tuple[str, duckdb.DuckDBPyConnection] | None] = ContextVar(
 # Connections held open by the owner process, by absolute path.
 _HELD: dict[str, duckdb.DuckDBPyConnection] = {}
 _HELD_LOCK = threading.Lock()
-
-
-class DatabaseBusy(BatchRouterError):
-    """Another process kept the database file locked for longer than the timeout."""
 
 
 def canonical_path(path: str | Path) -> str:

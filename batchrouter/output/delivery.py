@@ -47,7 +47,9 @@ from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.control import served
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import DeliveryError as DeliveryError
+from batchrouter.core.errors import EndpointNotFound as EndpointNotFound
+from batchrouter.core.errors import EndpointRefused as EndpointRefused
 from batchrouter.core.storage import Storage
 from batchrouter.output.links import sign_link
 from batchrouter.output.summary import write_summary
@@ -78,22 +80,6 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 );
 """
 _WORKSPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-class DeliveryError(BatchRouterError):
-    """A webhook operation was refused; `code` is stable."""
-
-    code = "delivery_error"
-
-
-class EndpointRefused(DeliveryError):
-    """The URL is not a usable public http(s) endpoint."""
-
-    code = "endpoint_refused"
-
-
-class EndpointNotFound(DeliveryError):
-    code = "endpoint_not_found"
 
 
 @dataclass(frozen=True)

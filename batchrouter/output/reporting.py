@@ -20,7 +20,7 @@ import polars as pl
 from batchrouter.access.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from batchrouter.core import control
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import QueryError as QueryError
 from batchrouter.core.identity import canonical_workspace
 from batchrouter.core.storage import Storage
 from batchrouter.execution.checkpoint import RESULT_SCHEMA
@@ -28,10 +28,6 @@ from batchrouter.money.ledger import SCHEMA as LEDGER_SCHEMA
 from batchrouter.output.receipts import RECEIPT_COLUMNS
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-
-
-class QueryError(BatchRouterError):
-    """A query was refused or failed."""
 
 
 def _receipt_schema_sql() -> str:

@@ -40,7 +40,7 @@ from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.control import served
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import SummaryError as SummaryError
 from batchrouter.core.storage import Storage
 
 T = TypeVar("T")
@@ -58,10 +58,6 @@ CREATE TABLE IF NOT EXISTS workspace_signing_keys (
     created_at TIMESTAMPTZ NOT NULL
 );
 """
-
-
-class SummaryError(BatchRouterError):
-    """A summary cannot be written, or a batch folder cannot be read to verify it."""
 
 
 # -- the key store ---------------------------------------------------------------------------------
