@@ -60,7 +60,7 @@ def drain_webhook_outbox(context: dg.OpExecutionContext, batchrouter: BatchRoute
 
     attempts = drain(batchrouter.settings)
     delivered = sum(a.ok for a in attempts)
-    context.log.info(f"{len(attempts)} webhook attempts, {delivered} delivered, {len(attempts) - delivered} to retry")
+    context.log.info(f"{len(attempts)} webhook attempts: {delivered} delivered, {len(attempts) - delivered} not yet")
 
 
 @dg.job(executor_def=dg.in_process_executor)
