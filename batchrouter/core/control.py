@@ -61,7 +61,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import duckdb
 
-from batchrouter.core import db
+from batchrouter.core import db, retry
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.errors import ControlError as ControlError
 from batchrouter.core.errors import ServiceUnavailable as ServiceUnavailable
@@ -84,6 +84,10 @@ DEFAULT_IDLE_S = 300.0
 DEFAULT_TIMEOUT_S = 120.0
 
 log = logging.getLogger("batchrouter.core.control")
+
+
+class _NoAnswer(Exception):
+    """No owner answered this try; the client starts one and tries again until its deadline."""
 
 
 # -- paths and modes -----------------------------------------------------------------------------
@@ -532,16 +536,14 @@ def serve(
 
 def _acquire_lock(database: str, *, wait_s: float) -> int | None:
     fd = os.open(lock_path(database), os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
+    try:
+        for attempt in retry.until(on=BlockingIOError, timeout_s=wait_s, first_s=0.05, max_s=0.05, factor=1.0):
+            with attempt:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def owner_running(database: str | Path) -> bool:
@@ -625,30 +627,34 @@ class Client:
     def _post(self, path: str, payload: dict[str, Any], *, what: str) -> dict[str, Any]:
         data = json.dumps(payload).encode()
         timeout_s = _env_seconds("BATCHROUTER_CONTROL_TIMEOUT_S", DEFAULT_TIMEOUT_S)
-        deadline = time.monotonic() + timeout_s
-        delay = 0.01
+        try:
+            for attempt in retry.until(on=_NoAnswer, timeout_s=timeout_s, first_s=0.01, max_s=0.25, factor=1.5):
+                with attempt:
+                    return self._post_once(path, data, what=what)
+        except _NoAnswer as exc:
+            raise ServiceUnavailable(
+                f"no control service for {self.database} answered within {timeout_s:g} s ({exc}); "
+                f"see {log_path(self.database)}, or run `batchrouter ledger serve` for this database"
+            ) from None
+        raise AssertionError("retry.until runs at least one attempt")  # pragma: no cover
+
+    def _post_once(self, path: str, data: bytes, *, what: str) -> dict[str, Any]:
+        """One try at the owner; `_NoAnswer` (after starting an owner if none runs) when it may answer later."""
         problem = "no control service answered"
-        while True:
-            info = _read_discovery(self.database)
-            if info is not None:
-                try:
-                    status, body = _http(info, path, data)
-                except (OSError, http.client.HTTPException) as exc:
-                    problem = f"{info['url']}: {type(exc).__name__}: {exc}"
-                else:
-                    if status == 200:
-                        return body
-                    problem = f"{info['url']} answered {status}: {body.get('error', {}).get('message')}"
-                    if status not in (401, 409, 503):  # 401, 409: a stale discovery file; 503: stopping
-                        raise ControlError(f"the control service refused {what}: {problem}")
-            self._start()
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(
-                    f"no control service for {self.database} answered within {timeout_s:g} s ({problem}); "
-                    f"see {log_path(self.database)}, or run `batchrouter ledger serve` for this database"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+        info = _read_discovery(self.database)
+        if info is not None:
+            try:
+                status, body = _http(info, path, data)
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"{info['url']}: {type(exc).__name__}: {exc}"
+            else:
+                if status == 200:
+                    return body
+                problem = f"{info['url']} answered {status}: {body.get('error', {}).get('message')}"
+                if status not in (401, 409, 503):  # 401, 409: a stale discovery file; 503: stopping
+                    raise ControlError(f"the control service refused {what}: {problem}")
+        self._start()
+        raise _NoAnswer(problem)
 
     def _start(self) -> None:
         """Start a detached owner unless one runs or is starting (at most one try every few seconds)."""
