@@ -7,7 +7,7 @@ and Dagster act as an `Operator`. The faces only translate, so these are the rul
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from batchrouter.access.actors import CLI, Operator
 from batchrouter.access.keys import RateLimited
 from batchrouter.core.config import load_settings
 from batchrouter.engine import BatchRouter
+from batchrouter.output import delivery
 from batchrouter.output.delivery import EndpointNotFound
 
 USD = 1_000_000
@@ -144,6 +145,12 @@ def test_the_operator_names_the_member_a_key_acts_for(world: World) -> None:
     refused("not_a_member", world.engine.keys.create, "acme", name="x", scopes=["admin"], actor=CLI)
     refused("not_a_member", world.engine.keys.create, "acme", name="x", scopes=["admin"],
             created_by="stranger@acme.test", actor=CLI)  # fmt: skip
+
+
+def test_listed_keys_keep_todays_json(world: World) -> None:
+    world.key_of("olga@acme.test")
+    listed = [k.model_dump(mode="json") for k in world.engine.keys.list("acme", actor=CLI)]
+    assert listed == [k.public() for k in world.engine.accounts.keys("acme")]
 
 
 def test_unknown_scopes_are_refused_by_name(world: World) -> None:
@@ -272,7 +279,8 @@ def test_adding_and_removing_a_webhook_endpoint_is_audited(world: World) -> None
     assert added.secret.startswith("whsec_")
     listed = world.engine.webhooks.list("acme", actor=admin)
     assert [w.endpoint_id for w in listed] == [added.endpoint_id]
-    assert "secret" not in listed[0].model_dump(mode="json")
+    (endpoint,) = delivery.list_endpoints(world.engine.settings, "acme")
+    assert listed[0].model_dump(mode="json") == {**asdict(endpoint), "created_at": endpoint.created_at.isoformat()}
     assert world.engine.webhooks.remove(added.endpoint_id, workspace="acme", actor=admin).removed == added.endpoint_id
     actor = admin.actor
     assert world.audit()[-2:] == [("webhook.added", added.endpoint_id, actor),
