@@ -1,96 +1,58 @@
-"""The engine: one object that owns settings, storage, the ledger, accounts and the catalog, with services.
+"""The engine: one object that owns BatchRouter's settings, storage, money, accounts and catalog.
 
-    engine = BatchRouter(settings)            # or BatchRouter.from_config(path_or_None)
-    engine.credits.balance("acme")
-    engine.keys.create("acme", name="ci", scopes=["batches:read"], created_by="ana@acme.test", actor=CLI)
+    engine = BatchRouter(settings)            # or BatchRouter.from_config("batchrouter.toml")
+    quote = engine.batches.preview(data, filename="items.jsonl", workspace="acme")
+    batch = engine.batches.create(data, filename="items.jsonl", workspace="acme", actor=CLI)
+    run = engine.batches.advance(batch.batch_id)
 
-Everything is created on first use, so a face that needs only one service pays only for it.
-(Minimal version from the services branch; the lead's version adds `batches`.)
+Its services: `batches` (the lifecycle), `credits`, `keys`, `members`, `webhooks`, `reports`. The
+faces (the CLI, the API, the Dagster code) hold one engine and call its services; they hold no rule.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
-from typing import TYPE_CHECKING
 
+from batchrouter.access.accounts import Accounts
+from batchrouter.access.keys import Keys
+from batchrouter.access.members import Members
+from batchrouter.batches.service import Batches
 from batchrouter.core.config import Settings, load_settings
-
-if TYPE_CHECKING:
-    from batchrouter.access.accounts import Accounts
-    from batchrouter.access.keys import Keys
-    from batchrouter.access.members import Members
-    from batchrouter.core.storage import Storage
-    from batchrouter.money.credits import Credits
-    from batchrouter.money.ledger import Ledger
-    from batchrouter.output.reports import Reports
-    from batchrouter.output.webhooks import Webhooks
-    from batchrouter.pricing.catalog import Catalog
+from batchrouter.core.storage import Storage
+from batchrouter.money.credits import Credits
+from batchrouter.money.ledger import Ledger
+from batchrouter.output.reports import Reports
+from batchrouter.output.webhooks import Webhooks
+from batchrouter.pricing.catalog import Catalog, load_catalog
 
 
 class BatchRouter:
-    """BatchRouter's engine; its services are attributes (`credits`, `keys`, `members`, ...)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.batches = Batches(self)
+        self.credits = Credits(self)
+        self.keys = Keys(self)
+        self.members = Members(self)
+        self.webhooks = Webhooks(self)
+        self.reports = Reports(self)
 
     @classmethod
-    def from_config(cls, config: str | Path | None = None) -> BatchRouter:
-        """The engine of a TOML file (else `BATCHROUTER_CONFIG`, else defaults) with environment overrides."""
-        return cls(load_settings(config))
+    def from_config(cls, path: str | None = None) -> BatchRouter:
+        """The engine configured by `path`, else `BATCHROUTER_CONFIG`, else the embedded defaults."""
+        return cls(load_settings(path))
 
-    # -- shared parts ---------------------------------------------------------------------------
     @cached_property
     def storage(self) -> Storage:
-        from batchrouter.core.storage import Storage
-
         return Storage(self.settings.storage)
 
     @cached_property
     def ledger(self) -> Ledger:
-        from batchrouter.money.ledger import Ledger
-
         return Ledger(self.settings.database)
 
     @cached_property
     def accounts(self) -> Accounts:
-        from batchrouter.access.accounts import Accounts
-
         return Accounts(self.settings.database)
 
     @cached_property
     def catalog(self) -> Catalog:
-        from batchrouter.pricing.catalog import load_catalog
-
         return load_catalog(self.settings.models)
-
-    # -- services -------------------------------------------------------------------------------
-    @cached_property
-    def credits(self) -> Credits:
-        from batchrouter.money.credits import Credits
-
-        return Credits(self)
-
-    @cached_property
-    def keys(self) -> Keys:
-        from batchrouter.access.keys import Keys
-
-        return Keys(self)
-
-    @cached_property
-    def members(self) -> Members:
-        from batchrouter.access.members import Members
-
-        return Members(self)
-
-    @cached_property
-    def webhooks(self) -> Webhooks:
-        from batchrouter.output.webhooks import Webhooks
-
-        return Webhooks(self)
-
-    @cached_property
-    def reports(self) -> Reports:
-        from batchrouter.output.reports import Reports
-
-        return Reports(self)

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from batchrouter.access.accounts import ROLES, SCOPES, AccessError, ApiKey, Principal
+from batchrouter.access.accounts import ROLES, SCOPES, AccessError, ApiKey, Principal, forbidden
 from batchrouter.access.actors import Actor
-from batchrouter.access.permissions import forbidden, require
 from batchrouter.core.results import Timestamp
 
 if TYPE_CHECKING:
@@ -116,7 +115,7 @@ class Keys:
 
     def list(self, workspace: str, *, actor: Actor) -> builtins.list[KeyInfo]:
         """The workspace's keys, oldest first, without secrets."""
-        workspace = require(actor, workspace, scope="admin", action="keys:read", doing="list API keys")
+        workspace = actor.require(workspace, scope="admin", action="keys:read", doing="list API keys")
         return [KeyInfo.of(k) for k in self.engine.accounts.keys(workspace)]
 
     def create(
@@ -129,7 +128,7 @@ class Keys:
             AccessError: `invalid_scope` (422), `forbidden` (scopes the calling key lacks, or another
                 member), `not_a_member` (the member the key would act for is not one).
         """
-        workspace = require(actor, workspace, scope="admin", action="keys:write", doing="create an API key")
+        workspace = actor.require(workspace, scope="admin", action="keys:write", doing="create an API key")
         unknown = sorted({s for s in scopes if s not in SCOPES})
         if unknown:
             raise AccessError("invalid_scope", f"unknown scopes {', '.join(unknown)}; use {', '.join(SCOPES)}", 422)
@@ -153,7 +152,7 @@ class Keys:
             AccessError: `not_found` (no such key in the workspace), `forbidden` (not the key's member and
                 not outranking them).
         """
-        workspace = require(actor, workspace, scope="admin", action="keys:write", doing="revoke an API key")
+        workspace = actor.require(workspace, scope="admin", action="keys:write", doing="revoke an API key")
         self._may_manage(actor, self._key(workspace, key_id), "revoke")
         key = self.engine.accounts.revoke_key(workspace, key_id, actor=actor.actor)
         return RevokedKey(**KeyInfo.of(key).model_dump())
@@ -165,7 +164,7 @@ class Keys:
             AccessError: `not_found`, `forbidden` (scopes the calling key lacks, or a key it may not
                 manage), `key_revoked` (409).
         """
-        workspace = require(actor, workspace, scope="admin", action="keys:write", doing="rotate an API key")
+        workspace = actor.require(workspace, scope="admin", action="keys:write", doing="rotate an API key")
         old = self._key(workspace, key_id)
         # The new key is handed to the caller: it may hold nothing the caller's own key lacks.
         if isinstance(actor, Principal):

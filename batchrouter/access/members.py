@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from batchrouter.access.accounts import AccessError, Principal
+from batchrouter.access.accounts import AccessError, Principal, forbidden
 from batchrouter.access.actors import Actor
-from batchrouter.access.permissions import forbidden, require
 from batchrouter.core.identity import canonical_email
 from batchrouter.core.results import Timestamp
 
@@ -39,7 +38,7 @@ class Members:
 
     def list(self, workspace: str, *, actor: Actor) -> builtins.list[Member]:
         """The workspace's members, by email."""
-        workspace = require(actor, workspace, scope="admin", action="members:read", doing="list members")
+        workspace = actor.require(workspace, scope="admin", action="members:read", doing="list members")
         return [Member.of(m) for m in self.engine.accounts.members(workspace)]
 
     def set(self, email: str, *, workspace: str, role: str, actor: Actor) -> builtins.list[Member]:
@@ -50,7 +49,7 @@ class Members:
                 key's powers), `invalid_role`, `last_owner` (the only owner would stop being one).
             IdentityError: the email or workspace is not valid.
         """
-        workspace = require(actor, workspace, scope="admin", action="members:write", doing="add or change a member")
+        workspace = actor.require(workspace, scope="admin", action="members:write", doing="add or change a member")
         email = canonical_email(email)
         accounts = self.engine.accounts
         if isinstance(actor, Principal) and actor.role != "owner":
@@ -68,7 +67,7 @@ class Members:
             AccessError: `not_found` (not a member), `forbidden` (not an owner removing an owner),
                 `last_owner`.
         """
-        workspace = require(actor, workspace, scope="admin", action="members:write", doing="remove a member")
+        workspace = actor.require(workspace, scope="admin", action="members:write", doing="remove a member")
         email = canonical_email(email)
         accounts = self.engine.accounts
         if isinstance(actor, Principal) and actor.role != "owner" and accounts.role(workspace, email) == "owner":

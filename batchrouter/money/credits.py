@@ -4,6 +4,10 @@ Rules: only the installation's operator grants credit, once per idempotency key;
 grant, a paid Checkout Session) and every checkout writes one audit event (`credits.granted`,
 `credits.purchased`, `credits.checkout_created`). A purchase is credited once per Checkout Session
 whichever way it arrives (webhook or reconciliation): see `batchrouter.money.billing`.
+
+The money layer sits under access (see the import contracts): actors are only type-checked here,
+and each actor answers for its own powers (`Principal.require`, `Operator.require`). A read without
+`actor` is the engine's own, unchecked.
 """
 
 from __future__ import annotations
@@ -14,14 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, PlainSerializer
 
-from batchrouter.access.actors import SYSTEM, Actor
-from batchrouter.access.permissions import require, require_operator
 from batchrouter.core.identity import canonical_workspace
 from batchrouter.core.results import Timestamp
 from batchrouter.money import billing
 from batchrouter.money.billing import Fulfilment
 
 if TYPE_CHECKING:
+    from batchrouter.access.actors import Actor
     from batchrouter.engine import BatchRouter
 
 # The ledger's history has always printed its times with str() (a space, not a "T").
@@ -104,16 +107,21 @@ class Credits:
     def __init__(self, engine: BatchRouter) -> None:
         self.engine = engine
 
-    def balance(self, workspace: str, *, actor: Actor = SYSTEM) -> CreditBalance:
+    def balance(self, workspace: str, *, actor: Actor | None = None) -> CreditBalance:
         """The workspace's balance."""
-        workspace = require(actor, workspace, scope="credits:read", action="credits:read", doing="read the balance")
+        workspace = self._reading(workspace, actor, "read the balance")
         return CreditBalance.model_validate(self.engine.ledger.balance(workspace).as_dict())
 
-    def history(self, workspace: str, *, actor: Actor = SYSTEM) -> list[JournalEntry]:
+    def history(self, workspace: str, *, actor: Actor | None = None) -> list[JournalEntry]:
         """The workspace's journal, oldest first."""
-        workspace = require(actor, workspace, scope="credits:read", action="credits:read",
-                            doing="read credit history")  # fmt: skip
+        workspace = self._reading(workspace, actor, "read credit history")
         return [JournalEntry.model_validate(row) for row in self.engine.ledger.history(workspace)]
+
+    @staticmethod
+    def _reading(workspace: str, actor: Actor | None, doing: str) -> str:
+        if actor is None:
+            return canonical_workspace(workspace)
+        return actor.require(workspace, scope="credits:read", action="credits:read", doing=doing)
 
     def grant(self, workspace: str, *, micros: int, key: str | None = None, memo: str | None = None,
               actor: Actor) -> Granted:  # fmt: skip
@@ -123,12 +131,12 @@ class Credits:
             AccessError: `forbidden` for an API key (only the operator grants).
             LedgerError: an invalid amount or key, or the key used before for another grant.
         """
-        operator = require_operator(actor, doing="grant credit")
+        actor.require_operator(doing="grant credit")
         workspace = canonical_workspace(workspace)
         entry = self.engine.ledger.grant(workspace, micros, key=key or f"grant:{uuid.uuid4().hex}", memo=memo)
         if not entry.replayed:
             after = {"usd_micros": entry.amount_usd_micros, "memo": memo}
-            self.engine.accounts.record(workspace, operator.actor, "credits.granted", entry.entry_id, after=after)
+            self.engine.accounts.record(workspace, actor.actor, "credits.granted", entry.entry_id, after=after)
         return Granted(entry_id=entry.entry_id, workspace=entry.workspace, amount_usd_micros=entry.amount_usd_micros,
                        key=entry.idempotency_key, memo=entry.memo, created_at=entry.created_at,
                        replayed=entry.replayed)  # fmt: skip
@@ -139,7 +147,7 @@ class Credits:
         Raises:
             BillingError: an unknown pack, or Stripe refused. ConfigError: no Stripe key configured.
         """
-        workspace = require(actor, workspace, scope="credits:write", action="credits:write", doing="buy credits")
+        workspace = actor.require(workspace, scope="credits:write", action="credits:write", doing="buy credits")
         session_id, url = billing.create_checkout(self.engine.settings, workspace=workspace, pack=pack)
         self.engine.accounts.record(workspace, actor.actor, "credits.checkout_created", session_id,
                                     after={"pack": pack})  # fmt: skip
@@ -160,13 +168,14 @@ class Credits:
                              fulfilment.credited_usd_micros, by="stripe")  # fmt: skip
         return fulfilment
 
-    def reconcile(self, *, since: int | None = None, actor: Actor = SYSTEM) -> Reconciliation:
+    def reconcile(self, *, since: int | None = None, actor: Actor | None = None) -> Reconciliation:
         """Credit paid Checkout Sessions of recent events that the webhook missed (idempotent).
 
         Raises:
             AccessError: `forbidden` for an API key. BillingError: Stripe could not be read.
         """
-        require_operator(actor, doing="reconcile Stripe payments")
+        if actor is not None:
+            actor.require_operator(doing="reconcile Stripe payments")
         results: list[Fulfilment] = billing.reconcile(self.engine.settings, self.engine.ledger, since=since)
         for r in results:
             self._audit_purchase(r.session_id, r.workspace, r.outcome, r.credited_usd_micros, by="stripe:reconcile")

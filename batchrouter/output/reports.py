@@ -16,8 +16,7 @@ from pydantic import BaseModel
 
 from batchrouter.access.accounts import AccessError, Principal
 from batchrouter.access.actors import SYSTEM, Actor
-from batchrouter.access.permissions import require, require_operator
-from batchrouter.batches.lifecycle import BATCHES
+from batchrouter.core.batch_info import BATCHES
 from batchrouter.output import links, reporting
 
 if TYPE_CHECKING:
@@ -81,13 +80,13 @@ class Reports:
         if isinstance(actor, Principal):
             workspace = workspace or actor.workspace
         if workspace is not None:
-            workspace = require(actor, workspace, scope="batches:read", action="batches:read", doing="query usage")
+            workspace = actor.require(workspace, scope="batches:read", action="batches:read", doing="query usage")
         columns, rows = reporting.query(self.engine.settings, query, workspace=workspace)
         return QueryResult(columns=columns, rows=rows)
 
     def usage(self, day: str, *, actor: Actor = SYSTEM) -> UsageReport:
         """Write one day's (YYYY-MM-DD) usage_daily rows of every workspace as Parquet."""
-        require_operator(actor, doing="write the usage report of every workspace")
+        actor.require_operator(doing="write the usage report of every workspace")
         url, frame = reporting.write_usage_report(self.engine.settings, self.engine.storage, day)
         empty = frame.height == 0
         return UsageReport(day=day, url=url, rows=frame.height,
@@ -100,7 +99,7 @@ class Reports:
         Raises:
             AccessError: `not_found` (no such batch in the workspace), `forbidden`.
         """
-        workspace = require(actor, workspace, scope="batches:read", action="batches:read", doing="get signed links")
+        workspace = actor.require(workspace, scope="batches:read", action="batches:read", doing="get signed links")
         storage = self.engine.storage
         if (
             not _SAFE_NAME.fullmatch(batch_id)

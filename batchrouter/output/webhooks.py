@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from batchrouter.access.actors import Actor
-from batchrouter.access.permissions import require
 from batchrouter.core.results import Timestamp
 from batchrouter.output import delivery
 
@@ -53,7 +52,7 @@ class Webhooks:
 
     def list(self, workspace: str, *, actor: Actor) -> builtins.list[WebhookEndpoint]:
         """The workspace's endpoints, oldest first."""
-        workspace = require(actor, workspace, scope="admin", action="webhooks:read", doing="list webhook endpoints")
+        workspace = actor.require(workspace, scope="admin", action="webhooks:read", doing="list webhook endpoints")
         found = delivery.list_endpoints(self.engine.settings, workspace)
         return [WebhookEndpoint.model_validate(asdict(e)) for e in found]
 
@@ -63,7 +62,7 @@ class Webhooks:
         Raises:
             EndpointRefused: not a usable public http(s) URL (code `endpoint_refused`).
         """
-        workspace = require(actor, workspace, scope="admin", action="webhooks:write", doing="add a webhook endpoint")
+        workspace = actor.require(workspace, scope="admin", action="webhooks:write", doing="add a webhook endpoint")
         endpoint_id, secret = delivery.add_endpoint(self.engine.settings, workspace, url)
         self.engine.accounts.record(workspace, actor.actor, "webhook.added", endpoint_id, after={"url": url})
         return NewWebhook(endpoint_id=endpoint_id, url=url, secret=secret)
@@ -74,7 +73,7 @@ class Webhooks:
         Raises:
             EndpointNotFound: no such endpoint in the workspace.
         """
-        workspace = require(actor, workspace, scope="admin", action="webhooks:write",
+        workspace = actor.require(workspace, scope="admin", action="webhooks:write",
                             doing="remove a webhook endpoint")  # fmt: skip
         delivery.remove_endpoint(self.engine.settings, workspace, endpoint_id)
         self.engine.accounts.record(workspace, actor.actor, "webhook.removed", endpoint_id)
