@@ -39,7 +39,7 @@ from typing import Any
 import duckdb
 
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import BatchRouterError, Forbidden
 from batchrouter.core.identity import IdentityError, canonical_email, canonical_workspace
 from batchrouter.money.control import served
 
@@ -82,11 +82,7 @@ class AccessError(BatchRouterError):
     def __init__(self, code: str, message: str, status: int) -> None:
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
-
-
-def forbidden(message: str) -> AccessError:
-    # TODO(lead): core.errors.Forbidden (code "forbidden", 403) once the errors branch has it.
-    return AccessError("forbidden", message, 403)
+        self.http_status = status  # what every BatchRouterError carries (faces map errors by it)
 
 
 @dataclass(frozen=True)
@@ -133,19 +129,19 @@ class Principal:
 
         Raises:
             IdentityError: `workspace` cannot be a workspace name.
-            AccessError: `forbidden`: another workspace, or the key lacks the scope or its role the action.
+            Forbidden: another workspace, or the key lacks the scope or its role the action.
         """
         name = canonical_workspace(workspace)
         if name != self.workspace:
-            raise forbidden(f"this key belongs to workspace {self.workspace}; it may not {doing} in workspace {name}")
+            raise Forbidden(f"this key belongs to workspace {self.workspace}; it may not {doing} in workspace {name}")
         if not self.allows(scope, action):
-            raise forbidden(f"this key (scopes {', '.join(self.key.scopes)}; role {self.role}) may not {doing}: "
+            raise Forbidden(f"this key (scopes {', '.join(self.key.scopes)}; role {self.role}) may not {doing}: "
                             f"it needs scope {scope} and role action {action}")  # fmt: skip
         return name
 
     def require_operator(self, *, doing: str) -> None:
         """Some things only the installation's operator may do: never a key."""
-        raise forbidden(f"only the installation's operator may {doing}, not an API key")
+        raise Forbidden(f"only the installation's operator may {doing}, not an API key")
 
 
 def _now() -> datetime:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from batchrouter.access.accounts import ROLES, SCOPES, AccessError, ApiKey, Principal, forbidden
+from batchrouter.access.accounts import ROLES, SCOPES, AccessError, ApiKey, Principal
 from batchrouter.access.actors import Actor
+from batchrouter.core.errors import Forbidden, NotFound
 from batchrouter.core.results import Timestamp
 
 if TYPE_CHECKING:
@@ -125,8 +126,8 @@ class Keys:
         """A new key; a key's new key acts for the same member, an operator's for `created_by`.
 
         Raises:
-            AccessError: `invalid_scope` (422), `forbidden` (scopes the calling key lacks, or another
-                member), `not_a_member` (the member the key would act for is not one).
+            Forbidden: scopes the calling key lacks, or a key for another member.
+            AccessError: `invalid_scope` (422), `not_a_member` (the member the key would act for is not one).
         """
         workspace = actor.require(workspace, scope="admin", action="keys:write", doing="create an API key")
         unknown = sorted({s for s in scopes if s not in SCOPES})
@@ -135,9 +136,9 @@ class Keys:
         if isinstance(actor, Principal):
             extra = [s for s in scopes if s not in actor.key.scopes]
             if extra:
-                raise forbidden(f"a key cannot grant scopes it does not hold: {', '.join(extra)}")
+                raise Forbidden(f"a key cannot grant scopes it does not hold: {', '.join(extra)}")
             if created_by is not None and created_by != actor.key.created_by:
-                raise forbidden(f"a key creates keys only for its own member ({actor.key.created_by})")
+                raise Forbidden(f"a key creates keys only for its own member ({actor.key.created_by})")
             created_by = actor.key.created_by
         elif created_by is None:
             raise AccessError("not_a_member", "name the member the new key acts for (created_by)", 422)
@@ -149,8 +150,8 @@ class Keys:
         """Revoke a key (revoking a revoked key changes nothing).
 
         Raises:
-            AccessError: `not_found` (no such key in the workspace), `forbidden` (not the key's member and
-                not outranking them).
+            NotFound: no such key in the workspace.
+            Forbidden: not the key's member and not outranking them.
         """
         workspace = actor.require(workspace, scope="admin", action="keys:write", doing="revoke an API key")
         self._may_manage(actor, self._key(workspace, key_id), "revoke")
@@ -161,8 +162,9 @@ class Keys:
         """A new key with the old one's name, scopes and member; the old one keeps working for `grace`.
 
         Raises:
-            AccessError: `not_found`, `forbidden` (scopes the calling key lacks, or a key it may not
-                manage), `key_revoked` (409).
+            NotFound: no such key in the workspace.
+            Forbidden: scopes the calling key lacks, or a key it may not manage.
+            AccessError: `key_revoked` (409).
         """
         workspace = actor.require(workspace, scope="admin", action="keys:write", doing="rotate an API key")
         old = self._key(workspace, key_id)
@@ -170,7 +172,7 @@ class Keys:
         if isinstance(actor, Principal):
             extra = [s for s in old.scopes if s not in actor.key.scopes]
             if extra:
-                raise forbidden(f"a key cannot rotate a key with scopes it lacks: {', '.join(extra)}")
+                raise Forbidden(f"a key cannot rotate a key with scopes it lacks: {', '.join(extra)}")
         self._may_manage(actor, old, "rotate")
         full, key = self.engine.accounts.rotate_key(workspace, key_id, actor=actor.actor, grace=grace)
         return IssuedKey(key=full, **KeyInfo.of(key).model_dump())
@@ -178,8 +180,7 @@ class Keys:
     def _key(self, workspace: str, key_id: str) -> ApiKey:
         found = next((k for k in self.engine.accounts.keys(workspace) if k.key_id == key_id), None)
         if found is None:
-            # TODO(lead): core.errors.NotFound once the errors branch has it.
-            raise AccessError("not_found", f"no key {key_id} in workspace {workspace}", 404)
+            raise NotFound(f"no key {key_id} in workspace {workspace}")
         return found
 
     def _may_manage(self, actor: Actor, key: ApiKey, verb: str) -> None:
@@ -188,4 +189,4 @@ class Keys:
             return
         creator = self.engine.accounts.role(key.workspace, key.created_by) or "viewer"
         if not (actor.role in ("owner", "admin") and ROLES.index(actor.role) <= ROLES.index(creator)):
-            raise forbidden(f"{actor.role} {actor.key.created_by} may not {verb} a key of {creator} {key.created_by}")
+            raise Forbidden(f"{actor.role} {actor.key.created_by} may not {verb} a key of {creator} {key.created_by}")

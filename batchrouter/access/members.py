@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from batchrouter.access.accounts import AccessError, Principal, forbidden
+from batchrouter.access.accounts import Principal
 from batchrouter.access.actors import Actor
+from batchrouter.core.errors import Forbidden, NotFound
 from batchrouter.core.identity import canonical_email
 from batchrouter.core.results import Timestamp
 
@@ -45,8 +46,8 @@ class Members:
         """Add a member or change their role; returns the workspace's members after it.
 
         Raises:
-            AccessError: `forbidden` (not an owner making, changing or removing an owner; or outside the
-                key's powers), `invalid_role`, `last_owner` (the only owner would stop being one).
+            Forbidden: not an owner making an owner or changing an owner's role; or outside the key's powers.
+            AccessError: `invalid_role` (422), `last_owner` (409: the only owner would stop being one).
             IdentityError: the email or workspace is not valid.
         """
         workspace = actor.require(workspace, scope="admin", action="members:write", doing="add or change a member")
@@ -54,9 +55,9 @@ class Members:
         accounts = self.engine.accounts
         if isinstance(actor, Principal) and actor.role != "owner":
             if role == "owner":
-                raise forbidden("only an owner can make another owner")
+                raise Forbidden("only an owner can make another owner")
             if accounts.role(workspace, email) == "owner":
-                raise forbidden("only an owner can change an owner's role")
+                raise Forbidden("only an owner can change an owner's role")
         accounts.set_member(workspace, email, role, actor=actor.actor)
         return self.list(workspace, actor=actor)
 
@@ -64,15 +65,14 @@ class Members:
         """Remove a member; returns the workspace's members after it.
 
         Raises:
-            AccessError: `not_found` (not a member), `forbidden` (not an owner removing an owner),
-                `last_owner`.
+            NotFound: not a member. Forbidden: not an owner removing an owner.
+            AccessError: `last_owner` (409).
         """
         workspace = actor.require(workspace, scope="admin", action="members:write", doing="remove a member")
         email = canonical_email(email)
         accounts = self.engine.accounts
         if isinstance(actor, Principal) and actor.role != "owner" and accounts.role(workspace, email) == "owner":
-            raise forbidden("only an owner can remove an owner")
+            raise Forbidden("only an owner can remove an owner")
         if not accounts.remove_member(workspace, email, actor=actor.actor):
-            # TODO(lead): core.errors.NotFound once the errors branch has it.
-            raise AccessError("not_found", f"{email} is not a member of {workspace}", 404)
+            raise NotFound(f"{email} is not a member of {workspace}")
         return self.list(workspace, actor=actor)

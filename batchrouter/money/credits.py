@@ -128,7 +128,7 @@ class Credits:
         """Credit promotional micro-dollars, once per `key` (no key: a new grant each time).
 
         Raises:
-            AccessError: `forbidden` for an API key (only the operator grants).
+            Forbidden: an API key (only the operator grants).
             LedgerError: an invalid amount or key, or the key used before for another grant.
         """
         actor.require_operator(doing="grant credit")
@@ -172,7 +172,7 @@ class Credits:
         """Credit paid Checkout Sessions of recent events that the webhook missed (idempotent).
 
         Raises:
-            AccessError: `forbidden` for an API key. BillingError: Stripe could not be read.
+            Forbidden: an API key. BillingError: Stripe could not be read.
         """
         if actor is not None:
             actor.require_operator(doing="reconcile Stripe payments")

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from batchrouter.access.accounts import AccessError, Principal
+from batchrouter.access.accounts import Principal
 from batchrouter.access.actors import SYSTEM, Actor
 from batchrouter.core.batch_info import BATCHES
+from batchrouter.core.errors import NotFound
 from batchrouter.output import links, reporting
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Reports:
         A key's query always runs in its own workspace.
 
         Raises:
-            QueryError: not read-only, or DuckDB refused it. AccessError: `forbidden`.
+            QueryError: not read-only, or DuckDB refused it. Forbidden: outside the key's powers.
         """
         if isinstance(actor, Principal):
             workspace = workspace or actor.workspace
@@ -97,7 +98,7 @@ class Reports:
         """Signed, expiring links (`delivery.link_expires_s`) to the batch's artifacts that exist.
 
         Raises:
-            AccessError: `not_found` (no such batch in the workspace), `forbidden`.
+            NotFound: no such batch in the workspace. Forbidden: outside the key's powers.
         """
         workspace = actor.require(workspace, scope="batches:read", action="batches:read", doing="get signed links")
         storage = self.engine.storage
@@ -106,8 +107,7 @@ class Reports:
             or not storage.exists(BATCHES, batch_id, "batch.json")
             or (storage.read_json(BATCHES, batch_id, "batch.json").get("workspace") != workspace)
         ):
-            # TODO(lead): core.errors.NotFound once the errors branch has it.
-            raise AccessError("not_found", f"no batch {batch_id!r} in workspace {workspace}", 404)
+            raise NotFound(f"no batch {batch_id!r} in workspace {workspace}")
         expires = self.engine.settings.delivery.link_expires_s
         found = {
             artifact: links.sign_link(self.engine.settings, storage, workspace, batch_id, artifact, expires_s=expires)
