@@ -42,6 +42,7 @@ from batchrouter.core.control import served
 from batchrouter.core.db import Database
 from batchrouter.core.errors import AccessError as AccessError
 from batchrouter.core.errors import (
+    Forbidden,
     IdentityError,
     InvalidApiKey,
     InvalidEmail,
@@ -131,6 +132,25 @@ class Principal:
 
     def allows(self, scope: str, action: str) -> bool:
         return scope in self.key.scopes and action in ROLE_ACTIONS.get(self.role, frozenset())
+
+    def require(self, workspace: str, *, scope: str, action: str, doing: str) -> str:
+        """The workspace's canonical name, once this key may do `doing` (e.g. "list members") in it.
+
+        Raises:
+            IdentityError: `workspace` cannot be a workspace name.
+            Forbidden: another workspace, or the key lacks the scope or its role the action.
+        """
+        name = canonical_workspace(workspace)
+        if name != self.workspace:
+            raise Forbidden(f"this key belongs to workspace {self.workspace}; it may not {doing} in workspace {name}")
+        if not self.allows(scope, action):
+            raise Forbidden(f"this key (scopes {', '.join(self.key.scopes)}; role {self.role}) may not {doing}: "
+                            f"it needs scope {scope} and role action {action}")  # fmt: skip
+        return name
+
+    def require_operator(self, *, doing: str) -> None:
+        """Some things only the installation's operator may do: never a key."""
+        raise Forbidden(f"only the installation's operator may {doing}, not an API key")
 
 
 def _now() -> datetime:
