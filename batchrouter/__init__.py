@@ -12,6 +12,7 @@ from importlib import import_module as _import_module
 if _typing.TYPE_CHECKING:
     from batchrouter.batches.lifecycle import stage_manifest, stage_quote, stage_route, submit
     from batchrouter.core.batch_info import BatchInfo, load_batch
+    from batchrouter.core.catalog import Catalog, CatalogEntry, load_catalog
     from batchrouter.core.config import RoutePolicy, Settings, load_settings
     from batchrouter.core.errors import (
         BatchError,
@@ -28,13 +29,13 @@ if _typing.TYPE_CHECKING:
     from batchrouter.core.storage import Storage
     from batchrouter.engine import BatchRouter
     from batchrouter.intake.manifest import Manifest, read_manifest
-    from batchrouter.pricing.catalog import Catalog, CatalogEntry, load_catalog
     from batchrouter.pricing.quote import Quote, build_quote
 
 # Where each public name lives (the imports above are the same list, for type checkers).
 _HOMES = {
     "batchrouter.batches.lifecycle": ["stage_manifest", "stage_quote", "stage_route", "submit"],
     "batchrouter.core.batch_info": ["BatchInfo", "load_batch"],
+    "batchrouter.core.catalog": ["Catalog", "CatalogEntry", "load_catalog"],
     "batchrouter.core.config": ["RoutePolicy", "Settings", "load_settings"],
     "batchrouter.core.errors": [
         "BatchError",
@@ -51,7 +52,6 @@ _HOMES = {
     "batchrouter.core.storage": ["Storage"],
     "batchrouter.engine": ["BatchRouter"],
     "batchrouter.intake.manifest": ["Manifest", "read_manifest"],
-    "batchrouter.pricing.catalog": ["Catalog", "CatalogEntry", "load_catalog"],
     "batchrouter.pricing.quote": ["Quote", "build_quote"],
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

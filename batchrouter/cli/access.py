@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -15,18 +14,23 @@ from batchrouter.cli.common import (
     JsonOpt,
     WorkspaceArg,
     WorkspaceOpt,
-    leave,
+    engine,
+    fail,
+    jsonable,
     load,
     print_json,
     remember_config,
 )
+
+if TYPE_CHECKING:
+    from batchrouter.access.keys import IssuedKey
+    from batchrouter.access.members import Member
 
 keys = typer.Typer(help="API keys: create, list, revoke, rotate.", no_args_is_help=True)
 members = typer.Typer(help="Workspace members and roles: add, list, remove.", no_args_is_help=True)
 workspace = typer.Typer(help="Suspend, resume, or delete a workspace's data.", no_args_is_help=True)
 secrets = typer.Typer(help="Secrets at rest: rotate re-encrypts them with the first key.", no_args_is_help=True)
 
-OPERATOR = "cli:operator"
 KeyIdArg = Annotated[str, typer.Argument(help="the key id")]
 Role = Literal["owner", "admin", "member", "viewer"]
 
@@ -51,8 +55,8 @@ def _secrets(ctx: typer.Context, config: ConfigOpt = None) -> None:
     remember_config(ctx, config)
 
 
-def _show_key(full: str, public: dict[str, object], note: str, *, json: bool) -> None:
-    print_json({"key": full, **public}) if json else print(f"{full}\n({note})")
+def _show_key(issued: IssuedKey, note: str, *, json: bool) -> None:
+    print_json(issued) if json else print(f"{issued.key}\n({note})")
 
 
 @keys.command("create")
@@ -64,23 +68,22 @@ def create_key(ctx: typer.Context, workspace: WorkspaceOpt, by: ByEmailOpt,
     """Create a key; it is printed once."""
     from datetime import timedelta
 
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     expires = timedelta(days=expires_days) if expires_days else None
-    full, key = Accounts(load(ctx, config).database).create_key(
-        workspace, name=name, scopes=wanted, created_by=by, actor=OPERATOR, expires_in=expires
-    )
-    _show_key(full, key.public(), f"key {key.key_id}: store it now, it is never shown again", json=json)
+    issued = engine(ctx, config).keys.create(workspace, name=name, scopes=wanted, expires_in=expires, created_by=by,
+                                             actor=CLI)  # fmt: skip
+    _show_key(issued, f"key {issued.key_id}: store it now, it is never shown again", json=json)
 
 
 @keys.command("list")
 def list_keys(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """A workspace's keys (never their secrets)."""
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
     from batchrouter.cli.render import show, table
 
-    listed = [k.public() for k in Accounts(load(ctx, config).database).keys(workspace)]
+    listed = jsonable(engine(ctx, config).keys.list(workspace, actor=CLI))
     print_json(listed) if json else show(table(
         ["KEY", "PREFIX", "NAME", "SCOPES", "CREATED BY", "EXPIRES", "REVOKED"],
         [[k["key_id"], k["prefix"], k["name"], ",".join(k["scopes"]), k["created_by"], k["expires_at"],
@@ -91,10 +94,10 @@ def list_keys(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False
 def revoke_key(ctx: typer.Context, key_id: KeyIdArg, workspace: WorkspaceOpt, json: JsonOpt = False,
                config: ConfigOpt = None) -> None:  # fmt: skip
     """Revoke a key at once."""
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
 
-    Accounts(load(ctx, config).database).revoke_key(workspace, key_id, actor=OPERATOR)
-    print_json({"key_id": key_id, "revoked": True}) if json else print(f"revoked {key_id}")
+    revoked = engine(ctx, config).keys.revoke(key_id, workspace=workspace, actor=CLI)
+    print_json(revoked) if json else print(f"revoked {key_id}")
 
 
 @keys.command("rotate")
@@ -104,23 +107,19 @@ def rotate_key(ctx: typer.Context, key_id: KeyIdArg, workspace: WorkspaceOpt,
     """A new key; the old one keeps working for the grace period."""
     from datetime import timedelta
 
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
 
-    full, key = Accounts(load(ctx, config).database).rotate_key(
-        workspace, key_id, actor=OPERATOR, grace=timedelta(hours=grace_hours)
-    )
-    note = f"new key {key.key_id}; {key_id} keeps working for {grace_hours:g} h"
-    _show_key(full, key.public(), note, json=json)
+    grace = timedelta(hours=grace_hours)
+    issued = engine(ctx, config).keys.rotate(key_id, workspace=workspace, grace=grace, actor=CLI)
+    _show_key(issued, f"new key {issued.key_id}; {key_id} keeps working for {grace_hours:g} h", json=json)
 
 
-def _show_members(ctx: typer.Context, workspace: str, config: str | None, *, json: bool) -> None:
-    from batchrouter.access.accounts import Accounts
+def _show_members(listed: list[Member], *, json: bool) -> None:
     from batchrouter.cli.render import show, table
 
-    listed = Accounts(load(ctx, config).database).members(workspace)
-    print_json(listed) if json else show(
-        table(["EMAIL", "ROLE", "ADDED"], [[m["email"], m["role"], m["added_at"]] for m in listed])
-    )
+    rows = jsonable(listed)
+    print_json(rows) if json else show(table(["EMAIL", "ROLE", "ADDED"],
+                                             [[m["email"], m["role"], m["added_at"]] for m in rows]))  # fmt: skip
 
 
 @members.command("add")
@@ -128,29 +127,34 @@ def add_member(ctx: typer.Context, workspace: WorkspaceOpt, email: EmailOpt,
                role: Annotated[Role, typer.Option("--role")], json: JsonOpt = False,
                config: ConfigOpt = None) -> None:  # fmt: skip
     """Add a member or change their role."""
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
 
-    Accounts(load(ctx, config).database).set_member(workspace, email, role, actor=OPERATOR)
-    _show_members(ctx, workspace, config, json=json)
+    _show_members(engine(ctx, config).members.set(email, workspace=workspace, role=role, actor=CLI), json=json)
 
 
 @members.command("remove")
 def remove_member(ctx: typer.Context, workspace: WorkspaceOpt, email: EmailOpt, json: JsonOpt = False,
                   config: ConfigOpt = None) -> None:  # fmt: skip
-    """Remove a member (a workspace keeps at least one owner)."""
-    from batchrouter.access.accounts import Accounts
+    """Remove a member (a workspace keeps at least one owner); exit 1 when they were not one."""
+    from batchrouter.access.actors import CLI
+    from batchrouter.core.errors import BatchRouterError
 
-    if not Accounts(load(ctx, config).database).remove_member(workspace, email, actor=OPERATOR):
-        print(f"{email} is not a member of {workspace}", file=sys.stderr)
-        leave(EXIT_NOTHING_ACCEPTED)
-    _show_members(ctx, workspace, config, json=json)
+    try:
+        left = engine(ctx, config).members.remove(email, workspace=workspace, actor=CLI)
+    except BatchRouterError as exc:
+        if exc.code != "not_found":
+            raise
+        fail(str(exc), EXIT_NOTHING_ACCEPTED)
+    _show_members(left, json=json)
 
 
 @members.command("list")
 def list_members(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False,
                  config: ConfigOpt = None) -> None:  # fmt: skip
     """A workspace's members and their roles."""
-    _show_members(ctx, workspace, config, json=json)
+    from batchrouter.access.actors import CLI
+
+    _show_members(engine(ctx, config).members.list(workspace, actor=CLI), json=json)
 
 
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="why (recorded in the audit trail)")]
@@ -158,9 +162,9 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="why (recorded i
 
 def _suspend(ctx: typer.Context, name: str, suspended: bool, reason: str | None, config: str | None,
              *, json: bool) -> None:  # fmt: skip
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
 
-    Accounts(load(ctx, config).database).set_suspended(name, suspended, reason=reason, actor=OPERATOR)
+    engine(ctx, config).accounts.set_suspended(name, suspended, reason=reason, actor=CLI.actor)
     if json:
         print_json({"workspace": name, "suspended": suspended})
     else:
@@ -185,11 +189,11 @@ def resume(ctx: typer.Context, name: WorkspaceArg, reason: ReasonOpt = None, jso
 def delete_data(ctx: typer.Context, name: WorkspaceArg, reason: ReasonOpt = None, json: JsonOpt = False,
                 config: ConfigOpt = None) -> None:  # fmt: skip
     """Delete a workspace's manifests, outputs and usage; keep what the ledger and audit need."""
+    from batchrouter.access.actors import CLI
     from batchrouter.access.deletion import delete_workspace_data
-    from batchrouter.core.storage import Storage
 
-    settings = load(ctx, config)
-    report = delete_workspace_data(Storage(settings.storage), settings, name, actor=OPERATOR)
+    router = engine(ctx, config)
+    report = delete_workspace_data(router.storage, router.settings, name, actor=CLI.actor)
     if json:
         print_json(report)
         return

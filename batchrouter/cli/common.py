@@ -75,8 +75,17 @@ RUN_TAG_HELP = "run the same bytes again on purpose: a new tag is a new batch (t
 RunTagOpt = Annotated[str | None, typer.Option("--run-tag", help=RUN_TAG_HELP, show_default=False)]
 
 
+def jsonable(value: Any) -> Any:
+    """A typed result (pydantic model), or a list of them, as the JSON it stands for."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
+
+
 def print_json(value: Any, *, indent: int | None = None) -> None:
-    print(json.dumps(value, indent=indent, default=str))
+    print(json.dumps(jsonable(value), indent=indent, default=str))
 
 
 def fail(message: str, code: int = EXIT_NOTHING_ACCEPTED) -> NoReturn:

@@ -12,6 +12,8 @@ from batchrouter.cli.common import (
     ConfigOpt,
     JsonOpt,
     WorkspaceOpt,
+    engine,
+    jsonable,
     leave,
     load,
     print_json,
@@ -39,34 +41,25 @@ def grant(ctx: typer.Context, workspace: WorkspaceOpt,
           = None, memo: Annotated[str | None, typer.Option("--memo")] = None,
           json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
     """Grant promotional credit (idempotent by --key)."""
-    import uuid
-
-    from batchrouter.access.accounts import Accounts
+    from batchrouter.access.actors import CLI
     from batchrouter.cli.render import usd as dollars
-    from batchrouter.money import amounts
-    from batchrouter.money.ledger import Ledger
+    from batchrouter.core.amounts import usd_to_micros
 
-    settings = load(ctx, config)
-    micros = amounts.usd_to_micros(usd, field="--usd")
-    entry = Ledger(settings.database).grant(workspace, micros, key=key or f"grant:{uuid.uuid4().hex}", memo=memo)
-    if not entry.replayed:
-        after = {"usd_micros": entry.amount_usd_micros, "memo": memo}
-        Accounts(settings.database).record(workspace, "cli:operator", "credits.granted", entry.entry_id, after=after)
+    micros = usd_to_micros(usd, field="--usd")
+    granted = engine(ctx, config).credits.grant(workspace, micros=micros, key=key, memo=memo, actor=CLI)
     if json:
-        print_json({"entry_id": entry.entry_id, "amount_usd_micros": entry.amount_usd_micros,
-                    "replayed": entry.replayed})  # fmt: skip
+        print_json(granted)
         return
-    note = " (this key was used before: nothing new was credited)" if entry.replayed else ""
-    print(f"granted {dollars(entry.amount_usd_micros)} to {workspace}, entry {entry.entry_id}{note}")
+    note = " (this key was used before: nothing new was credited)" if granted.replayed else ""
+    print(f"granted {dollars(granted.amount_usd_micros)} to {workspace}, entry {granted.entry_id}{note}")
 
 
 @credits.command()
 def balance(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Available, held, spent and credited amounts of a workspace."""
     from batchrouter.cli.render import balance_view, show
-    from batchrouter.money.ledger import Ledger
 
-    shown = Ledger(load(ctx, config).database).balance(workspace).as_dict()
+    shown = engine(ctx, config).credits.balance(workspace).model_dump(mode="json")
     print_json(shown) if json else show(balance_view(shown))
 
 
@@ -74,9 +67,8 @@ def balance(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False, 
 def history(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """A workspace's ledger entries, oldest first."""
     from batchrouter.cli.render import history_view, show
-    from batchrouter.money.ledger import Ledger
 
-    rows = Ledger(load(ctx, config).database).history(workspace)
+    rows = jsonable(engine(ctx, config).credits.history(workspace))
     print_json(rows) if json else show(history_view(rows))
 
 
@@ -84,41 +76,36 @@ def history(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False, 
 def buy(ctx: typer.Context, workspace: WorkspaceOpt, pack: Annotated[str, typer.Option("--pack")],
         json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
     """Create a Stripe Checkout Session for a credit pack and print its URL."""
-    from batchrouter.money.billing import create_checkout
+    from batchrouter.access.actors import CLI
 
-    session_id, url = create_checkout(load(ctx, config), workspace=workspace, pack=pack)
-    print_json({"session_id": session_id, "url": url}) if json else print(f"Pay here: {url}")
+    session = engine(ctx, config).credits.checkout(workspace, pack=pack, actor=CLI)
+    print_json(session) if json else print(f"Pay here: {session.url}")
 
 
 @credits.command()
 def reconcile(ctx: typer.Context, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Credit paid Checkout Sessions the webhook missed."""
+    from batchrouter.access.actors import CLI
     from batchrouter.cli.render import usd
-    from batchrouter.money.billing import reconcile as run_reconcile
-    from batchrouter.money.ledger import Ledger
 
-    settings = load(ctx, config)
-    results = run_reconcile(settings, Ledger(settings.database))
-    credited = [r for r in results if r.outcome == "credited"]
-    total = sum(r.credited_usd_micros for r in credited)
+    done = engine(ctx, config).credits.reconcile(actor=CLI)
     if json:
-        print_json({"events": len(results), "credited": len(credited), "credited_usd_micros": total})
-    else:
-        print(f"reconciled {len(results)} checkout events: {len(credited)} newly credited, {usd(total)}")
+        print_json(done)
+        return
+    print(f"reconciled {done.events} checkout events: {done.credited} newly credited, {usd(done.credited_usd_micros)}")
 
 
 @ledger.command()
 def verify(ctx: typer.Context, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Replay the journal and prove balances, holds and conservation (exit 1 on a problem)."""
-    from batchrouter.money.ledger import Ledger
-
-    settings = load(ctx, config)
-    report = Ledger(settings.database).verify()
+    router = engine(ctx, config)
+    report = router.ledger.verify()
     if json:
         print_json(report)
     else:
         verdict = "OK" if report["ok"] else "PROBLEMS FOUND"
-        print(f"ledger {settings.database}: {report['entries']} entries, {report['workspaces']} workspaces: {verdict}")
+        counts = f"{report['entries']} entries, {report['workspaces']} workspaces"
+        print(f"ledger {router.settings.database}: {counts}: {verdict}")
         for problem in report["problems"]:
             print(f"  - {problem}")
     leave(EXIT_OK if report["ok"] else EXIT_NOTHING_ACCEPTED)
@@ -129,7 +116,7 @@ def serve(ctx: typer.Context,
           idle_s: Annotated[float, typer.Option("--idle-s", help="stop after this many idle seconds (0: never)")] = 0.0,
           config: ConfigOpt = None) -> None:  # fmt: skip
     """Own the database and serve it to other processes, in the foreground."""
-    from batchrouter.money import control
+    from batchrouter.core import control
 
     leave(control.serve(load(ctx, config).database, idle_s=idle_s or None, foreground=True))
 
@@ -137,7 +124,7 @@ def serve(ctx: typer.Context,
 @ledger.command()
 def stop(ctx: typer.Context, json: JsonOpt = False, config: ConfigOpt = None) -> None:
     """Stop the control service of the database (it restarts when next needed)."""
-    from batchrouter.money import control
+    from batchrouter.core import control
 
     database = load(ctx, config).database
     stopped = control.stop(database)

@@ -13,6 +13,7 @@ from batchrouter.cli.common import (
     JsonOpt,
     OptionalWorkspaceOpt,
     WorkspaceOpt,
+    engine,
     fail,
     leave,
     load,
@@ -36,18 +37,16 @@ def sql(ctx: typer.Context, query: Annotated[str, typer.Argument(help="one read-
     if json and csv:
         fail("--json and --csv are exclusive; pass one", EXIT_UNUSABLE)
     from batchrouter.cli.render import show, table
-    from batchrouter.output.reporting import query as run_query
 
-    columns, rows = run_query(load(ctx, config), query, workspace=workspace)
+    result = engine(ctx, config).reports.sql(query, workspace=workspace)
     if json:
-        print_json([dict(zip(columns, r, strict=True)) for r in rows])
+        print_json(result.records())
     elif csv:
         import csv as csv_module
 
-        writer = csv_module.writer(sys.stdout)
-        writer.writerows([columns, *rows])
+        csv_module.writer(sys.stdout).writerows([result.columns, *result.rows])
     else:
-        show(table(columns, rows))
+        show(table(result.columns, result.rows))
 
 
 def serve(ctx: typer.Context, host: Annotated[str | None, typer.Option("--host")] = None,
@@ -124,40 +123,30 @@ def verify(ctx: typer.Context) -> None:
 def add_webhook(ctx: typer.Context, url: Annotated[str, typer.Argument(help="where to POST batch.completed")],
                 workspace: WorkspaceOpt, json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
     """Add an endpoint; its signing secret is printed once."""
-    from batchrouter.access.accounts import Accounts
-    from batchrouter.output.delivery import add_endpoint
+    from batchrouter.access.actors import CLI
 
-    settings = load(ctx, config)
-    endpoint_id, secret = add_endpoint(settings, workspace, url)
-    Accounts(settings.database).record(workspace, "cli:operator", "webhook.added", endpoint_id, after={"url": url})
-    print_json({"endpoint_id": endpoint_id, "secret": secret}) if json else print(
-        f"endpoint {endpoint_id}; signing secret (shown once): {secret}")  # fmt: skip
+    added = engine(ctx, config).webhooks.add(url, workspace=workspace, actor=CLI)
+    print_json(added) if json else print(f"endpoint {added.endpoint_id}; signing secret (shown once): {added.secret}")
 
 
 @webhooks.command("remove")
 def remove_webhook(ctx: typer.Context, endpoint_id: Annotated[str, typer.Argument()], workspace: WorkspaceOpt,
                    json: JsonOpt = False, config: ConfigOpt = None) -> None:  # fmt: skip
     """Remove an endpoint."""
-    from batchrouter.access.accounts import Accounts
-    from batchrouter.output.delivery import remove_endpoint
+    from batchrouter.access.actors import CLI
 
-    settings = load(ctx, config)
-    remove_endpoint(settings, workspace, endpoint_id)
-    Accounts(settings.database).record(workspace, "cli:operator", "webhook.removed", endpoint_id)
-    print_json({"endpoint_id": endpoint_id, "removed": True}) if json else print(f"removed {endpoint_id}")
+    removed = engine(ctx, config).webhooks.remove(endpoint_id, workspace=workspace, actor=CLI)
+    print_json(removed) if json else print(f"removed {removed.removed}")
 
 
 @webhooks.command("list")
 def list_webhooks(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = False,
                   config: ConfigOpt = None) -> None:  # fmt: skip
     """A workspace's endpoints and whether they are enabled."""
+    from batchrouter.access.actors import CLI
     from batchrouter.cli.render import show, table
-    from batchrouter.output.delivery import list_endpoints
 
-    rows = list_endpoints(load(ctx, config), workspace)
-    if json:
-        print_json([{"endpoint_id": e.endpoint_id, "url": e.url, "enabled": e.enabled,
-                     "disabled_reason": e.disabled_reason, "failures": e.failures} for e in rows])  # fmt: skip
-    else:
-        show(table(["ENDPOINT", "URL", "ENABLED", "DISABLED BECAUSE", "FAILURES"],
-                   [[e.endpoint_id, e.url, e.enabled, e.disabled_reason, e.failures] for e in rows]))  # fmt: skip
+    rows = engine(ctx, config).webhooks.list(workspace, actor=CLI)
+    print_json(rows) if json else show(table(
+        ["ENDPOINT", "URL", "ENABLED", "DISABLED BECAUSE", "FAILURES"],
+        [[e.endpoint_id, e.url, e.enabled, e.disabled_reason, e.failures] for e in rows]))  # fmt: skip
