@@ -57,8 +57,7 @@ def run(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json
     from batchrouter.batches.states import BatchState
     from batchrouter.cli.progress import RunProgress
     from batchrouter.cli.render import run_view, show
-    from batchrouter.core.errors import ManifestError
-    from batchrouter.money.ledger import InsufficientCredits
+    from batchrouter.core.errors import InsufficientCredits, ManifestError
 
     router = engine(ctx, config, settings_json=sys.stdin.read() if settings_stdin else None)
     batches, data = router.batches, read_input(manifest)
@@ -66,10 +65,8 @@ def run(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json
     try:
         view = batches.create(data, filename=manifest, workspace=workspace, run_tag=run_tag, actor=CLI)
     except ManifestError as exc:
-        fail(
-            f"{exc}\nThe manifest and a report are kept under {router.storage.url('quarantine', workspace)}",
-            EXIT_UNUSABLE,
-        )
+        where = router.storage.url("quarantine", workspace)
+        fail(f"{exc}\nThe manifest and a report are kept under {where}", EXIT_UNUSABLE)
     except InsufficientCredits as exc:
         if not json:
             fail(f"batch {batch_id} not started: {exc}")

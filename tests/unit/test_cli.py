@@ -289,3 +289,47 @@ def test_run_progress_is_silent_when_disabled(capsys: pytest.CaptureFixture[str]
     with RunProgress(enabled=False) as progress:
         progress(Report())
     assert capsys.readouterr() == ("", "")
+
+
+RUN_KEYS = ("batch_id", "workspace", "status", "state", "items", "succeeded", "failed", "rejected", "pending",
+            "reserve_usd_micros", "cost_usd_micros", "retries", "rate_limited", "latency_p50_ms", "latency_p95_ms",
+            "by_route", "failures", "outputs", "receipts", "settlement", "webhooks")  # fmt: skip
+
+
+def test_run_waits_for_credit_then_runs_settles_and_shows_its_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHROUTER_SIMULATOR__LATENCY_MS", "5")
+    path = manifest(tmp_path, GOOD)
+    assert main(["run", path, "--workspace", "acme", "--json"]) == 1
+    short = json.loads(capsys.readouterr().out)
+    assert (short["status"], short["missing_usd_micros"]) == ("insufficient_credits", 62)
+    assert main(["credits", "grant", "--workspace", "acme", "--usd", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", path, "--workspace", "acme", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert all(key in summary for key in RUN_KEYS)
+    assert summary["batch_id"] == short["batch_id"]
+    assert (summary["state"], summary["succeeded"], summary["rejected"]) == ("completed", 1, 1)
+    assert main(["status", summary["batch_id"]]) == 0
+    shown = capsys.readouterr().out
+    assert "completed" in shown and "HOLD" in shown and "$" in shown
+
+
+def test_run_over_the_approval_limit_exits_1_until_approved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHROUTER_SIMULATOR__LATENCY_MS", "5")
+    config = tmp_path / "c.toml"
+    config.write_text('[workspaces.acme]\nauto_approve_max_usd = "0.00001"\n')
+    path = manifest(tmp_path, GOOD)
+    assert main(["credits", "grant", "--workspace", "acme", "--usd", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", path, "--workspace", "acme", "--config", str(config)]) == 1
+    waiting = capsys.readouterr().out
+    assert "is waiting" in waiting
+    batch_id = waiting.split()[1]
+    assert main(["approve", batch_id, "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_id"] == batch_id
+    assert main(["--config", str(config), "run", path, "--workspace", "acme", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "completed"
