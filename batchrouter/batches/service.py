@@ -32,6 +32,7 @@ from batchrouter.core.errors import AwaitingApproval, BatchError, Forbidden, Man
 from batchrouter.intake import drops
 from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.quarantine import quarantine
+from batchrouter.money.ledger import HoldStatus
 from batchrouter.output import delivery
 from batchrouter.pricing.quote import build_quote
 
@@ -312,7 +313,7 @@ class Batches:
         )
         if not running:  # a run in progress stops, finishes the rest as cancelled and settles
             holds = engine.ledger.batch_holds(info.batch_id)
-            if holds and holds[-1].status == "held":
+            if holds and holds[-1].status == HoldStatus.HELD:
                 engine.ledger.void(holds[-1].batch_id, reason=f"cancelled by {actor.actor}")
             record_state(engine.storage, info, BatchState.CANCELLED, engine.settings.database, actor.actor,
                          by=actor.actor)  # fmt: skip
