@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from batchrouter.api import errors
 from batchrouter.api._legacy import Engine as BatchRouter
@@ -16,12 +19,20 @@ from batchrouter.api.executor import Executor
 from batchrouter.api.routes import ENDPOINTS, router
 from batchrouter.core.config import Settings
 
+STOP_WAIT_S = 60.0  # how long a stopping server lets background runs finish
 OPENAPI = Endpoint("GET", "/openapi.json", "This document")
 
 
 def create_app(settings: Settings, *, engine: Any = None) -> FastAPI:
     """The API over `engine` (by default a new one on `settings`)."""
-    app = FastAPI(title="BatchRouter API", version="1", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await run_in_threadpool(app.state.executor.wait, STOP_WAIT_S)
+
+    app = FastAPI(title="BatchRouter API", version="1", openapi_url=None, docs_url=None, redoc_url=None,
+                  lifespan=lifespan)  # fmt: skip
     app.state.engine = engine = engine or BatchRouter(settings)
     app.state.limiter = RateLimiter(per_minute=settings.api.rate_limit_per_minute, burst=settings.api.rate_limit_burst)
     app.state.executor = Executor(engine, settings.api.executor)

@@ -34,7 +34,7 @@ class BodyLimit:
         async def bounded() -> Message:
             nonlocal read
             route = scope.get("route")
-            limit, what = self.limits(getattr(route, "path", scope["path"]))
+            limit, what = self.limits(str(getattr(route, "path", scope["path"])))
             too_large = PayloadTooLarge(f"{what} is over the limit of {limit:,} bytes; send less")
             declared = dict(scope["headers"]).get(b"content-length")
             if declared is not None:

@@ -90,7 +90,16 @@ def on_refusal(request: Request, exc: Exception) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     status = getattr(exc, "status", None) if type(exc).__name__ == "AccessError" else None  # TEMP until errors land
     status = 422 if type(exc).__name__ == "IdentityError" else status  # TEMP
-    return error_response(status or exc.http_status, exc.code, str(exc), headers)
+    temp = {
+        "ManifestError": (422, "unusable_manifest"),
+        "InsufficientCredits": (402, "insufficient_credits"),
+        "SignatureError": (400, "invalid_signature"),
+        "MalformedEvent": (400, "malformed_event"),
+        "ConfigError": (503, "not_configured"),
+        "EndpointRefused": (422, "endpoint_refused"),
+    }  # TEMP
+    status, code = temp.get(type(exc).__name__, (status or exc.http_status, exc.code))  # TEMP
+    return error_response(status, code, str(exc), headers)
 
 
 def on_invalid(request: Request, exc: Exception) -> Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from batchrouter.access.accounts import SCOPES
-from batchrouter.batches import lifecycle
+from batchrouter.core.batch_info import check_run_tag
 from batchrouter.core.errors import BatchError
 
 
@@ -34,7 +34,7 @@ class CreateBatch(Body):
     @classmethod
     def _run_tag(cls, value: str | None) -> str | None:
         try:
-            return lifecycle.check_run_tag(value)
+            return check_run_tag(value)
         except BatchError as exc:
             raise ValueError(str(exc)) from exc
 
@@ -144,7 +144,8 @@ class Batch(Out):
     workspace: str
     source: str
     submitted_at: str
-    status: str
+    state: str
+    status: str = Field(description="the state's name (the key older clients read)")
     updated_at: str | None = None
     message: str | None = None
     quote: BatchQuote | None = None
@@ -155,6 +156,7 @@ class Batch(Out):
     receipts: str | None = None
     holds: list[HoldView] = []
     duration_s: float | None = None
+    created: bool = Field(default=False, description="True when this call made the batch (or its reservation)")
 
 
 class Batches(Out):

@@ -33,7 +33,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def endpoint(
     method: str, path: str, summary: str, model: Any, *, status: int = 200, scope: str | None = None,
-    action: str | None = None, upload: bool = False, raw_body: bool = False, **options: Any,
+    action: str | None = None, upload: bool = False, raw_body: bool = False, exclude_unset: bool = True,
+    **options: Any,
 ) -> Callable[[F], F]:  # fmt: skip
     """Register a handler for `method path`, in the endpoint table and in the app's routes."""
     e = Endpoint(method, path, summary, scope, action, upload)
@@ -45,7 +46,7 @@ def endpoint(
         responses = {**_ERRORS, **options.pop("responses", {})}
         router.add_api_route(
             path, handler, methods=[method], summary=summary, response_model=model, status_code=status,
-            response_model_exclude_unset=True, responses=responses, operation_id=handler.__name__,
+            response_model_exclude_unset=exclude_unset, responses=responses, operation_id=handler.__name__,
             description=e.requirement if scope else None,
             dependencies=[Depends(Authorise(e))] if scope else None, **options,
         )  # fmt: skip
@@ -103,7 +104,7 @@ def get_quote(quote_id: str, caller: Caller, engine: Engine) -> Any:
 
 
 @endpoint("POST", "/v1/batches", "Create a batch", m.Batch, status=201, scope="batches:write", action="batches:write",
-          responses={200: {"model": m.Batch, "description": "The batch this quote (and run tag) already made"}})  # fmt: skip
+          responses={200: {"model": m.Batch, "description": "The batch made before from this quote"}})  # fmt: skip
 def create_batch(
     body: m.CreateBatch, caller: Caller, engine: Engine, executor: Annotated[Executor, Depends(executor_of)],
     response: Response,
@@ -114,10 +115,11 @@ def create_batch(
     if not view.created:
         response.status_code = 200
         return view
-    return executor.start(view)
+    return executor.start(view.batch_id)
 
 
-@endpoint("GET", "/v1/batches", "List batches", m.Batches, scope="batches:read", action="batches:read")
+@endpoint("GET", "/v1/batches", "List batches", m.Batches, scope="batches:read", action="batches:read",
+          exclude_unset=False)  # fmt: skip
 def list_batches(caller: Caller, engine: Engine) -> Any:
     return {"batches": engine.batches.list(caller.workspace)}
 
