@@ -7,9 +7,10 @@ from typing import Any
 import dagster as dg
 
 from batchrouter.batches import lifecycle as batch
-from batchrouter.batches.status import batch_status
-from batchrouter.core.errors import ManifestError
 from batchrouter.batches import settlement as money
+from batchrouter.batches.status import batch_status
+from batchrouter.core.batch_info import load_batch
+from batchrouter.core.errors import ManifestError
 from batchrouter.money.ledger import InsufficientCredits
 from batchrouter.output import delivery as webhooks
 from pipelines.partitions import batches
@@ -21,7 +22,7 @@ _COMMON: dict[str, Any] = {"partitions_def": batches, "group_name": "batch"}
 @dg.asset(kinds={"polars", "parquet"}, **_COMMON)
 def manifest(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Parse and validate the batch's manifest; rejected rows keep their reason."""
-    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    info = load_batch(batchrouter.storage, context.partition_key)
     try:
         parsed = batch.stage_manifest(batchrouter.storage, batchrouter.settings, batchrouter.catalog, info)
     except ManifestError as exc:
@@ -42,7 +43,7 @@ def manifest(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource
 def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Count tokens, route and price every item in integer micro-dollars."""
     storage = batchrouter.storage
-    info = batch.load_batch(storage, context.partition_key)
+    info = load_batch(storage, context.partition_key)
     priced = batch.stage_quote(
         storage, batchrouter.settings, batchrouter.catalog, info, batch.load_manifest(storage, info)
     )
@@ -65,7 +66,7 @@ def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
 def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Accepted items with their route chain, written partitioned by primary route."""
     storage = batchrouter.storage
-    info = batch.load_batch(storage, context.partition_key)
+    info = load_batch(storage, context.partition_key)
     counts = batch.stage_route(storage, info, batch.load_manifest(storage, info), batch.load_quote(storage, info))
     return dg.MaterializeResult(
         metadata={
@@ -80,7 +81,7 @@ def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterReso
 def reservation(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[dg.Output[None]]:
     """Approval gate, then hold this round's reservation; no approval or no credit, no dispatch."""
     storage, settings = batchrouter.storage, batchrouter.settings
-    info = batch.load_batch(storage, context.partition_key)
+    info = load_batch(storage, context.partition_key)
     if not money.gate(storage, settings, info):
         # No output: dispatch and settlement are skipped until the batch is approved.
         context.log.warning(storage.read_json(*info.folder("status.json"))["message"])
@@ -112,7 +113,7 @@ def reservation(context: dg.AssetExecutionContext, batchrouter: BatchRouterResou
 def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
     """Send every item without a final receipt; write outputs.parquet and receipts.parquet."""
     storage = batchrouter.storage
-    info = batch.load_batch(storage, context.partition_key)
+    info = load_batch(storage, context.partition_key)
     summary = batch.stage_dispatch(storage, batchrouter.settings, batchrouter.catalog, info)
     yield dg.MaterializeResult(
         metadata={
@@ -147,7 +148,7 @@ def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource
 def settlement(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
     """Capture the receipts' actual cost from the holds and release the rest, exactly once."""
     storage, settings = batchrouter.storage, batchrouter.settings
-    info = batch.load_batch(storage, context.partition_key)
+    info = load_batch(storage, context.partition_key)
     result = money.stage_settle(storage, settings, info)
     status = batch_status(storage, settings, info)
     yield dg.MaterializeResult(
@@ -177,7 +178,7 @@ def settlement(context: dg.AssetExecutionContext, batchrouter: BatchRouterResour
 @dg.asset(deps=[settlement], kinds={"python"}, **_COMMON)
 def delivery(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
     """Send the signed batch.completed webhook (Standard Webhooks) to the workspace's endpoints."""
-    info = batch.load_batch(batchrouter.storage, context.partition_key)
+    info = load_batch(batchrouter.storage, context.partition_key)
     attempts = webhooks.deliver_batch_completed(batchrouter.settings, batchrouter.storage, info)
     delivered = {a.endpoint_id for a in attempts if a.ok}
     return dg.MaterializeResult(

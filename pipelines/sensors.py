@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from batchrouter.access.accounts import Accounts
-from batchrouter.batches.lifecycle import load_batch
-from batchrouter.core.errors import BatchError
-from batchrouter.intake import drops as intake
 from batchrouter.batches import settlement
+from batchrouter.core.batch_info import load_batch
+from batchrouter.core.errors import BatchError, Forbidden
+from batchrouter.engine import BatchRouter
+from batchrouter.intake import drops as intake
 from pipelines.jobs import batch_job, resume_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
@@ -23,21 +23,12 @@ def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
         if not dropped.is_manifest:
             context.log.info(f"ignoring {dropped.key}: not a manifest (use .csv, .parquet or .jsonl)")
             continue
-        suspended = Accounts(batchrouter.settings.database).suspension(dropped.workspace)
-        if suspended is not None:
-            problem = f"workspace {dropped.workspace} is suspended ({suspended})"
-            fix = "contact support to resume the workspace, then drop the manifest again"
-            report = intake.refuse(storage, dropped, problem=problem, fix=fix)
-            context.log.warning(f"quarantined {dropped.key}: workspace suspended; report at {report}")
-            continue
         try:
-            info = intake.accept(storage, dropped)
-        except BatchError as exc:
-            # A file that cannot become a batch (its folder is not a valid workspace name) must not fail
-            # every tick and so hold up every other manifest: it is quarantined with the reason.
-            fix = "drop it under manifests/<workspace>/ where <workspace> is a valid workspace name"
-            report = intake.refuse(storage, dropped, problem=str(exc), fix=fix)
-            context.log.warning(f"quarantined {dropped.key}: {exc}; report at {report}")
+            info = BatchRouter(batchrouter.settings).batches.accept_drop(dropped)
+        except Forbidden as exc:
+            # One file that cannot become a batch (suspended workspace, bad folder name) must not fail every
+            # tick and so hold up every other manifest: it is quarantined with the reason.
+            context.log.warning(str(exc))
             continue
         new_batches.append(info.batch_id)
         # The batch id is a digest of workspace and content: re-ticks and restarts ask for the same run.

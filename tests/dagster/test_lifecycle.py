@@ -20,8 +20,9 @@ import pytest
 from assets.batch import dispatch, manifest, quote, reservation, routed_items
 from assets.reporting import usage_report
 from batchrouter import cli
-from batchrouter.batches.lifecycle import BatchInfo, load_batch, submit
+from batchrouter.batches.lifecycle import submit
 from batchrouter.batches.settlement import sweep
+from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import SimulatorConfig, load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger

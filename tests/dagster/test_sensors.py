@@ -19,7 +19,7 @@ import pytest
 from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
 from batchrouter import cli
 from batchrouter.access.accounts import Accounts
-from batchrouter.batches.lifecycle import batch_id_for, load_batch
+from batchrouter.core.batch_info import batch_id_for, load_batch
 from batchrouter.core.config import load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
