@@ -1,7 +1,7 @@
 """The API's request and response bodies: what the OpenAPI document describes and responses are checked against.
 
-Money is integer micro-dollars (`*_usd_micros`); times are ISO 8601 strings. A field a response may
-leave out (a batch not yet quoted has no `quote`) is optional here and absent, not null, on the wire.
+Money is integer micro-dollars (`*_usd_micros`); times are ISO 8601 strings. A field a batch does not
+have yet (a batch not yet run has no `receipts`) is null.
 """
 
 from __future__ import annotations

@@ -33,8 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def endpoint(
     method: str, path: str, summary: str, model: Any, *, status: int = 200, scope: str | None = None,
-    action: str | None = None, upload: bool = False, raw_body: bool = False, exclude_unset: bool = True,
-    **options: Any,
+    action: str | None = None, upload: bool = False, raw_body: bool = False, **options: Any,
 ) -> Callable[[F], F]:  # fmt: skip
     """Register a handler for `method path`, in the endpoint table and in the app's routes."""
     e = Endpoint(method, path, summary, scope, action, upload)
@@ -46,7 +45,7 @@ def endpoint(
         responses = {**_ERRORS, **options.pop("responses", {})}
         router.add_api_route(
             path, handler, methods=[method], summary=summary, response_model=model, status_code=status,
-            response_model_exclude_unset=exclude_unset, responses=responses, operation_id=handler.__name__,
+            responses=responses, operation_id=handler.__name__,
             description=e.requirement if scope else None,
             dependencies=[Depends(Authorise(e))] if scope else None, **options,
         )  # fmt: skip
@@ -115,11 +114,10 @@ def create_batch(
     if not view.created:
         response.status_code = 200
         return view
-    return executor.start(view.batch_id)
+    return executor.start(view.batch_id).model_copy(update={"created": True})
 
 
-@endpoint("GET", "/v1/batches", "List batches", m.Batches, scope="batches:read", action="batches:read",
-          exclude_unset=False)  # fmt: skip
+@endpoint("GET", "/v1/batches", "List batches", m.Batches, scope="batches:read", action="batches:read")
 def list_batches(caller: Caller, engine: Engine) -> Any:
     return {"batches": engine.batches.list(caller.workspace)}
 
