@@ -27,6 +27,7 @@ demo: $(BIN)/batchrouter
 test: $(BIN)/batchrouter
 	$(BIN)/ruff check batchrouter assets pipelines tests benchmarks
 	$(BIN)/mypy --strict --ignore-missing-imports batchrouter
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 dev: $(BIN)/batchrouter

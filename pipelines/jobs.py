@@ -51,3 +51,18 @@ def sweep_job() -> None:
 @dg.job
 def reconcile_job() -> None:
     reconcile_stripe()
+
+
+@dg.op
+def drain_webhook_outbox(context: dg.OpExecutionContext, batchrouter: BatchRouterResource) -> None:
+    """Send every due webhook delivery once; failures wait in the outbox for their next try."""
+    from batchrouter.output.delivery import drain
+
+    attempts = drain(batchrouter.settings)
+    delivered = sum(a.ok for a in attempts)
+    context.log.info(f"{len(attempts)} webhook attempts: {delivered} delivered, {len(attempts) - delivered} not yet")
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def webhook_outbox_job() -> None:
+    drain_webhook_outbox()

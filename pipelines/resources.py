@@ -3,9 +3,9 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import Settings, load_settings
 from batchrouter.core.storage import Storage
-from batchrouter.pricing.catalog import Catalog, load_catalog
 
 
 class BatchRouterResource(dg.ConfigurableResource):  # type: ignore[misc]

@@ -7,7 +7,7 @@ from batchrouter.core.batch_info import load_batch
 from batchrouter.core.errors import BatchError, Forbidden
 from batchrouter.engine import BatchRouter
 from batchrouter.intake import drops as intake
-from pipelines.jobs import batch_job, resume_job
+from pipelines.jobs import batch_job, resume_job, webhook_outbox_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
@@ -56,3 +56,19 @@ def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
         if settlement.is_approved(storage, settings, info):
             runs.append(dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id))
     return dg.SensorResult(run_requests=runs)
+
+
+@dg.sensor(job=webhook_outbox_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60)
+def webhook_outbox_sensor(
+    context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Every minute: a drain of the webhook outbox when a delivery is due."""
+    from datetime import UTC, datetime
+
+    from batchrouter.output.delivery import next_due
+
+    due = next_due(batchrouter.settings)
+    if due is None or due > datetime.now(UTC):
+        return dg.SkipReason("no webhook delivery is due")
+    # Keyed by the earliest due time: a re-tick before that drain ran asks for the same run.
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"webhooks:{due.isoformat()}")])

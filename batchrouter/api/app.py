@@ -12,18 +12,18 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from batchrouter.api import errors
-from batchrouter.api._legacy import Engine as BatchRouter
-from batchrouter.api.access import Endpoint, RateLimiter
+from batchrouter.api.access import Endpoint
 from batchrouter.api.bodies import BodyLimit
 from batchrouter.api.executor import Executor
 from batchrouter.api.routes import ENDPOINTS, router
 from batchrouter.core.config import Settings
+from batchrouter.engine import BatchRouter
 
 STOP_WAIT_S = 60.0  # how long a stopping server lets background runs finish
 OPENAPI = Endpoint("GET", "/openapi.json", "This document")
 
 
-def create_app(settings: Settings, *, engine: Any = None) -> FastAPI:
+def create_app(settings: Settings, *, engine: BatchRouter | None = None) -> FastAPI:
     """The API over `engine` (by default a new one on `settings`)."""
 
     @asynccontextmanager
@@ -34,7 +34,6 @@ def create_app(settings: Settings, *, engine: Any = None) -> FastAPI:
     app = FastAPI(title="BatchRouter API", version="1", openapi_url=None, docs_url=None, redoc_url=None,
                   lifespan=lifespan)  # fmt: skip
     app.state.engine = engine = engine or BatchRouter(settings)
-    app.state.limiter = RateLimiter(per_minute=settings.api.rate_limit_per_minute, burst=settings.api.rate_limit_burst)
     app.state.executor = Executor(engine, settings.api.executor)
     app.state.upload_limit = min(settings.api.max_upload_bytes, settings.limits.max_manifest_bytes)
     uploads = {e.path for e in ENDPOINTS if e.upload}

@@ -15,7 +15,8 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchrouter.api.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedEncoding
+from batchrouter.api.errors import BadRequest, BodyTooLarge
+from batchrouter.core.errors import InvalidRequest, UnsupportedEncoding
 
 # (limit in bytes, what the body is) for a route, given the route's path template
 Limits = Callable[[str], tuple[int, str]]
@@ -35,7 +36,7 @@ class BodyLimit:
             nonlocal read
             route = scope.get("route")
             limit, what = self.limits(str(getattr(route, "path", scope["path"])))
-            too_large = PayloadTooLarge(f"{what} is over the limit of {limit:,} bytes; send less")
+            too_large = BodyTooLarge(f"{what} is over the limit of {limit:,} bytes; send less")
             declared = dict(scope["headers"]).get(b"content-length")
             if declared is not None:
                 if not declared.strip().isdigit():
@@ -67,7 +68,7 @@ def gunzip_bounded(data: bytes, limit: int, what: str) -> bytes:
     except zlib.error as exc:
         raise BadRequest(f"{what} says Content-Encoding gzip but is not gzip ({exc})") from exc
     if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"{what} decompresses to over the limit of {limit:,} bytes")
+        raise BodyTooLarge(f"{what} decompresses to over the limit of {limit:,} bytes")
     return out
 
 

@@ -8,6 +8,7 @@ path, wrong method) their HTTP status; anything else 500 `internal_error`, the t
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine
@@ -20,7 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import BatchRouterError, ConfigError, InvalidRequest, PayloadTooLarge
 
 log = logging.getLogger("batchrouter.api")
 
@@ -38,35 +39,14 @@ class ErrorResponse(BaseModel):
 
 
 # -- the API's own refusals (of the request as sent, before any engine service is called) -------------
-class BadRequest(BatchRouterError):
-    code = "invalid_request"
+class BadRequest(InvalidRequest):
+    """The request cannot be read at all (a Content-Length that is not a number, a body cut short)."""
+
     http_status = 400
 
 
-class InvalidRequest(BatchRouterError):
-    code = "invalid_request"
-    http_status = 422
-
-
-class UnsupportedEncoding(BatchRouterError):
-    code = "unsupported_encoding"
-    http_status = 415
-
-
-class RateLimited(BatchRouterError):
-    code = "rate_limited"
-    http_status = 429
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class PayloadTooLarge(BatchRouterError, HTTPException):
+class BodyTooLarge(PayloadTooLarge, HTTPException):
     """Raised while a body is read; also an HTTPException so FastAPI's body parsing passes it on unchanged."""
-
-    code = "payload_too_large"
-    http_status = 413
 
     def __init__(self, message: str) -> None:
         HTTPException.__init__(self, status_code=413, detail=message)
@@ -74,6 +54,12 @@ class PayloadTooLarge(BatchRouterError, HTTPException):
 
     def __str__(self) -> str:
         return str(self.detail)
+
+
+class NotConfigured(ConfigError):
+    """A setting this endpoint needs is missing on the server."""
+
+    code = "not_configured"
 
 
 # -- answers -------------------------------------------------------------------------------------------
@@ -87,19 +73,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def on_refusal(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatchRouterError)
     retry_after = getattr(exc, "retry_after_s", None)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    status = getattr(exc, "status", None) if type(exc).__name__ == "AccessError" else None  # TEMP until errors land
-    status = 422 if type(exc).__name__ == "IdentityError" else status  # TEMP
-    temp = {
-        "ManifestError": (422, "unusable_manifest"),
-        "InsufficientCredits": (402, "insufficient_credits"),
-        "SignatureError": (400, "invalid_signature"),
-        "MalformedEvent": (400, "malformed_event"),
-        "ConfigError": (503, "not_configured"),
-        "EndpointRefused": (422, "endpoint_refused"),
-    }  # TEMP
-    status, code = temp.get(type(exc).__name__, (status or exc.http_status, exc.code))  # TEMP
-    return error_response(status, code, str(exc), headers)
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+    return error_response(exc.http_status, exc.code, str(exc), headers)
 
 
 def on_invalid(request: Request, exc: Exception) -> Response:

@@ -1,4 +1,7 @@
-"""The API's request and response bodies: what the OpenAPI document describes and responses are checked against.
+"""The API's request bodies, and the responses that are not an engine result as it is.
+
+Most responses are the engine's typed results (`QuoteSummary`, `CreditBalance`, `IssuedKey`, ...);
+here are the lists that wrap them, and a batch's view with its nested parts typed in full.
 
 Money is integer micro-dollars (`*_usd_micros`); times are ISO 8601 strings. A field a batch does not
 have yet (a batch not yet run has no `receipts`) is null.
@@ -9,8 +12,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from batchrouter.access.accounts import SCOPES
+from batchrouter.access.keys import KeyInfo
+from batchrouter.access.members import Member
+from batchrouter.batches.results import QuoteSummary
 from batchrouter.core.batch_info import check_run_tag
 from batchrouter.core.errors import BatchError
+from batchrouter.money.credits import JournalEntry
+from batchrouter.output.webhooks import WebhookEndpoint
 
 
 class Body(BaseModel):
@@ -62,44 +70,9 @@ class AddWebhook(Body):
 
 
 # -- quotes ----------------------------------------------------------------------------------------
-class RouteQuote(Out):
-    route: str
-    provider: str
-    model: str
-    items: int
-    input_tokens: int
-    max_output_tokens: int
-    reserve_usd_micros: int
-    expected_usd_micros: int
+class StoredQuote(QuoteSummary):
+    """A quote kept by POST /v1/quotes, with the file name it was sent as."""
 
-
-class Rejection(Out):
-    row: int
-    item_id: str | None
-    field: str | None
-    code: str
-    reason: str
-
-
-class Quote(Out):
-    """A priced manifest, nothing reserved: `batchrouter quote --json`."""
-
-    quote_id: str
-    workspace: str
-    catalog_version: str
-    source: str
-    manifest_sha256: str
-    items: int
-    accepted: int
-    rejected: int
-    input_tokens: int
-    reserve_usd_micros: int
-    expected_usd_micros: int
-    by_route: list[RouteQuote]
-    rejections: list[Rejection]
-
-
-class StoredQuote(Quote):
     filename: str
 
 
@@ -163,110 +136,21 @@ class Batches(Out):
     batches: list[BatchListed]
 
 
-class Links(Out):
-    batch_id: str
-    expires_in_s: int
-    links: dict[str, str] = Field(description="artifact name -> a signed URL, for the artifacts that exist")
-
-
-# -- credits ---------------------------------------------------------------------------------------
-class Balance(Out):
-    workspace: str
-    available_usd_micros: int
-    held_usd_micros: int
-    spent_usd_micros: int
-    credited_usd_micros: int
-    balanced: bool
-
-
-class JournalEntry(Out):
-    created_at: str
-    op: str
-    batch_id: str | None
-    amount_usd_micros: int
-    memo: str | None
-    idempotency_key: str
-    entry_id: str
-
-
+# -- lists of the engine's results ----------------------------------------------------------------
 class History(Out):
     entries: list[JournalEntry]
-
-
-class CheckoutSession(Out):
-    session_id: str
-    url: str
-
-
-class StripeReceipt(Out):
-    received: bool
-    event: str
-    type: str
-    outcome: str
-    session: str | None = None
-    workspace: str | None = None
-    credited_usd_micros: int | None = None
-
-
-# -- members, keys, webhooks ----------------------------------------------------------------------
-class Member(Out):
-    email: str
-    role: str
-    added_at: str
 
 
 class Members(Out):
     members: list[Member]
 
 
-class Key(Out):
-    key_id: str
-    prefix: str
-    workspace: str
-    name: str
-    scopes: list[str]
-    created_by: str
-    created_at: str
-    expires_at: str | None
-    revoked_at: str | None
-
-
 class Keys(Out):
-    keys: list[Key]
-
-
-class NewKey(Key):
-    key: str = Field(description="the full key: shown this once")
-    note: str
-
-
-class RevokedKey(Key):
-    revoked: bool
-
-
-class Webhook(Out):
-    endpoint_id: str
-    workspace: str
-    url: str
-    enabled: bool
-    disabled_reason: str | None
-    created_at: str
-    failures: int
+    keys: list[KeyInfo]
 
 
 class Webhooks(Out):
-    webhooks: list[Webhook]
-
-
-class NewWebhook(Out):
-    endpoint_id: str
-    url: str
-    secret: str = Field(description="signs every delivery: shown this once")
-    note: str
-
-
-class RemovedWebhook(Out):
-    removed: str
+    webhooks: list[WebhookEndpoint]
 
 
 class Health(Out):

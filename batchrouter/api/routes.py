@@ -14,12 +14,18 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from batchrouter.access.keys import IssuedKey, RevokedKey
 from batchrouter.api import models as m
 from batchrouter.api.access import Authorise, Caller, Endpoint
 from batchrouter.api.bodies import decoded, read_body
-from batchrouter.api.errors import ErrorResponse, GuardedRoute, InvalidRequest
+from batchrouter.api.errors import ErrorResponse, GuardedRoute, NotConfigured
 from batchrouter.api.executor import Executor
-from batchrouter.money.billing import SignatureError
+from batchrouter.batches.results import QuoteSummary
+from batchrouter.core.errors import ConfigError, InvalidRequest, SignatureError
+from batchrouter.engine import BatchRouter
+from batchrouter.money.credits import CheckoutSession, CreditBalance, StripeFulfilment, StripeIgnored
+from batchrouter.output.reports import BatchLinks
+from batchrouter.output.webhooks import NewWebhook, RemovedWebhook
 
 router = APIRouter(route_class=GuardedRoute)
 ENDPOINTS: list[Endpoint] = []
@@ -54,8 +60,9 @@ def endpoint(
     return register
 
 
-def engine_of(request: Request) -> Any:
-    return request.app.state.engine
+def engine_of(request: Request) -> BatchRouter:
+    engine: BatchRouter = request.app.state.engine
+    return engine
 
 
 def executor_of(request: Request) -> Executor:
@@ -63,7 +70,7 @@ def executor_of(request: Request) -> Executor:
     return executor
 
 
-Engine = Annotated[Any, Depends(engine_of)]
+Engine = Annotated[BatchRouter, Depends(engine_of)]
 
 
 def manifest_name(filename: str = "manifest.csv") -> str:
@@ -88,7 +95,7 @@ async def stripe_delivery(request: Request) -> tuple[bytes, str]:
 
 
 # -- quotes and batches -----------------------------------------------------------------------------
-@endpoint("POST", "/v1/quotes", "Preview a quote", m.Quote, status=201, scope="batches:write",
+@endpoint("POST", "/v1/quotes", "Preview a quote", QuoteSummary, status=201, scope="batches:write",
           action="batches:write", upload=True, raw_body=True)  # fmt: skip
 def create_quote(
     caller: Caller, engine: Engine, name: Annotated[str, Depends(manifest_name)],
@@ -133,7 +140,7 @@ def cancel_batch(batch_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.batches.cancel(batch_id, actor=caller)
 
 
-@endpoint("GET", "/v1/batches/{batch_id}/links", "Get signed links", m.Links, scope="batches:read",
+@endpoint("GET", "/v1/batches/{batch_id}/links", "Get signed links", BatchLinks, scope="batches:read",
           action="batches:read")  # fmt: skip
 def batch_links(batch_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.reports.links(batch_id, workspace=caller.workspace)
@@ -142,13 +149,12 @@ def batch_links(batch_id: str, caller: Caller, engine: Engine) -> Any:
 @endpoint("GET", "/v1/artifacts/{workspace}/{batch_id}/{artifact}", "Download a signed artifact", None,
           response_class=Response, responses={200: _BINARY})  # fmt: skip
 def artifact(workspace: str, batch_id: str, artifact: str, engine: Engine, expires: int = 0, sig: str = "") -> Any:
-    data, media_type = engine.reports.artifact(artifact, workspace=workspace, batch_id=batch_id, expires=expires,
-                                               sig=sig)  # fmt: skip
-    return Response(data, media_type=media_type)
+    found = engine.reports.artifact(artifact, workspace=workspace, batch_id=batch_id, expires=expires, sig=sig)
+    return Response(found.data, media_type=found.media_type)
 
 
 # -- credits ------------------------------------------------------------------------------------------
-@endpoint("GET", "/v1/credits", "Read the credit balance", m.Balance, scope="credits:read", action="credits:read")
+@endpoint("GET", "/v1/credits", "Read the credit balance", CreditBalance, scope="credits:read", action="credits:read")
 def credits(caller: Caller, engine: Engine) -> Any:
     return engine.credits.balance(caller.workspace)
 
@@ -159,16 +165,19 @@ def credit_history(caller: Caller, engine: Engine) -> Any:
     return {"entries": engine.credits.history(caller.workspace)}
 
 
-@endpoint("POST", "/v1/credits/checkout", "Buy credits", m.CheckoutSession, status=201, scope="credits:write",
+@endpoint("POST", "/v1/credits/checkout", "Buy credits", CheckoutSession, status=201, scope="credits:write",
           action="credits:write")  # fmt: skip
 def checkout(body: m.Checkout, caller: Caller, engine: Engine) -> Any:
     return engine.credits.checkout(caller.workspace, pack=body.pack, actor=caller)
 
 
-@endpoint("POST", "/v1/stripe/webhook", "Receive a Stripe webhook", m.StripeReceipt, raw_body=True)
+@endpoint("POST", "/v1/stripe/webhook", "Receive a Stripe webhook", StripeIgnored | StripeFulfilment, raw_body=True)
 def stripe_webhook(engine: Engine, delivery: Annotated[tuple[bytes, str], Depends(stripe_delivery)]) -> Any:
     payload, signature = delivery
-    return engine.credits.stripe_webhook(payload, signature=signature)
+    try:
+        return engine.credits.stripe_webhook(payload, signature=signature)
+    except ConfigError as exc:  # this server cannot check signatures: Stripe's dashboard shows it as such
+        raise NotConfigured(str(exc)) from exc
 
 
 # -- members and keys ---------------------------------------------------------------------------------
@@ -192,19 +201,19 @@ def list_keys(caller: Caller, engine: Engine) -> Any:
     return {"keys": engine.keys.list(caller.workspace, actor=caller)}
 
 
-@endpoint("POST", "/v1/keys", "Create an API key", m.NewKey, status=201, scope="admin", action="keys:write")
+@endpoint("POST", "/v1/keys", "Create an API key", IssuedKey, status=201, scope="admin", action="keys:write")
 def create_key(body: m.CreateKey, caller: Caller, engine: Engine) -> Any:
     expires_in = timedelta(days=body.expires_in_days) if body.expires_in_days else None
     return engine.keys.create(caller.workspace, name=body.name, scopes=body.scopes, expires_in=expires_in,
                               actor=caller)  # fmt: skip
 
 
-@endpoint("POST", "/v1/keys/{key_id}/revoke", "Revoke an API key", m.RevokedKey, scope="admin", action="keys:write")
+@endpoint("POST", "/v1/keys/{key_id}/revoke", "Revoke an API key", RevokedKey, scope="admin", action="keys:write")
 def revoke_key(key_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.keys.revoke(key_id, workspace=caller.workspace, actor=caller)
 
 
-@endpoint("POST", "/v1/keys/{key_id}/rotate", "Rotate an API key", m.NewKey, status=201, scope="admin",
+@endpoint("POST", "/v1/keys/{key_id}/rotate", "Rotate an API key", IssuedKey, status=201, scope="admin",
           action="keys:write")  # fmt: skip
 def rotate_key(key_id: str, caller: Caller, engine: Engine, body: m.RotateKey | None = None) -> Any:
     grace = timedelta(hours=(body or m.RotateKey()).grace_hours)
@@ -217,17 +226,16 @@ def list_webhooks(caller: Caller, engine: Engine) -> Any:
     return {"webhooks": engine.webhooks.list(caller.workspace, actor=caller)}
 
 
-@endpoint("POST", "/v1/webhooks", "Add a webhook endpoint", m.NewWebhook, status=201, scope="admin",
+@endpoint("POST", "/v1/webhooks", "Add a webhook endpoint", NewWebhook, status=201, scope="admin",
           action="webhooks:write")  # fmt: skip
 def add_webhook(body: m.AddWebhook, caller: Caller, engine: Engine) -> Any:
     return engine.webhooks.add(body.url, workspace=caller.workspace, actor=caller)
 
 
-@endpoint("DELETE", "/v1/webhooks/{endpoint_id}", "Remove a webhook endpoint", m.RemovedWebhook, scope="admin",
+@endpoint("DELETE", "/v1/webhooks/{endpoint_id}", "Remove a webhook endpoint", RemovedWebhook, scope="admin",
           action="webhooks:write")  # fmt: skip
 def remove_webhook(endpoint_id: str, caller: Caller, engine: Engine) -> Any:
-    engine.webhooks.remove(endpoint_id, workspace=caller.workspace, actor=caller)
-    return {"removed": endpoint_id}
+    return engine.webhooks.remove(endpoint_id, workspace=caller.workspace, actor=caller)
 
 
 @endpoint("GET", "/healthz", "Health check", m.Health)
