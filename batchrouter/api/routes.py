@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from batchrouter.access.keys import IssuedKey, RevokedKey
 from batchrouter.api import models as m
@@ -82,8 +83,8 @@ def manifest_name(filename: str = "manifest.csv") -> str:
 
 async def manifest_upload(request: Request) -> bytes:
     """The manifest as sent (gzip or not), within the upload limit."""
-    limit = request.app.state.upload_limit
-    return decoded(request, await read_body(request), limit, "the manifest")
+    data = await read_body(request)
+    return await run_in_threadpool(decoded, request, data, request.app.state.upload_limit, "the manifest")
 
 
 async def stripe_delivery(request: Request) -> tuple[bytes, str]:
