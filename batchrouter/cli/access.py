@@ -190,7 +190,7 @@ def delete_data(ctx: typer.Context, name: WorkspaceArg, reason: ReasonOpt = None
                 config: ConfigOpt = None) -> None:  # fmt: skip
     """Delete a workspace's manifests, outputs and usage; keep what the ledger and audit need."""
     from batchrouter.access.actors import CLI
-    from batchrouter.access.deletion import delete_workspace_data
+    from batchrouter.batches.deletion import delete_workspace_data
 
     router = engine(ctx, config)
     report = delete_workspace_data(router.storage, router.settings, name, actor=CLI.actor)

@@ -50,8 +50,7 @@ def submit(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, j
 
 
 def run(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json: JsonOpt = False,
-        run_tag: RunTagOpt = None, config: ConfigOpt = None,
-        settings_stdin: Annotated[bool, typer.Option("--settings-stdin", hidden=True)] = False) -> None:  # fmt: skip
+        run_tag: RunTagOpt = None, config: ConfigOpt = None) -> None:  # fmt: skip
     """Quote, reserve, dispatch, write outputs and receipts and settle, in this process."""
     from batchrouter.access.actors import CLI
     from batchrouter.batches.states import BatchState
@@ -59,7 +58,7 @@ def run(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json
     from batchrouter.cli.render import run_view, show
     from batchrouter.core.errors import InsufficientCredits, ManifestError
 
-    router = engine(ctx, config, settings_json=sys.stdin.read() if settings_stdin else None)
+    router = engine(ctx, config)
     batches, data = router.batches, read_input(manifest)
     batch_id = batches.submit(data, filename=manifest, workspace=workspace, run_tag=run_tag).batch_id
     try:

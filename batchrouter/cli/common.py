@@ -41,12 +41,11 @@ def load(ctx: typer.Context, config: str | None) -> Settings:
     return load_settings(config or ctx.ensure_object(Face).config)
 
 
-def engine(ctx: typer.Context, config: str | None, *, settings_json: str | None = None) -> BatchRouter:
-    """The engine on those settings (or on settings given as JSON: the API's inline executor)."""
-    from batchrouter.core.config import Settings
+def engine(ctx: typer.Context, config: str | None) -> BatchRouter:
+    """The engine on the settings of the innermost `--config` given (see `load`)."""
     from batchrouter.engine import BatchRouter
 
-    return BatchRouter(Settings.model_validate_json(settings_json) if settings_json else load(ctx, config))
+    return BatchRouter(load(ctx, config))
 
 
 def _workspace(value: str | None) -> str | None:
