@@ -4,11 +4,15 @@ from assets.reporting import usage_report
 from pipelines.resources import BatchRouterResource
 
 # The main job: every asset of a batch partition, in dependency order (partitioned like its assets).
-batch_job = dg.define_asset_job("batch_job", selection=dg.AssetSelection.groups("batch"))
+batch_job = dg.define_asset_job(
+    "batch_job", selection=dg.AssetSelection.groups("batch"), executor_def=dg.in_process_executor
+)
 
 # After approval: from the gate on.
 resume_job = dg.define_asset_job(
-    "resume_job", selection=dg.AssetSelection.assets("reservation", "dispatch", "settlement", "delivery")
+    "resume_job",
+    selection=dg.AssetSelection.assets("reservation", "dispatch", "settlement", "delivery"),
+    executor_def=dg.in_process_executor,
 )
 
 usage_report_job = dg.define_asset_job("usage_report_job", selection=dg.AssetSelection.assets(usage_report))

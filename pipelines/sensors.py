@@ -12,7 +12,7 @@ from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
 
-@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5)
 def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
     """One run per new manifest under manifests/<workspace>/ (CSV, Parquet, JSONL)."""
     storage = batchrouter.storage
@@ -50,7 +50,7 @@ def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
     )
 
 
-@dg.sensor(job=resume_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+@dg.sensor(job=resume_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5)
 def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
     """Resume batches at the approval gate once approved (`batchrouter approve`, or approvals/<batch_id>)."""
     storage, settings = batchrouter.storage, batchrouter.settings
