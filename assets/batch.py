@@ -9,7 +9,7 @@ import dagster as dg
 from batchrouter.batches import lifecycle as batch
 from batchrouter.batches.status import batch_status
 from batchrouter.core.errors import ManifestError
-from batchrouter.money import settlement as money
+from batchrouter.batches import settlement as money
 from batchrouter.money.ledger import InsufficientCredits
 from batchrouter.output import delivery as webhooks
 from pipelines.partitions import batches

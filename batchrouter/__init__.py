@@ -1,6 +1,7 @@
 """BatchRouter: manifests in, exact quotes, routes, dispatch and receipts out. Never imports dagster."""
 
-from batchrouter.batches.lifecycle import BatchInfo, load_batch, stage_manifest, stage_quote, stage_route, submit
+from batchrouter.batches.lifecycle import stage_manifest, stage_quote, stage_route, submit
+from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import RoutePolicy, Settings, load_settings
 from batchrouter.core.errors import (
     BatchError,

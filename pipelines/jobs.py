@@ -23,7 +23,7 @@ def sweep_dead_runs(context: dg.OpExecutionContext, batchrouter: BatchRouterReso
     """Expire reservations of batches whose runs died and mark those batches failed."""
     from datetime import timedelta
 
-    from batchrouter.money.settlement import sweep
+    from batchrouter.batches.settlement import sweep
 
     stale = timedelta(minutes=batchrouter.settings.dispatch.stale_after_minutes)
     for swept in sweep(batchrouter.storage, batchrouter.settings, stale_after=stale):

@@ -6,7 +6,7 @@ from batchrouter.access.accounts import Accounts
 from batchrouter.batches.lifecycle import load_batch
 from batchrouter.core.errors import BatchError
 from batchrouter.intake import drops as intake
-from batchrouter.money import settlement
+from batchrouter.batches import settlement
 from pipelines.jobs import batch_job, resume_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource

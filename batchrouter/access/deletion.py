@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.batches.lifecycle import BATCHES, load_batch
+from batchrouter.core.batch_info import BATCHES, load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.storage import Storage

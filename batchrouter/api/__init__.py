@@ -32,15 +32,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from batchrouter.access.accounts import ROLES, SCOPES, AccessError, Accounts, Principal
-from batchrouter.batches import lifecycle as batches
+from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.status import batch_status
+from batchrouter.core.batch_info import BatchInfo, check_run_tag, load_batch
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchError, BatchRouterError, ConfigError, ManifestError
+from batchrouter.core.errors import (
+    AwaitingApproval,
+    BatchError,
+    BatchRouterError,
+    ConfigError,
+    Forbidden,
+    IllegalTransition,
+    ManifestError,
+    NotFound,
+)
 from batchrouter.core.identity import IdentityError, canonical_email
 from batchrouter.core.storage import Storage
+from batchrouter.engine import BatchRouter
 from batchrouter.intake import drops as intake
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.money import settlement
 from batchrouter.money.billing import BillingError, MalformedEvent, SignatureError, create_checkout, handle_webhook
 from batchrouter.money.ledger import InsufficientCredits, Ledger
 from batchrouter.output import delivery, links
@@ -115,7 +125,7 @@ class CreateBatch(BaseModel):
     @classmethod
     def _run_tag(cls, value: str | None) -> str | None:
         try:
-            return batches.check_run_tag(value)
+            return check_run_tag(value)
         except BatchError as exc:
             raise ValueError(str(exc)) from exc
 
@@ -167,6 +177,7 @@ class Endpoint:
 class Api:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.engine = BatchRouter(settings)
         self.storage = Storage(settings.storage)
         self.ledger = Ledger(settings.database)
         self.accounts = Accounts(settings.database)
@@ -228,6 +239,8 @@ class Api:
                 return await endpoint.handler(*args)
             except ApiError as exc:
                 return error(exc.status, exc.code, exc.message, exc.headers)
+            except (NotFound, Forbidden, AwaitingApproval, IllegalTransition) as exc:
+                return error(exc.http_status, exc.code, str(exc))
             except IdentityError as exc:
                 return error(422, exc.code, exc.message)
             except AccessError as exc:
@@ -251,11 +264,11 @@ class Api:
 
         return handle
 
-    def batch_of(self, principal: Principal, batch_id: str) -> batches.BatchInfo:
+    def batch_of(self, principal: Principal, batch_id: str) -> BatchInfo:
         if not _SAFE_NAME.match(batch_id):
             raise ApiError(404, "not_found", f"no batch {batch_id!r}")
         try:
-            info = batches.load_batch(self.storage, batch_id)
+            info = load_batch(self.storage, batch_id)
         except BatchError:
             raise ApiError(404, "not_found", f"no batch {batch_id!r} in workspace {principal.workspace}") from None
         if info.workspace != principal.workspace:
@@ -300,44 +313,18 @@ class Api:
         return JSONResponse(self.storage.read_json(QUOTES, principal.workspace, quote_id, "quote.json"))
 
     async def create_batch(self, request: Request, principal: Principal, body: CreateBatch) -> Response:
-        folder = (QUOTES, principal.workspace, body.quote_id)
-        if not self.storage.exists(*folder, "quote.json"):
-            raise ApiError(404, "not_found", f"no quote {body.quote_id!r} in workspace {principal.workspace}")
-
         def work() -> tuple[int, dict[str, Any]]:
-            quote = self.storage.read_json(*folder, "quote.json")
-            name = quote["filename"]
-            data = self.storage.read_bytes(*folder, "source", name)
-            batch_id = batches.batch_id_for(principal.workspace, quote["manifest_sha256"], run_tag=body.run_tag)
-            with self._create_lock(batch_id):
-                return create(name, data)
-
-        def create(name: str, data: bytes) -> tuple[int, dict[str, Any]]:
-            info = batches.submit(
-                self.storage, workspace=principal.workspace, source_name=name, data=data, run_tag=body.run_tag
-            )
-            # Created means reserved: a quote whose batch was refused for want of credit (402) can be
-            # posted again once credit is there.
-            if self.ledger.batch_holds(info.batch_id):
-                return 200, batch_status(self.storage, self.settings, info)
-            catalog = load_catalog(self.settings.models)
-            manifest = batches.stage_manifest(self.storage, self.settings, catalog, info)
-            priced = batches.stage_quote(self.storage, self.settings, catalog, info, manifest)
-            batches.stage_route(self.storage, info, manifest, priced)
-            # Creating a batch from a quote is the customer's approval of that quote.
-            settlement.approve(self.storage, info, by=principal.actor)
-            entry = settlement.stage_reserve(self.storage, self.settings, info)
-            if entry is None or entry.replayed:  # a concurrent request with the same quote id got there first
-                return 200, batch_status(self.storage, self.settings, info)
-            after = {"quote_id": body.quote_id, "reserve_usd_micros": entry.amount_usd_micros, "run_tag": body.run_tag}
-            self.accounts.record(principal.workspace, principal.actor, "batch.created", info.batch_id, after=after)
-            self.start(info)
-            return 201, batch_status(self.storage, self.settings, info)
+            view = self.engine.batches.create(workspace=principal.workspace, quote_id=body.quote_id,
+                                              run_tag=body.run_tag, actor=principal, approve=True)  # fmt: skip
+            if not view.created:
+                return 200, view.to_json()
+            self.start(self.engine.batches.info(view.batch_id))
+            return 201, self.engine.batches.status(view.batch_id).to_json()
 
         status, out = await asyncio.to_thread(work)
         return JSONResponse(out, status_code=status)
 
-    def start(self, info: batches.BatchInfo) -> None:
+    def start(self, info: BatchInfo) -> None:
         """Hand the batch to the executor: the Dagster sensor (default) or a background `batchrouter run`.
 
         Until a run picks it up, the batch's status says where it waits; if none ever does, the
@@ -368,26 +355,17 @@ class Api:
                                           "the sweeper releases the reservation")  # fmt: skip
             self.storage.write_bytes(data, "manifests", info.workspace, intake.dropped_name(info))
 
-    def _waiting(self, info: batches.BatchInfo, executor: str, message: str) -> None:
+    def _waiting(self, info: BatchInfo, executor: str, message: str) -> None:
         """Say in the batch's status who is to run it, until a run moves it on."""
         current = self.storage.read_json(*info.folder("status.json"))
         details = {k: v for k, v in current.items() if k not in ("batch_id", "workspace", "status", "at", "message")}
-        batches.set_status(self.storage, info, current["status"], **details, executor=executor, message=message)
+        state = current_state(self.storage, info)
+        record_state(self.storage, info, state, None, "api", **details, executor=executor, message=message)
 
     async def list_batches(self, request: Request, principal: Principal) -> Response:
         def work() -> list[dict[str, Any]]:
-            out = []
-            for batch_id in self.storage.list(batches.BATCHES):
-                try:
-                    info = batches.load_batch(self.storage, batch_id)
-                except BatchError:
-                    continue
-                if info.workspace == principal.workspace:
-                    status = batch_status(self.storage, self.settings, info)
-                    keys = ("batch_id", "status", "submitted_at", "updated_at", "quote", "items_by_status",
-                            "actual_usd_micros")  # fmt: skip
-                    out.append({k: status.get(k) for k in keys})
-            return out
+            keys = ("batch_id", "status", "submitted_at", "updated_at", "quote", "items_by_status", "actual_usd_micros")
+            return [{k: v.to_json().get(k) for k in keys} for v in self.engine.batches.list(principal.workspace)]
 
         return JSONResponse({"batches": await asyncio.to_thread(work)})
 
@@ -397,18 +375,10 @@ class Api:
 
     async def cancel_batch(self, request: Request, principal: Principal) -> Response:
         info = self.batch_of(principal, request.path_params["batch_id"])
-
-        def work() -> dict[str, Any]:
-            self.storage.write_json({"by": principal.actor, "at": time.time()}, *info.folder("cancel.json"))
-            holds = self.ledger.batch_holds(info.batch_id)
-            started = self.storage.exists(*info.folder("dispatch", "chunks"))
-            if holds and holds[-1].status == "held" and not started:
-                self.ledger.void(holds[-1].batch_id, reason=f"cancelled by {principal.actor}")
-                batches.set_status(self.storage, info, "cancelled", by=principal.actor)
-            self.accounts.record(principal.workspace, principal.actor, "batch.cancelled", info.batch_id)
-            return batch_status(self.storage, self.settings, info)
-
-        return JSONResponse(await asyncio.to_thread(work))
+        view = await asyncio.to_thread(self.engine.batches.cancel, info.batch_id, actor=principal)
+        return JSONResponse(
+            await asyncio.to_thread(batch_status, self.storage, self.settings, info) | {"status": view.status}
+        )
 
     async def batch_links(self, request: Request, principal: Principal) -> Response:
         info = self.batch_of(principal, request.path_params["batch_id"])

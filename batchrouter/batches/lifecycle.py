@@ -9,78 +9,37 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import posixpath
-import re
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict
 from typing import Any
 
 import polars as pl
 
+from batchrouter.access.accounts import Accounts
+from batchrouter.batches.states import BatchState, check_transition
+from batchrouter.core.batch_info import (
+    BatchInfo,
+    batch_id_for,
+    check_run_tag,
+    load_batch,
+    now_iso,
+)
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.identity import IdentityError, canonical_workspace
 from batchrouter.core.storage import Storage, route_slug
 from batchrouter.execution.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.intake.manifest import Manifest, detect_format, read_manifest
+from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import Ledger
 from batchrouter.output.receipts import FINAL_STATES, Checkpoint, ItemResult, build_outputs
 from batchrouter.pricing.catalog import Catalog
 from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items
 from batchrouter.simulator import running_simulator
 
-BATCHES = "batches"
-QUARANTINE = "quarantine"
 HEARTBEAT_S = 10.0
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """What `batch.json` records about a batch."""
-
-    batch_id: str
-    workspace: str
-    source_name: str
-    manifest_sha256: str
-    submitted_at: str
-    source_key: str | None = None  # where it was dropped in the bucket, if it came that way
-    run_tag: str | None = None  # set when the same bytes were run again on purpose
-
-    def folder(self, *parts: str) -> tuple[str, ...]:
-        return (BATCHES, self.batch_id, *parts)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-BATCH_DIGEST_CHARS = 24
-_RUN_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def batch_id_for(workspace: str, sha256: str, *, run_tag: str | None = None) -> str:
-    """`<workspace>-<24 hex>`: the same bytes in the same workspace (and run tag) are the same batch.
-
-    The file's name plays no part, so a renamed copy is the same batch and is not charged twice.
-    The workspace is spelled out in full and the digest has a fixed length, so the id can be split
-    back into both: two different workspaces can never share a batch id.
-    """
-    material = f"{workspace}\n{sha256}\n{run_tag or ''}".encode()
-    return f"{workspace}-{hashlib.sha256(material).hexdigest()[:BATCH_DIGEST_CHARS]}"
-
-
-def check_run_tag(run_tag: str | None) -> str | None:
-    """A run tag names a deliberate re-run of the same bytes; None or empty means no tag."""
-    if not run_tag:
-        return None
-    if not _RUN_TAG.fullmatch(run_tag) or "--" in run_tag:
-        raise BatchError(
-            f"run tag {run_tag!r} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', "
-            "without '--' (e.g. 2026-12-01-retry)"
-        )
-    return run_tag
 
 
 def submit(
@@ -105,32 +64,12 @@ def submit(
     sha = hashlib.sha256(data).hexdigest()
     name = posixpath.basename(source_name)
     batch_id = batch_id_for(workspace, sha, run_tag=run_tag)
-    info = BatchInfo(batch_id, workspace, name, sha, _now(), source_key, run_tag)
+    info = BatchInfo(batch_id, workspace, name, sha, now_iso(), source_key, run_tag)
     if storage.exists(*info.folder("batch.json")):
         return load_batch(storage, info.batch_id)
     storage.write_bytes(data, *info.folder("source", name))
     storage.write_json(asdict(info), *info.folder("batch.json"))
     return info
-
-
-def load_batch(storage: Storage, batch_id: str) -> BatchInfo:
-    if not storage.exists(BATCHES, batch_id, "batch.json"):
-        raise BatchError(f"batch {batch_id!r} does not exist under {storage.url(BATCHES)}")
-    return BatchInfo(**storage.read_json(BATCHES, batch_id, "batch.json"))
-
-
-def quarantine(storage: Storage, *, workspace: str, source_name: str, data: bytes, error: ManifestError) -> str:
-    """Keep an unusable manifest with a human-readable report beside it; returns the report's URL."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    # The digest keeps two different files quarantined in the same second apart.
-    name = f"{stamp}-{hashlib.sha256(data).hexdigest()[:8]}-{posixpath.basename(source_name)}"
-    storage.write_bytes(data, QUARANTINE, workspace, name)
-    report = (
-        f"Manifest: {source_name}\nWorkspace: {workspace}\nQuarantined: {stamp}\n\n"
-        f"Problem: {error.problem}\nWhat to do: {error.fix}\n\n"
-        "The file beside this report is the manifest exactly as received. Fix it and submit it again.\n"
-    )
-    return storage.write_bytes(report.encode(), QUARANTINE, workspace, f"{name}.error.txt")
 
 
 def stage_manifest(storage: Storage, settings: Settings, catalog: Catalog, info: BatchInfo) -> Manifest:
@@ -143,10 +82,9 @@ def stage_manifest(storage: Storage, settings: Settings, catalog: Catalog, info:
         if info.source_key and storage.exists(info.source_key):
             # Dropped in the bucket: the quarantined copy replaces it, so it is moved, not duplicated.
             storage.fs.rm(storage.path(info.source_key))
-        storage.write_json(
-            {"status": "unusable_manifest", "error": str(exc), "report": report, "at": _now()},
-            *info.folder("status.json"),
-        )
+        record_state(storage, info, BatchState.UNUSABLE_MANIFEST, settings.database, "batchrouter", error=str(exc),
+                     problem=exc.problem, fix=exc.fix,
+                     report=report, message=f"{exc} (the manifest and a report are kept at {report})")  # fmt: skip
         raise
     # Card numbers and credentials are rejected here (unless allowed), and their text is not written anywhere.
     policy = settings.workspace(info.workspace).policy
@@ -170,6 +108,7 @@ def stage_quote(storage: Storage, settings: Settings, catalog: Catalog, info: Ba
     )
     storage.write_parquet(quote.items, *info.folder("quote.parquet"))
     storage.write_json({**quote.summary(), "batch_id": info.batch_id}, *info.folder("quote.json"))
+    record_state(storage, info, BatchState.QUOTED, settings.database, "batchrouter", quote_id=quote.quote_id)
     return quote
 
 
@@ -218,7 +157,7 @@ def stage_dispatch(
     catalog: Catalog,
     info: BatchInfo,
     *,
-    on_progress: Callable[[int, int, int], None] | None = None,
+    on_progress: Callable[[int, int, int, int], None] | None = None,
     simulator_url: str | None = None,
 ) -> dict[str, Any]:
     """Dispatch every routed item without a final result, then write outputs and receipts.
@@ -245,18 +184,21 @@ def stage_dispatch(
             f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
         )
     if jobs:
-        set_status(storage, info, "dispatching", items=total, remaining=len(jobs), **counts)
+        record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
+                     remaining=len(jobs), **counts)  # fmt: skip
     beat = [time.monotonic()]
+    cost = [int(done["cost_usd_micros"].sum() or 0)]
 
     def record(result: ItemResult) -> None:
         checkpoint.add(result)
         counts[result.status] = counts.get(result.status, 0) + 1
+        cost[0] += result.cost_usd_micros
         if on_progress is not None:
-            on_progress(counts["succeeded"], counts["failed"], total)
+            on_progress(counts["succeeded"], counts["failed"], total, cost[0])
         # A heartbeat: the sweeper treats a batch whose status stopped moving as a dead run.
         if time.monotonic() - beat[0] > HEARTBEAT_S:
             beat[0] = time.monotonic()
-            set_status(storage, info, "dispatching", items=total, **counts)
+            record_state(storage, info, BatchState.DISPATCHING, None, "batchrouter", items=total, **counts)
 
     routes = {r for job in jobs for r in job.chain}
     health: list[dict[str, Any]] = []
@@ -280,7 +222,9 @@ def stage_dispatch(
         checkpoint.flush()
     elapsed = time.monotonic() - started
     if health:
-        frame = pl.DataFrame(health).with_columns(pl.lit(_now()).alias("run_at"), pl.lit(elapsed).alias("run_seconds"))
+        frame = pl.DataFrame(health).with_columns(
+            pl.lit(now_iso()).alias("run_at"), pl.lit(elapsed).alias("run_seconds")
+        )
         storage.write_parquet(frame, *info.folder("dispatch", f"health-{time.time_ns()}.parquet"))
     return write_results(storage, info)
 
@@ -361,10 +305,42 @@ def dispatch_summary(
     }
 
 
-def set_status(storage: Storage, info: BatchInfo, status: str, **details: Any) -> dict[str, Any]:
-    """Record the batch's current state in `status.json` (what `batchrouter status` shows)."""
-    record = {"batch_id": info.batch_id, "workspace": info.workspace, "status": status, "at": _now(), **details}
-    storage.write_json(record, *info.folder("status.json"))
+STATUS = "status.json"
+_LEGACY_STATES = {"settled": BatchState.COMPLETED}  # batch folders written before the state machine
+
+
+def current_state(storage: Storage, info: BatchInfo) -> BatchState:
+    """The batch's state as persisted in `status.json` (`submitted` until a stage records one)."""
+    if not storage.exists(*info.folder(STATUS)):
+        return BatchState.SUBMITTED
+    raw = str(storage.read_json(*info.folder(STATUS))["status"])
+    return _LEGACY_STATES.get(raw) or BatchState(raw)
+
+
+def record_state(
+    storage: Storage,
+    info: BatchInfo,
+    state: BatchState,
+    audit_to: str | None = None,
+    actor: str = "batchrouter",
+    /,
+    **details: Any,
+) -> dict[str, Any]:
+    """Move the batch to `state` (checked against the state machine) and persist it in `status.json`.
+
+    A change of state is audited (`batch.state`) in the database `audit_to`; staying in a state (a
+    dispatch heartbeat, new details) is not.
+
+    Raises:
+        IllegalTransition: `state` may not follow the batch's current state; nothing is written.
+    """
+    previous = current_state(storage, info)
+    check_transition(info.batch_id, previous, state)
+    record = {"batch_id": info.batch_id, "workspace": info.workspace, "status": str(state), "at": now_iso(), **details}
+    storage.write_json(record, *info.folder(STATUS))
+    if audit_to is not None and previous != state:
+        Accounts(audit_to).record(info.workspace, actor, "batch.state", info.batch_id,
+                                  before={"state": str(previous)}, after={"state": str(state)})  # fmt: skip
     return record
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from batchrouter.batches.lifecycle import BatchInfo
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger

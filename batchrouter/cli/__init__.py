@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import time
@@ -20,30 +21,27 @@ import fsspec
 
 from batchrouter.access import vault
 from batchrouter.access.accounts import Accounts
+from batchrouter.access.actors import CLI
 from batchrouter.access.deletion import delete_workspace_data
 from batchrouter.api import serve as serve_api
-from batchrouter.batches.lifecycle import (
-    load_batch,
-    quarantine,
-    stage_dispatch,
-    stage_manifest,
-    stage_quote,
-    stage_route,
-    submit,
-)
+from batchrouter.batches.lifecycle import submit
+from batchrouter.batches.results import Progress as DispatchProgress
+from batchrouter.batches.settlement import approve
 from batchrouter.batches.status import batch_status
+from batchrouter.core.batch_info import batch_id_for, load_batch
 from batchrouter.core.config import Settings, SimulatorConfig, load_settings
-from batchrouter.core.errors import BatchRouterError, ConfigError, ManifestError
+from batchrouter.core.errors import AwaitingApproval, BatchRouterError, ConfigError, ManifestError
 from batchrouter.core.identity import canonical_email, canonical_workspace
 from batchrouter.core.storage import Storage
+from batchrouter.engine import BatchRouter
 from batchrouter.intake.manifest import read_manifest
+from batchrouter.intake.quarantine import quarantine
 from batchrouter.intake.sample import sample_manifest
 from batchrouter.money import amounts as money
 from batchrouter.money import control
 from batchrouter.money.billing import create_checkout, reconcile
 from batchrouter.money.ledger import InsufficientCredits, Ledger, usd
-from batchrouter.money.settlement import approve, gate, stage_reserve, stage_settle
-from batchrouter.output.delivery import add_endpoint, deliver_batch_completed, list_endpoints, remove_endpoint
+from batchrouter.output.delivery import add_endpoint, list_endpoints, remove_endpoint
 from batchrouter.output.reporting import query
 from batchrouter.output.summary import main_verify
 from batchrouter.pricing.catalog import load_catalog
@@ -136,7 +134,8 @@ class Progress:
         self.enabled = sys.stderr.isatty()
         self.last = 0.0
 
-    def __call__(self, succeeded: int, failed: int, total: int) -> None:
+    def __call__(self, progress: DispatchProgress) -> None:
+        succeeded, failed, total = progress.succeeded, progress.failed, progress.total
         now = time.monotonic()
         done = succeeded + failed
         if not self.enabled or (now - self.last < 0.2 and done < total):
@@ -184,38 +183,29 @@ def render_run(summary: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    storage = Storage(settings.storage)
-    catalog = load_catalog(settings.models)
+    engine = BatchRouter(settings)
     data = _read_input(args.manifest)
-    info = submit(storage, workspace=args.workspace, source_name=args.manifest, data=data, run_tag=args.run_tag)
     try:
-        manifest = stage_manifest(storage, settings, catalog, info)
+        view = engine.batches.create(data, filename=args.manifest, workspace=args.workspace, actor=CLI,
+                                     run_tag=args.run_tag)  # fmt: skip
+        summary = engine.batches.advance(view.batch_id, on_progress=Progress()).to_json()
     except ManifestError as exc:
-        print(
-            f"error: {exc}\nThe manifest and a report are kept under {storage.url('quarantine', info.workspace)}",
-            file=sys.stderr,
-        )
+        where = engine.storage.url("quarantine", args.workspace)
+        print(f"error: {exc}\nThe manifest and a report are kept under {where}", file=sys.stderr)
         return EXIT_UNUSABLE
-    quote = stage_quote(storage, settings, catalog, info, manifest)
-    stage_route(storage, info, manifest, quote)
-    if not gate(storage, settings, info):
-        status = storage.read_json(*info.folder("status.json"))
-        print(json.dumps(status) if args.json else f"batch {info.batch_id} is waiting: {status['message']}")
+    except AwaitingApproval as exc:
+        info = engine.batches.info(view.batch_id)
+        status = engine.storage.read_json(*info.folder("status.json"))
+        print(json.dumps(status) if args.json else str(exc))
         return EXIT_NOTHING_ACCEPTED
-    try:
-        stage_reserve(storage, settings, info)
     except InsufficientCredits as exc:
+        batch_id = batch_id_for(args.workspace, hashlib.sha256(data).hexdigest(), run_tag=args.run_tag or None)
         if args.json:
-            print(json.dumps({"batch_id": info.batch_id, "status": "insufficient_credits", "message": str(exc),
+            print(json.dumps({"batch_id": batch_id, "status": "insufficient_credits", "message": str(exc),
                               "missing_usd_micros": exc.missing}))  # fmt: skip
         else:
-            print(f"error: batch {info.batch_id} not started: {exc}", file=sys.stderr)
+            print(f"error: batch {batch_id} not started: {exc}", file=sys.stderr)
         return EXIT_NOTHING_ACCEPTED
-    summary = stage_dispatch(storage, settings, catalog, info, on_progress=Progress())
-    if not summary["pending"]:
-        summary["settlement"] = stage_settle(storage, settings, info)
-        attempts = deliver_batch_completed(settings, storage, info)
-        summary["webhooks"] = [{"endpoint_id": a.endpoint_id, "status_code": a.status_code} for a in attempts]
     print(json.dumps(summary, indent=2, default=str) if args.json else render_run(summary))
     nothing_to_do = summary["items"] == summary["rejected"] == 0
     return EXIT_OK if summary["succeeded"] > 0 or nothing_to_do else EXIT_NOTHING_ACCEPTED

@@ -51,6 +51,7 @@ class ManifestError(BatchRouterError):
         self.source = source
         self.problem = problem
         self.fix = fix
+        self.report: str | None = None  # where the quarantined copy's report is, once it is kept
         super().__init__(f"{source}: {problem}. {fix[:1].upper()}{fix[1:]}")
 
 
@@ -97,3 +98,23 @@ class RateLimitedError(TransientError):
 
 class TerminalError(ProviderError):
     """Retrying the same request cannot succeed."""
+
+
+class AwaitingApproval(BatchError):
+    """The batch's quote is over the workspace's auto-approval limit and nobody has approved it yet."""
+
+    code = "awaiting_approval"
+
+
+class NotFound(BatchRouterError):
+    """No such thing (or not in the caller's workspace: other workspaces' things are never shown)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Forbidden(BatchRouterError):
+    """The caller may not do this."""
+
+    code = "forbidden"
+    http_status = 403

@@ -1,8 +1,8 @@
 """Manifests dropped in the bucket: `manifests/<workspace>/<file>` under the storage root.
 
 `scan` lists files newer than a cursor (last-modified time, plus the keys already seen at that
-exact time, so files sharing a timestamp are neither missed nor taken twice); `accept` turns one
-into a batch. The same listing works on a local root and on S3 (s3fs reports each object's
+exact time, so files sharing a timestamp are neither missed nor taken twice); the batches
+service turns one into a batch. The same listing works on a local root and on S3 (s3fs reports each object's
 LastModified, as S3's ListObjectsV2 does).
 """
 
@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from batchrouter.batches.lifecycle import BatchInfo, quarantine, submit
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.errors import ManifestError
 from batchrouter.core.storage import Storage
+from batchrouter.intake.quarantine import quarantine
 
 MANIFESTS = "manifests"
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".jsonl", ".ndjson")
@@ -92,14 +93,13 @@ def dropped_name(info: BatchInfo) -> str:
     return f"{RERUN_PREFIX}{info.run_tag}--{info.source_name}" if info.run_tag else info.source_name
 
 
-def accept(storage: Storage, dropped: Dropped) -> BatchInfo:
-    """Register a dropped manifest as a batch (idempotent: the same bytes are the same batch)."""
-    data = storage.read_bytes(dropped.key)
-    name, run_tag = dropped.name, None
+def source_of(dropped: Dropped) -> tuple[str, str | None]:
+    """The manifest's file name and run tag a dropped file's name carries (`rerun-<tag>--<file>`)."""
+    name = dropped.name
     if name.startswith(RERUN_PREFIX) and "--" in name[len(RERUN_PREFIX) :]:
         run_tag, name = name[len(RERUN_PREFIX) :].split("--", 1)
-    return submit(storage, workspace=dropped.workspace, source_name=name, data=data, source_key=dropped.key,
-                  run_tag=run_tag)  # fmt: skip
+        return name, run_tag
+    return name, None
 
 
 def refuse(storage: Storage, dropped: Dropped, *, problem: str, fix: str) -> str:

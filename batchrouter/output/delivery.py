@@ -43,7 +43,7 @@ import duckdb
 import httpx
 
 from batchrouter.access import vault
-from batchrouter.batches.lifecycle import BatchInfo
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.db import Database
 from batchrouter.core.errors import BatchRouterError

@@ -31,7 +31,7 @@ import time
 import uuid
 from urllib.parse import quote
 
-from batchrouter.batches.lifecycle import BATCHES
+from batchrouter.core.batch_info import BATCHES
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.storage import Storage

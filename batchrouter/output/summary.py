@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from batchrouter.access import vault
-from batchrouter.batches.lifecycle import BatchInfo
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.db import Database
 from batchrouter.core.errors import BatchRouterError

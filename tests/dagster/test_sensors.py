@@ -369,7 +369,7 @@ def test_approval_sensor_requests_nothing_until_approved_then_resume_job_settles
     resumed = defs.resolve_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
     folder = bucket / "batches" / batch_id
-    assert json.loads((folder / "status.json").read_text())["status"] == "settled"
+    assert json.loads((folder / "status.json").read_text())["status"] == "completed"
     receipts = pl.read_parquet(folder / "receipts.parquet")
     assert receipts["status"].to_list() == ["succeeded"] * 4
     assert (folder / "outputs.parquet").exists()
@@ -397,7 +397,7 @@ def test_an_object_dropped_at_approvals_batch_id_approves_a_batch_held_by_the_co
     assert run_keys(result) == [f"{batch_id}:approved"]
     resumed = defs.resolve_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
-    assert json.loads((bucket / "batches" / batch_id / "status.json").read_text())["status"] == "settled"
+    assert json.loads((bucket / "batches" / batch_id / "status.json").read_text())["status"] == "completed"
     assert (bucket / "batches" / batch_id / "receipts.parquet").exists()
 
 
@@ -426,7 +426,7 @@ def test_a_batch_within_the_auto_approval_limit_runs_through_without_waiting(
     run = _run_batch_job(instance, batch_id)
 
     assert run.success
-    assert json.loads((bucket / "batches" / batch_id / "status.json").read_text())["status"] == "settled"
+    assert json.loads((bucket / "batches" / batch_id / "status.json").read_text())["status"] == "completed"
     assert not (bucket / "awaiting_approval" / batch_id).exists()
     assert run_keys(tick(instance, sensor=approval_sensor)) == []
 

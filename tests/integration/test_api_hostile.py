@@ -19,10 +19,10 @@ import uvicorn
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
+from batchrouter.batches.settlement import sweep
 from batchrouter.core.config import Settings, StorageConfig, load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
-from batchrouter.money.settlement import sweep
 
 pytestmark = pytest.mark.integration
 
@@ -252,9 +252,9 @@ def test_the_inline_executor_runs_with_the_servers_settings_not_the_environment(
         while True:
             status = httpx.get(f"{server.url}/v1/batches/{created['batch_id']}", headers=server.headers,
                                timeout=60).json()  # fmt: skip
-            if status["status"] == "settled" or time.monotonic() > deadline:
+            if status["status"] == "completed" or time.monotonic() > deadline:
                 break
             time.sleep(0.2)  # poll interval
-        assert status["status"] == "settled", status
+        assert status["status"] == "completed", status
         assert status["items_by_status"] == {"succeeded": 2}
     assert not (tmp_path / "elsewhere").exists()

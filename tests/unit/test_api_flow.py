@@ -128,17 +128,17 @@ def test_a_batch_created_from_a_quote_is_reserved_run_and_settled_once(inline_ap
     deadline = time.monotonic() + SETTLE_DEADLINE_S
     while True:
         status = api.client.get(f"/v1/batches/{batch['batch_id']}", headers=bearer(api.owner)).json()
-        if status["status"] == "settled" or time.monotonic() > deadline:
+        if status["status"] == "completed" or time.monotonic() > deadline:
             break
         time.sleep(0.2)  # poll interval
-    assert status["status"] == "settled", status
+    assert status["status"] == "completed", status
     assert status["items_by_status"] == {"succeeded": 2}
     assert status["holds"][0]["status"] == "settled"
     assert status["holds"][0]["captured_usd_micros"] == status["actual_usd_micros"] > 0
     balance = api.ledger.balance("acme")
     assert (balance.held_usd_micros, balance.spent_usd_micros) == (0, status["actual_usd_micros"])
     again = api.create_batch(quote["quote_id"])  # the quote id is the idempotency key: nothing runs again
-    assert (again.status_code, again.json()["batch_id"], again.json()["status"]) == (200, batch["batch_id"], "settled")
+    assert (again.status_code, again.json()["batch_id"], again.json()["status"]) == (200, batch["batch_id"], "completed")
     assert ops(api.ledger) == ["grant", "reserve", "settle"]
 
 
@@ -462,6 +462,10 @@ def test_every_state_change_writes_one_audit_event_queryable_with_sql(
     events = cli_json(capsys, "sql", sql, "--json")
     # The engine's own money events (reserved, and settled if the background run got that far) are
     # checked apart: their timing depends on the run, not on these calls.
+    # Each change of the batch's state is audited too (quoted, reserved, cancelled at least).
+    states = [e for e in events if e["action"] == "batch.state"]
+    assert len(states) >= 3 and {e["target"] for e in states} == {batch_id}
+    events = [e for e in events if e["action"] != "batch.state"]
     engine = [e for e in events if e["actor"] == "batchrouter"]
     assert [(e["action"], e["target"]) for e in engine][:1] == [("batch.reserved", batch_id)]
     events = [e for e in events if e["actor"] != "batchrouter"]

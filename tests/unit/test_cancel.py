@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 
 from batchrouter.batches.lifecycle import stage_dispatch, stage_manifest, stage_quote, stage_route, submit
+from batchrouter.batches.settlement import stage_reserve, stage_settle
 from batchrouter.core.config import Settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
-from batchrouter.money.settlement import stage_reserve, stage_settle
 from batchrouter.pricing.catalog import load_catalog
 
 

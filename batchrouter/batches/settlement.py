@@ -17,7 +17,9 @@ from typing import Any
 import polars as pl
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.batches.lifecycle import BatchInfo, load_routed_items, set_status
+from batchrouter.batches.lifecycle import current_state, load_routed_items, record_state
+from batchrouter.batches.states import BatchState, outcome
+from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.storage import Storage
@@ -54,8 +56,8 @@ def gate(storage: Storage, settings: Settings, info: BatchInfo) -> bool:
     storage.write_bytes(b"", AWAITING, info.batch_id)
     quote = storage.read_json(*info.folder("quote.json"))
     limit = settings.workspace(info.workspace).auto_approve_max_usd
-    set_status(
-        storage, info, "awaiting_approval",
+    record_state(
+        storage, info, BatchState.AWAITING_APPROVAL, settings.database, "batchrouter",
         reserve_usd_micros=quote["reserve_usd_micros"], auto_approve_max_usd=str(limit),
         quote=storage.url(*info.folder("quote.json")),
         message=f"the quote reserves more than the workspace's auto-approval limit of {limit} USD; "
@@ -111,14 +113,16 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
     try:
         entry = ledger.reserve(info.workspace, hid, amount)
     except InsufficientCredits as exc:
-        set_status(storage, info, "insufficient_credits", message=str(exc), missing_usd_micros=exc.missing,
-                   needed_usd_micros=exc.needed, available_usd_micros=exc.available)  # fmt: skip
+        record_state(storage, info, BatchState.INSUFFICIENT_CREDITS, settings.database, "batchrouter",
+                     message=str(exc), missing_usd_micros=exc.missing, needed_usd_micros=exc.needed,
+                     available_usd_micros=exc.available)  # fmt: skip
         raise
     if holds:
         checkpoint.retry_failed()
     Accounts(settings.database).record(info.workspace, "batchrouter", "batch.reserved", hid,
                                        after={"reserve_usd_micros": amount, "round": len(holds)})  # fmt: skip
-    set_status(storage, info, "reserved", round=len(holds), hold=hid, reserve_usd_micros=amount, quote_id=quote_id)
+    record_state(storage, info, BatchState.RESERVED, settings.database, "batchrouter", round=len(holds), hold=hid,
+                 reserve_usd_micros=amount, quote_id=quote_id)  # fmt: skip
     return entry
 
 
@@ -154,14 +158,16 @@ def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
     storage.write_json(result, *info.folder("settlement.json"))
     write_summary(settings, storage, info)
     by_status = dict(receipts.group_by("status").len().iter_rows())
-    set_status(storage, info, "settled", **{k: v for k, v in result.items() if k != "batch_id"},
-               items_by_status=by_status)  # fmt: skip
+    final = outcome(succeeded=int(by_status.get("succeeded", 0)), failed=int(by_status.get("failed", 0)), pending=0,
+                    cancelled=storage.exists(*info.folder("cancel.json")))  # fmt: skip
+    if current_state(storage, info) != final:
+        record_state(storage, info, final, settings.database, "batchrouter",
+                     **{k: v for k, v in result.items() if k != "batch_id"}, items_by_status=by_status)  # fmt: skip
     return result
 
 
 def sweep(storage: Storage, settings: Settings, *, stale_after: timedelta) -> list[dict[str, Any]]:
     """Expire the holds of batches whose runs died (no heartbeat for `stale_after`) and mark them failed."""
-    from batchrouter.batches.lifecycle import load_batch
 
     ledger = Ledger(settings.database)
     now = datetime.now(UTC)
@@ -180,7 +186,8 @@ def sweep(storage: Storage, settings: Settings, *, stale_after: timedelta) -> li
         Accounts(settings.database).record(hold.workspace, "sweeper", "batch.expired", hold.batch_id,
                                            after={"released_usd_micros": entry.amount_usd_micros})  # fmt: skip
         if info is not None:
-            set_status(storage, info, "failed", reason="the run stopped without finishing; reservation released",
-                       released_usd_micros=entry.amount_usd_micros, hold=hold.batch_id)  # fmt: skip
+            record_state(storage, info, BatchState.FAILED, settings.database, "sweeper",
+                         reason="the run stopped without finishing; reservation released",
+                         released_usd_micros=entry.amount_usd_micros, hold=hold.batch_id)  # fmt: skip
         swept.append({"hold": hold.batch_id, "released_usd_micros": entry.amount_usd_micros})
     return swept

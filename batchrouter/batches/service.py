@@ -1,0 +1,358 @@
+"""The batches service: the one place that runs a batch's lifecycle (`engine.batches`).
+
+Every face (the CLI, the API, the Dagster assets and sensors) asks this service; none assembles the
+stages itself. Each method takes one subject (manifest bytes or a batch id) and keyword options,
+checks who acts, moves the batch through the state machine (`batchrouter.batches.states`) and
+returns a typed result (`batchrouter.batches.results`). Calling a method again is safe: a batch that
+is quoted is not quoted again, a reserved round is not reserved again, a settled round is not
+settled again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import posixpath
+import re
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from batchrouter.access.accounts import Principal
+from batchrouter.access.actors import SYSTEM, Actor
+from batchrouter.batches import lifecycle, settlement
+from batchrouter.batches.lifecycle import current_state, record_state
+from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSummary
+from batchrouter.batches.states import BatchState
+from batchrouter.batches.status import batch_status
+from batchrouter.core.batch_info import BATCHES, BatchInfo, batch_id_for, check_run_tag, load_batch
+from batchrouter.core.errors import AwaitingApproval, BatchError, Forbidden, ManifestError, NotFound
+from batchrouter.intake import drops
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.intake.quarantine import quarantine
+from batchrouter.output import delivery
+from batchrouter.pricing.quote import build_quote
+
+if TYPE_CHECKING:
+    from batchrouter.engine import BatchRouter
+
+QUOTES = "quotes"
+_QUOTE_ID = re.compile(r"q_[0-9a-f]{24}")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,160}")
+# States in which `advance` has something to do without anyone acting first.
+_RETRYABLE = frozenset({BatchState.PARTIALLY_FAILED, BatchState.FAILED, BatchState.EXPIRED})
+
+
+class Batches:
+    def __init__(self, engine: BatchRouter) -> None:
+        self._engine = engine
+        # Creates of one batch run one at a time in this process: the others then find its hold.
+        self._creating: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # -- reading ----------------------------------------------------------------------------------
+    def info(self, batch_id: str, *, workspace: str | None = None) -> BatchInfo:
+        """The batch's record; with `workspace`, a batch of another workspace is not found."""
+        if not _SAFE_ID.fullmatch(batch_id):
+            raise NotFound(f"no batch {batch_id!r}: batch ids are letters, digits, '-', '_' and '.'")
+        where = f" in workspace {workspace}" if workspace else ""
+        try:
+            info = load_batch(self._engine.storage, batch_id)
+        except BatchError:
+            raise NotFound(f"no batch {batch_id!r}{where}") from None
+        if workspace is not None and info.workspace != workspace:
+            raise NotFound(f"no batch {batch_id!r}{where}")
+        return info
+
+    def status(self, batch_id: str, *, workspace: str | None = None) -> BatchView:
+        return self._view(self.info(batch_id, workspace=workspace))
+
+    def list(self, workspace: str) -> list[BatchView]:
+        """The workspace's batches, oldest first."""
+        out = []
+        for batch_id in self._engine.storage.list(BATCHES):
+            try:
+                info = load_batch(self._engine.storage, batch_id)
+            except BatchError:
+                continue
+            if info.workspace == workspace:
+                out.append(self._view(info))
+        return sorted(out, key=lambda v: (v.submitted_at, v.batch_id))
+
+    def _view(self, info: BatchInfo, *, created: bool = False) -> BatchView:
+        status = batch_status(self._engine.storage, self._engine.settings, info)
+        state = current_state(self._engine.storage, info)
+        return BatchView.model_validate({**status, "state": state, "status": str(state), "created": created})
+
+    # -- quotes -----------------------------------------------------------------------------------
+    def preview(self, data: bytes, *, filename: str, workspace: str, keep: bool = False) -> QuoteSummary:
+        """Validate and price a manifest; nothing is reserved or sent.
+
+        With `keep`, the quote and the manifest are stored so `create(quote_id=...)` can make the batch
+        the customer saw priced. An unusable manifest is quarantined with a report, then raised.
+        """
+        engine = self._engine
+        name = posixpath.basename(filename)
+        try:
+            manifest = read_manifest(name, data, catalog=engine.catalog, limits=engine.settings.limits)
+        except ManifestError as exc:
+            exc.report = quarantine(engine.storage, workspace=workspace, source_name=name, data=data, error=exc)
+            raise
+        policy = engine.settings.workspace(workspace).policy
+        summary = build_quote(manifest, workspace=workspace, catalog=engine.catalog, policy=policy).summary()
+        if keep:
+            folder = (QUOTES, workspace, summary["quote_id"])
+            engine.storage.write_bytes(data, *folder, "source", name)
+            engine.storage.write_json({**summary, "filename": name}, *folder, "quote.json")
+        return QuoteSummary.model_validate(summary)
+
+    def quote(self, quote_id: str, *, workspace: str) -> QuoteSummary:
+        """A quote kept by `preview(keep=True)`."""
+        folder = (QUOTES, workspace, quote_id)
+        if not _QUOTE_ID.fullmatch(quote_id) or not self._engine.storage.exists(*folder, "quote.json"):
+            raise NotFound(f"no quote {quote_id!r} in workspace {workspace}")
+        return QuoteSummary.model_validate(self._engine.storage.read_json(*folder, "quote.json"))
+
+    # -- making a batch ---------------------------------------------------------------------------
+    def submit(
+        self,
+        data: bytes,
+        *,
+        filename: str,
+        workspace: str,
+        run_tag: str | None = None,
+        source_key: str | None = None,
+    ) -> BatchView:
+        """Register a manifest as a batch (idempotent: the same bytes and run tag are the same batch)."""
+        info = lifecycle.submit(self._engine.storage, workspace=workspace, source_name=filename, data=data,
+                                source_key=source_key, run_tag=run_tag)  # fmt: skip
+        return self._view(info)
+
+    def create(
+        self,
+        data: bytes | None = None,
+        *,
+        workspace: str,
+        actor: Actor,
+        filename: str | None = None,
+        quote_id: str | None = None,
+        run_tag: str | None = None,
+        source_key: str | None = None,
+        approve: bool = False,
+    ) -> BatchView:
+        """Make a batch ready to dispatch: register, validate, quote, route, approval gate, reserve.
+
+        Give the manifest's bytes (with `filename`) or the id of a kept quote. `approve=True` makes
+        creating the batch the approval of its quote. Returns the batch `reserved`, or
+        `awaiting_approval` when its quote is over the workspace's auto-approval limit; `created` is
+        False when the batch already existed.
+
+        Raises:
+            ManifestError: the manifest is unusable (quarantined with a report).
+            InsufficientCredits: the workspace's credit does not cover the quote (the batch waits in
+                `insufficient_credits`; creating it again once credit is there goes on).
+        """
+        self._may_act(actor, workspace)
+        if quote_id is not None:
+            kept = self.quote(quote_id, workspace=workspace)
+            filename = self._engine.storage.read_json(QUOTES, workspace, quote_id, "quote.json")["filename"]
+            assert filename is not None
+            data = self._engine.storage.read_bytes(QUOTES, workspace, quote_id, "source", filename)
+            del kept
+        if data is None or filename is None:
+            raise BatchError("create a batch from a manifest (data and filename) or from a quote_id")
+        run_tag = check_run_tag(run_tag)
+        batch_id = batch_id_for(workspace, hashlib.sha256(data).hexdigest(), run_tag=run_tag)
+        with self._create_lock(batch_id):
+            info = lifecycle.submit(self._engine.storage, workspace=workspace, source_name=filename, data=data,
+                                    source_key=source_key, run_tag=run_tag)  # fmt: skip
+            created = self._prepare(info, actor=actor, approve=approve)
+        return self._view(info, created=created)
+
+    def _create_lock(self, batch_id: str) -> threading.Lock:
+        with self._guard:
+            return self._creating.setdefault(batch_id, threading.Lock())
+
+    def _prepare(self, info: BatchInfo, *, actor: Actor, approve: bool) -> bool:
+        """Quote (once), gate and reserve; True when this call made the reservation."""
+        engine = self._engine
+        storage, settings = engine.storage, engine.settings
+        state = current_state(storage, info)
+        if state == BatchState.UNUSABLE_MANIFEST:
+            status = storage.read_json(*info.folder("status.json"))
+            raise ManifestError(info.source_name, status.get("problem") or status.get("error", "unusable"),
+                                status.get("fix") or "fix the manifest and submit it again")  # fmt: skip
+        if state.terminal or state in (BatchState.RESERVED, BatchState.DISPATCHING, BatchState.WAITING_ON_PROVIDER):
+            return False
+        if state == BatchState.SUBMITTED or not storage.exists(*info.folder("quote.json")):
+            manifest = lifecycle.stage_manifest(storage, settings, engine.catalog, info)
+            priced = lifecycle.stage_quote(storage, settings, engine.catalog, info, manifest)
+            lifecycle.stage_route(storage, info, manifest, priced)
+        if approve:
+            settlement.approve(storage, info, by=actor.actor)
+        if not settlement.gate(storage, settings, info):
+            return False
+        entry = settlement.stage_reserve(storage, settings, info)
+        if entry is None or entry.replayed:
+            return False
+        if isinstance(actor, Principal) or approve:
+            engine.accounts.record(info.workspace, actor.actor, "batch.created", info.batch_id,
+                                   after={"reserve_usd_micros": entry.amount_usd_micros,
+                                          "run_tag": info.run_tag})  # fmt: skip
+        return True
+
+    def accept_drop(self, dropped: drops.Dropped) -> BatchView:
+        """The manifest sensor's rule for a file dropped under `manifests/<workspace>/`.
+
+        Raises:
+            Forbidden: the workspace is suspended, or the folder is not a valid workspace name; the file
+                is quarantined with a report (so one bad drop never holds up the others).
+        """
+        engine = self._engine
+        suspended = engine.accounts.suspension(dropped.workspace)
+        if suspended is not None:
+            report = drops.refuse(engine.storage, dropped, problem=f"workspace {dropped.workspace} is suspended "
+                                  f"({suspended})", fix="contact support to resume the workspace, then drop the "
+                                  "manifest again")  # fmt: skip
+            raise Forbidden(f"quarantined {dropped.key}: workspace suspended; report at {report}")
+        name, run_tag = drops.source_of(dropped)
+        try:
+            return self.submit(engine.storage.read_bytes(dropped.key), filename=name, workspace=dropped.workspace,
+                               run_tag=run_tag, source_key=dropped.key)  # fmt: skip
+        except BatchError as exc:
+            fix = "drop it under manifests/<workspace>/ where <workspace> is a valid workspace name"
+            report = drops.refuse(engine.storage, dropped, problem=str(exc), fix=fix)
+            raise Forbidden(f"quarantined {dropped.key}: {exc}; report at {report}") from exc
+
+    # -- running it -------------------------------------------------------------------------------
+    def advance(
+        self,
+        batch_id: str,
+        *,
+        actor: Actor = SYSTEM,
+        on_progress: Callable[[Progress], None] | None = None,
+        simulator_url: str | None = None,
+    ) -> RunSummary:
+        """Do whatever is next for the batch, up to its end: quote and reserve if not yet, dispatch every
+        item without an answer, write outputs and receipts, settle exactly once, queue its webhook.
+
+        Safe to call again at any time; on a batch with failed items it opens a new round for them.
+
+        Raises:
+            AwaitingApproval: the quote is over the auto-approval limit and nobody approved it yet.
+            InsufficientCredits: the reservation could not be made.
+            ManifestError: the manifest is unusable.
+        """
+        engine = self._engine
+        storage, settings = engine.storage, engine.settings
+        info = self.info(batch_id)
+        self._prepare(info, actor=actor, approve=False)
+        state = current_state(storage, info)
+        if state == BatchState.AWAITING_APPROVAL:
+            message = storage.read_json(*info.folder("status.json")).get("message", "")
+            raise AwaitingApproval(f"batch {info.batch_id} is waiting: {message}")
+        if state not in (BatchState.COMPLETED, BatchState.CANCELLED) or not storage.exists(
+            *info.folder("receipts.parquet")
+        ):
+            progress = _progress(on_progress)
+            summary = lifecycle.stage_dispatch(storage, settings, engine.catalog, info, on_progress=progress,
+                                               simulator_url=simulator_url)  # fmt: skip
+        else:
+            summary = lifecycle.write_results(storage, info)
+        if not summary["pending"]:
+            summary["settlement"] = settlement.stage_settle(storage, settings, info)
+            attempts = delivery.deliver_batch_completed(settings, storage, info)
+            summary["webhooks"] = [{"endpoint_id": a.endpoint_id, "status_code": a.status_code} for a in attempts]
+        state = current_state(storage, info)
+        return RunSummary.model_validate({**summary, "state": state, "status": str(state)})
+
+    def results(self, batch_id: str) -> RunSummary:
+        """The run summary from what the batch's files say now (nothing is sent or settled)."""
+        info = self.info(batch_id)
+        state = current_state(self._engine.storage, info)
+        summary = lifecycle.write_results(self._engine.storage, info)
+        return RunSummary.model_validate({**summary, "state": state, "status": str(state)})
+
+    def approve(self, batch_id: str, *, actor: Actor) -> BatchView:
+        """Approve the batch's quote: the next `advance` (or the approval sensor) reserves and runs it."""
+        info = self.info(batch_id, workspace=_workspace_of(actor))
+        self._may_act(actor, info.workspace)
+        settlement.approve(self._engine.storage, info, by=actor.actor)
+        self._engine.accounts.record(info.workspace, actor.actor, "batch.approved", info.batch_id)
+        return self._view(info)
+
+    def approved_waiting(self) -> builtins.list[str]:
+        """Batches at the approval gate that have since been approved (the approval sensor's list)."""
+        out = []
+        for batch_id in settlement.awaiting(self._engine.storage):
+            try:
+                info = load_batch(self._engine.storage, batch_id)
+            except BatchError:
+                continue  # a stale marker (its batch removed from the bucket) must not block the others
+            if settlement.is_approved(self._engine.storage, self._engine.settings, info):
+                out.append(batch_id)
+        return out
+
+    def cancel(self, batch_id: str, *, actor: Actor) -> BatchView:
+        """Cancel the batch: nothing more is sent; a reservation not yet used is released at once.
+
+        Items already answered are kept and settled; a run in progress stops within a second.
+        """
+        engine = self._engine
+        info = self.info(batch_id, workspace=_workspace_of(actor))
+        self._may_act(actor, info.workspace)
+        state = current_state(engine.storage, info)
+        if state.terminal:
+            return self._view(info)
+        engine.storage.write_json({"by": actor.actor, "at": time.time()}, *info.folder("cancel.json"))
+        running = state in (BatchState.DISPATCHING, BatchState.WAITING_ON_PROVIDER) or (
+            state == BatchState.RESERVED and engine.storage.exists(*info.folder("dispatch", "chunks"))
+        )
+        if not running:  # a run in progress stops, finishes the rest as cancelled and settles
+            holds = engine.ledger.batch_holds(info.batch_id)
+            if holds and holds[-1].status == "held":
+                engine.ledger.void(holds[-1].batch_id, reason=f"cancelled by {actor.actor}")
+            record_state(engine.storage, info, BatchState.CANCELLED, engine.settings.database, actor.actor,
+                         by=actor.actor)  # fmt: skip
+        engine.accounts.record(info.workspace, actor.actor, "batch.cancelled", info.batch_id)
+        return self._view(info)
+
+    def retry(self, batch_id: str, *, actor: Actor) -> BatchView:
+        """Open a new round for the batch's failed items (reserving only what they need)."""
+        info = self.info(batch_id, workspace=_workspace_of(actor))
+        self._may_act(actor, info.workspace)
+        state = current_state(self._engine.storage, info)
+        if state not in _RETRYABLE:
+            raise BatchError(f"batch {batch_id} is {state}: only a batch with failed or expired items can be retried")
+        self._prepare(info, actor=actor, approve=False)
+        return self._view(info)
+
+    def sweep(self, *, stale_after: timedelta | None = None) -> builtins.list[dict[str, Any]]:
+        """Release the holds of batches whose runs died (no progress for `stale_after`) and fail them."""
+        settings = self._engine.settings
+        stale = stale_after or timedelta(minutes=settings.dispatch.stale_after_minutes)
+        return settlement.sweep(self._engine.storage, settings, stale_after=stale)
+
+    # -- rules ------------------------------------------------------------------------------------
+    @staticmethod
+    def _may_act(actor: Actor, workspace: str) -> None:
+        if isinstance(actor, Principal) and actor.workspace != workspace:
+            raise NotFound(f"no such batch in workspace {actor.workspace}")
+
+
+def _workspace_of(actor: Actor) -> str | None:
+    return actor.workspace if isinstance(actor, Principal) else None
+
+
+def _progress(on_progress: Callable[[Progress], None] | None) -> Callable[[int, int, int, int], None] | None:
+    if on_progress is None:
+        return None
+    started = time.monotonic()
+
+    def report(succeeded: int, failed: int, total: int, cost_usd_micros: int) -> None:
+        on_progress(Progress(succeeded=succeeded, failed=failed, total=total, cost_usd_micros=cost_usd_micros,
+                             elapsed_s=time.monotonic() - started))  # fmt: skip
+
+    return report
