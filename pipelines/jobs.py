@@ -1,18 +1,14 @@
+"""Jobs: a batch (all its assets in one process), the daily usage report, the sweeper, Stripe reconcile."""
+
 import dagster as dg
 
 from assets.reporting import usage_report
 from pipelines.resources import BatchRouterResource
 
-# The main job: every asset of a batch partition, in dependency order (partitioned like its assets).
+# One step in the run's own process: a dropped manifest is done in seconds, not a process per step.
+# It also resumes a batch (after approval, new credit, or to retry failed items): the engine does what is next.
 batch_job = dg.define_asset_job(
     "batch_job", selection=dg.AssetSelection.groups("batch"), executor_def=dg.in_process_executor
-)
-
-# After approval: from the gate on.
-resume_job = dg.define_asset_job(
-    "resume_job",
-    selection=dg.AssetSelection.assets("reservation", "dispatch", "settlement", "delivery"),
-    executor_def=dg.in_process_executor,
 )
 
 usage_report_job = dg.define_asset_job("usage_report_job", selection=dg.AssetSelection.assets(usage_report))
@@ -21,12 +17,7 @@ usage_report_job = dg.define_asset_job("usage_report_job", selection=dg.AssetSel
 @dg.op
 def sweep_dead_runs(context: dg.OpExecutionContext, batchrouter: BatchRouterResource) -> None:
     """Expire reservations of batches whose runs died and mark those batches failed."""
-    from datetime import timedelta
-
-    from batchrouter.batches.settlement import sweep
-
-    stale = timedelta(minutes=batchrouter.settings.dispatch.stale_after_minutes)
-    for swept in sweep(batchrouter.storage, batchrouter.settings, stale_after=stale):
+    for swept in batchrouter.engine().batches.sweep():
         context.log.warning(f"released {swept['released_usd_micros']} micro-USD held by dead batch {swept['hold']}")
 
 
@@ -36,13 +27,14 @@ def reconcile_stripe(context: dg.OpExecutionContext, batchrouter: BatchRouterRes
     import os
 
     from batchrouter.money.billing import reconcile
-    from batchrouter.money.ledger import Ledger
 
-    settings = batchrouter.settings
-    if not os.environ.get(settings.billing.stripe_api_key_env):
-        context.log.info(f"Stripe is not configured ({settings.billing.stripe_api_key_env} unset); nothing to do")
+    engine = batchrouter.engine()
+    if not os.environ.get(engine.settings.billing.stripe_api_key_env):
+        context.log.info(
+            f"Stripe is not configured ({engine.settings.billing.stripe_api_key_env} unset); nothing to do"
+        )
         return
-    results = reconcile(settings, Ledger(settings.database))
+    results = reconcile(engine.settings, engine.ledger)
     credited = [r for r in results if r.outcome == "credited"]
     context.log.info(f"{len(results)} checkout events seen, {len(credited)} newly credited")
 
