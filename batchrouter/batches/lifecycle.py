@@ -183,7 +183,9 @@ def stage_dispatch(
         raise BatchError(
             f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
         )
-    if jobs:
+    # A reserved round with nothing left to send (a run died after dispatching) still passes through
+    # dispatching, so settling it may end the batch.
+    if jobs or current_state(storage, info) == BatchState.RESERVED:
         record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
                      remaining=len(jobs), **counts)  # fmt: skip
     beat = [time.monotonic()]
