@@ -11,8 +11,9 @@ import sys
 
 import dagster as dg
 
-from batchrouter.batches.lifecycle import load_batch, submit, write_results
+from batchrouter.batches.lifecycle import submit, write_results
 from batchrouter.cli import render_balance, render_quote, render_run
+from batchrouter.core.batch_info import load_batch
 from batchrouter.core.config import load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.intake.sample import sample_manifest

@@ -15,8 +15,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batchrouter.batches.lifecycle import batch_id_for
 from batchrouter.cli import main
+from batchrouter.core.batch_info import batch_id_for
 from batchrouter.core.config import SimulatorConfig
 from batchrouter.simulator import running_simulator
 

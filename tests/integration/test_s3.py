@@ -18,7 +18,7 @@ import pytest
 
 from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
 from batchrouter import cli
-from batchrouter.batches.lifecycle import load_batch
+from batchrouter.core.batch_info import load_batch
 from batchrouter.core.config import load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger

@@ -19,7 +19,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from batchrouter.batches.lifecycle import BatchInfo, submit
+from batchrouter.batches.lifecycle import submit
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import DeliveryConfig, Settings, load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money import control

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from batchrouter import cli
-from batchrouter.batches.lifecycle import batch_id_for
+from batchrouter.core.batch_info import batch_id_for
 from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration

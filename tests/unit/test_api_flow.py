@@ -138,7 +138,8 @@ def test_a_batch_created_from_a_quote_is_reserved_run_and_settled_once(inline_ap
     balance = api.ledger.balance("acme")
     assert (balance.held_usd_micros, balance.spent_usd_micros) == (0, status["actual_usd_micros"])
     again = api.create_batch(quote["quote_id"])  # the quote id is the idempotency key: nothing runs again
-    assert (again.status_code, again.json()["batch_id"], again.json()["status"]) == (200, batch["batch_id"], "completed")
+    assert (again.status_code, again.json()["batch_id"]) == (200, batch["batch_id"])
+    assert again.json()["status"] == "completed"
     assert ops(api.ledger) == ["grant", "reserve", "settle"]
 
 

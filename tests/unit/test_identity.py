@@ -15,13 +15,15 @@ from starlette.testclient import TestClient
 
 from batchrouter.access.accounts import AccessError, Accounts
 from batchrouter.api import create_app
-from batchrouter.batches.lifecycle import BATCH_DIGEST_CHARS, batch_id_for, submit
+from batchrouter.batches.lifecycle import submit
 from batchrouter.cli import main
+from batchrouter.core.batch_info import BATCH_DIGEST_CHARS, batch_id_for
 from batchrouter.core.config import ConfigError, Settings, load_settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.identity import WORKSPACE_PATTERN, IdentityError, canonical_email, canonical_workspace
 from batchrouter.core.storage import Storage
-from batchrouter.intake.drops import Dropped, accept, dropped_name
+from batchrouter.engine import BatchRouter
+from batchrouter.intake.drops import Dropped, dropped_name
 
 MANIFEST = b"item_id,model,prompt\n1,gpt-4o-mini,hello\n"
 SHA = hashlib.sha256(MANIFEST).hexdigest()
@@ -99,11 +101,11 @@ def test_an_invalid_run_tag_is_refused(storage: Storage, tag: str) -> None:
         submit(storage, workspace="acme", source_name="orders.csv", data=MANIFEST, run_tag=tag)
 
 
-def test_a_dropped_rerun_file_becomes_the_tagged_batch(storage: Storage) -> None:
+def test_a_dropped_rerun_file_becomes_the_tagged_batch(settings: Settings, storage: Storage) -> None:
     tagged = submit(storage, workspace="acme", source_name="orders.csv", data=MANIFEST, run_tag="t2")
     name = dropped_name(tagged)
     storage.write_bytes(MANIFEST, "manifests", "acme", name)
-    accepted = accept(storage, Dropped(f"manifests/acme/{name}", "acme", name, 0.0))
+    accepted = BatchRouter(settings).batches.accept_drop(Dropped(f"manifests/acme/{name}", "acme", name, 0.0))
     assert accepted.batch_id == tagged.batch_id
 
 

@@ -15,7 +15,8 @@ import httpx
 import polars as pl
 import pytest
 
-from batchrouter.batches.lifecycle import BatchInfo, submit
+from batchrouter.batches.lifecycle import submit
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import DeliveryConfig, Settings, StorageConfig, load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.output import links

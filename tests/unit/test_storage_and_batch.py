@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 
 from batchrouter.batches.lifecycle import (
-    load_batch,
     load_manifest,
     load_quote,
     load_routed_items,
@@ -20,6 +19,7 @@ from batchrouter.batches.lifecycle import (
     stage_route,
     submit,
 )
+from batchrouter.core.batch_info import load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.storage import Storage, route_slug

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from batchrouter.access import vault
-from batchrouter.batches.lifecycle import BatchInfo, submit
+from batchrouter.batches.lifecycle import submit
+from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.storage import Storage
 from batchrouter.money import control
