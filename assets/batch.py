@@ -43,7 +43,13 @@ STATE_TAG = "batchrouter/state"
 FAILS_THE_RUN = frozenset(
     {BatchState.INSUFFICIENT_CREDITS, BatchState.FAILED, BatchState.EXPIRED, BatchState.UNUSABLE_MANIFEST}
 )
-_HELD = {BatchState.AWAITING_APPROVAL: dg.AssetCheckSeverity.WARN, BatchState.INSUFFICIENT_CREDITS: None}
+# Held at the gate, and how loud the quote's check says so.
+_HELD = {
+    BatchState.AWAITING_APPROVAL: dg.AssetCheckSeverity.WARN,
+    BatchState.INSUFFICIENT_CREDITS: dg.AssetCheckSeverity.ERROR,
+}
+# The engine refusing to go on is expected here: the run succeeds (it waits for an approver, or was stopped).
+_EXPECTED_STOP = frozenset({BatchState.AWAITING_APPROVAL, BatchState.CANCELLED})
 
 with warnings.catch_warnings():
     # Checks per partition are a preview feature of Dagster; they are what keeps batches apart.
@@ -94,7 +100,7 @@ def batch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
         yield from _outputs(run, lifecycle.accounting(engine.storage, engine.batches.info(batch_id)))
         if run.settlement is not None:
             yield from _settlement(run.settlement, view)
-    if view.state in FAILS_THE_RUN or (refusal is not None and view.state not in _HELD):
+    if view.state in FAILS_THE_RUN or (refusal is not None and view.state not in _EXPECTED_STOP):
         reason = refusal if run is None else f"no item succeeded ({_failures(run)})"
         raise dg.Failure(description=f"batch {batch_id} is {view.state}: {reason}", allow_retries=False)
 
@@ -121,12 +127,11 @@ def _quote(summary: dict[str, Any], view: BatchView, refusal: BatchRouterError |
             ),  # fmt: skip
         },
     )
-    severity = _HELD.get(view.state, dg.AssetCheckSeverity.ERROR) or dg.AssetCheckSeverity.ERROR
     yield dg.AssetCheckResult(
         asset_key="quote",
         check_name="approved_and_funded",
         passed=view.state not in _HELD,
-        severity=severity,
+        severity=_HELD.get(view.state, dg.AssetCheckSeverity.ERROR),
         description=str(refusal or view.message) if view.state in _HELD else None,
         metadata={"state": str(view.state)},
     )
@@ -163,7 +168,7 @@ def _outputs(run: RunSummary, accounted: dict[str, Any]) -> Iterator[Any]:
         asset_key="outputs",
         check_name="no_failed_items",
         passed=run.failed == 0,
-        severity=dg.AssetCheckSeverity.WARN if run.succeeded else dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.ERROR if run.failed and not run.succeeded else dg.AssetCheckSeverity.WARN,
         metadata={"failed": run.failed, "failures": table(run.failures, {"error_code": str, "len": int})},
     )
 
