@@ -44,8 +44,12 @@ test: $(DEV_TOOLS)
 	$(BIN)/mypy --strict --ignore-missing-imports batchrouter
 	$(BIN)/python -m pytest -q
 
+# `dagster dev` warns that `dg dev` (another package, dagster-dg-cli) supersedes it; it is still Dagster's
+# documented way to run a workspace.yaml, so that one warning is silenced.
+DEV_WARNINGS := ignore:Function `dev_command` is superseded
+
 dev: $(BIN)/batchrouter $(HOME_CONFIG)
-	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	PYTHONWARNINGS='$(DEV_WARNINGS)' $(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 lock: | $(UV)
 	$(UV) lock --python $(PYTHON)

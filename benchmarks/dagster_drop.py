@@ -134,7 +134,12 @@ def under_dagster_dev(data: bytes, root: Path, latency_ms: float) -> dict[str, A
     home.mkdir()
     shutil.copy(REPO / "pipelines" / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path[1:]])}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path[1:]]),
+        "PYTHONWARNINGS": "ignore:Function `dev_command` is superseded",  # as `make dev` runs it
+    }
     log = root / "dagster-dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
