@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -112,3 +113,16 @@ def test_materialising_a_batch_partition_writes_outputs_and_readable_metadata(tm
                       "no_failed_items", "ledger_matches_receipts", "reserve_covers_actual")}  # fmt: skip
     balance = engine.ledger.balance("demo")
     assert (balance.spent_usd_micros, balance.held_usd_micros) == (paid, 0)
+
+
+def test_a_secret_given_to_the_configured_resource_is_what_the_engine_finds_during_the_run_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    resource = ConfiguredBatchRouter(stripe_api_key="sk_test_given")
+
+    with resource.yield_for_execution(dg.build_init_resource_context()) as live:
+        assert os.environ["STRIPE_SECRET_KEY"] == "sk_test_given"
+        assert live.engine().settings.billing.stripe_api_key_env == "STRIPE_SECRET_KEY"
+
+    assert "STRIPE_SECRET_KEY" not in os.environ
