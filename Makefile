@@ -42,6 +42,7 @@ demo: $(BIN)/batchrouter $(HOME_CONFIG)
 test: $(DEV_TOOLS)
 	$(BIN)/ruff check batchrouter assets pipelines tests benchmarks
 	$(BIN)/mypy --strict --ignore-missing-imports batchrouter
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # `dagster dev` warns that `dg dev` (another package, dagster-dg-cli) supersedes it; it is still Dagster's

@@ -2,6 +2,7 @@
 
 from batchrouter.batches.lifecycle import stage_manifest, stage_quote, stage_route, submit
 from batchrouter.core.batch_info import BatchInfo, load_batch
+from batchrouter.core.catalog import Catalog, CatalogEntry, load_catalog
 from batchrouter.core.config import RoutePolicy, Settings, load_settings
 from batchrouter.core.errors import (
     BatchError,
@@ -17,7 +18,6 @@ from batchrouter.core.errors import (
 )
 from batchrouter.core.storage import Storage
 from batchrouter.intake.manifest import Manifest, read_manifest
-from batchrouter.pricing.catalog import Catalog, CatalogEntry, load_catalog
 from batchrouter.pricing.quote import Quote, build_quote
 
 __all__ = [

@@ -14,17 +14,27 @@ from __future__ import annotations
 from functools import cached_property
 
 from batchrouter.access.accounts import Accounts
+from batchrouter.access.keys import Keys
+from batchrouter.access.members import Members
 from batchrouter.batches.service import Batches
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import Settings, load_settings
 from batchrouter.core.storage import Storage
+from batchrouter.money.credits import Credits
 from batchrouter.money.ledger import Ledger
-from batchrouter.pricing.catalog import Catalog, load_catalog
+from batchrouter.output.reports import Reports
+from batchrouter.output.webhooks import Webhooks
 
 
 class BatchRouter:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
         self.batches = Batches(self)
+        self.credits = Credits(self)
+        self.keys = Keys(self)
+        self.members = Members(self)
+        self.webhooks = Webhooks(self)
+        self.reports = Reports(self)
 
     @classmethod
     def from_config(cls, path: str | None = None) -> BatchRouter:

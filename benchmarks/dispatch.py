@@ -22,12 +22,12 @@ import urllib.request
 
 import aiohttp
 
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import RoutePolicy, SimulatorConfig, load_settings
+from batchrouter.execution.checkpoint import ItemResult
 from batchrouter.execution.dispatch import Dispatcher, Job
 from batchrouter.execution.providers import RequestItem
 from batchrouter.execution.ratelimit import TokenBucket
-from batchrouter.output.receipts import ItemResult
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.simulator import running_simulator
 
 LATENCY_MS = 200.0

@@ -26,11 +26,11 @@ from pathlib import Path
 import polars as pl
 from bpe_openai import _bindings as bpe
 
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import LimitsConfig, RoutePolicy
 from batchrouter.intake import tokens
 from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.sample import sample_manifest
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.pricing.quote import build_quote
 
 _TEXTS: list[str] = []

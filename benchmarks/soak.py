@@ -84,7 +84,7 @@ def _grant(ledger: Any, processes: int, ops: int) -> None:
 
 def check(database: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Stop the service, then read the file itself: losses, leftovers of refusals, verify."""
-    control = _bare_import("batchrouter.money.control")
+    control = _bare_import("batchrouter.core.control")
     ledger_module = _bare_import("batchrouter.money.ledger")
     import duckdb
 
@@ -169,7 +169,7 @@ def baseline(folder: Path, *, operations: int, seed: int = 7) -> float:
     worker(database, 0, rounds, seed, str(out))
     elapsed = time.perf_counter() - started
     done = len(out.read_text().splitlines())
-    _bare_import("batchrouter.money.control").stop(database)
+    _bare_import("batchrouter.core.control").stop(database)
     return done / elapsed
 
 

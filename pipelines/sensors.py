@@ -1,11 +1,12 @@
-"""Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate."""
+"""Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate; a due
+webhook delivery starts a drain of the outbox."""
 
 import dagster as dg
 
 from assets.batch import STATE_TAG
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.intake import drops
-from pipelines.jobs import batch_job
+from pipelines.jobs import batch_job, webhook_outbox_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
@@ -45,3 +46,19 @@ def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id) for batch_id in approved]
     )
+
+
+@dg.sensor(job=webhook_outbox_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60)
+def webhook_outbox_sensor(
+    context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource
+) -> dg.SensorResult | dg.SkipReason:
+    """Every minute: a drain of the webhook outbox when a delivery is due."""
+    from datetime import UTC, datetime
+
+    from batchrouter.output.delivery import next_due
+
+    due = next_due(batchrouter.engine().settings)
+    if due is None or due > datetime.now(UTC):
+        return dg.SkipReason("no webhook delivery is due")
+    # Keyed by the earliest due time: a re-tick before that drain ran asks for the same run.
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"webhooks:{due.isoformat()}")])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from batchrouter.core import control
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import LimitsConfig, Settings, load_settings
-from batchrouter.money import control
-from batchrouter.pricing.catalog import Catalog, load_catalog
 
 
 @pytest.fixture(autouse=True)

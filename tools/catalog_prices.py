@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from datetime import date
 
-from batchrouter.pricing.catalog import load_catalog
+from batchrouter.core.catalog import load_catalog
 from batchrouter.pricing.price_source import catalog_date, catalog_drift, source_price
 
 

@@ -38,10 +38,28 @@ from typing import Any
 
 import duckdb
 
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
-from batchrouter.core.identity import IdentityError, canonical_email, canonical_workspace
-from batchrouter.money.control import served
+from batchrouter.core.errors import AccessError as AccessError
+from batchrouter.core.errors import (
+    Forbidden,
+    IdentityError,
+    InvalidApiKey,
+    InvalidEmail,
+    InvalidMemberEmail,
+    InvalidMemberWorkspace,
+    InvalidRole,
+    InvalidScope,
+    KeyAlreadyRevoked,
+    KeyExpired,
+    KeyNotFound,
+    KeyOwnerRemoved,
+    KeyRevoked,
+    LastOwner,
+    MissingApiKey,
+    NotAMember,
+)
+from batchrouter.core.identity import canonical_email, canonical_workspace
 
 ROLES = ("owner", "admin", "member", "viewer")
 SCOPES = ("batches:read", "batches:write", "credits:read", "credits:write", "admin")
@@ -74,14 +92,6 @@ CREATE TABLE IF NOT EXISTS audit_events (
     action VARCHAR NOT NULL, target VARCHAR, before_json VARCHAR, after_json VARCHAR
 );
 """
-
-
-class AccessError(BatchRouterError):
-    """Refused: `code` is stable, `status` the HTTP status the API answers with."""
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,25 @@ class Principal:
     def allows(self, scope: str, action: str) -> bool:
         return scope in self.key.scopes and action in ROLE_ACTIONS.get(self.role, frozenset())
 
+    def require(self, workspace: str, *, scope: str, action: str, doing: str) -> str:
+        """The workspace's canonical name, once this key may do `doing` (e.g. "list members") in it.
+
+        Raises:
+            IdentityError: `workspace` cannot be a workspace name.
+            Forbidden: another workspace, or the key lacks the scope or its role the action.
+        """
+        name = canonical_workspace(workspace)
+        if name != self.workspace:
+            raise Forbidden(f"this key belongs to workspace {self.workspace}; it may not {doing} in workspace {name}")
+        if not self.allows(scope, action):
+            raise Forbidden(f"this key (scopes {', '.join(self.key.scopes)}; role {self.role}) may not {doing}: "
+                            f"it needs scope {scope} and role action {action}")  # fmt: skip
+        return name
+
+    def require_operator(self, *, doing: str) -> None:
+        """Some things only the installation's operator may do: never a key."""
+        raise Forbidden(f"only the installation's operator may {doing}, not an API key")
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -136,8 +165,10 @@ def _name(canonical: Callable[[object], str], value: str) -> str:
     """The canonical spelling (batchrouter.core.identity); a name that cannot be one is refused with 422."""
     try:
         return canonical(value)
+    except InvalidEmail as exc:
+        raise InvalidMemberEmail(exc.message) from exc
     except IdentityError as exc:
-        raise AccessError(exc.code, exc.message, 422) from exc
+        raise InvalidMemberWorkspace(exc.message) from exc
 
 
 def _lookup(canonical: Callable[[object], str], value: str) -> str:
@@ -221,7 +252,7 @@ class Accounts:
     @served()
     def set_member(self, workspace: str, email: str, role: str, *, actor: str) -> None:
         if role not in ROLES:
-            raise AccessError("invalid_role", f"role {role!r} is not one of {', '.join(ROLES)}", 422)
+            raise InvalidRole(f"role {role!r} is not one of {', '.join(ROLES)}")
         workspace, email = _name(canonical_workspace, workspace), _name(canonical_email, email)
 
         def work(con: duckdb.DuckDBPyConnection) -> None:
@@ -234,8 +265,7 @@ class Accounts:
                     "SELECT count(*) FROM members WHERE workspace = ? AND role = 'owner'", [workspace]
                 ).fetchone()
                 if owners and owners[0] <= 1:
-                    raise AccessError("last_owner", "a workspace keeps at least one owner; make another owner first",
-                                      409)  # fmt: skip
+                    raise LastOwner("a workspace keeps at least one owner; make another owner first")
             con.execute(
                 "INSERT INTO members VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (workspace, email) DO UPDATE SET role = excluded.role",
@@ -260,7 +290,7 @@ class Accounts:
                     "SELECT count(*) FROM members WHERE workspace = ? AND role = 'owner'", [workspace]
                 ).fetchone()
                 if owners and owners[0] <= 1:
-                    raise AccessError("last_owner", "a workspace keeps at least one owner", 409)
+                    raise LastOwner("a workspace keeps at least one owner")
             con.execute("DELETE FROM members WHERE workspace = ? AND email = ?", [workspace, email])
             self._audit(con, workspace, actor, "member.removed", email, {"role": row[0]}, None)
             return True
@@ -295,10 +325,10 @@ class Accounts:
         workspace, created_by = _name(canonical_workspace, workspace), _name(canonical_email, created_by)
         bad = [s for s in scopes if s not in SCOPES]
         if bad or not scopes:
-            raise AccessError("invalid_scope", f"scopes must be a non-empty subset of {', '.join(SCOPES)}", 422)
+            raise InvalidScope(f"scopes must be a non-empty subset of {', '.join(SCOPES)}")
         role = self.role(workspace, created_by)
         if role is None:
-            raise AccessError("not_a_member", f"{created_by} is not a member of workspace {workspace}", 403)
+            raise NotAMember(f"{created_by} is not a member of workspace {workspace}")
         prefix, secret = secrets.token_hex(6), secrets.token_urlsafe(24)
         now = _now()
         key = ApiKey(uuid.uuid4().hex[:16], prefix, workspace, name[:100], tuple(scopes), created_by, now,
@@ -346,7 +376,7 @@ class Accounts:
         with self.db.connect() as con:
             old = self._key_in(con, workspace, key_id)
         if old.revoked_at is not None:
-            raise AccessError("key_revoked", f"key {key_id} is revoked; create a new one", 409)
+            raise KeyAlreadyRevoked(f"key {key_id} is revoked; create a new one")
         remaining = old.expires_at - _now() if old.expires_at else None
         full, new = self.create_key(workspace, name=old.name, scopes=list(old.scopes), created_by=old.created_by,
                                     actor=actor, expires_in=remaining)  # fmt: skip
@@ -372,14 +402,14 @@ class Accounts:
             [key_id, workspace],
         ).fetchone()
         if r is None:
-            raise AccessError("not_found", f"no key {key_id} in workspace {workspace}", 404)
+            raise KeyNotFound(f"no key {key_id} in workspace {workspace}")
         return ApiKey(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8])
 
     @served(read_only=True)
     def authenticate(self, token: str | None) -> Principal:
         """The principal of a presented key; AccessError 401 for a missing, unknown, revoked or expired one."""
         if not token or not token.startswith("br_") or token.count("_") < 2:
-            raise AccessError("unauthenticated", "send an API key as 'Authorization: Bearer br_...'", 401)
+            raise MissingApiKey("send an API key as 'Authorization: Bearer br_...'")
         _, prefix, secret = token.split("_", 2)
         with self.db.connect() as con:
             r = con.execute(
@@ -390,13 +420,13 @@ class Accounts:
         # Compare even when the prefix is unknown, so timing does not reveal which prefixes exist.
         expected = r[9] if r else _digest("no such key")
         if not hmac.compare_digest(expected, _digest(secret)) or r is None:
-            raise AccessError("invalid_key", "the API key is not valid", 401)
+            raise InvalidApiKey("the API key is not valid")
         key = ApiKey(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6], r[7], r[8])
         if key.revoked_at is not None:
-            raise AccessError("key_revoked", "the API key was revoked", 401)
+            raise KeyRevoked("the API key was revoked")
         if key.expires_at is not None and key.expires_at <= _now():
-            raise AccessError("key_expired", "the API key has expired", 401)
+            raise KeyExpired("the API key has expired")
         role = self.role(key.workspace, key.created_by)
         if role is None:
-            raise AccessError("key_owner_removed", "the member who created this key left the workspace", 401)
+            raise KeyOwnerRemoved("the member who created this key left the workspace")
         return Principal(key, role)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from batchrouter.access.accounts import Principal
+from batchrouter.core.identity import canonical_workspace
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,13 @@ class Operator:
     @property
     def actor(self) -> str:
         return self.name
+
+    def require(self, workspace: str, *, scope: str, action: str, doing: str) -> str:
+        """The workspace's canonical name: an operator may do anything anywhere (see `Principal.require`)."""
+        return canonical_workspace(workspace)
+
+    def require_operator(self, *, doing: str) -> None:
+        """An operator is one."""
 
 
 Actor = Principal | Operator

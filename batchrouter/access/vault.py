@@ -27,9 +27,9 @@ from pathlib import Path
 import duckdb
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from batchrouter.core.control import served
 from batchrouter.core.db import Database, canonical_path, prepare_parent
-from batchrouter.core.errors import BatchRouterError
-from batchrouter.money.control import served
+from batchrouter.core.errors import VaultError as VaultError
 
 PREFIX = "fernet:"
 ENV = "BATCHROUTER_SECRET_KEY"
@@ -38,12 +38,6 @@ SEALED = (
     ("webhook_endpoints", "endpoint_id", "secret"),
     ("workspace_signing_keys", "workspace", "private_key_pem"),
 )
-
-
-class VaultError(BatchRouterError):
-    """A secret cannot be sealed or unsealed with the configured keys."""
-
-    code = "vault_error"
 
 
 def key_file(database: str) -> Path:

@@ -31,30 +31,21 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from batchrouter.access.accounts import ROLES, SCOPES, AccessError, Accounts, Principal
+from batchrouter.access.accounts import ROLES, SCOPES, Accounts, Principal
 from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.status import batch_status
 from batchrouter.core.batch_info import BatchInfo, check_run_tag, load_batch
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import (
-    AwaitingApproval,
-    BatchError,
-    BatchRouterError,
-    ConfigError,
-    Forbidden,
-    IllegalTransition,
-    ManifestError,
-    NotFound,
-)
-from batchrouter.core.identity import IdentityError, canonical_email
+from batchrouter.core.errors import BatchError, BatchRouterError, ConfigError
+from batchrouter.core.identity import canonical_email
 from batchrouter.core.storage import Storage
 from batchrouter.engine import BatchRouter
 from batchrouter.intake import drops as intake
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.money.billing import BillingError, MalformedEvent, SignatureError, create_checkout, handle_webhook
-from batchrouter.money.ledger import InsufficientCredits, Ledger
+from batchrouter.money.billing import MalformedEvent, SignatureError, create_checkout, handle_webhook
+from batchrouter.money.ledger import Ledger
 from batchrouter.output import delivery, links
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.pricing.quote import build_quote
 
 log = logging.getLogger("batchrouter.api")
@@ -239,20 +230,8 @@ class Api:
                 return await endpoint.handler(*args)
             except ApiError as exc:
                 return error(exc.status, exc.code, exc.message, exc.headers)
-            except (NotFound, Forbidden, AwaitingApproval, IllegalTransition) as exc:
+            except BatchRouterError as exc:  # every deliberate error carries its public code and status
                 return error(exc.http_status, exc.code, str(exc))
-            except IdentityError as exc:
-                return error(422, exc.code, exc.message)
-            except AccessError as exc:
-                return error(exc.status, exc.code, exc.message)
-            except InsufficientCredits as exc:
-                return error(402, "insufficient_credits", str(exc))
-            except ManifestError as exc:
-                return error(422, "unusable_manifest", str(exc))
-            except (BatchError, BillingError, ConfigError) as exc:
-                return error(409 if isinstance(exc, BatchError) else 400, type(exc).__name__.lower(), str(exc))
-            except BatchRouterError as exc:
-                return error(400, "bad_request", str(exc))
             except Exception:
                 reference = f"err_{uuid.uuid4().hex[:16]}"
                 log.error("%s unhandled error on %s %s\n%s", reference, request.method, request.url.path,

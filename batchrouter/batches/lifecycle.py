@@ -26,16 +26,17 @@ from batchrouter.core.batch_info import (
     load_batch,
     now_iso,
 )
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.identity import IdentityError, canonical_workspace
 from batchrouter.core.storage import Storage, route_slug
+from batchrouter.execution.checkpoint import Checkpoint, ItemResult
 from batchrouter.execution.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.intake.manifest import Manifest, detect_format, read_manifest
 from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import Ledger
-from batchrouter.output.receipts import FINAL_STATES, Checkpoint, ItemResult, build_outputs
-from batchrouter.pricing.catalog import Catalog
+from batchrouter.output.receipts import FINAL_STATES, build_outputs
 from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items
 from batchrouter.simulator import running_simulator
 
@@ -185,7 +186,7 @@ def stage_dispatch(
         )
     # A reserved round with nothing left to send (a run died after dispatching) still passes through
     # dispatching, so settling it may end the batch.
-    if jobs or current_state(storage, info) == BatchState.RESERVED:
+    if (jobs or current_state(storage, info) == BatchState.RESERVED) and not cancelled():
         record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
                      remaining=len(jobs), **counts)  # fmt: skip
     beat = [time.monotonic()]
@@ -198,7 +199,7 @@ def stage_dispatch(
         if on_progress is not None:
             on_progress(counts["succeeded"], counts["failed"], total, cost[0])
         # A heartbeat: the sweeper treats a batch whose status stopped moving as a dead run.
-        if time.monotonic() - beat[0] > HEARTBEAT_S:
+        if time.monotonic() - beat[0] > HEARTBEAT_S and current_state(storage, info) == BatchState.DISPATCHING:
             beat[0] = time.monotonic()
             record_state(storage, info, BatchState.DISPATCHING, None, "batchrouter", items=total, **counts)
 

@@ -23,8 +23,8 @@ from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.storage import Storage
+from batchrouter.execution.checkpoint import Checkpoint
 from batchrouter.money.ledger import Entry, Hold, InsufficientCredits, Ledger
-from batchrouter.output.receipts import Checkpoint
 from batchrouter.output.summary import write_summary
 
 APPROVALS = "approvals"

@@ -28,7 +28,10 @@ from batchrouter.batches.lifecycle import submit
 from batchrouter.batches.results import Progress as DispatchProgress
 from batchrouter.batches.settlement import approve
 from batchrouter.batches.status import batch_status
+from batchrouter.core import amounts as money
+from batchrouter.core import control
 from batchrouter.core.batch_info import batch_id_for, load_batch
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import Settings, SimulatorConfig, load_settings
 from batchrouter.core.errors import AwaitingApproval, BatchRouterError, ConfigError, ManifestError
 from batchrouter.core.identity import canonical_email, canonical_workspace
@@ -37,14 +40,11 @@ from batchrouter.engine import BatchRouter
 from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.quarantine import quarantine
 from batchrouter.intake.sample import sample_manifest
-from batchrouter.money import amounts as money
-from batchrouter.money import control
 from batchrouter.money.billing import create_checkout, reconcile
 from batchrouter.money.ledger import InsufficientCredits, Ledger, usd
 from batchrouter.output.delivery import add_endpoint, list_endpoints, remove_endpoint
 from batchrouter.output.reporting import query
 from batchrouter.output.summary import main_verify
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.pricing.quote import build_quote
 from batchrouter.simulator import serve
 

@@ -21,9 +21,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from batchrouter.core.errors import ConfigError
-from batchrouter.core.identity import IdentityError, canonical_workspace
-from batchrouter.money.amounts import usd_to_micros
+from batchrouter.core.amounts import usd_to_micros
+from batchrouter.core.errors import ConfigError, IdentityError
+from batchrouter.core.identity import canonical_workspace
 
 ProviderKind = Literal["openai", "anthropic", "openrouter", "openai_compatible", "simulator"]
 Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]

@@ -1,7 +1,7 @@
 """The control-plane DuckDB file, as seen from the one process allowed to open it.
 
 DuckDB supports one process reading and writing a file, with many threads inside it. Other
-processes reach the data through the control service (`batchrouter.money.control`), which is the process
+processes reach the data through the control service (`batchrouter.core.control`), which is the process
 that opens the file here. `Database` has three ways to reach the file, chosen by who is asking:
 
 - inside an operation the control service is running: the operation's own transaction (a nested
@@ -16,9 +16,7 @@ Files created here are readable by their owner only (0600; a parent folder we cr
 from __future__ import annotations
 
 import os
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -27,7 +25,8 @@ from typing import TypeVar
 
 import duckdb
 
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core import retry
+from batchrouter.core.errors import DatabaseBusy as DatabaseBusy
 
 T = TypeVar("T")
 
@@ -36,10 +35,6 @@ _CURRENT: ContextVar[tuple[str, duckdb.DuckDBPyConnection] | None] = ContextVar(
 # Connections held open by the owner process, by absolute path.
 _HELD: dict[str, duckdb.DuckDBPyConnection] = {}
 _HELD_LOCK = threading.Lock()
-
-
-class DatabaseBusy(BatchRouterError):
-    """Another process kept the database file locked for longer than the timeout."""
 
 
 def canonical_path(path: str | Path) -> str:
@@ -73,26 +68,27 @@ def _is_conflict(exc: Exception) -> bool:
     return isinstance(exc, duckdb.TransactionException) or "Conflict" in str(exc)
 
 
+def _is_busy(exc: Exception) -> bool:
+    # IOException: another process holds the lock. ResourceInUse: a thread here is opening it now.
+    return isinstance(exc, duckdb.ResourceInUseException) or (
+        isinstance(exc, duckdb.IOException) and _is_lock_error(exc)
+    )
+
+
 def open_file(path: str, *, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
     """Open the file read-write, retrying with jittered back-off while another process holds it."""
     prepare_parent(path)
-    deadline = time.monotonic() + lock_timeout_s
-    delay = 0.005
-    while True:
-        try:
-            con = duckdb.connect(path)
-            restrict(path)
-            return con
-        except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
-            # IOException: another process holds the lock. ResourceInUse: a thread here is opening it now.
-            busy = isinstance(exc, duckdb.ResourceInUseException) or _is_lock_error(exc)
-            if not busy or time.monotonic() > deadline:
-                raise DatabaseBusy(
-                    f"{path} stayed locked by another process for {lock_timeout_s:g} s; only the control "
-                    "service may open it (see `batchrouter ledger serve`)"
-                ) from exc
-            time.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.2)
+    try:
+        for attempt in retry.until(on=_is_busy, timeout_s=lock_timeout_s, first_s=0.005, max_s=0.2, jitter_s=0.005):
+            with attempt:
+                con = duckdb.connect(path)
+    except (duckdb.IOException, duckdb.ResourceInUseException) as exc:
+        raise DatabaseBusy(
+            f"{path} stayed locked by another process for {lock_timeout_s:g} s; only the control "
+            "service may open it (see `batchrouter ledger serve`)"
+        ) from exc
+    restrict(path)
+    return con
 
 
 def hold(path: str, con: duckdb.DuckDBPyConnection) -> None:
@@ -138,27 +134,26 @@ def retrying(
     first row) also retry, a few times: the loser's retry then finds the winner's row. Any other
     error, ours included, rolls back and propagates.
     """
-    deadline = time.monotonic() + timeout_s
-    delay = 0.002
     duplicates = 0
-    while True:
-        with connect() as con:
+
+    def worth_retrying(exc: Exception) -> bool:
+        nonlocal duplicates
+        if isinstance(exc, duckdb.ConstraintException):
+            duplicates += 1
+            return duplicates <= 10
+        return isinstance(exc, duckdb.Error) and _is_conflict(exc)
+
+    for attempt in retry.until(on=worth_retrying, timeout_s=timeout_s, first_s=0.002, max_s=0.1, jitter_s=0.002):
+        with attempt, connect() as con:
             try:
                 con.execute("BEGIN TRANSACTION")
                 result = work(con)
                 con.execute("COMMIT")
-                return result
-            except duckdb.Error as exc:
-                _rollback(con)
-                if isinstance(exc, duckdb.ConstraintException) and duplicates < 10:
-                    duplicates += 1
-                elif not _is_conflict(exc) or time.monotonic() > deadline:
-                    raise
             except BaseException:
                 _rollback(con)
                 raise
-        time.sleep(delay * random.uniform(0.5, 1.5))
-        delay = min(delay * 2, 0.1)
+            return result
+    raise AssertionError("retry.until runs at least one attempt")  # pragma: no cover
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

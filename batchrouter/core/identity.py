@@ -10,21 +10,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import IdentityError as IdentityError
+from batchrouter.core.errors import InvalidEmail, InvalidWorkspace
 
 WORKSPACE_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
 _WORKSPACE = re.compile(WORKSPACE_PATTERN)
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,252}")
 MAX_EMAIL = 254
-
-
-class IdentityError(BatchRouterError):
-    """A workspace name or an email address is not acceptable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def _canonical(value: object) -> str | None:
@@ -37,12 +29,11 @@ def canonical_workspace(value: object) -> str:
     """The workspace name as stored: NFKC, trimmed, lower-case, and matching `WORKSPACE_PATTERN`.
 
     Raises:
-        IdentityError: the name cannot be a workspace (code `invalid_workspace`).
+        InvalidWorkspace: the name cannot be a workspace (an IdentityError).
     """
     name = _canonical(value)
     if name is None or not _WORKSPACE.fullmatch(name):
-        raise IdentityError(
-            "invalid_workspace",
+        raise InvalidWorkspace(
             f"workspace {value!r} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.', "
             "starting with a letter or digit (names are case-insensitive)",
         )
@@ -53,7 +44,7 @@ def canonical_email(value: object) -> str:
     """The email address as stored: NFKC, trimmed, lower-case, one `@`, no spaces or control characters.
 
     Raises:
-        IdentityError: not an email address (code `invalid_email`).
+        InvalidEmail: not an email address (an IdentityError).
     """
     email = _canonical(value)
     if (
@@ -62,7 +53,7 @@ def canonical_email(value: object) -> str:
         or not _EMAIL.fullmatch(email)
         or any(unicodedata.category(c).startswith("C") for c in email)
     ):
-        raise IdentityError("invalid_email", f"{value!r} is not an email address (expected name@domain)")
+        raise InvalidEmail(f"{value!r} is not an email address (expected name@domain)")
     return email
 
 

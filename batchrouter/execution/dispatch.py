@@ -32,12 +32,12 @@ import numpy as np
 import polars as pl
 from httpx_aiohttp import AiohttpTransport
 
+from batchrouter.core.catalog import PICO_PER_MICRO, Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
+from batchrouter.execution.checkpoint import ItemResult, utc
 from batchrouter.execution.providers import ProviderAdapter, RefusedError, RequestItem, adapter_for
 from batchrouter.intake.manifest import request_messages
-from batchrouter.output.receipts import ItemResult, utc
-from batchrouter.pricing.catalog import PICO_PER_MICRO, Catalog, CatalogEntry
 
 # Errors that say the route itself is unusable (bad key, unknown model): try the next route.
 ROUTE_ERRORS = ("unauthorized", "not_found", "missing_base_url", "missing_api_key")

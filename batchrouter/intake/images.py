@@ -26,7 +26,7 @@ import re
 import struct
 from fractions import Fraction
 
-from batchrouter.pricing.catalog import CatalogEntry
+from batchrouter.core.catalog import CatalogEntry
 
 TILE_FIT = 2048
 TILE_SHORT_SIDE = 768

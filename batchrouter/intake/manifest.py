@@ -40,11 +40,11 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow.parquet as pq
 
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import LimitsConfig
 from batchrouter.core.errors import ManifestError
 from batchrouter.intake import request_fields
 from batchrouter.intake.request_fields import Extras, FieldError
-from batchrouter.pricing.catalog import Catalog
 
 ManifestFormat = Literal["parquet", "csv", "jsonl"]
 

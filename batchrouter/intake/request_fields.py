@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batchrouter.core.catalog import CatalogEntry
 from batchrouter.intake.images import image_size
-from batchrouter.pricing.catalog import CatalogEntry
 
 Wire = Literal["openai", "anthropic", "openrouter", "openai_compatible"]
 

@@ -19,23 +19,14 @@ from typing import Any
 import stripe
 
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchRouterError, ConfigError
-from batchrouter.core.identity import IdentityError, canonical_workspace
+from batchrouter.core.errors import BillingError as BillingError
+from batchrouter.core.errors import ConfigError, IdentityError
+from batchrouter.core.errors import MalformedEvent as MalformedEvent
+from batchrouter.core.errors import SignatureError as SignatureError
+from batchrouter.core.identity import canonical_workspace
 from batchrouter.money.ledger import Entry, Ledger
 
 FULFILMENT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
-
-
-class BillingError(BatchRouterError):
-    """A billing operation failed."""
-
-
-class SignatureError(BillingError):
-    """A webhook's Stripe-Signature is missing, stale, forged or does not match the body."""
-
-
-class MalformedEvent(BillingError):
-    """A genuinely signed event lacks a field fulfilment needs, or has it with the wrong type."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Operations, each idempotent by key (same key and body: the same entry back; same
 body: `IdempotencyConflict`): `grant`, `purchase`, `reserve`, `settle`, `void`, `expire`.
 Corrections are new entries; nothing is updated or deleted in `journal` and `postings`.
 
-Concurrency: one process owns the DuckDB file, the control service (`batchrouter.money.control`); every
+Concurrency: one process owns the DuckDB file, the control service (`batchrouter.core.control`); every
 public operation here is `@served`, so from any other process it runs there, as one transaction,
 writes one at a time. Within the transaction, the workspace's row in `wallets` (the balances the
 journal replays to, kept for speed) is updated: two transactions that both read a balance and
@@ -40,10 +40,16 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from batchrouter.core.amounts import micros_problem
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
-from batchrouter.money.amounts import micros_problem
-from batchrouter.money.control import served
+from batchrouter.core.errors import HoldError as HoldError
+from batchrouter.core.errors import IdempotencyConflict as IdempotencyConflict
+from batchrouter.core.errors import InsufficientCredits as InsufficientCredits
+from batchrouter.core.errors import InvalidAmount as InvalidAmount
+from batchrouter.core.errors import InvalidKey as InvalidKey
+from batchrouter.core.errors import LedgerError as LedgerError
+from batchrouter.core.errors import usd as usd
 
 T = TypeVar("T")
 
@@ -80,50 +86,6 @@ OPS = ("grant", "purchase", "reserve", "settle", "void", "expire")
 # operator's `--key` cannot collide with a batch's reservation, settlement, void or expiry.
 INTERNAL_KEY_PREFIXES = ("reserve:", "settle:", "void:", "expire:")
 MAX_KEY_LENGTH = 200
-
-
-class LedgerError(BatchRouterError):
-    """A ledger operation was refused."""
-
-    code = "ledger_error"
-
-
-class InsufficientCredits(LedgerError):
-    code = "insufficient_credits"
-
-    def __init__(self, workspace: str, needed: int, available: int) -> None:
-        self.workspace, self.needed, self.available = workspace, needed, available
-        self.missing = needed - available
-        super().__init__(
-            f"workspace {workspace} needs {usd(needed)} but has {usd(available)} available: "
-            f"{usd(self.missing)} missing; buy credits (batchrouter credits buy) or lower the batch's max_tokens"
-        )
-
-
-class InvalidAmount(LedgerError):
-    """An amount is not a whole number of micro-dollars from 0 to `money.MAX_USD_MICROS`."""
-
-    code = "invalid_amount"
-
-
-class InvalidKey(LedgerError):
-    """An operator's idempotency key is empty, too long, or takes the engine's own namespace."""
-
-    code = "invalid_key"
-
-
-class IdempotencyConflict(LedgerError):
-    code = "idempotency_conflict"
-
-
-class HoldError(LedgerError):
-    code = "hold_error"
-
-
-def usd(micros: int) -> str:
-    sign = "-" if micros < 0 else ""
-    micros = abs(micros)
-    return f"{sign}${micros // 10**6:,}.{micros % 10**6:06d}"
 
 
 def account(workspace: str, kind: str) -> str:

@@ -6,12 +6,24 @@ the base64-decoded part of the endpoint's `whsec_...` secret over `{id}.{timesta
 The body is `{"type": "batch.completed", "timestamp": ISO, "data": {...}}`, `data` holding the
 signed batch summary and signed links to the outputs, receipts and summary.
 
-A failed attempt (non-2xx, redirect, timeout, connection error, an address that became private)
-is retried on `delivery.retry_schedule_s` (delays before each attempt) as long as the attempt
-would start within `delivery.max_total_s`. HTTP 410 disables the endpoint at once; an endpoint
-whose last `delivery.disable_after_failed_events` events all exhausted their retries is disabled.
-Every attempt is appended to `webhook_attempts`. The event id is derived from the batch and its
-signed summary, so delivering the same batch again skips endpoints that already accepted it.
+Delivery goes through an outbox, so nothing waits for a slow or dead endpoint:
+
+- `enqueue_batch_completed` stores the event (its body, sent byte for byte on every attempt) and one
+  delivery per enabled endpoint of the workspace, in one transaction. The event id is derived from the
+  batch and its signed summary, so enqueueing the same batch again adds nothing for endpoints that
+  already have the event (a delivery that ran out of retries starts a new round of the schedule).
+- `drain` sends every due delivery once, never sleeping: it claims one delivery at a time with a lease
+  (one transaction), sends it, then records the attempt and schedules the next one (another
+  transaction). Drains in several processes never send the same due attempt twice; a drain that dies
+  mid-send leaves its lease to expire, after which another drain sends that attempt again (the same
+  `webhook-id`, so receivers deduplicate). A schedule or sensor calls it every minute.
+- `deliver_batch_completed` is enqueue + one drain of that event, with a short timeout.
+
+A failed attempt (non-2xx, redirect, timeout, connection error, an address that became private) is
+retried on `delivery.retry_schedule_s` (delays before each attempt, counted from the end of the
+previous one) as long as the attempt would start within `delivery.max_total_s` of the enqueue. HTTP
+410 disables the endpoint at once; an endpoint whose last `delivery.disable_after_failed_events`
+events all exhausted their retries is disabled. Every attempt is appended to `webhook_attempts`.
 
 Endpoints resolving to private, loopback, link-local or otherwise non-global addresses, or not at
 all, are refused when added and again before every attempt, and each request goes to the address
@@ -19,7 +31,7 @@ that was checked (no second DNS lookup to rebind), unless `delivery.allow_privat
 Redirects are not followed and proxy environment variables are ignored.
 
 Tables live in the DuckDB file `settings.database`; the functions marked `@served` run in its control
-service (`batchrouter.money.control`). Endpoint secrets are stored sealed (`batchrouter.access.vault`).
+service (`batchrouter.core.control`). Endpoint secrets are stored sealed (`batchrouter.access.vault`).
 """
 
 from __future__ import annotations
@@ -36,8 +48,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
 
 import duckdb
 import httpx
@@ -45,10 +57,12 @@ import httpx
 from batchrouter.access import vault
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import DeliveryError as DeliveryError
+from batchrouter.core.errors import EndpointNotFound as EndpointNotFound
+from batchrouter.core.errors import EndpointRefused as EndpointRefused
 from batchrouter.core.storage import Storage
-from batchrouter.money.control import served
 from batchrouter.output.links import sign_link
 from batchrouter.output.summary import write_summary
 
@@ -56,6 +70,9 @@ T = TypeVar("T")
 
 EVENT_TYPE = "batch.completed"
 SECRET_PREFIX = "whsec_"
+INLINE_TIMEOUT_S = 2.0  # `deliver_batch_completed`'s one try; later tries (drains) use `delivery.timeout_s`
+DRAIN_LIMIT = 500  # deliveries one drain sends at most; the rest wait for the next drain
+DeliveryState = Literal["pending", "delivered", "failed", "gone"]
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
     endpoint_id VARCHAR PRIMARY KEY,
@@ -76,24 +93,27 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     error VARCHAR,
     duration_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_events (
+    event_id VARCHAR PRIMARY KEY,
+    workspace VARCHAR NOT NULL,
+    batch_id VARCHAR NOT NULL,
+    body VARCHAR NOT NULL,  -- sent byte for byte on every attempt
+    created_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    event_id VARCHAR NOT NULL,
+    endpoint_id VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,  -- pending, delivered, failed (retries exhausted), gone (answered 410)
+    attempts INTEGER NOT NULL,  -- made so far, in every round: the number of the last attempt
+    step INTEGER NOT NULL,  -- attempts made in this round: the index into the retry schedule
+    round_started_at TIMESTAMPTZ NOT NULL,  -- `delivery.max_total_s` counts from here
+    next_attempt_at TIMESTAMPTZ,  -- NULL unless pending
+    lease_until TIMESTAMPTZ,  -- a drain is sending it until then
+    lease_token VARCHAR,
+    PRIMARY KEY (event_id, endpoint_id)
+);
 """
 _WORKSPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-class DeliveryError(BatchRouterError):
-    """A webhook operation was refused; `code` is stable."""
-
-    code = "delivery_error"
-
-
-class EndpointRefused(DeliveryError):
-    """The URL is not a usable public http(s) endpoint."""
-
-    code = "endpoint_refused"
-
-
-class EndpointNotFound(DeliveryError):
-    code = "endpoint_not_found"
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,17 @@ class Attempt:
     @property
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one endpoint, as stored in the outbox (`webhook_deliveries`)."""
+
+    event_id: str
+    endpoint_id: str
+    state: DeliveryState
+    attempts: int  # made so far
+    next_attempt_at: datetime | None  # when a drain sends it next; None unless pending
 
 
 # -- the database ----------------------------------------------------------------------------------
@@ -326,130 +357,7 @@ def _attempts(database: str, endpoint_id: str | None, event_id: str | None) -> l
     )
 
 
-# -- delivery --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Target:
-    endpoint_id: str
-    url: str
-    secret: str
-    attempt: int  # the number of the next attempt (continuing any earlier delivery of the same event)
-    step: int  # index into the retry schedule
-    due: float  # seconds after delivery began
-
-
-def _send(
-    client: httpx.Client, target: _Target, event_id: str, body: bytes, *, clock: Callable[[], float], allow: bool
-) -> tuple[int | None, str | None]:
-    """One attempt: (status code, error); the request goes to an address just checked, never a new lookup."""
-    try:
-        ips = check_url(target.url, allow_private=allow)
-    except EndpointRefused as exc:
-        return None, f"refused_address: {exc}"
-    url = httpx.URL(target.url)
-    timestamp = int(clock())
-    headers = {
-        "content-type": "application/json",
-        "user-agent": "BatchRouter-Webhooks/1",
-        "webhook-id": event_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(target.secret, event_id, timestamp, body),
-        "host": url.netloc.decode("ascii"),
-    }
-    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-    for n, ip in enumerate(ips):
-        try:
-            with client.stream(
-                "POST", url.copy_with(host=ip), content=body, headers=headers, extensions=extensions
-            ) as response:
-                code = response.status_code
-        except httpx.ConnectError as exc:
-            if n + 1 < len(ips):
-                continue  # the next address of the host (IPv6 and IPv4, several A records)
-            return None, f"connection_error: {type(exc).__name__}: {exc}"
-        except httpx.TimeoutException as exc:
-            return None, f"timeout: {type(exc).__name__}"
-        except httpx.TransportError as exc:
-            return None, f"connection_error: {type(exc).__name__}: {exc}"
-        return code, None if 200 <= code < 300 else f"http_{code}"
-    raise AssertionError("check_url returns at least one address")  # pragma: no cover
-
-
-@served()
-def _record(database: str, attempt: Attempt) -> None:
-    _transaction(
-        database,
-        lambda con: con.execute(
-            "INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, \"at\", status_code, error, duration_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [attempt.event_id, attempt.endpoint_id, attempt.attempt, attempt.at, attempt.status_code,
-             attempt.error, attempt.duration_ms],
-        ),
-    )  # fmt: skip
-
-
-@served()
-def _conclude(database: str, endpoint_id: str, *, limit: int, delivered: bool, gone: bool, error: str | None) -> None:
-    """After an event's last attempt to an endpoint: reset, count a failed event, or disable."""
-
-    def work(con: duckdb.DuckDBPyConnection) -> None:
-        row = con.execute("SELECT failures FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id]).fetchone()
-        if row is None:  # removed meanwhile
-            return
-        if delivered:
-            con.execute("UPDATE webhook_endpoints SET failures = 0 WHERE endpoint_id = ?", [endpoint_id])
-            return
-        failures = int(row[0]) + 1
-        reason = None
-        if gone:
-            reason = "the endpoint answered 410 Gone"
-        elif failures >= limit:
-            reason = f"{failures} consecutive events failed after every retry (last: {error})"
-        con.execute(
-            "UPDATE webhook_endpoints SET failures = ?, enabled = ?, disabled_reason = coalesce(?, disabled_reason) "
-            "WHERE endpoint_id = ?",
-            [failures, reason is None, reason, endpoint_id],
-        )
-
-    _transaction(database, work)
-
-
-def _targets(settings: Settings, workspace: str, event_id: str, first_due: float) -> list[_Target]:
-    """The workspace's enabled endpoints that have not accepted this event yet."""
-    return [
-        _Target(endpoint_id, url, vault.unseal(settings.database, sealed), done + 1, 0, first_due)
-        for endpoint_id, url, sealed, done in _pending(settings.database, workspace, event_id)
-    ]
-
-
-@served(read_only=True)
-def _pending(database: str, workspace: str, event_id: str) -> list[tuple[str, str, str, int]]:
-    """(endpoint id, url, sealed secret, attempts made) of enabled endpoints that did not accept the event."""
-
-    def work(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, int]]:
-        rows = _rows(
-            con,
-            "SELECT e.endpoint_id, e.url, e.secret, coalesce(max(a.attempt), 0) AS done, "
-            "coalesce(bool_or(a.status_code BETWEEN 200 AND 299), false) AS delivered "
-            "FROM webhook_endpoints e LEFT JOIN webhook_attempts a ON a.endpoint_id = e.endpoint_id AND a.event_id = ? "
-            "WHERE e.workspace = ? AND e.enabled GROUP BY ALL ORDER BY min(e.created_at), e.endpoint_id",
-            [event_id, workspace],
-        )
-        return [(r["endpoint_id"], r["url"], r["secret"], int(r["done"])) for r in rows if not r["delivered"]]
-
-    return _transaction(database, work)
-
-
-@served(read_only=True)
-def _still_enabled(database: str, endpoint_id: str) -> bool:
-    row = _transaction(
-        database,
-        lambda con: con.execute(
-            "SELECT enabled FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id]
-        ).fetchone(),
-    )
-    return bool(row and row[0])
+# -- the outbox ------------------------------------------------------------------------------------
 
 
 def event_id_for(info: BatchInfo, summary: dict[str, Any]) -> str:
@@ -482,63 +390,323 @@ def batch_completed_event(
     }
 
 
-def deliver_batch_completed(
-    settings: Settings,
-    storage: Storage,
-    info: BatchInfo,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.time,
-) -> list[Attempt]:
-    """Sign the batch's summary and deliver `batch.completed` to each enabled endpoint of its workspace.
+def enqueue_batch_completed(
+    settings: Settings, storage: Storage, info: BatchInfo, *, now: datetime | None = None
+) -> str:
+    """Sign the batch's summary and store `batch.completed` for each enabled endpoint of its workspace.
 
-    Synchronous: returns once every endpoint accepted the event, answered 410, or ran out of retries
-    (`delivery.retry_schedule_s`, none starting after `delivery.max_total_s`). Endpoints are retried
-    side by side, so one slow endpoint does not hold back the others. Waits go through `sleep`, and
-    `webhook-timestamp` comes from `clock`. Returns the attempts made by this call.
+    Idempotent per (event, endpoint): an endpoint that already has this event gets nothing new, except
+    that a delivery which ran out of retries (or answered 410 before the endpoint was enabled again)
+    starts a new round of the schedule. Sends nothing; returns the event id.
     """
-    config = settings.delivery
+    at = now or datetime.now(UTC)
     summary = write_summary(settings, storage, info)
     event_id = event_id_for(info, summary)
-    schedule = config.retry_schedule_s
-    targets = _targets(settings, info.workspace, event_id, schedule[0])
-    if not targets:
-        return []
-    body = json.dumps(
-        batch_completed_event(settings, storage, info, summary, now=clock()), separators=(",", ":")
-    ).encode()
+    event = batch_completed_event(settings, storage, info, summary, now=at.timestamp())
+    body = json.dumps(event, separators=(",", ":"))
+    first_due = at + timedelta(seconds=settings.delivery.retry_schedule_s[0])
+    _enqueue(settings.database, event_id, info.workspace, info.batch_id, body, at, first_due)
+    return event_id
+
+
+@served()
+def _enqueue(
+    database: str, event_id: str, workspace: str, batch_id: str, body: str, at: datetime, first_due: datetime
+) -> None:
+    def work(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "INSERT INTO webhook_events (event_id, workspace, batch_id, body, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [event_id, workspace, batch_id, body, at],
+        )
+        # Attempts recorded before the outbox existed count: an endpoint that accepted the event is done.
+        con.execute(
+            "INSERT INTO webhook_deliveries (event_id, endpoint_id, state, attempts, step, round_started_at, "
+            "next_attempt_at) "
+            "SELECT ?, e.endpoint_id, if(bool_or(coalesce(a.status_code BETWEEN 200 AND 299, false)), "
+            "'delivered', 'pending'), coalesce(max(a.attempt), 0), 0, ?, "
+            "if(bool_or(coalesce(a.status_code BETWEEN 200 AND 299, false)), NULL, ?::TIMESTAMPTZ) "
+            "FROM webhook_endpoints e LEFT JOIN webhook_attempts a ON a.endpoint_id = e.endpoint_id AND a.event_id = ? "
+            "WHERE e.workspace = ? AND e.enabled GROUP BY e.endpoint_id "
+            "ON CONFLICT DO NOTHING",
+            [event_id, at, first_due, event_id, workspace],
+        )
+        con.execute(
+            "UPDATE webhook_deliveries SET state = 'pending', step = 0, round_started_at = ?, next_attempt_at = ?, "
+            "lease_until = NULL, lease_token = NULL "
+            "WHERE event_id = ? AND state IN ('failed', 'gone') "
+            "AND endpoint_id IN (SELECT endpoint_id FROM webhook_endpoints WHERE workspace = ? AND enabled)",
+            [at, first_due, event_id, workspace],
+        )
+
+    _transaction(database, work)
+
+
+def list_deliveries(
+    settings: Settings, *, endpoint_id: str | None = None, event_id: str | None = None
+) -> list[Delivery]:
+    """The outbox, oldest event first, optionally of one endpoint and/or one event."""
+    return _deliveries(settings.database, endpoint_id, event_id)
+
+
+@served(read_only=True)
+def _deliveries(database: str, endpoint_id: str | None, event_id: str | None) -> list[Delivery]:
+    return _transaction(
+        database,
+        lambda con: [
+            Delivery(**r)
+            for r in _rows(
+                con,
+                "SELECT d.event_id, d.endpoint_id, d.state, d.attempts, d.next_attempt_at FROM webhook_deliveries d "
+                "JOIN webhook_events v USING (event_id) WHERE (? IS NULL OR d.endpoint_id = ?) "
+                "AND (? IS NULL OR d.event_id = ?) ORDER BY v.created_at, d.event_id, d.endpoint_id",
+                [endpoint_id, endpoint_id, event_id, event_id],
+            )
+        ],
+    )
+
+
+def next_due(settings: Settings) -> datetime | None:
+    """When the earliest pending delivery to an enabled endpoint is due (None: nothing to send)."""
+    return _next_due(settings.database)
+
+
+@served(read_only=True)
+def _next_due(database: str) -> datetime | None:
+    row = _transaction(
+        database,
+        lambda con: con.execute(
+            "SELECT min(d.next_attempt_at) FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id) "
+            "WHERE d.state = 'pending' AND e.enabled"
+        ).fetchone(),
+    )
+    return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """A due delivery a drain holds the lease of, with what sending it needs."""
+
+    event_id: str
+    endpoint_id: str
+    url: str
+    secret: str  # sealed
+    body: str
+    attempt: int  # the number of this attempt
+
+
+@served()
+def _claim(
+    database: str, token: str, *, due_by: datetime, now: datetime, lease_until: datetime, event_id: str | None
+) -> _Claim | None:
+    """Lease the earliest delivery due by `due_by` that no live lease holds (one transaction)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> _Claim | None:
+        rows = _rows(
+            con,
+            "SELECT d.event_id, d.endpoint_id, e.url, e.secret, v.body, d.attempts + 1 AS attempt "
+            "FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id) "
+            "JOIN webhook_events v USING (event_id) "
+            "WHERE d.state = 'pending' AND e.enabled AND d.next_attempt_at <= ? "
+            "AND (d.lease_until IS NULL OR d.lease_until < ?) AND (? IS NULL OR d.event_id = ?) "
+            "ORDER BY d.next_attempt_at, e.created_at, d.endpoint_id LIMIT 1",
+            [due_by, now, event_id, event_id],
+        )
+        if not rows:
+            return None
+        claim = _Claim(**rows[0])
+        # Writing the row is the conflict point: of two drains claiming it at once, one commits.
+        con.execute(
+            "UPDATE webhook_deliveries SET lease_until = ?, lease_token = ? WHERE event_id = ? AND endpoint_id = ?",
+            [lease_until, token, claim.event_id, claim.endpoint_id],
+        )
+        return claim
+
+    return _transaction(database, work)
+
+
+@served()
+def _finish(
+    database: str, attempt: Attempt, token: str, *, ended: datetime, schedule: list[float], max_total_s: float,
+    limit: int,
+) -> None:  # fmt: skip
+    """Record an attempt and schedule the next one, or conclude the delivery (one transaction)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "INSERT INTO webhook_attempts (event_id, endpoint_id, attempt, \"at\", status_code, error, duration_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [attempt.event_id, attempt.endpoint_id, attempt.attempt, attempt.at, attempt.status_code,
+             attempt.error, attempt.duration_ms],
+        )  # fmt: skip
+        row = con.execute(
+            "SELECT step, round_started_at FROM webhook_deliveries WHERE event_id = ? AND endpoint_id = ? "
+            "AND state = 'pending' AND lease_token = ?",
+            [attempt.event_id, attempt.endpoint_id, token],
+        ).fetchone()
+        if row is None:  # our lease expired and another drain took the delivery over: its answer counts
+            return
+        step, started = int(row[0]) + 1, row[1]
+        gone = attempt.status_code == 410
+        state: DeliveryState = "pending"
+        next_at: datetime | None = None
+        if attempt.ok:
+            state = "delivered"
+        elif gone:
+            state = "gone"
+        elif step >= len(schedule) or (ended - started).total_seconds() + schedule[step] > max_total_s:
+            state = "failed"
+        else:
+            next_at = ended + timedelta(seconds=schedule[step])
+        con.execute(
+            "UPDATE webhook_deliveries SET state = ?, attempts = ?, step = ?, next_attempt_at = ?, lease_until = NULL, "
+            "lease_token = NULL WHERE event_id = ? AND endpoint_id = ?",
+            [state, attempt.attempt, step, next_at, attempt.event_id, attempt.endpoint_id],
+        )
+        if state != "pending":
+            _conclude(con, attempt.endpoint_id, limit=limit, delivered=attempt.ok, gone=gone, error=attempt.error)
+
+    _transaction(database, work)
+
+
+def _conclude(
+    con: duckdb.DuckDBPyConnection, endpoint_id: str, *, limit: int, delivered: bool, gone: bool, error: str | None
+) -> None:
+    """After an event's last attempt to an endpoint: reset, count a failed event, or disable."""
+    row = con.execute("SELECT failures FROM webhook_endpoints WHERE endpoint_id = ?", [endpoint_id]).fetchone()
+    if row is None:  # removed meanwhile
+        return
+    if delivered:
+        con.execute("UPDATE webhook_endpoints SET failures = 0 WHERE endpoint_id = ?", [endpoint_id])
+        return
+    failures = int(row[0]) + 1
+    reason = None
+    if gone:
+        reason = "the endpoint answered 410 Gone"
+    elif failures >= limit:
+        reason = f"{failures} consecutive events failed after every retry (last: {error})"
+    con.execute(
+        "UPDATE webhook_endpoints SET failures = ?, enabled = ?, disabled_reason = coalesce(?, disabled_reason) "
+        "WHERE endpoint_id = ?",
+        [failures, reason is None, reason, endpoint_id],
+    )
+
+
+def _send(
+    client: httpx.Client, url_text: str, secret: str, event_id: str, body: bytes, *, allow: bool
+) -> tuple[int | None, str | None]:
+    """One attempt: (status code, error); the request goes to an address just checked, never a new lookup."""
+    try:
+        ips = check_url(url_text, allow_private=allow)
+    except EndpointRefused as exc:
+        return None, f"refused_address: {exc}"
+    url = httpx.URL(url_text)
+    timestamp = int(time.time())  # the receiver checks it against its own clock
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "BatchRouter-Webhooks/1",
+        "webhook-id": event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, event_id, timestamp, body),
+        "host": url.netloc.decode("ascii"),
+    }
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    for n, ip in enumerate(ips):
+        try:
+            with client.stream(
+                "POST", url.copy_with(host=ip), content=body, headers=headers, extensions=extensions
+            ) as response:
+                code = response.status_code
+        except httpx.ConnectError as exc:
+            if n + 1 < len(ips):
+                continue  # the next address of the host (IPv6 and IPv4, several A records)
+            return None, f"connection_error: {type(exc).__name__}: {exc}"
+        except httpx.TimeoutException as exc:
+            return None, f"timeout: {type(exc).__name__}"
+        except httpx.TransportError as exc:
+            return None, f"connection_error: {type(exc).__name__}: {exc}"
+        return code, None if 200 <= code < 300 else f"http_{code}"
+    raise AssertionError("check_url returns at least one address")  # pragma: no cover
+
+
+def drain(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    limit: int = DRAIN_LIMIT,
+    event_id: str | None = None,
+    timeout_s: float | None = None,
+) -> list[Attempt]:
+    """Send every delivery due at `now` once (at most `limit`), record each attempt and schedule the next.
+
+    Never sleeps: a delivery that fails waits in the outbox for a later drain. `now` (default: the
+    clock) is where this drain's timeline starts: what is due, and when next attempts fall, are
+    reckoned on it, so a test moves it forward instead of waiting. `event_id` sends only that event;
+    `timeout_s` (default `delivery.timeout_s`) bounds each request. Returns the attempts made, in order.
+    """
+    config = settings.delivery
+    timeout = config.timeout_s if timeout_s is None else timeout_s
+    start, began = now or datetime.now(UTC), time.monotonic()
+
+    def clock() -> datetime:
+        return start + timedelta(seconds=time.monotonic() - began)
+
+    # Long enough for the request on every address of a host; a drain that dies frees its claim then.
+    lease = timedelta(seconds=60 + 8 * timeout)
+    token = uuid.uuid4().hex
     made: list[Attempt] = []
-    elapsed = 0.0  # the delivery's own timeline: real request time plus every wait handed to `sleep`
-    with httpx.Client(timeout=config.timeout_s, follow_redirects=False, trust_env=False) as client:
-        while targets:
-            target = min(targets, key=lambda t: t.due)
-            if target.due > elapsed:
-                sleep(target.due - elapsed)
-                elapsed = target.due
-            if target.step > 0 and not _still_enabled(settings.database, target.endpoint_id):
-                targets.remove(target)  # disabled or removed while waiting
-                continue
-            started = time.monotonic()
-            code, error = _send(client, target, event_id, body, clock=clock, allow=config.allow_private_endpoints)
-            took = time.monotonic() - started
-            elapsed += took
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        while len(made) < limit:
+            at = clock()
+            claim = _claim(settings.database, token, due_by=start, now=at, lease_until=at + lease, event_id=event_id)
+            if claim is None:
+                break
+            secret = vault.unseal(settings.database, claim.secret)
+            sent = time.monotonic()
+            code, error = _send(
+                client, claim.url, secret, claim.event_id, claim.body.encode(), allow=config.allow_private_endpoints
+            )
             attempt = Attempt(
-                event_id, target.endpoint_id, target.attempt, datetime.now(UTC), code, error, round(took * 1000)
+                claim.event_id,
+                claim.endpoint_id,
+                claim.attempt,
+                at,
+                code,
+                error,
+                round((time.monotonic() - sent) * 1000),
             )
-            _record(settings.database, attempt)
+            _finish(settings.database, attempt, token, ended=clock(), schedule=list(config.retry_schedule_s),
+                    max_total_s=config.max_total_s, limit=config.disable_after_failed_events)  # fmt: skip
             made.append(attempt)
-            target.attempt += 1
-            target.step += 1
-            last = (
-                attempt.ok
-                or code == 410
-                or target.step >= len(schedule)
-                or elapsed + schedule[target.step] > config.max_total_s
-            )
-            if last:
-                _conclude(settings.database, target.endpoint_id, limit=config.disable_after_failed_events,
-                          delivered=attempt.ok, gone=code == 410, error=error)  # fmt: skip
-                targets.remove(target)
-            else:
-                target.due = elapsed + schedule[target.step]
     return made
+
+
+def deliver_batch_completed(
+    settings: Settings, storage: Storage, info: BatchInfo, *, now: datetime | None = None
+) -> list[Attempt]:
+    """Enqueue the batch's `batch.completed` event and try each of its due deliveries once, now.
+
+    Never sleeps and never waits longer than one short request per endpoint: what fails is retried
+    by later drains (`drain`, the Dagster outbox sensor). Returns the attempts made by this call.
+    """
+    event_id = enqueue_batch_completed(settings, storage, info, now=now)
+    return drain(settings, now=now, event_id=event_id, timeout_s=min(settings.delivery.timeout_s, INLINE_TIMEOUT_S))
+
+
+def _secrets(settings: Settings, workspace: str) -> list[str]:
+    """The unsealed secrets of the workspace's enabled endpoints (what a drain signs with)."""
+    return [vault.unseal(settings.database, sealed) for sealed in _sealed(settings.database, workspace)]
+
+
+@served(read_only=True)
+def _sealed(database: str, workspace: str) -> list[str]:
+    return _transaction(
+        database,
+        lambda con: [
+            str(r[0])
+            for r in con.execute(
+                "SELECT secret FROM webhook_endpoints WHERE workspace = ? AND enabled ORDER BY created_at, endpoint_id",
+                [workspace],
+            ).fetchall()
+        ],
+    )

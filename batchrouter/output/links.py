@@ -33,7 +33,13 @@ from urllib.parse import quote
 
 from batchrouter.core.batch_info import BATCHES
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import LinkError as LinkError
+from batchrouter.core.errors import LinkExpired as LinkExpired
+from batchrouter.core.errors import LinkNotFound as LinkNotFound
+from batchrouter.core.errors import LinkPathRefused as LinkPathRefused
+from batchrouter.core.errors import LinkSignatureInvalid as LinkSignatureInvalid
+from batchrouter.core.errors import LinkUnknownArtifact as LinkUnknownArtifact
+from batchrouter.core.errors import LinkWorkspaceMismatch as LinkWorkspaceMismatch
 from batchrouter.core.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -43,45 +49,6 @@ SECRET_KEY = (".secrets", "link-secret")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,127}")
 _SIG = re.compile(r"[0-9a-f]{64}")
 _EXPIRES = re.compile(r"[0-9]{1,12}")
-
-
-class LinkError(BatchRouterError):
-    """An artifact link was refused; `code` is stable, `http_status` is what the API should answer."""
-
-    code = "link_error"
-    http_status = 400
-
-
-class LinkExpired(LinkError):
-    code = "link_expired"
-    http_status = 403
-
-
-class LinkSignatureInvalid(LinkError):
-    code = "bad_signature"
-    http_status = 403
-
-
-class LinkWorkspaceMismatch(LinkError):
-    code = "cross_workspace"
-    http_status = 403
-
-
-class LinkPathRefused(LinkError):
-    """A path component tries to leave its folder ('/', '\\', '..', NUL, percent-encoding)."""
-
-    code = "path_traversal"
-    http_status = 400
-
-
-class LinkUnknownArtifact(LinkError):
-    code = "unknown_artifact"
-    http_status = 404
-
-
-class LinkNotFound(LinkError):
-    code = "not_found"
-    http_status = 404
 
 
 def _check_component(kind: str, value: str) -> None:

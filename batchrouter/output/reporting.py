@@ -8,7 +8,6 @@ Views: `receipts`, `usage_daily`, `balances`, `ledger_entries`, `postings`, `bat
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,19 +17,16 @@ import duckdb
 import polars as pl
 
 from batchrouter.access.accounts import SCHEMA as ACCOUNTS_SCHEMA
+from batchrouter.core import control, retry
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import QueryError as QueryError
 from batchrouter.core.identity import canonical_workspace
 from batchrouter.core.storage import Storage
-from batchrouter.money import control
+from batchrouter.execution.checkpoint import RESULT_SCHEMA
 from batchrouter.money.ledger import SCHEMA as LEDGER_SCHEMA
-from batchrouter.output.receipts import RECEIPT_COLUMNS, RESULT_SCHEMA
+from batchrouter.output.receipts import RECEIPT_COLUMNS
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
-
-
-class QueryError(BatchRouterError):
-    """A query was refused or failed."""
 
 
 def _receipt_schema_sql() -> str:
@@ -166,15 +162,16 @@ def _attach_ledger(con: duckdb.DuckDBPyConnection, path: str, lock_timeout_s: fl
         con.execute(ACCOUNTS_SCHEMA)
         con.execute("USE memory")
         return
-    deadline = time.monotonic() + lock_timeout_s
-    while True:
-        try:
-            con.execute("ATTACH ? AS ledger (READ_ONLY)", [path])
-            return
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise QueryError(f"the ledger {path} is locked by another process; try again") from exc
-            time.sleep(0.05)
+    try:
+        for attempt in retry.until(on=_locked, timeout_s=lock_timeout_s, first_s=0.05, max_s=0.05, factor=1.0):
+            with attempt:
+                con.execute("ATTACH ? AS ledger (READ_ONLY)", [path])
+    except duckdb.IOException as exc:
+        raise QueryError(f"the ledger {path} is locked by another process; try again") from exc
+
+
+def _locked(exc: Exception) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:

@@ -8,7 +8,7 @@ and changing any value is not. Same artifacts, same summary bytes: Ed25519 signa
 deterministic and the summary holds no clock time.
 
 Keys are created on first use, one per workspace, in the table `workspace_signing_keys` of the
-DuckDB file `settings.database` (reached through its control service, `batchrouter.money.control`). The
+DuckDB file `settings.database` (reached through its control service, `batchrouter.core.control`). The
 private key is stored sealed with the secret key (`batchrouter.access.vault`), never in plain text.
 
 `summary.json` carries the public key (`public_key_pem`), so a downloaded batch can be checked for
@@ -38,10 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from batchrouter.access import vault
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
+from batchrouter.core.control import served
 from batchrouter.core.db import Database
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import SummaryError as SummaryError
 from batchrouter.core.storage import Storage
-from batchrouter.money.control import served
 
 T = TypeVar("T")
 
@@ -58,10 +58,6 @@ CREATE TABLE IF NOT EXISTS workspace_signing_keys (
     created_at TIMESTAMPTZ NOT NULL
 );
 """
-
-
-class SummaryError(BatchRouterError):
-    """A summary cannot be written, or a batch folder cannot be read to verify it."""
 
 
 # -- the key store ---------------------------------------------------------------------------------

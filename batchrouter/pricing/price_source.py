@@ -19,7 +19,7 @@ from decimal import Decimal
 from genai_prices import types as gp_types
 from genai_prices.data_snapshot import get_snapshot
 
-from batchrouter.pricing.catalog import Catalog, CatalogEntry
+from batchrouter.core.catalog import Catalog, CatalogEntry
 
 # Our provider names -> the source's provider ids. Routes of other providers (self-hosted) have no price.
 SOURCE_PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "openrouter": "openrouter"}

@@ -23,11 +23,11 @@ from typing import Any
 
 import polars as pl
 
+from batchrouter.core.catalog import PICO_PER_MICRO, Catalog
 from batchrouter.core.config import RoutePolicy
 from batchrouter.intake import guards, images, tokens
 from batchrouter.intake.manifest import Manifest
 from batchrouter.pricing import routing
-from batchrouter.pricing.catalog import PICO_PER_MICRO, Catalog
 
 QUOTE_SCHEMA: dict[str, pl.DataType] = {
     "row": pl.Int64(),

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import RoutePolicy, Settings
 from batchrouter.intake.request_fields import FEATURE_FIELDS, route_features
-from batchrouter.pricing.catalog import Catalog, CatalogEntry
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class SimulatorState:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
         self.cache = bill.PrefixCache(self.config.prompt_cache_ttl_s)
-        from batchrouter.pricing.catalog import load_catalog
+        from batchrouter.core.catalog import load_catalog
 
         for entry in load_catalog().entries:
             if entry.provider == "openrouter":
@@ -687,16 +687,7 @@ def _free_port() -> int:
 def running_simulator(config: SimulatorConfig, *, port: int | None = None) -> Iterator[str]:
     """Start the simulator in its own process; yields its base URL (`http://127.0.0.1:PORT/v1`)."""
     port = port or _free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "batchrouter.cli",
-        "simulate",
-        "--port",
-        str(port),
-        "--config-json",
-        config.model_dump_json(),
-    ]
+    args = [sys.executable, "-m", "batchrouter.simulator", str(port), config.model_dump_json()]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

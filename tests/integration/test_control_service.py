@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from batchrouter.access.accounts import AccessError, Accounts, ApiKey
-from batchrouter.money import control
+from batchrouter.core import control
 from batchrouter.money.ledger import Entry, Hold, InsufficientCredits, InvalidAmount, Ledger
 
 pytestmark = pytest.mark.integration

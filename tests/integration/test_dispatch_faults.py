@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import RoutePolicy, SimulatorConfig, load_settings
+from batchrouter.execution.checkpoint import ItemResult
 from batchrouter.execution.dispatch import Dispatcher, Job
 from batchrouter.execution.providers import OpenAIAdapter, RequestItem
-from batchrouter.output.receipts import ItemResult
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.simulator import running_simulator
 
 pytestmark = pytest.mark.integration

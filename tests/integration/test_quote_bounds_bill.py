@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from batchrouter.cli import main
-from batchrouter.pricing.catalog import load_catalog
+from batchrouter.core.catalog import load_catalog
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from batchrouter.cli import main
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import load_settings
 from batchrouter.money.ledger import Ledger
-from batchrouter.pricing.catalog import load_catalog
 
 pytestmark = pytest.mark.integration
 

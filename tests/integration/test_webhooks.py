@@ -1,16 +1,21 @@
-"""Webhook delivery over real HTTP to receivers on loopback: Standard Webhooks signatures, retries, disabling."""
+"""Webhook delivery over real HTTP to receivers on loopback: signatures, the outbox and its drains, disabling."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import itertools
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,19 +25,24 @@ import polars as pl
 import pytest
 
 from batchrouter.batches.lifecycle import submit
+from batchrouter.core import control
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import DeliveryConfig, Settings, load_settings
 from batchrouter.core.storage import Storage
-from batchrouter.money import control
 from batchrouter.output.delivery import (
+    Attempt,
     EndpointNotFound,
     EndpointRefused,
     add_endpoint,
     deliver_batch_completed,
+    drain,
     enable_endpoint,
+    enqueue_batch_completed,
     list_attempts,
+    list_deliveries,
     list_endpoints,
     new_secret,
+    next_due,
     remove_endpoint,
     sign,
 )
@@ -80,6 +90,7 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     default: int = 200
     hang_first_s: float = 0.0  # hold the first request this long (longer than the client's timeout)
+    hold_s: float = 0.0  # hold every request this long before answering
     received: list[Received] = field(default_factory=list)
     accepted: dict[str, int] = field(default_factory=dict)  # webhook-id -> times processed (deduplicated)
     secret: str | None = None
@@ -92,6 +103,8 @@ class Receiver:
         self.received.append(Received(headers, body, code))
         if first and self.hang_first_s:
             self.release.wait(self.hang_first_s)
+        if self.hold_s:
+            self.release.wait(self.hold_s)
         if 200 <= code < 300 and self.secret and receiver_accepts(self.secret, headers, body):
             msg_id = headers["webhook-id"]
             self.accepted[msg_id] = self.accepted.get(msg_id, 0) + 1
@@ -165,16 +178,6 @@ def batch(storage: Storage) -> BatchInfo:
     return make_batch(storage)
 
 
-class Sleeps:
-    """Stands in for time.sleep: records each wait and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
 def register(settings: Settings, receiver: Receiver, workspace: str = "acme") -> str:
     endpoint_id, secret = add_endpoint(settings, workspace, receiver.url)
     receiver.secret = secret
@@ -212,11 +215,33 @@ def test_new_secret_is_whsec_and_at_least_24_random_bytes() -> None:
 # -- delivery --------------------------------------------------------------------------------------
 
 
+def drain_due(settings: Settings) -> list[Attempt]:
+    """One drain at the moment the earliest pending delivery falls due (moves time on instead of sleeping)."""
+    due = next_due(settings)
+    return [] if due is None else drain(settings, now=due)
+
+
+def drain_until_settled(settings: Settings, *, rounds: int = 20) -> list[Attempt]:
+    made: list[Attempt] = []
+    for _ in range(rounds):
+        if next_due(settings) is None:
+            return made
+        made += drain_due(settings)
+    raise AssertionError(f"deliveries still pending after {rounds} drains: {list_deliveries(settings)}")
+
+
+def refused_url() -> str:
+    """A loopback URL nobody listens on: connections are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+
+
 def test_delivery_sends_a_verifiable_batch_completed_event(
     settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver
 ) -> None:
     endpoint_id = register(settings, receiver)
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    attempts = deliver_batch_completed(settings, storage, batch)
     assert [(a.endpoint_id, a.attempt, a.status_code, a.error) for a in attempts] == [(endpoint_id, 1, 200, None)]
     (request,) = receiver.received
     assert request.headers["webhook-id"] == attempts[0].event_id
@@ -238,6 +263,36 @@ def test_delivery_sends_a_verifiable_batch_completed_event(
         query = parse_qs(link.query)
         key = resolve_link(settings, storage, workspace, batch_id, file, query["expires"][0], query["sig"][0])
         assert key == f"batches/{batch.batch_id}/{artifact}"
+    (delivery,) = list_deliveries(settings)
+    assert (delivery.state, delivery.attempts, delivery.next_attempt_at) == ("delivered", 1, None)
+    assert next_due(settings) is None
+
+
+@pytest.mark.parametrize("dead", ["refuses", "answers 500"])
+def test_a_dead_endpoint_gets_one_attempt_and_a_scheduled_retry_then_a_later_drain_delivers(
+    settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver, dead: str
+) -> None:
+    if dead == "refuses":
+        endpoint_id, receiver.secret = add_endpoint(settings, "acme", refused_url())
+    else:
+        receiver.default = 500
+        endpoint_id = register(settings, receiver)
+    (attempt,) = deliver_batch_completed(settings, storage, batch)
+    assert (attempt.attempt, attempt.ok) == (1, False)
+    (delivery,) = list_deliveries(settings, endpoint_id=endpoint_id)
+    assert (delivery.state, delivery.attempts) == ("pending", 1)
+    assert delivery.next_attempt_at is not None
+    wait = delivery.next_attempt_at - attempt.at
+    assert timedelta(seconds=SCHEDULE[1]) <= wait < timedelta(seconds=SCHEDULE[1] + 60)
+    assert drain(settings, now=delivery.next_attempt_at - timedelta(milliseconds=1)) == []  # not due yet
+    if dead == "refuses":
+        return  # the receiver answering 500 below comes back
+    receiver.default = 200
+    (later,) = drain(settings, now=delivery.next_attempt_at)
+    assert (later.attempt, later.status_code, later.event_id) == (2, 200, attempt.event_id)
+    assert receiver.accepted == {attempt.event_id: 1}
+    assert list_deliveries(settings, endpoint_id=endpoint_id)[0].state == "delivered"
+    assert drain_until_settled(settings) == []
 
 
 def test_flaky_receiver_gets_three_attempts_with_the_same_webhook_id_and_accepts_once(
@@ -245,8 +300,7 @@ def test_flaky_receiver_gets_three_attempts_with_the_same_webhook_id_and_accepts
 ) -> None:
     receiver.script = [500, 503]
     endpoint_id = register(settings, receiver)
-    sleeps = Sleeps()
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=sleeps)
+    attempts = deliver_batch_completed(settings, storage, batch) + drain_until_settled(settings)
     assert [(a.attempt, a.status_code, a.error) for a in attempts] == [
         (1, 500, "http_500"),
         (2, 503, "http_503"),
@@ -257,14 +311,15 @@ def test_flaky_receiver_gets_three_attempts_with_the_same_webhook_id_and_accepts
     assert {r.body for r in receiver.received} == {receiver.received[0].body}
     assert all(receiver_accepts(receiver.secret or "", r.headers, r.body) for r in receiver.received)
     assert receiver.accepted == {attempts[0].event_id: 1}
-    assert [round(w, 1) for w in sleeps.waits] == [SCHEDULE[1], SCHEDULE[2]]
+    gaps = [(b.at - a.at).total_seconds() for a, b in itertools.pairwise(attempts)]
+    assert all(gap >= delay for gap, delay in zip(gaps, SCHEDULE[1:], strict=False))
     assert endpoint(settings, endpoint_id).failures == 0 and endpoint(settings, endpoint_id).enabled
 
 
 def test_every_attempt_is_recorded(settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver) -> None:
     receiver.script = [500, 502]
     endpoint_id = register(settings, receiver)
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    attempts = deliver_batch_completed(settings, storage, batch) + drain_until_settled(settings)
     recorded = list_attempts(settings, endpoint_id=endpoint_id)
     assert [(a.event_id, a.attempt, a.status_code, a.error) for a in recorded] == [
         (a.event_id, a.attempt, a.status_code, a.error) for a in attempts
@@ -281,11 +336,13 @@ def test_receiver_answering_410_disables_the_endpoint_after_one_attempt(
 ) -> None:
     receiver.default = 410
     endpoint_id = register(settings, receiver)
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    attempts = deliver_batch_completed(settings, storage, batch)
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, 410)]
     gone = endpoint(settings, endpoint_id)
     assert not gone.enabled and "410" in (gone.disabled_reason or "")
-    assert deliver_batch_completed(settings, storage, make_batch(storage, "later.csv"), sleep=Sleeps()) == []
+    assert [d.state for d in list_deliveries(settings)] == ["gone"]
+    assert deliver_batch_completed(settings, storage, make_batch(storage, "later.csv")) == []
+    assert drain_until_settled(settings) == []
     assert len(receiver.received) == 1
 
 
@@ -294,34 +351,36 @@ def test_persistent_500_disables_after_the_configured_number_of_failed_events(
 ) -> None:
     receiver.default = 500
     endpoint_id = register(settings, receiver)
-    first = deliver_batch_completed(settings, storage, make_batch(storage, "one.csv"), sleep=Sleeps())
+    first = deliver_batch_completed(settings, storage, make_batch(storage, "one.csv")) + drain_until_settled(settings)
     assert len(first) == len(SCHEDULE)
     after_one = endpoint(settings, endpoint_id)
     assert after_one.enabled and after_one.failures == 1
-    second = deliver_batch_completed(settings, storage, make_batch(storage, "two.csv"), sleep=Sleeps())
+    assert [d.state for d in list_deliveries(settings)] == ["failed"]
+    second = deliver_batch_completed(settings, storage, make_batch(storage, "two.csv")) + drain_until_settled(settings)
     assert len(second) == len(SCHEDULE)
     disabled = endpoint(settings, endpoint_id)
     assert not disabled.enabled and disabled.failures == 2
     assert "2 consecutive events failed" in (disabled.disabled_reason or "")
-    assert deliver_batch_completed(settings, storage, make_batch(storage, "three.csv"), sleep=Sleeps()) == []
+    assert deliver_batch_completed(settings, storage, make_batch(storage, "three.csv")) == []
     assert len(receiver.received) == len(list_attempts(settings, endpoint_id=endpoint_id)) == 2 * len(SCHEDULE)
 
 
 def test_a_delivered_event_resets_the_failure_count(settings: Settings, storage: Storage, receiver: Receiver) -> None:
     receiver.script = [500] * len(SCHEDULE)
     endpoint_id = register(settings, receiver)
-    deliver_batch_completed(settings, storage, make_batch(storage, "one.csv"), sleep=Sleeps())
+    deliver_batch_completed(settings, storage, make_batch(storage, "one.csv"))
+    drain_until_settled(settings)
     assert endpoint(settings, endpoint_id).failures == 1
-    deliver_batch_completed(settings, storage, make_batch(storage, "two.csv"), sleep=Sleeps())
+    deliver_batch_completed(settings, storage, make_batch(storage, "two.csv"))
     assert endpoint(settings, endpoint_id).failures == 0
 
 
 def test_a_reenabled_endpoint_receives_events_again(settings: Settings, storage: Storage, receiver: Receiver) -> None:
     receiver.script = [410]
     endpoint_id = register(settings, receiver)
-    deliver_batch_completed(settings, storage, make_batch(storage, "one.csv"), sleep=Sleeps())
+    deliver_batch_completed(settings, storage, make_batch(storage, "one.csv"))
     enable_endpoint(settings, "acme", endpoint_id)
-    attempts = deliver_batch_completed(settings, storage, make_batch(storage, "two.csv"), sleep=Sleeps())
+    attempts = deliver_batch_completed(settings, storage, make_batch(storage, "two.csv"))
     assert [a.status_code for a in attempts] == [200]
     assert endpoint(settings, endpoint_id).enabled
 
@@ -330,11 +389,10 @@ def test_timeouts_and_connection_errors_are_retried(storage: Storage, batch: Bat
     settings = make_settings(timeout_s=0.3)
     receiver.hang_first_s = 5.0
     hanging = register(settings, receiver)
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
-    dead, _ = add_endpoint(settings, "acme", dead_url)
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    dead, _ = add_endpoint(settings, "acme", refused_url())
+    attempts = deliver_batch_completed(settings, storage, batch)
+    assert sorted(a.endpoint_id for a in attempts) == sorted([hanging, dead])  # one try each, nothing waits
+    attempts += drain_until_settled(settings)
     to_hanging = [a for a in attempts if a.endpoint_id == hanging]
     assert [(a.status_code, (a.error or "").split(":")[0]) for a in to_hanging] == [(None, "timeout"), (200, "")]
     to_dead = [a for a in attempts if a.endpoint_id == dead]
@@ -346,13 +404,10 @@ def test_timeouts_and_connection_errors_are_retried(storage: Storage, batch: Bat
 def test_a_failing_endpoint_does_not_hold_back_the_others(
     settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
-    dead, _ = add_endpoint(settings, "acme", dead_url)
+    dead, _ = add_endpoint(settings, "acme", refused_url())
     healthy = register(settings, receiver)
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
-    assert [a.endpoint_id for a in attempts][:2] == [dead, healthy]
+    attempts = deliver_batch_completed(settings, storage, batch)
+    assert [a.endpoint_id for a in attempts] == [dead, healthy]
     assert [a.status_code for a in attempts if a.endpoint_id == healthy] == [200]
 
 
@@ -360,10 +415,8 @@ def test_total_time_bound_stops_the_retries(storage: Storage, batch: BatchInfo, 
     settings = make_settings(max_total_s=2.5)
     receiver.default = 500
     endpoint_id = register(settings, receiver)
-    sleeps = Sleeps()
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=sleeps)
+    attempts = deliver_batch_completed(settings, storage, batch) + drain_until_settled(settings)
     assert len(attempts) == 2  # at 0 s and 1 s; the next (at 3 s) would start after the 2.5 s bound
-    assert sum(sleeps.waits) <= 2.5
     assert endpoint(settings, endpoint_id).failures == 1
 
 
@@ -371,18 +424,59 @@ def test_redelivering_the_same_batch_skips_endpoints_that_accepted_it(
     settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver
 ) -> None:
     register(settings, receiver)
-    first = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
-    assert deliver_batch_completed(settings, storage, batch, sleep=Sleeps()) == []
+    first = deliver_batch_completed(settings, storage, batch)
+    assert deliver_batch_completed(settings, storage, batch) == []
     assert len(receiver.received) == 1 and receiver.accepted == {first[0].event_id: 1}
+
+
+def test_enqueueing_the_same_event_again_adds_no_delivery(
+    settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver
+) -> None:
+    endpoint_id = register(settings, receiver)
+    event_id = enqueue_batch_completed(settings, storage, batch)
+    assert enqueue_batch_completed(settings, storage, batch) == event_id
+    assert receiver.received == []  # enqueueing sends nothing
+    assert [(d.event_id, d.endpoint_id, d.state) for d in list_deliveries(settings)] == [
+        (event_id, endpoint_id, "pending")
+    ]
+    assert [a.status_code for a in drain(settings)] == [200]
+    enqueue_batch_completed(settings, storage, batch)
+    assert drain_until_settled(settings) == []
+    assert receiver.accepted == {event_id: 1}
+
+
+def test_two_processes_draining_at_once_send_each_delivery_once(
+    storage: Storage, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHROUTER_DELIVERY__ALLOW_PRIVATE_ENDPOINTS", "true")
+    settings = load_settings()
+    receiver.hold_s = 0.05  # each answer takes a while, so the drains overlap
+    endpoints = [add_endpoint(settings, "acme", receiver.url)[0] for _ in range(4)]
+    events = [enqueue_batch_completed(settings, storage, make_batch(storage, f"b{n}.csv")) for n in range(3)]
+    script = "from batchrouter.core.config import load_settings\n" \
+             "from batchrouter.output.delivery import drain\n" \
+             "print(len(drain(load_settings())))\n"  # fmt: skip
+    drains = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        for _ in range(2)
+    ]
+    sent = [int(p.communicate(timeout=180)[0].strip() or -1) for p in drains]
+    assert all(p.returncode == 0 for p in drains)
+    assert sum(sent) == len(endpoints) * len(events) == len(receiver.received)
+    made = list_attempts(settings)
+    assert sorted((a.event_id, a.endpoint_id) for a in made) == sorted(
+        (event, ep) for event in events for ep in endpoints
+    )
+    assert all(d.state == "delivered" for d in list_deliveries(settings))
 
 
 def test_changed_results_are_a_new_event(
     settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver
 ) -> None:
     register(settings, receiver)
-    first = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    first = deliver_batch_completed(settings, storage, batch)
     storage.write_parquet(pl.DataFrame({"item_id": ["a"], "output_text": ["redone"]}), *batch.folder("outputs.parquet"))
-    second = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    second = deliver_batch_completed(settings, storage, batch)
     assert len(second) == 1 and second[0].event_id != first[0].event_id
 
 
@@ -390,12 +484,13 @@ def test_delivery_goes_only_to_the_batch_workspace(
     settings: Settings, storage: Storage, batch: BatchInfo, receiver: Receiver
 ) -> None:
     register(settings, receiver, workspace="other")
-    assert deliver_batch_completed(settings, storage, batch, sleep=Sleeps()) == []
+    assert deliver_batch_completed(settings, storage, batch) == []
     assert receiver.received == []
 
 
 def test_no_endpoints_means_no_attempts(settings: Settings, storage: Storage, batch: BatchInfo) -> None:
-    assert deliver_batch_completed(settings, storage, batch, sleep=Sleeps()) == []
+    assert deliver_batch_completed(settings, storage, batch) == []
+    assert drain(settings) == []
 
 
 # -- endpoints -------------------------------------------------------------------------------------
@@ -464,7 +559,7 @@ def test_unresolvable_url_is_refused_even_when_private_urls_are_allowed() -> Non
 def test_private_endpoint_is_refused_again_at_delivery(storage: Storage, batch: BatchInfo, receiver: Receiver) -> None:
     endpoint_id = register(make_settings(allow_private_endpoints=True), receiver)
     strict = make_settings(allow_private_endpoints=False)
-    attempts = deliver_batch_completed(strict, storage, batch, sleep=Sleeps())
+    attempts = deliver_batch_completed(strict, storage, batch) + drain_until_settled(strict)
     assert len(attempts) == len(SCHEDULE)
     assert all(a.status_code is None and (a.error or "").startswith("refused_address") for a in attempts)
     assert receiver.received == []
@@ -476,7 +571,7 @@ def test_request_goes_to_the_checked_address_with_the_original_host_header(
 ) -> None:
     port = urlsplit(receiver.url).port
     _, receiver.secret = add_endpoint(settings, "acme", f"http://localhost:{port}/hooks/batchrouter")
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    attempts = deliver_batch_completed(settings, storage, batch)
     assert [a.status_code for a in attempts] == [200]
     (request,) = receiver.received
     assert request.headers["host"] == f"localhost:{port}"
@@ -497,6 +592,6 @@ def test_the_next_address_is_tried_when_the_first_refuses_connections(
     monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
     port = urlsplit(receiver.url).port
     _, receiver.secret = add_endpoint(settings, "acme", f"http://multi.test:{port}/hooks/batchrouter")
-    attempts = deliver_batch_completed(settings, storage, batch, sleep=Sleeps())
+    attempts = deliver_batch_completed(settings, storage, batch)
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, 200)]
     assert receiver.received[0].headers["host"] == f"multi.test:{port}"

@@ -18,8 +18,8 @@ from starlette.testclient import TestClient
 from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
 from batchrouter.cli import main
+from batchrouter.core import control
 from batchrouter.core.config import Settings, load_settings
-from batchrouter.money import control
 from batchrouter.money.ledger import Ledger
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]

@@ -6,10 +6,10 @@ import polars as pl
 
 from batchrouter.batches.lifecycle import stage_dispatch, stage_manifest, stage_quote, stage_route, submit
 from batchrouter.batches.settlement import stage_reserve, stage_settle
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import Settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
-from batchrouter.pricing.catalog import load_catalog
 
 
 def test_a_batch_cancelled_before_dispatch_sends_nothing_and_is_never_reserved_again(settings: Settings) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import ModelConfig, RoutePolicy, load_settings
 from batchrouter.core.errors import CatalogError, ConfigError
-from batchrouter.pricing.catalog import Catalog, load_catalog
 from batchrouter.pricing.routing import policy_exclusions
 
 REALFILES = Path(__file__).resolve().parents[3] / "shared" / "realfiles"

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import ModelConfig
-from batchrouter.pricing.catalog import Catalog, load_catalog
 from batchrouter.pricing.price_source import SOURCE_PROVIDERS, catalog_date, catalog_drift, entry_drift, source_price
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import DEFAULT_PROVIDERS, load_settings
 from batchrouter.core.errors import CatalogError, ConfigError
-from batchrouter.pricing.catalog import load_catalog
 
 FULL = """
 database = "ledger.duckdb"

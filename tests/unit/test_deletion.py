@@ -146,8 +146,8 @@ def test_the_setup_holds_every_kind_of_data(deleted: Deleted) -> None:
     status = {name: json.loads(deleted.before[f"batches/{b}/status.json"])["status"] for name, b in
               deleted.batches.items()}  # fmt: skip
     assert status == {
-        "acme cancelled": "cancelled", "acme active": "reserved", "acme done": "settled", "acme waiting":
-        "awaiting_approval", "other cancelled": "cancelled", "other active": "reserved", "other done": "settled",
+        "acme cancelled": "cancelled", "acme active": "reserved", "acme done": "completed", "acme waiting":
+        "awaiting_approval", "other cancelled": "cancelled", "other active": "reserved", "other done": "completed",
     }  # fmt: skip
 
 

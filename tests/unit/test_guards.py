@@ -23,12 +23,12 @@ from starlette.testclient import TestClient
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import LimitsConfig, RoutePolicy, Settings, load_settings
 from batchrouter.intake import guards
 from batchrouter.intake.guards import credential_kind, find_card, has_card_number
 from batchrouter.intake.manifest import ITEM_SCHEMA, read_manifest
 from batchrouter.money.ledger import Ledger
-from batchrouter.pricing.catalog import Catalog
 from batchrouter.pricing.quote import Quote, build_quote, reject_restricted
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchrouter.core.catalog import CatalogEntry, load_catalog
 from batchrouter.intake.images import image_size, image_tokens
-from batchrouter.pricing.catalog import CatalogEntry, load_catalog
 
 CATALOG = load_catalog()
 GPT_4O = CATALOG.entry("openai:gpt-4o")

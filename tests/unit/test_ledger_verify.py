@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from batchrouter.cli import main
-from batchrouter.money import control
+from batchrouter.core import control
 from batchrouter.money.ledger import Ledger
 
 USD = 1_000_000

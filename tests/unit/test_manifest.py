@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import LimitsConfig
 from batchrouter.core.errors import ManifestError
 from batchrouter.intake.manifest import Manifest, read_manifest, request_messages
-from batchrouter.pricing.catalog import Catalog, load_catalog
 
 CHAT = "/v1/chat/completions"
 

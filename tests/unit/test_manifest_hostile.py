@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from batchrouter.cli import main
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import LimitsConfig, load_settings
 from batchrouter.core.errors import ManifestError
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.pricing.catalog import Catalog
 
 MODEL = "gpt-4o-mini"
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

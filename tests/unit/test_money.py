@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from batchrouter.cli import main
+from batchrouter.core.amounts import MAX_USD_MICROS, AmountError, check_micros, usd_to_micros
 from batchrouter.core.config import load_settings
 from batchrouter.core.errors import ConfigError
-from batchrouter.money.amounts import MAX_USD_MICROS, AmountError, check_micros, usd_to_micros
 from batchrouter.money.ledger import InvalidAmount, InvalidKey, Ledger
 
 

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import LimitsConfig, ModelConfig, RoutePolicy
 from batchrouter.intake import tokens
 from batchrouter.intake.manifest import Manifest, read_manifest
 from batchrouter.intake.sample import sample_manifest
-from batchrouter.pricing.catalog import Catalog, load_catalog
 from batchrouter.pricing.quote import Quote, build_quote
 
 CL100K = bpe_openai.get_encoding("cl100k_base")

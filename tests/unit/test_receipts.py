@@ -11,18 +11,12 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import LimitsConfig, RoutePolicy, Settings
 from batchrouter.core.storage import Storage
+from batchrouter.execution.checkpoint import RESULT_SCHEMA, Checkpoint, ItemResult
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.output.receipts import (
-    OUTPUT_COLUMNS,
-    RECEIPT_COLUMNS,
-    RESULT_SCHEMA,
-    Checkpoint,
-    ItemResult,
-    build_outputs,
-)
-from batchrouter.pricing.catalog import Catalog
+from batchrouter.output.receipts import OUTPUT_COLUMNS, RECEIPT_COLUMNS, build_outputs
 from batchrouter.pricing.quote import build_quote
 
 MANIFEST = (

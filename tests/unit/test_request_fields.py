@@ -8,11 +8,11 @@ from typing import Any
 import polars as pl
 import pytest
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import LimitsConfig, ProviderConfig, RoutePolicy
 from batchrouter.execution.providers import AnthropicAdapter, OpenAIAdapter, OpenRouterAdapter, RequestItem
 from batchrouter.intake import tokens
 from batchrouter.intake.manifest import read_manifest, request_messages
-from batchrouter.pricing.catalog import Catalog, load_catalog
 from batchrouter.pricing.quote import Quote, build_quote
 
 CHAT = "/v1/chat/completions"

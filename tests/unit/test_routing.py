@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import LimitsConfig, ModelConfig, RoutePolicy
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.pricing.catalog import Catalog, load_catalog
 from batchrouter.pricing.quote import build_quote
 
 LLAMA_OPENROUTER = "openrouter:meta-llama/llama-3.1-8b-instruct"

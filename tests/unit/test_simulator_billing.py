@@ -21,9 +21,9 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import SimulatorConfig
 from batchrouter.intake.tokens import count_text
-from batchrouter.pricing.catalog import load_catalog
 from batchrouter.simulator import billing as bill
 from batchrouter.simulator import build_app, images
 

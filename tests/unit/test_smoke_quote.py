@@ -1,6 +1,6 @@
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import LimitsConfig, RoutePolicy
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.pricing.catalog import Catalog
 from batchrouter.pricing.quote import build_quote
 
 

@@ -20,10 +20,10 @@ from batchrouter.batches.lifecycle import (
     submit,
 )
 from batchrouter.core.batch_info import load_batch
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.storage import Storage, route_slug
-from batchrouter.pricing.catalog import Catalog
 
 MANIFEST = (
     b"item_id,model,prompt,max_tokens,team\n"

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from batchrouter.access import vault
 from batchrouter.batches.lifecycle import submit
+from batchrouter.core import control
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.storage import Storage
-from batchrouter.money import control
 from batchrouter.output.summary import (
     ARTIFACTS,
     SummaryError,

@@ -11,10 +11,10 @@ import bpe_openai
 import numpy as np
 import pytest
 
+from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import LimitsConfig, ModelConfig, RoutePolicy
 from batchrouter.intake import tokens
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.pricing.catalog import Catalog, load_catalog
 from batchrouter.pricing.quote import build_quote
 
 O200K = bpe_openai.get_encoding("o200k_base")

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from batchrouter.access import vault
 from batchrouter.cli import main
 from batchrouter.core.config import Settings
-from batchrouter.output.delivery import _targets, add_endpoint
+from batchrouter.output.delivery import _secrets, add_endpoint
 from batchrouter.output.summary import signing_key
 
 
@@ -35,8 +35,8 @@ def make_secrets(settings: Settings) -> tuple[str, str]:
 
 
 def readable(settings: Settings) -> tuple[str, str]:
-    (target,) = _targets(settings, "acme", "evt", 0.0)
-    return target.secret, signing_key(settings, "acme").private_key_pem
+    (secret,) = _secrets(settings, "acme")
+    return secret, signing_key(settings, "acme").private_key_pem
 
 
 def test_without_a_key_in_the_environment_a_0600_key_file_beside_the_database_is_used(settings: Settings) -> None:

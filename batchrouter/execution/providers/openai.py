@@ -6,7 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from batchrouter.core.errors import TerminalError, TransientError
+from batchrouter.core.errors import RefusedError as RefusedError
+from batchrouter.core.errors import TransientError
 from batchrouter.execution.providers.base import (
     Completion,
     PreparedRequest,
@@ -83,15 +84,3 @@ class OpenAIAdapter(ProviderAdapter):
 
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimits:
         return openai_rate_limits(headers)
-
-
-class RefusedError(TerminalError):
-    """The model declined; the tokens it used are still billed by the provider."""
-
-    def __init__(
-        self, code: str, message: str, *, input_tokens: int, output_tokens: int, request_id: str | None
-    ) -> None:
-        super().__init__(code, message, status=200)
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-        self.request_id = request_id

@@ -7,7 +7,7 @@ function of `delivery`, `summary`, `vault`, marked `@served`. Call sites do not 
 `Ledger(settings.database).reserve(...)` runs in the owner and returns the same `Entry`, and an
 error comes back as the same exception class with the same code and message.
 
-    client                                  owner (python -m batchrouter.money.control serve DATABASE)
+    client                                  owner (python -m batchrouter.core.control serve DATABASE)
     Ledger(db).reserve(ws, batch, 5)  --->  POST /v1/op {"op": "batchrouter.money.ledger:Ledger.reserve",
                                              "args": [...], "request_id": ...}, Bearer token
                                             one transaction: the operation, and (for writes) the
@@ -61,8 +61,10 @@ from typing import Any, Literal, TypeVar, cast
 
 import duckdb
 
-from batchrouter.core import db
+from batchrouter.core import db, retry
 from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import ControlError as ControlError
+from batchrouter.core.errors import ServiceUnavailable as ServiceUnavailable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,17 +83,11 @@ REQUEST_MEMORY = timedelta(days=7)  # recorded answers older than this are forgo
 DEFAULT_IDLE_S = 300.0
 DEFAULT_TIMEOUT_S = 120.0
 
-log = logging.getLogger("batchrouter.money.control")
+log = logging.getLogger("batchrouter.core.control")
 
 
-class ControlError(BatchRouterError):
-    """The control service could not be reached, or failed running an operation."""
-
-    code = "control_error"
-
-
-class ServiceUnavailable(ControlError):
-    code = "control_unavailable"
+class _NoAnswer(Exception):
+    """No owner answered this try; the client starts one and tries again until its deadline."""
 
 
 # -- paths and modes -----------------------------------------------------------------------------
@@ -540,16 +536,14 @@ def serve(
 
 def _acquire_lock(database: str, *, wait_s: float) -> int | None:
     fd = os.open(lock_path(database), os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
+    try:
+        for attempt in retry.until(on=BlockingIOError, timeout_s=wait_s, first_s=0.05, max_s=0.05, factor=1.0):
+            with attempt:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def owner_running(database: str | Path) -> bool:
@@ -633,30 +627,34 @@ class Client:
     def _post(self, path: str, payload: dict[str, Any], *, what: str) -> dict[str, Any]:
         data = json.dumps(payload).encode()
         timeout_s = _env_seconds("BATCHROUTER_CONTROL_TIMEOUT_S", DEFAULT_TIMEOUT_S)
-        deadline = time.monotonic() + timeout_s
-        delay = 0.01
+        try:
+            for attempt in retry.until(on=_NoAnswer, timeout_s=timeout_s, first_s=0.01, max_s=0.25, factor=1.5):
+                with attempt:
+                    return self._post_once(path, data, what=what)
+        except _NoAnswer as exc:
+            raise ServiceUnavailable(
+                f"no control service for {self.database} answered within {timeout_s:g} s ({exc}); "
+                f"see {log_path(self.database)}, or run `batchrouter ledger serve` for this database"
+            ) from None
+        raise AssertionError("retry.until runs at least one attempt")  # pragma: no cover
+
+    def _post_once(self, path: str, data: bytes, *, what: str) -> dict[str, Any]:
+        """One try at the owner; `_NoAnswer` (after starting an owner if none runs) when it may answer later."""
         problem = "no control service answered"
-        while True:
-            info = _read_discovery(self.database)
-            if info is not None:
-                try:
-                    status, body = _http(info, path, data)
-                except (OSError, http.client.HTTPException) as exc:
-                    problem = f"{info['url']}: {type(exc).__name__}: {exc}"
-                else:
-                    if status == 200:
-                        return body
-                    problem = f"{info['url']} answered {status}: {body.get('error', {}).get('message')}"
-                    if status not in (401, 409, 503):  # 401, 409: a stale discovery file; 503: stopping
-                        raise ControlError(f"the control service refused {what}: {problem}")
-            self._start()
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(
-                    f"no control service for {self.database} answered within {timeout_s:g} s ({problem}); "
-                    f"see {log_path(self.database)}, or run `batchrouter ledger serve` for this database"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+        info = _read_discovery(self.database)
+        if info is not None:
+            try:
+                status, body = _http(info, path, data)
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"{info['url']}: {type(exc).__name__}: {exc}"
+            else:
+                if status == 200:
+                    return body
+                problem = f"{info['url']} answered {status}: {body.get('error', {}).get('message')}"
+                if status not in (401, 409, 503):  # 401, 409: a stale discovery file; 503: stopping
+                    raise ControlError(f"the control service refused {what}: {problem}")
+        self._start()
+        raise _NoAnswer(problem)
 
     def _start(self) -> None:
         """Start a detached owner unless one runs or is starting (at most one try every few seconds)."""
@@ -684,12 +682,12 @@ _ENTRY = (
     "import importlib.util, sys, types; spec = importlib.util.find_spec('batchrouter'); "
     "package = types.ModuleType('batchrouter'); package.__path__ = list(spec.submodule_search_locations); "
     "sys.modules['batchrouter'] = package; "
-    "from batchrouter.money.control import main; sys.exit(main(sys.argv[1:]))"
+    "from batchrouter.core.control import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
 def start_detached(database: str, *, lock_fd: int) -> None:
-    """Start `python -m batchrouter.money.control serve DATABASE` in a new session with stdio on /dev/null.
+    """Start `python -m batchrouter.core.control serve DATABASE` in a new session with stdio on /dev/null.
 
     The caller has taken the owner lock on `lock_fd`; the owner inherits it, so from the caller's
     decision to the owner's exit the lock stays held and no second owner is started. A throw-away
@@ -771,7 +769,7 @@ def readable_copy(database: str | Path) -> Iterator[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m batchrouter.money.control")
+    parser = argparse.ArgumentParser(prog="python -m batchrouter.core.control")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="own the database file and serve it")
     s.add_argument("database")
@@ -783,6 +781,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this `__main__` copy: the operations look up *its* owners.
-    from batchrouter.money.control import main as _main
+    from batchrouter.core.control import main as _main
 
     sys.exit(_main())

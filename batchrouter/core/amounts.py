@@ -12,18 +12,12 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from batchrouter.core.errors import BatchRouterError
+from batchrouter.core.errors import AmountError as AmountError
 
 MICROS_PER_USD = 1_000_000
 MAX_USD_MICROS = 10**15
 MAX_USD = Decimal(MAX_USD_MICROS) / MICROS_PER_USD
 _PLAIN_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,6})?")
-
-
-class AmountError(BatchRouterError, ValueError):
-    """An amount of money is not a usable amount (pydantic reports it as a validation error too)."""
-
-    code = "invalid_amount"
 
 
 def micros_problem(value: object, *, allow_zero: bool = True) -> str | None:

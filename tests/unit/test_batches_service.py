@@ -1,0 +1,195 @@
+"""The batches service and its state machine: each lifecycle rule, tested once, at the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from batchrouter.access.actors import CLI
+from batchrouter.batches.lifecycle import current_state, record_state
+from batchrouter.batches.states import ALLOWED, FINAL, BatchState, check_transition, outcome
+from batchrouter.core.config import Settings, WorkspaceConfig
+from batchrouter.core.errors import AwaitingApproval, BatchError, Forbidden, IllegalTransition, ManifestError, NotFound
+from batchrouter.engine import BatchRouter
+from batchrouter.intake.drops import Dropped
+from batchrouter.money.ledger import InsufficientCredits
+
+USD = 1_000_000
+MANIFEST = b"item_id,model,prompt\n1,gpt-4o-mini,hello\n2,gpt-4o-mini,hi there\n3,gpt-4o-mini,a third\n"
+
+
+@pytest.fixture
+def engine(settings: Settings) -> BatchRouter:
+    engine = BatchRouter(settings)
+    engine.ledger.grant("acme", 5 * USD, key="grant")
+    return engine
+
+
+def state_events(engine: BatchRouter, batch_id: str) -> list[tuple[str, str]]:
+    events = [e for e in engine.accounts.audit_events("acme") if e["action"] == "batch.state"]
+    out = []
+    for e in events:
+        if e["target"] == batch_id:
+            before, after = (json.loads(x) if isinstance(x, str) else x for x in (e["before_json"], e["after_json"]))
+            out.append((before["state"], after["state"]))
+    return out
+
+
+# -- the state machine --------------------------------------------------------------------------------
+def test_every_state_has_its_transitions_and_only_final_states_can_be_the_end() -> None:
+    assert set(ALLOWED) == set(BatchState)
+    ends = {s for s in BatchState if s.terminal}
+    assert ends == {BatchState.COMPLETED, BatchState.CANCELLED, BatchState.UNUSABLE_MANIFEST}
+    assert ends <= FINAL
+    # Everything that is not the end can still be cancelled.
+    assert all(BatchState.CANCELLED in ALLOWED[s] for s in BatchState if not s.terminal)
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (BatchState.SUBMITTED, BatchState.DISPATCHING),  # no dispatch without a quote and a reservation
+        (BatchState.QUOTED, BatchState.DISPATCHING),
+        (BatchState.AWAITING_APPROVAL, BatchState.COMPLETED),
+        (BatchState.CANCELLED, BatchState.RESERVED),  # a cancelled batch is never revived
+        (BatchState.COMPLETED, BatchState.QUOTED),
+        (BatchState.UNUSABLE_MANIFEST, BatchState.QUOTED),
+    ],
+)
+def test_illegal_transitions_are_refused_with_what_is_allowed(current: BatchState, target: BatchState) -> None:
+    with pytest.raises(IllegalTransition, match=f"is {current} and cannot become {target}"):
+        check_transition("b1", current, target)
+
+
+def test_an_illegal_transition_writes_nothing(engine: BatchRouter) -> None:
+    view = engine.batches.submit(MANIFEST, filename="m.csv", workspace="acme")
+    info = engine.batches.info(view.batch_id)
+    with pytest.raises(IllegalTransition):
+        record_state(engine.storage, info, BatchState.DISPATCHING, engine.settings.database)
+    assert current_state(engine.storage, info) == BatchState.SUBMITTED
+    assert not engine.storage.exists(*info.folder("status.json"))
+    assert state_events(engine, view.batch_id) == []
+
+
+def test_the_outcome_of_settled_receipts() -> None:
+    assert outcome(succeeded=3, failed=0, pending=0, cancelled=False) == BatchState.COMPLETED
+    assert outcome(succeeded=2, failed=1, pending=0, cancelled=False) == BatchState.PARTIALLY_FAILED
+    assert outcome(succeeded=0, failed=3, pending=0, cancelled=False) == BatchState.FAILED
+    assert outcome(succeeded=1, failed=2, pending=0, cancelled=True) == BatchState.CANCELLED
+
+
+# -- create and advance -------------------------------------------------------------------------------
+def test_create_then_advance_walks_the_states_each_audited_once(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    assert (view.state, view.created) == (BatchState.RESERVED, True)
+    run = engine.batches.advance(view.batch_id)
+    assert (run.state, run.succeeded, run.failed) == (BatchState.COMPLETED, 3, 0)
+    assert run.settlement is not None and run.settlement["captured_usd_micros"] == run.cost_usd_micros
+    assert state_events(engine, view.batch_id) == [
+        ("submitted", "quoted"), ("quoted", "reserved"), ("reserved", "dispatching"), ("dispatching", "completed"),
+    ]  # fmt: skip
+
+
+def test_creating_an_existing_batch_again_quotes_and_reserves_nothing_new(engine: BatchRouter) -> None:
+    first = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    info = engine.batches.info(first.batch_id)
+    quoted_at = engine.storage.fs.info(engine.storage.path(*info.folder("quote.json")))["mtime"]
+    again = engine.batches.create(MANIFEST, filename="renamed.csv", workspace="acme", actor=CLI)
+    assert (again.batch_id, again.created, again.state) == (first.batch_id, False, BatchState.RESERVED)
+    assert engine.storage.fs.info(engine.storage.path(*info.folder("quote.json")))["mtime"] == quoted_at
+    assert [h.status for h in engine.ledger.batch_holds(first.batch_id)] == ["held"]
+    engine.batches.advance(first.batch_id)
+    done = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    assert (done.created, done.state) == (False, BatchState.COMPLETED)
+    assert len(engine.ledger.batch_holds(first.batch_id)) == 1
+
+
+def test_advance_again_on_a_completed_batch_sends_and_charges_nothing(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    first = engine.batches.advance(view.batch_id)
+    again = engine.batches.advance(view.batch_id)
+    assert (again.state, again.cost_usd_micros) == (BatchState.COMPLETED, first.cost_usd_micros)
+    assert again.settlement is not None and again.settlement["already_settled"] is True
+    assert engine.ledger.balance("acme").spent_usd_micros == first.cost_usd_micros
+
+
+def test_short_of_credit_the_batch_waits_and_goes_on_once_credit_is_there(settings: Settings) -> None:
+    engine = BatchRouter(settings)
+    with pytest.raises(InsufficientCredits) as refused:
+        engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    assert refused.value.missing > 0
+    (view,) = engine.batches.list("acme")
+    assert view.state == BatchState.INSUFFICIENT_CREDITS
+    engine.ledger.grant("acme", USD, key="later")
+    assert engine.batches.advance(view.batch_id).state == BatchState.COMPLETED
+
+
+def test_over_the_approval_limit_the_batch_waits_until_approved(settings: Settings) -> None:
+    settings = settings.model_copy(update={"workspaces": {"acme": WorkspaceConfig(auto_approve_max_usd="0.000001")}})
+    engine = BatchRouter(settings)
+    engine.ledger.grant("acme", 5 * USD, key="grant")
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    assert (view.state, view.holds) == (BatchState.AWAITING_APPROVAL, [])
+    with pytest.raises(AwaitingApproval, match="batchrouter approve"):
+        engine.batches.advance(view.batch_id)
+    assert engine.batches.approved_waiting() == []
+    engine.batches.approve(view.batch_id, actor=CLI)
+    assert engine.batches.approved_waiting() == [view.batch_id]
+    assert engine.batches.advance(view.batch_id).state == BatchState.COMPLETED
+
+
+def test_an_unusable_manifest_is_the_end_and_says_why_each_time(engine: BatchRouter) -> None:
+    bad = b"item_id,prompt\n1,no model column\n"
+    with pytest.raises(ManifestError) as first:
+        engine.batches.create(bad, filename="bad.csv", workspace="acme", actor=CLI)
+    (view,) = engine.batches.list("acme")
+    assert view.state == BatchState.UNUSABLE_MANIFEST
+    with pytest.raises(ManifestError) as again:
+        engine.batches.advance(view.batch_id)
+    assert again.value.problem == first.value.problem
+    assert engine.ledger.batch_holds(view.batch_id) == []
+
+
+# -- cancel and retry ---------------------------------------------------------------------------------
+def test_cancel_before_dispatch_releases_the_hold_and_nothing_is_sent(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    cancelled = engine.batches.cancel(view.batch_id, actor=CLI)
+    assert cancelled.state == BatchState.CANCELLED
+    assert [h.status for h in engine.ledger.batch_holds(view.batch_id)] == ["voided"]
+    run = engine.batches.advance(view.batch_id)
+    assert (run.state, run.succeeded, run.cost_usd_micros) == (BatchState.CANCELLED, 0, 0)
+    assert engine.ledger.balance("acme").available_usd_micros == 5 * USD
+    # Cancelling again, or creating it again, changes nothing.
+    assert engine.batches.cancel(view.batch_id, actor=CLI).state == BatchState.CANCELLED
+    assert engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI).state == BatchState.CANCELLED
+
+
+def test_retry_is_only_for_a_batch_with_unanswered_items(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    with pytest.raises(BatchError, match="only a batch with failed or expired items"):
+        engine.batches.retry(view.batch_id, actor=CLI)
+    engine.batches.advance(view.batch_id)
+    with pytest.raises(BatchError, match="is completed"):
+        engine.batches.retry(view.batch_id, actor=CLI)
+
+
+# -- who may see and do what --------------------------------------------------------------------------
+def test_another_workspaces_batch_is_not_found(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    with pytest.raises(NotFound):
+        engine.batches.status(view.batch_id, workspace="globex")
+    assert engine.batches.list("globex") == []
+    with pytest.raises(NotFound):
+        engine.batches.status("../../etc")
+
+
+def test_a_drop_in_a_suspended_workspace_is_quarantined_with_a_report(engine: BatchRouter, tmp_path: Path) -> None:
+    engine.accounts.set_suspended("acme", True, reason="unpaid", actor="test")
+    engine.storage.write_bytes(MANIFEST, "manifests", "acme", "m.csv")
+    with pytest.raises(Forbidden, match="suspended"):
+        engine.batches.accept_drop(Dropped("manifests/acme/m.csv", "acme", "m.csv", 0.0))
+    assert not engine.storage.exists("manifests", "acme", "m.csv")
+    reports = [n for n in engine.storage.list("quarantine", "acme") if n.endswith(".error.txt")]
+    assert len(reports) == 1 and engine.batches.list("acme") == []
