@@ -48,7 +48,9 @@ def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
     )
 
 
-@dg.sensor(job=webhook_outbox_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60)
+# Named rather than passed: a sensor given a plain job that needs resources is copied by Definitions
+# with a beta parameter, a warning on every `dagster dev` start.
+@dg.sensor(job_name=webhook_outbox_job.name, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60)
 def webhook_outbox_sensor(
     context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource
 ) -> dg.SensorResult | dg.SkipReason:
