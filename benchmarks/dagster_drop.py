@@ -107,7 +107,7 @@ def baseline(data: bytes, root: Path, latency_ms: float) -> float:
     path = root / "baseline" / "manifest.csv"
     path.write_bytes(data)
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()) as out:
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
         code = cli.main(["run", str(path), "--workspace", WS, "--json"])
     elapsed = time.perf_counter() - started
     if code != 0:
