@@ -31,11 +31,11 @@ from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.identity import IdentityError, canonical_workspace
 from batchrouter.core.storage import Storage, route_slug
-from batchrouter.execution.checkpoint import Checkpoint, ItemResult
+from batchrouter.execution.checkpoint import Checkpoint, ItemResult, ItemStatus
 from batchrouter.execution.dispatch import Dispatcher, jobs_from_routed
 from batchrouter.intake.manifest import Manifest, detect_format, read_manifest
 from batchrouter.intake.quarantine import quarantine
-from batchrouter.money.ledger import Ledger
+from batchrouter.money.ledger import HoldStatus, Ledger
 from batchrouter.output.receipts import FINAL_STATES, build_outputs
 from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items
 from batchrouter.simulator import running_simulator
@@ -175,12 +175,12 @@ def stage_dispatch(
     todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
     jobs = jobs_from_routed(todo) if todo.height else []
     counts = {
-        "succeeded": int((done["status"] == "succeeded").sum()),
-        "failed": int((done["status"] == "failed").sum()),
+        "succeeded": int((done["status"] == ItemStatus.SUCCEEDED).sum()),
+        "failed": int((done["status"] == ItemStatus.FAILED).sum()),
     }
     total = routed.height
     cancelled = _cancel_watch(storage, info)
-    if jobs and hold.status != "held" and not cancelled():
+    if jobs and hold.status != HoldStatus.HELD and not cancelled():
         raise BatchError(
             f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
         )
@@ -267,13 +267,13 @@ def dispatch_summary(
     status = "completed" if not pending else "incomplete"
     if status == "completed" and failed and not succeeded:
         status = "failed"
-    ok = results.filter(pl.col("status") == "succeeded")
+    ok = results.filter(pl.col("status") == ItemStatus.SUCCEEDED)
     by_route = (
-        receipts.filter(pl.col("status").is_in(["succeeded", "failed"]))
+        receipts.filter(pl.col("status").is_in([ItemStatus.SUCCEEDED, ItemStatus.FAILED]))
         .group_by("route", "provider", "model")
         .agg(
             pl.len().alias("items"),
-            (pl.col("status") == "succeeded").sum().alias("succeeded"),
+            (pl.col("status") == ItemStatus.SUCCEEDED).sum().alias("succeeded"),
             pl.col("input_tokens").sum(),
             pl.col("output_tokens").sum(),
             pl.col("cost_usd_micros").sum(),
@@ -298,7 +298,7 @@ def dispatch_summary(
         "latency_p50_ms": float(latency.quantile(0.5) or 0.0) if ok.height else None,
         "latency_p95_ms": float(latency.quantile(0.95) or 0.0) if ok.height else None,
         "by_route": by_route.to_dicts(),
-        "failures": results.filter(pl.col("status") == "failed")
+        "failures": results.filter(pl.col("status") == ItemStatus.FAILED)
         .group_by("error_code")
         .len()
         .sort("error_code")
@@ -352,7 +352,7 @@ def accounting(storage: Storage, info: BatchInfo) -> dict[str, Any]:
     manifest_rows = storage.read_parquet(*info.folder("manifest.parquet")).height
     receipts = storage.read_parquet(*info.folder("receipts.parquet"))
     final = receipts.filter(pl.col("status").is_in(list(FINAL_STATES))).height
-    ids = receipts.filter(pl.col("status").is_in(["succeeded", "failed"]))["item_id"]
+    ids = receipts.filter(pl.col("status").is_in([ItemStatus.SUCCEEDED, ItemStatus.FAILED]))["item_id"]
     return {
         "ok": receipts.height == manifest_rows == final and ids.n_unique() == ids.len(),
         "manifest_rows": manifest_rows,

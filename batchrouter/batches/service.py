@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from batchrouter.access.accounts import Principal
 from batchrouter.access.actors import SYSTEM, Actor
@@ -32,6 +32,7 @@ from batchrouter.core.errors import AwaitingApproval, BatchError, Forbidden, Man
 from batchrouter.intake import drops
 from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.quarantine import quarantine
+from batchrouter.money.ledger import HoldStatus
 from batchrouter.output import delivery
 from batchrouter.pricing.quote import build_quote
 
@@ -41,6 +42,11 @@ if TYPE_CHECKING:
 QUOTES = "quotes"
 _QUOTE_ID = re.compile(r"q_[0-9a-f]{24}")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.~-]{0,160}")
+_HANDED_TO = {
+    "inline": "handed to a run in a background thread of the API server",
+    "sensor": "waiting for the Dagster manifest sensor to start a run: it runs only while `dagster dev` or the "
+    "Dagster daemon is up; if no run starts, the sweeper releases the reservation",
+}
 # States in which `advance` has something to do without anyone acting first.
 _RETRYABLE = frozenset({BatchState.PARTIALLY_FAILED, BatchState.FAILED, BatchState.EXPIRED})
 
@@ -226,6 +232,26 @@ class Batches:
             report = drops.refuse(engine.storage, dropped, problem=str(exc), fix=fix)
             raise Forbidden(f"quarantined {dropped.key}: {exc}; report at {report}") from exc
 
+    def hand_off(self, batch_id: str, *, to: Literal["inline", "sensor"]) -> BatchView:
+        """Say in the batch's status who is to run it (until a run moves it on), and hand it over.
+
+        `sensor`: its manifest is dropped under `manifests/<workspace>/` for the Dagster manifest
+        sensor. `inline`: the caller runs `advance` itself (the API server, in a thread). If no run ever
+        starts, the sweeper releases the reservation once the status has not moved for its limit.
+        """
+        storage = self._engine.storage
+        info = self.info(batch_id)
+        current = storage.read_json(*info.folder("status.json"))
+        details = {k: v for k, v in current.items() if k not in ("batch_id", "workspace", "status", "at", "message")}
+        message = _HANDED_TO[to]
+        record_state(storage, info, current_state(storage, info), None, "api", **details, executor=to,
+                     message=message)  # fmt: skip
+        view = self._view(info)
+        if to == "sensor":
+            data = storage.read_bytes(*info.folder("source", info.source_name))
+            storage.write_bytes(data, drops.MANIFESTS, info.workspace, drops.dropped_name(info))
+        return view
+
     # -- running it -------------------------------------------------------------------------------
     def advance(
         self,
@@ -312,7 +338,7 @@ class Batches:
         )
         if not running:  # a run in progress stops, finishes the rest as cancelled and settles
             holds = engine.ledger.batch_holds(info.batch_id)
-            if holds and holds[-1].status == "held":
+            if holds and holds[-1].status == HoldStatus.HELD:
                 engine.ledger.void(holds[-1].batch_id, reason=f"cancelled by {actor.actor}")
             record_state(engine.storage, info, BatchState.CANCELLED, engine.settings.database, actor.actor,
                          by=actor.actor)  # fmt: skip

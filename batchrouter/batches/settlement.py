@@ -23,8 +23,8 @@ from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.storage import Storage
-from batchrouter.execution.checkpoint import Checkpoint
-from batchrouter.money.ledger import Entry, Hold, InsufficientCredits, Ledger
+from batchrouter.execution.checkpoint import Checkpoint, ItemStatus
+from batchrouter.money.ledger import Entry, Hold, HoldStatus, InsufficientCredits, Ledger
 from batchrouter.output.summary import write_summary
 
 APPROVALS = "approvals"
@@ -92,7 +92,7 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
     checkpoint = Checkpoint(storage, info.batch_id)
     if storage.exists(*info.folder("cancel.json")):
         return None  # a cancelled batch never reserves again
-    if holds and holds[-1].status == "held":
+    if holds and holds[-1].status == HoldStatus.HELD:
         if len(holds) > 1:
             checkpoint.retry_failed()
         return None
@@ -102,7 +102,7 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
     else:
         routed = load_routed_items(storage, info)
         results = checkpoint.load()
-        finished = results.filter(pl.col("status") == "succeeded")
+        finished = results.filter(pl.col("status") == ItemStatus.SUCCEEDED)
         todo = routed.filter(~pl.col("item_id").is_in(finished["item_id"].implode())) if routed.height else routed
         if todo.height == 0 and int(results["cost_usd_micros"].sum() or 0) == _captured(holds):
             return None
@@ -129,7 +129,7 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
 def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[str, Any]:
     """Capture the round's actual cost and release the rest of its hold, exactly once."""
     receipts = storage.read_parquet(*info.folder("receipts.parquet"))
-    pending = int((receipts["status"] == "pending").sum())
+    pending = int((receipts["status"] == ItemStatus.PENDING).sum())
     if pending:
         raise BatchError(f"batch {info.batch_id} has {pending} items without a final receipt; dispatch it again first")
     ledger = Ledger(settings.database)
@@ -139,7 +139,7 @@ def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
     total = int(receipts["cost_usd_micros"].sum() or 0)
     current = holds[-1]
     earlier = _captured(holds[:-1])
-    entry = ledger.settle(current.batch_id, total - earlier) if current.status == "held" else None
+    entry = ledger.settle(current.batch_id, total - earlier) if current.status == HoldStatus.HELD else None
     holds = ledger.batch_holds(info.batch_id)
     captured = _captured(holds)
     result = {
@@ -172,7 +172,7 @@ def sweep(storage: Storage, settings: Settings, *, stale_after: timedelta) -> li
     ledger = Ledger(settings.database)
     now = datetime.now(UTC)
     swept = []
-    for hold in ledger.holds(status="held"):
+    for hold in ledger.holds(status=HoldStatus.HELD):
         batch_id = hold.batch_id.split("~r", 1)[0]
         try:
             info = load_batch(storage, batch_id)

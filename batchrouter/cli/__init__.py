@@ -22,8 +22,8 @@ import fsspec
 from batchrouter.access import vault
 from batchrouter.access.accounts import Accounts
 from batchrouter.access.actors import CLI
-from batchrouter.access.deletion import delete_workspace_data
 from batchrouter.api import serve as serve_api
+from batchrouter.batches.deletion import delete_workspace_data
 from batchrouter.batches.lifecycle import submit
 from batchrouter.batches.results import Progress as DispatchProgress
 from batchrouter.batches.settlement import approve

@@ -12,10 +12,21 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 
 import polars as pl
 
 from batchrouter.core.storage import Storage
+
+
+class ItemStatus(StrEnum):
+    """An item's state in the results: answered, failed for good, refused before dispatch, or not yet final."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    PENDING = "pending"
+
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String(),
@@ -52,7 +63,7 @@ class ItemResult:
     """The final state of one dispatched item."""
 
     item_id: str
-    status: str
+    status: ItemStatus
     route: str | None
     provider: str | None
     model: str | None
@@ -122,9 +133,9 @@ class Checkpoint:
     def retry_failed(self) -> int:
         """Forget failed results so the next run dispatches those items again; returns how many."""
         results = self.load()
-        failed = results.filter(pl.col("status") == "failed").height
+        failed = results.filter(pl.col("status") == ItemStatus.FAILED).height
         if failed:
-            kept = results.filter(pl.col("status") != "failed")
+            kept = results.filter(pl.col("status") != ItemStatus.FAILED)
             name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
             self.storage.write_parquet(kept, *self.folder, name)
             for old in self.storage.list(*self.folder):

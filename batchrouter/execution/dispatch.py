@@ -35,7 +35,7 @@ from httpx_aiohttp import AiohttpTransport
 from batchrouter.core.catalog import PICO_PER_MICRO, Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
-from batchrouter.execution.checkpoint import ItemResult, utc
+from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.providers import ProviderAdapter, RefusedError, RequestItem, adapter_for
 from batchrouter.intake.manifest import request_messages
 
@@ -278,7 +278,7 @@ class Dispatcher:
             job = await route.queue.get()
             if self.cancelled is not None and self.cancelled():
                 cancel = TerminalError("cancelled", "the batch was cancelled before this item was sent")
-                self._finish(job, route, "failed", cancel, latency=None)
+                self._finish(job, route, ItemStatus.FAILED, cancel, latency=None)
                 continue
             if await route.adaptive.wait_if_paused():
                 # The buckets refilled during the pause; spending that as a burst would hit the limit
@@ -330,7 +330,7 @@ class Dispatcher:
             self._finish(
                 job,
                 route,
-                "failed",
+                ItemStatus.FAILED,
                 err,
                 latency=time.monotonic() - start,
                 cost=cost,
@@ -345,7 +345,7 @@ class Dispatcher:
                 route.breaker.record_failure()
                 self._next_route(job)
             else:
-                self._finish(job, route, "failed", err, latency=time.monotonic() - start)
+                self._finish(job, route, ItemStatus.FAILED, err, latency=time.monotonic() - start)
         except TransientError as err:
             route.health.transient_errors += 1
             if err.code in ("stalled", "timeout"):
@@ -355,7 +355,7 @@ class Dispatcher:
         except Exception as exc:  # an adapter bug or an answer nobody foresaw: end the item, never hang the run
             route.health.terminal_errors += 1
             job.last_error = TerminalError("internal_error", f"{type(exc).__name__}: {exc}")
-            self._finish(job, route, "failed", job.last_error, latency=time.monotonic() - start)
+            self._finish(job, route, ItemStatus.FAILED, job.last_error, latency=time.monotonic() - start)
         else:
             latency = time.monotonic() - start
             route.health.succeeded += 1
@@ -374,7 +374,7 @@ class Dispatcher:
             self._finish(
                 job,
                 route,
-                "succeeded",
+                ItemStatus.SUCCEEDED,
                 None,
                 latency=latency,
                 cost=cost,
@@ -431,13 +431,13 @@ class Dispatcher:
             self._enqueue(job)
             return
         route = self.routes.get(job.route)
-        self._finish(job, route, "failed", job.last_error, latency=None)
+        self._finish(job, route, ItemStatus.FAILED, job.last_error, latency=None)
 
     def _finish(
         self,
         job: Job,
         route: Route | None,
-        status: str,
+        status: ItemStatus,
         err: ProviderError | None,
         *,
         latency: float | None,

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,14 +128,29 @@ class Balance:
         }
 
 
+class HoldStatus(StrEnum):
+    """A reservation's state: held until it is settled (captured), voided or expired (released)."""
+
+    HELD = "held"
+    SETTLED = "settled"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+_RESOLVED_AS = {"settle": HoldStatus.SETTLED, "void": HoldStatus.VOIDED, "expire": HoldStatus.EXPIRED}
+
+
 @dataclass(frozen=True)
 class Hold:
     batch_id: str
     workspace: str
     amount_usd_micros: int
     created_at: datetime
-    status: str  # held | settled | voided | expired
+    status: HoldStatus
     captured_usd_micros: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", HoldStatus(self.status))  # also when decoded from the control service
 
 
 class Ledger:
@@ -202,7 +218,7 @@ class Ledger:
 
     def stale_holds(self, older_than: timedelta) -> list[Hold]:
         cutoff = datetime.now(UTC) - older_than
-        return [h for h in self.holds(status="held") if h.created_at < cutoff]
+        return [h for h in self.holds(status=HoldStatus.HELD) if h.created_at < cutoff]
 
     # -- operations --------------------------------------------------------------------------
     @served()
@@ -517,7 +533,7 @@ def _hold(con: duckdb.DuckDBPyConnection, batch_id: str) -> Hold | None:
     if reserve is None:
         return None
     resolved = next((r for r in rows if r[0] in ("settle", "void", "expire")), None)
-    status = {"settle": "settled", "void": "voided", "expire": "expired"}[resolved[0]] if resolved else "held"
+    status = _RESOLVED_AS[resolved[0]] if resolved else HoldStatus.HELD
     captured = int(resolved[2]) if resolved and resolved[0] == "settle" else 0
     return Hold(batch_id, reserve[1], int(reserve[2]), reserve[3], status, captured)
 
@@ -526,6 +542,6 @@ def _open_hold(con: duckdb.DuckDBPyConnection, batch_id: str) -> Hold:
     hold = _hold(con, batch_id)
     if hold is None:
         raise HoldError(f"batch {batch_id} has no reservation; reserve before settling or releasing")
-    if hold.status != "held":
+    if hold.status != HoldStatus.HELD:
         raise HoldError(f"batch {batch_id}'s reservation is already {hold.status}")
     return hold

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from batchrouter.execution.checkpoint import RESULT_SCHEMA
+from batchrouter.execution.checkpoint import RESULT_SCHEMA, ItemStatus
 
-FINAL_STATES = ("succeeded", "failed", "rejected")
+FINAL_STATES = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.REJECTED)
 
 RECEIPT_COLUMNS = (
     "item_id", "batch_id", "workspace", "route", "provider", "model", "status", "attempts", "input_tokens",
@@ -24,9 +24,9 @@ def build_outputs(
     quote_items: pl.DataFrame, manifest_items: pl.DataFrame, results: pl.DataFrame, *, batch_id: str, workspace: str
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(outputs, receipts): one row per manifest row, dispatched results and quote rejections alike."""
-    rejected = quote_items.filter(pl.col("status") == "rejected").select(
+    rejected = quote_items.filter(pl.col("status") == ItemStatus.REJECTED).select(
         "item_id",
-        pl.lit("rejected").alias("status"),
+        pl.lit(ItemStatus.REJECTED.value).alias("status"),
         pl.col("reject_code").alias("error_code"),
         pl.col("reject_reason").alias("error_message"),
         pl.lit(0, pl.Int64).alias("attempts"),
@@ -40,7 +40,7 @@ def build_outputs(
     accepted = base.filter(pl.col("_quoted") == "accepted").join(results, on="item_id", how="left")
     merged = pl.concat([accepted.drop("_quoted"), rejected], how="diagonal_relaxed").join(meta, on="_row", how="left")
     merged = merged.sort("_row").with_columns(
-        pl.col("status").fill_null("pending"),
+        pl.col("status").fill_null(ItemStatus.PENDING.value),
         pl.lit(batch_id).alias("batch_id"),
         pl.lit(workspace).alias("workspace"),
         pl.col("_row").alias("row"),

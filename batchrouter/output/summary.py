@@ -42,13 +42,14 @@ from batchrouter.core.control import served
 from batchrouter.core.db import Database
 from batchrouter.core.errors import SummaryError as SummaryError
 from batchrouter.core.storage import Storage
+from batchrouter.execution.checkpoint import ItemStatus
 
 T = TypeVar("T")
 
 FORMAT = "batchrouter.output.summary.v1"
 SUMMARY = "summary.json"
 ARTIFACTS = ("outputs.parquet", "receipts.parquet", "quote.json")
-STATUSES = ("succeeded", "failed", "rejected", "pending")
+STATUSES = tuple(ItemStatus)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workspace_signing_keys (
     workspace VARCHAR PRIMARY KEY,

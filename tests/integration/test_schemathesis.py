@@ -1,11 +1,13 @@
 """Property-based API checks: schemathesis generates requests from the served /openapi.json.
 
 The app is called in-process through its ASGI interface with a valid owner key holding every scope;
-whatever schemathesis sends, in or out of the schema, the API must answer without a server error.
+whatever schemathesis sends, in or out of the schema, the API must answer without a server error,
+with a status code, a content type and a body the document describes for that operation.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import pytest
@@ -15,17 +17,23 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup, ServerError
+from schemathesis.openapi.checks import JsonSchemaError
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.api import Api, create_app
+from batchrouter.api import create_app, endpoints
 from batchrouter.core.config import load_settings
 from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
-# The operations the document lists (the endpoint table needs no settings, so no Api state is built here).
-OPERATIONS = [(e.method, e.path) for e in Api.__new__(Api).endpoints()]
+OPERATIONS = [(e.method, e.path) for e in endpoints()]  # the operations the document lists
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[schemathe
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
-def test_no_generated_request_gets_a_server_error(
+def test_every_generated_request_gets_a_documented_answer_and_never_a_server_error(
     served: tuple[schemathesis.BaseSchema, str], method: str, path: str
 ) -> None:
     schema, key = served
@@ -61,7 +69,7 @@ def test_no_generated_request_gets_a_server_error(
     @settings(max_examples=15, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     def check(case: schemathesis.Case) -> None:
-        case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error])
+        case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=CHECKS)
 
     check()
 
@@ -80,3 +88,21 @@ def test_a_server_error_would_be_caught(
     with pytest.raises(FailureGroup) as caught:
         case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=[not_a_server_error])
     assert [type(e) for e in caught.value.exceptions] == [ServerError]
+
+
+def test_a_response_the_document_does_not_describe_would_be_caught(
+    served: tuple[schemathesis.BaseSchema, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The conformance check above can fail: a document promising a field the answer lacks is rejected."""
+    schema, key = served
+    document = copy.deepcopy(schema.raw_schema)
+    answer = document["paths"]["/v1/credits"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    balance = document["components"]["schemas"][answer["$ref"].rsplit("/", 1)[1]]
+    balance["properties"]["overdraft_usd_micros"] = {"type": "integer"}
+    balance["required"].append("overdraft_usd_micros")
+    promised = schemathesis.openapi.from_dict(document)
+    promised.app = schema.app
+    case = promised["/v1/credits"]["GET"].Case()
+    with pytest.raises(FailureGroup) as caught:
+        case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, checks=[response_schema_conformance])
+    assert [type(e) for e in caught.value.exceptions] == [JsonSchemaError]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from starlette.testclient import TestClient
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.api import create_app
+from batchrouter.batches.service import Batches
 from batchrouter.cli import main
 from batchrouter.core import control
 from batchrouter.core.config import Settings, load_settings
@@ -79,7 +82,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
 
 @pytest.fixture
 def inline_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    """Batches created here run at once in a background `batchrouter run` process."""
+    """Batches created here run at once, in a background thread of the API server."""
     yield from make_api(monkeypatch, "inline")
 
 
@@ -141,6 +144,28 @@ def test_a_batch_created_from_a_quote_is_reserved_run_and_settled_once(inline_ap
     assert (again.status_code, again.json()["batch_id"]) == (200, batch["batch_id"])
     assert again.json()["status"] == "completed"
     assert ops(api.ledger) == ["grant", "reserve", "settle"]
+
+
+def test_the_inline_executor_runs_the_batch_in_a_thread_of_the_server_process(
+    inline_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = inline_api
+    ran: list[tuple[int, str]] = []
+    advance = Batches.advance
+
+    def recorded(self: Batches, batch_id: str, **kwargs: Any) -> Any:
+        ran.append((os.getpid(), threading.current_thread().name))
+        return advance(self, batch_id, **kwargs)
+
+    monkeypatch.setattr(Batches, "advance", recorded)
+    api.ledger.grant("acme", 5 * USD, key="grant")
+    batch_id = api.create_batch(api.quote()["quote_id"]).json()["batch_id"]
+    deadline = time.monotonic() + SETTLE_DEADLINE_S
+    url = f"/v1/batches/{batch_id}"
+    while (state := api.client.get(url, headers=bearer(api.owner)).json()["state"]) != "completed":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.2)  # poll interval
+    assert ran == [(os.getpid(), f"advance-{batch_id}")]
 
 
 def test_posting_the_same_quote_again_returns_the_same_batch_and_reserves_once(api: Api) -> None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from batchrouter.access.accounts import Accounts
+from batchrouter.batches.lifecycle import current_state
+from batchrouter.batches.states import BatchState
 from batchrouter.core.batch_info import BATCHES, load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.storage import Storage
-from batchrouter.money.ledger import Ledger
+from batchrouter.money.ledger import HoldStatus, Ledger
 
-ACTIVE_STATUSES = ("reserved", "dispatching", "awaiting_approval")
+# Batches in these states are kept: money is held for them, they may run at any moment, or await approval.
+ACTIVE = frozenset({BatchState.RESERVED, BatchState.DISPATCHING, BatchState.WAITING_ON_PROVIDER,
+                    BatchState.AWAITING_APPROVAL})  # fmt: skip
 
 
 def delete_workspace_data(storage: Storage, settings: Settings, workspace: str, *, actor: str) -> dict[str, Any]:
@@ -36,13 +40,9 @@ def delete_workspace_data(storage: Storage, settings: Settings, workspace: str, 
         if info.workspace != workspace:
             continue
         holds = ledger.batch_holds(batch_id)
-        status = (
-            storage.read_json(*info.folder("status.json"))["status"]
-            if storage.exists(*info.folder("status.json"))
-            else ""
-        )
-        if (holds and holds[-1].status == "held") or status in ACTIVE_STATUSES:
-            kept.append({"what": storage.url(BATCHES, batch_id), "why": f"batch is active ({status or 'held'}); "
+        state = current_state(storage, info)
+        if (holds and holds[-1].status == HoldStatus.HELD) or state in ACTIVE:
+            kept.append({"what": storage.url(BATCHES, batch_id), "why": f"batch is active ({state}); "
                          "cancel it or let it finish, then delete again"})  # fmt: skip
             continue
         storage.remove_tree(BATCHES, batch_id)

@@ -1,0 +1,157 @@
+"""The API's request bodies, and the responses that are not an engine result as it is.
+
+Most responses are the engine's typed results (`QuoteSummary`, `CreditBalance`, `IssuedKey`, ...);
+here are the lists that wrap them, and a batch's view with its nested parts typed in full.
+
+Money is integer micro-dollars (`*_usd_micros`); times are ISO 8601 strings. A field a batch does not
+have yet (a batch not yet run has no `receipts`) is null.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from batchrouter.access.accounts import SCOPES
+from batchrouter.access.keys import KeyInfo
+from batchrouter.access.members import Member
+from batchrouter.batches.results import QuoteSummary
+from batchrouter.core.batch_info import check_run_tag
+from batchrouter.core.errors import BatchError
+from batchrouter.money.credits import JournalEntry
+from batchrouter.output.webhooks import WebhookEndpoint
+
+
+class Body(BaseModel):
+    pass
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- requests --------------------------------------------------------------------------------------
+class CreateBatch(Body):
+    quote_id: str = Field(pattern=r"^q_[0-9a-f]{24}$", description="the id of a quote made by POST /v1/quotes")
+    run_tag: str | None = Field(
+        default=None,
+        max_length=64,
+        description="run the same manifest again on purpose: a new tag makes a new batch (the same tag, the same one)",
+    )
+
+    @field_validator("run_tag")
+    @classmethod
+    def _run_tag(cls, value: str | None) -> str | None:
+        try:
+            return check_run_tag(value)
+        except BatchError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class Checkout(Body):
+    pack: str = Field(min_length=1, max_length=64)
+
+
+class SetMember(Body):
+    role: str = Field(pattern="^(owner|admin|member|viewer)$")
+
+
+class CreateKey(Body):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(min_length=1, max_length=len(SCOPES))
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+class RotateKey(Body):
+    grace_hours: float = Field(default=24, ge=0, le=24 * 30)
+
+
+class AddWebhook(Body):
+    url: str = Field(min_length=8, max_length=2048, description="an https:// (or, in development, http://) URL")
+
+
+# -- quotes ----------------------------------------------------------------------------------------
+class StoredQuote(QuoteSummary):
+    """A quote kept by POST /v1/quotes, with the file name it was sent as."""
+
+    filename: str
+
+
+# -- batches ---------------------------------------------------------------------------------------
+class BatchQuote(Out):
+    quote_id: str
+    items: int
+    accepted: int
+    rejected: int
+    reserve_usd_micros: int
+    expected_usd_micros: int
+    catalog_version: str
+
+
+class RouteCost(Out):
+    route: str
+    items: int
+    cost_usd_micros: int
+
+
+class HoldView(Out):
+    hold: str
+    status: str
+    reserved_usd_micros: int
+    captured_usd_micros: int
+
+
+class BatchListed(Out):
+    batch_id: str
+    status: str
+    submitted_at: str
+    updated_at: str | None = None
+    quote: BatchQuote | None = None
+    items_by_status: dict[str, int] | None = None
+    actual_usd_micros: int | None = None
+
+
+class Batch(Out):
+    """A batch's state: `batchrouter status --json`."""
+
+    batch_id: str
+    workspace: str
+    source: str
+    submitted_at: str
+    state: str
+    status: str = Field(description="the state's name (the key older clients read)")
+    updated_at: str | None = None
+    message: str | None = None
+    quote: BatchQuote | None = None
+    items_by_status: dict[str, int] | None = None
+    actual_usd_micros: int | None = None
+    cost_by_route: list[RouteCost] | None = None
+    outputs: str | None = None
+    receipts: str | None = None
+    holds: list[HoldView] = []
+    duration_s: float | None = None
+    created: bool = Field(default=False, description="True when this call made the batch (or its reservation)")
+
+
+class Batches(Out):
+    batches: list[BatchListed]
+
+
+# -- lists of the engine's results ----------------------------------------------------------------
+class History(Out):
+    entries: list[JournalEntry]
+
+
+class Members(Out):
+    members: list[Member]
+
+
+class Keys(Out):
+    keys: list[KeyInfo]
+
+
+class Webhooks(Out):
+    webhooks: list[WebhookEndpoint]
+
+
+class Health(Out):
+    ok: bool
