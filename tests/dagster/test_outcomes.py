@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -13,6 +14,8 @@ import pytest
 
 from assets.batch import STATE_TAG, batch
 from batchrouter.access.actors import CLI
+from batchrouter.batches.service import Batches
+from batchrouter.core.errors import BatchRouterError
 from batchrouter.engine import BatchRouter
 from pipelines.partitions import batches
 from pipelines.resources import SimulatedBatchRouter
@@ -188,3 +191,32 @@ def test_one_batchs_failed_check_stays_on_its_partition_and_the_other_batchs_che
     accounted = dg.AssetCheckKey(dg.AssetKey("outputs"), "every_item_accounted_once")
     assert {i.latest_execution_status.value for i in instance.event_log_storage.get_asset_check_partition_info(
         [accounted], partition_keys=[good, bad])} == {"SUCCEEDED"}  # fmt: skip
+
+
+def test_a_retryable_engine_error_runs_the_step_again_and_the_batch_completes(
+    resource: SimulatedBatchRouter, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Flaky(BatchRouterError):
+        code = "flaky"
+        retryable = True
+
+    calls: list[str] = []
+    advance = Batches.advance
+
+    def flaky_once(self: Batches, batch_id: str, **options: Any) -> Any:
+        calls.append(batch_id)
+        if len(calls) == 1:
+            raise Flaky("the bucket did not answer in time")
+        return advance(self, batch_id, **options)
+
+    monkeypatch.setattr(Batches, "advance", flaky_once)
+    batch_id = submit(resource, instance, manifest(["Say hi."]), credit=1_000_000)
+
+    result = run(resource, instance, batch_id)
+
+    assert result.success
+    assert calls == [batch_id, batch_id]
+    assert [e.event_type for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY] == [
+        dg.DagsterEventType.STEP_UP_FOR_RETRY
+    ]
+    assert instance.get_run_by_id(result.run_id).tags[STATE_TAG] == "completed"
