@@ -1,1 +1,1 @@
-"""Thin Dagster assets over the engine; each calls one stage of batchrouter.batch."""
+"""Thin Dagster assets over the engine (batchrouter.engine.BatchRouter); metadata helpers in `metadata`."""

@@ -1,190 +1,222 @@
-"""The batch flow as assets, one partition per batch:
-manifest -> quote -> routed_items -> reservation (approval gate) -> dispatch -> settlement."""
+"""A batch as three assets, one partition per batch: `quote` -> `outputs` -> `settlement`.
 
-from collections.abc import Iterator
+One step makes all three: it asks the engine to advance the batch (`engine.batches.advance`: quote
+and reserve if not yet, dispatch every item without an answer, write outputs and receipts, settle
+once). Running it again is safe and does only what is left (a new round for failed items).
+
+What a run says about its batch. The run's tag `batchrouter/state` is the batch's state afterwards
+(batchrouter.batches.states.BatchState); the run fails when the batch cannot go on until someone
+fixes something, and succeeds when the batch is where it should be:
+
+    state                 run      materialised                 checks (per partition)
+    completed             success  quote, outputs, settlement   all pass
+    partially_failed      success  quote, outputs, settlement   outputs: no_failed_items fails (warn);
+                                                                re-execute the partition to retry them
+    cancelled             success  quote (+ outputs, settlement for items answered before the cancel)
+    awaiting_approval     success  quote                        quote: approved_and_funded fails (warn);
+                                                                the approval sensor resumes it
+    insufficient_credits  failure  quote                        quote: approved_and_funded fails
+    failed, expired       failure  quote, outputs, settlement   outputs: no_failed_items fails
+    unusable_manifest     failure  nothing (quarantined with a report)
+
+Checks are partitioned like their assets, so one batch's failure never shows on another's partition.
+"""
+
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster as dg
 
-from batchrouter.batches import lifecycle as batch
-from batchrouter.batches import settlement as money
-from batchrouter.batches.status import batch_status
-from batchrouter.core.batch_info import load_batch
-from batchrouter.core.errors import ManifestError
-from batchrouter.money.ledger import InsufficientCredits
-from batchrouter.output import delivery as webhooks
+from assets.metadata import table, usd
+from batchrouter.access.actors import DAGSTER
+from batchrouter.batches import lifecycle
+from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSummary
+from batchrouter.batches.states import BatchState
+from batchrouter.core.errors import BatchRouterError
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
-_COMMON: dict[str, Any] = {"partitions_def": batches, "group_name": "batch"}
+STATE_TAG = "batchrouter/state"
+# The batch cannot go on until someone acts: the run fails (and a run-failure alert fires).
+FAILS_THE_RUN = frozenset(
+    {BatchState.INSUFFICIENT_CREDITS, BatchState.FAILED, BatchState.EXPIRED, BatchState.UNUSABLE_MANIFEST}
+)
+# Held at the gate, and how loud the quote's check says so.
+_HELD = {
+    BatchState.AWAITING_APPROVAL: dg.AssetCheckSeverity.WARN,
+    BatchState.INSUFFICIENT_CREDITS: dg.AssetCheckSeverity.ERROR,
+}
+# The engine refusing to go on is expected here: the run succeeds (it waits for an approver, or was stopped).
+_EXPECTED_STOP = frozenset({BatchState.AWAITING_APPROVAL, BatchState.CANCELLED})
+
+with warnings.catch_warnings():
+    # Checks per partition are a preview feature of Dagster; they are what keeps batches apart.
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    CHECKS = [
+        dg.AssetCheckSpec("approved_and_funded", asset="quote", partitions_def=batches,
+                          description="The quote is approved (by the limit or a person) and its reservation held."),
+        dg.AssetCheckSpec("every_item_accounted_once", asset="outputs", partitions_def=batches,
+                          description="Every manifest row has exactly one receipt, in a final state."),
+        dg.AssetCheckSpec("no_failed_items", asset="outputs", partitions_def=batches,
+                          description="No item failed (a failed item is retried by re-executing the partition)."),
+        dg.AssetCheckSpec("ledger_matches_receipts", asset="settlement", partitions_def=batches,
+                          description="The ledger captured exactly what the receipts add up to."),
+        dg.AssetCheckSpec("reserve_covers_actual", asset="settlement", partitions_def=batches,
+                          description="What the items cost stayed within what the quote reserved."),
+    ]  # fmt: skip
 
 
-@dg.asset(kinds={"polars", "parquet"}, **_COMMON)
-def manifest(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
-    """Parse and validate the batch's manifest; rejected rows keep their reason."""
-    info = load_batch(batchrouter.storage, context.partition_key)
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("quote", kinds={"polars"}, description="The manifest validated, priced and routed."),
+        dg.AssetSpec("outputs", deps=["quote"], kinds={"parquet"}, description="outputs.parquet and receipts."),
+        dg.AssetSpec("settlement", deps=["outputs"], kinds={"duckdb"}, description="The batch's holds settled."),
+    ],
+    check_specs=CHECKS,
+    partitions_def=batches,
+    group_name="batch",
+    can_subset=True,  # a batch held at the gate materialises its quote only
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+    pool="batchrouter/dispatch",
+)
+def batch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
+    """Advance the batch: quote, reserve, dispatch, write outputs and receipts, settle."""
+    engine, batch_id = batchrouter.engine(), context.partition_key
+    run: RunSummary | None = None
+    refusal: BatchRouterError | None = None
     try:
-        parsed = batch.stage_manifest(batchrouter.storage, batchrouter.settings, batchrouter.catalog, info)
-    except ManifestError as exc:
-        raise dg.Failure(description=f"unusable manifest, quarantined: {exc}", allow_retries=False) from exc
-    return dg.MaterializeResult(
+        run = engine.batches.advance(batch_id, actor=DAGSTER, on_progress=_progress_log(context))
+    except BatchRouterError as exc:
+        if exc.retryable:
+            raise  # the retry policy runs the step again
+        refusal = exc
+    view = engine.batches.status(batch_id)
+    context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(view.state)})
+    if view.quote is not None:
+        yield from _quote(engine.storage.read_json(*engine.batches.info(batch_id).folder("quote.json")), view, refusal)
+    if run is not None and run.items:
+        yield from _outputs(run, lifecycle.accounting(engine.storage, engine.batches.info(batch_id)))
+        if run.settlement is not None:
+            yield from _settlement(run.settlement, view)
+    if view.state in FAILS_THE_RUN or (refusal is not None and view.state not in _EXPECTED_STOP):
+        reason = refusal if run is None else f"no item succeeded ({_failures(run)})"
+        raise dg.Failure(description=f"batch {batch_id} is {view.state}: {reason}", allow_retries=False)
+
+
+def _quote(summary: dict[str, Any], view: BatchView, refusal: BatchRouterError | None) -> Iterator[Any]:
+    quote = QuoteSummary.model_validate(summary)
+    yield dg.MaterializeResult(
+        asset_key="quote",
         metadata={
-            "workspace": info.workspace,
-            "source": info.source_name,
-            "format": parsed.format,
-            "rows": parsed.rows,
-            "rejected_so_far": parsed.rejected.height,
-            "path": dg.MetadataValue.path(batchrouter.storage.url(*info.folder("manifest.parquet"))),
-        }
-    )
-
-
-@dg.asset(deps=[manifest], kinds={"polars", "parquet"}, **_COMMON)
-def quote(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
-    """Count tokens, route and price every item in integer micro-dollars."""
-    storage = batchrouter.storage
-    info = load_batch(storage, context.partition_key)
-    priced = batch.stage_quote(
-        storage, batchrouter.settings, batchrouter.catalog, info, batch.load_manifest(storage, info)
-    )
-    summary = priced.summary()
-    return dg.MaterializeResult(
-        metadata={
-            "quote_id": summary["quote_id"],
-            "catalog_version": summary["catalog_version"],
-            "accepted": summary["accepted"],
-            "rejected": summary["rejected"],
-            "reserve_usd_micros": summary["reserve_usd_micros"],
-            "expected_usd_micros": summary["expected_usd_micros"],
-            "by_route": dg.MetadataValue.json(summary["by_route"]),
-            "path": dg.MetadataValue.path(storage.url(*info.folder("quote.parquet"))),
-        }
-    )
-
-
-@dg.asset(deps=[quote], kinds={"polars", "parquet"}, **_COMMON)
-def routed_items(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
-    """Accepted items with their route chain, written partitioned by primary route."""
-    storage = batchrouter.storage
-    info = load_batch(storage, context.partition_key)
-    counts = batch.stage_route(storage, info, batch.load_manifest(storage, info), batch.load_quote(storage, info))
-    return dg.MaterializeResult(
-        metadata={
-            "items_by_route": dg.MetadataValue.json(counts),
-            "routes": len(counts),
-            "path": dg.MetadataValue.path(storage.url(*info.folder("routed_items"))),
-        }
-    )
-
-
-@dg.asset(deps=[routed_items], kinds={"duckdb"}, output_required=False, **_COMMON)
-def reservation(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[dg.Output[None]]:
-    """Approval gate, then hold this round's reservation; no approval or no credit, no dispatch."""
-    storage, settings = batchrouter.storage, batchrouter.settings
-    info = load_batch(storage, context.partition_key)
-    if not money.gate(storage, settings, info):
-        # No output: dispatch and settlement are skipped until the batch is approved.
-        context.log.warning(storage.read_json(*info.folder("status.json"))["message"])
-        return
-    try:
-        entry = money.stage_reserve(storage, settings, info)
-    except InsufficientCredits as exc:
-        raise dg.Failure(description=f"insufficient_credits: {exc}", allow_retries=False) from exc
-    holds = [
-        h.__dict__ | {"created_at": str(h.created_at)}
-        for h in money.Ledger(settings.database).batch_holds(info.batch_id)
-    ]
-    yield dg.Output(
-        None,
-        metadata={
-            "reserved_now_usd_micros": entry.amount_usd_micros if entry else 0,
-            "rounds": len(holds),
-            "holds": dg.MetadataValue.json(holds),
+            "accepted": quote.accepted,
+            "rejected": quote.rejected,
+            "reserve": usd(quote.reserve_usd_micros),
+            "expected": usd(quote.expected_usd_micros),
+            "catalog_version": quote.catalog_version,
+            "by_route": table(
+                [
+                    r.model_dump() | {"reserve": usd(r.reserve_usd_micros), "expected": usd(r.expected_usd_micros)}
+                    for r in quote.by_route
+                ],
+                {"route": str, "items": int, "input_tokens": int, "expected": str, "reserve": str},
+            ),  # fmt: skip
+            "rejections": table(
+                (r.model_dump() for r in quote.rejections[:50]), {"row": int, "field": str, "reason": str}
+            ),  # fmt: skip
         },
     )
-
-
-@dg.asset(
-    deps=[reservation],
-    kinds={"python", "parquet"},
-    check_specs=[dg.AssetCheckSpec("every_item_accounted_once", asset="dispatch", blocking=True)],
-    **_COMMON,
-)
-def dispatch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
-    """Send every item without a final receipt; write outputs.parquet and receipts.parquet."""
-    storage = batchrouter.storage
-    info = load_batch(storage, context.partition_key)
-    summary = batch.stage_dispatch(storage, batchrouter.settings, batchrouter.catalog, info)
-    yield dg.MaterializeResult(
-        metadata={
-            "status": summary["status"],
-            "succeeded": summary["succeeded"],
-            "failed": summary["failed"],
-            "rejected": summary["rejected"],
-            "reserve_usd_micros": summary["reserve_usd_micros"],
-            "cost_usd_micros": summary["cost_usd_micros"],
-            "retries": summary["retries"],
-            "latency_p50_ms": summary["latency_p50_ms"] or 0.0,
-            "latency_p95_ms": summary["latency_p95_ms"] or 0.0,
-            "cost_by_route": dg.MetadataValue.json(summary["by_route"]),
-            "failures": dg.MetadataValue.json(summary["failures"]),
-            "outputs": dg.MetadataValue.path(summary["outputs"]),
-            "receipts": dg.MetadataValue.path(summary["receipts"]),
-        }
-    )
-    accounted = batch.accounting(storage, info)
-    yield dg.AssetCheckResult(check_name="every_item_accounted_once", passed=accounted["ok"], metadata=accounted)
-
-
-@dg.asset(
-    deps=[dispatch],
-    kinds={"duckdb"},
-    check_specs=[
-        dg.AssetCheckSpec("ledger_matches_receipts", asset="settlement", blocking=True),
-        dg.AssetCheckSpec("reserve_covers_actual", asset="settlement"),
-    ],
-    **_COMMON,
-)
-def settlement(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
-    """Capture the receipts' actual cost from the holds and release the rest, exactly once."""
-    storage, settings = batchrouter.storage, batchrouter.settings
-    info = load_batch(storage, context.partition_key)
-    result = money.stage_settle(storage, settings, info)
-    status = batch_status(storage, settings, info)
-    yield dg.MaterializeResult(
-        metadata={
-            **{k: v for k, v in result.items() if isinstance(v, int | bool | str)},
-            "items_by_status": dg.MetadataValue.json(status.get("items_by_status", {})),
-            "quote_reserve_usd_micros": status.get("quote", {}).get("reserve_usd_micros", 0),
-            "quote_expected_usd_micros": status.get("quote", {}).get("expected_usd_micros", 0),
-            "cost_by_route": dg.MetadataValue.json(status.get("cost_by_route", [])),
-            "duration_s": float(status.get("duration_s") or 0.0),
-        }
-    )
-    # Exact to the micro-dollar: what the ledger captured is what the receipts add up to.
     yield dg.AssetCheckResult(
+        asset_key="quote",
+        check_name="approved_and_funded",
+        passed=view.state not in _HELD,
+        severity=_HELD.get(view.state, dg.AssetCheckSeverity.ERROR),
+        description=str(refusal or view.message) if view.state in _HELD else None,
+        metadata={"state": str(view.state)},
+    )
+
+
+def _outputs(run: RunSummary, accounted: dict[str, Any]) -> Iterator[Any]:
+    yield dg.MaterializeResult(
+        asset_key="outputs",
+        metadata={
+            "state": str(run.state),
+            "succeeded": run.succeeded,
+            "failed": run.failed,
+            "rejected": run.rejected,
+            "pending": run.pending,
+            "cost": usd(run.cost_usd_micros),
+            "latency_p50_ms": run.latency_p50_ms or 0.0,
+            "latency_p95_ms": run.latency_p95_ms or 0.0,
+            "by_route": table(
+                [
+                    r | {"cost": usd(r["cost_usd_micros"]), "reserve": usd(r["reserve_usd_micros"])}
+                    for r in run.by_route
+                ],
+                {"route": str, "items": int, "succeeded": int, "output_tokens": int, "cost": str, "reserve": str},
+            ),
+            "failures": table(run.failures, {"error_code": str, "len": int}),
+            "outputs": dg.MetadataValue.path(run.outputs),
+            "receipts": dg.MetadataValue.path(run.receipts),
+        },
+    )
+    yield dg.AssetCheckResult(
+        asset_key="outputs", check_name="every_item_accounted_once", passed=bool(accounted["ok"]), metadata=accounted
+    )
+    yield dg.AssetCheckResult(
+        asset_key="outputs",
+        check_name="no_failed_items",
+        passed=run.failed == 0,
+        severity=dg.AssetCheckSeverity.ERROR if run.failed and not run.succeeded else dg.AssetCheckSeverity.WARN,
+        metadata={"failed": run.failed, "failures": table(run.failures, {"error_code": str, "len": int})},
+    )
+
+
+def _settlement(settled: dict[str, Any], view: BatchView) -> Iterator[Any]:
+    captured, receipts = settled["captured_usd_micros"], settled["receipts_usd_micros"]
+    reserved = settled["reserved_usd_micros"]
+    yield dg.MaterializeResult(
+        asset_key="settlement",
+        metadata={
+            "captured": usd(captured),
+            "reserved": usd(reserved),
+            "released": usd(reserved - captured),
+            "holds": table(
+                [
+                    h.model_dump() | {"reserved": usd(h.reserved_usd_micros), "captured": usd(h.captured_usd_micros)}
+                    for h in view.holds
+                ],
+                {"hold": str, "status": str, "reserved": str, "captured": str},
+            ),  # fmt: skip
+        },
+    )
+    yield dg.AssetCheckResult(
+        asset_key="settlement",
         check_name="ledger_matches_receipts",
-        passed=result["captured_usd_micros"] == result["receipts_usd_micros"],
-        metadata={"captured": result["captured_usd_micros"], "receipts": result["receipts_usd_micros"]},
+        passed=captured == receipts,
+        metadata={"captured": usd(captured), "receipts": usd(receipts)},
     )
     yield dg.AssetCheckResult(
+        asset_key="settlement",
         check_name="reserve_covers_actual",
-        passed=result["receipts_usd_micros"] <= result["reserved_usd_micros"],
+        passed=receipts <= reserved,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"reserved": result["reserved_usd_micros"], "actual": result["receipts_usd_micros"]},
+        metadata={"reserved": usd(reserved), "actual": usd(receipts)},
     )
 
 
-@dg.asset(deps=[settlement], kinds={"python"}, **_COMMON)
-def delivery(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> dg.MaterializeResult:
-    """Send the signed batch.completed webhook (Standard Webhooks) to the workspace's endpoints."""
-    info = load_batch(batchrouter.storage, context.partition_key)
-    attempts = webhooks.deliver_batch_completed(batchrouter.settings, batchrouter.storage, info)
-    delivered = {a.endpoint_id for a in attempts if a.ok}
-    return dg.MaterializeResult(
-        metadata={
-            "attempts": len(attempts),
-            "endpoints_delivered": len(delivered),
-            "endpoints_failed": len({a.endpoint_id for a in attempts} - delivered),
-        }
-    )
+def _failures(run: RunSummary) -> str:
+    return ", ".join(f"{f['len']} x {f['error_code']}" for f in run.failures) or "no answers"
+
+
+def _progress_log(context: dg.AssetExecutionContext, every_s: float = 5.0) -> Callable[[Progress], None]:
+    last = [0.0]
+
+    def log(progress: Progress) -> None:
+        if time.monotonic() - last[0] >= every_s or progress.succeeded + progress.failed == progress.total:
+            last[0] = time.monotonic()
+            context.log.info(f"{progress.succeeded + progress.failed}/{progress.total} items answered "
+                             f"({progress.failed} failed), {usd(progress.cost_usd_micros)} so far")  # fmt: skip
+
+    return log

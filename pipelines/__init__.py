@@ -1,1 +1,1 @@
-"""Dagster wiring: definitions, resources, partitions, jobs (sensors and schedules come later)."""
+"""Dagster wiring: definitions, resources, partitions, jobs, sensors and schedules."""

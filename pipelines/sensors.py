@@ -1,64 +1,56 @@
-"""Sensors: a dropped manifest starts a run; an approval resumes a batch from the gate."""
+"""Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate; a due
+webhook delivery starts a drain of the outbox."""
 
 import dagster as dg
 
-from batchrouter.batches import settlement
-from batchrouter.core.batch_info import load_batch
-from batchrouter.core.errors import BatchError, Forbidden
-from batchrouter.engine import BatchRouter
-from batchrouter.intake import drops as intake
-from pipelines.jobs import batch_job, resume_job, webhook_outbox_job
+from assets.batch import STATE_TAG
+from batchrouter.core.errors import BatchRouterError
+from batchrouter.intake import drops
+from pipelines.jobs import batch_job, webhook_outbox_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
 
-@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+# The daemon evaluates sensors every 5 s at most; an interval below that makes it every loop, so a drop
+# waits 2.5 s on average for its run (with 5 s, a tick that lands a moment early waits for the next loop).
+@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=1)
 def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
     """One run per new manifest under manifests/<workspace>/ (CSV, Parquet, JSONL)."""
-    storage = batchrouter.storage
-    cursor = intake.Cursor.parse(context.cursor)
-    found = intake.scan(storage, cursor)
-    runs, new_batches = [], []
+    engine = batchrouter.engine()
+    cursor = drops.Cursor.parse(context.cursor)
+    found = drops.scan(engine.storage, cursor)
+    runs = []
     for dropped in found:
         if not dropped.is_manifest:
             context.log.info(f"ignoring {dropped.key}: not a manifest (use .csv, .parquet or .jsonl)")
             continue
         try:
-            info = BatchRouter(batchrouter.settings).batches.accept_drop(dropped)
-        except Forbidden as exc:
-            # One file that cannot become a batch (suspended workspace, bad folder name) must not fail every
-            # tick and so hold up every other manifest: it is quarantined with the reason.
+            view = engine.batches.accept_drop(dropped)
+        except BatchRouterError as exc:  # quarantined with a report: one bad drop never holds up the others
             context.log.warning(str(exc))
             continue
-        new_batches.append(info.batch_id)
         # The batch id is a digest of workspace and content: re-ticks and restarts ask for the same run.
-        runs.append(dg.RunRequest(run_key=info.batch_id, partition_key=info.batch_id,
-                                  tags={"workspace": info.workspace, "source": dropped.key}))  # fmt: skip
+        tags = {"batchrouter/workspace": view.workspace, "batchrouter/source": dropped.key, STATE_TAG: view.status}
+        runs.append(dg.RunRequest(run_key=view.batch_id, partition_key=view.batch_id, tags=tags))
     return dg.SensorResult(
         run_requests=runs,
-        dynamic_partitions_requests=[batches.build_add_request(new_batches)] if new_batches else [],
+        dynamic_partitions_requests=[batches.build_add_request([r.partition_key for r in runs])] if runs else [],
         cursor=cursor.advance(found).dump(),
     )
 
 
-@dg.sensor(job=resume_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
+@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
     """Resume batches at the approval gate once approved (`batchrouter approve`, or approvals/<batch_id>)."""
-    storage, settings = batchrouter.storage, batchrouter.settings
-    runs = []
-    for batch_id in settlement.awaiting(storage):
-        try:
-            info = load_batch(storage, batch_id)
-        except BatchError:
-            # One stale marker (its batch removed from the bucket) must not block every other approval.
-            context.log.warning(f"ignoring awaiting_approval/{batch_id}: the batch no longer exists")
-            continue
-        if settlement.is_approved(storage, settings, info):
-            runs.append(dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id))
-    return dg.SensorResult(run_requests=runs)
+    approved = batchrouter.engine().batches.approved_waiting()
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id) for batch_id in approved]
+    )
 
 
-@dg.sensor(job=webhook_outbox_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60)
+# Named rather than passed: a sensor given a plain job that needs resources is copied by Definitions
+# with a beta parameter, a warning on every `dagster dev` start.
+@dg.sensor(job_name=webhook_outbox_job.name, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=60)
 def webhook_outbox_sensor(
     context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource
 ) -> dg.SensorResult | dg.SkipReason:
@@ -67,7 +59,7 @@ def webhook_outbox_sensor(
 
     from batchrouter.output.delivery import next_due
 
-    due = next_due(batchrouter.settings)
+    due = next_due(batchrouter.engine().settings)
     if due is None or due > datetime.now(UTC):
         return dg.SkipReason("no webhook delivery is due")
     # Keyed by the earliest due time: a re-tick before that drain ran asks for the same run.

@@ -166,9 +166,10 @@ def stage_dispatch(
     Safe to run again at any time: items with a final result in the checkpoint are skipped.
     """
     holds = Ledger(settings.database).batch_holds(info.batch_id)
-    if not holds:
+    cancelled = _cancel_watch(storage, info)
+    if not holds and not cancelled():  # cancelled before it was reserved: its items end as cancelled, unsent
         raise BatchError(f"batch {info.batch_id} has no reservation; reserve it before dispatching")
-    hold = holds[-1]
+    hold_status = holds[-1].status if holds else None
     routed = load_routed_items(storage, info)
     checkpoint = Checkpoint(storage, info.batch_id, every_items=settings.dispatch.checkpoint_items)
     done = checkpoint.load()
@@ -179,12 +180,13 @@ def stage_dispatch(
         "failed": int((done["status"] == ItemStatus.FAILED).sum()),
     }
     total = routed.height
-    cancelled = _cancel_watch(storage, info)
-    if jobs and hold.status != HoldStatus.HELD and not cancelled():
+    if jobs and hold_status != HoldStatus.HELD and not cancelled():
         raise BatchError(
-            f"batch {info.batch_id}'s reservation is {hold.status}; {len(jobs)} items cannot be dispatched without one"
+            f"batch {info.batch_id}'s reservation is {hold_status}; {len(jobs)} items cannot be dispatched without one"
         )
-    if jobs and not cancelled():
+    # A reserved round with nothing left to send (a run died after dispatching) still passes through
+    # dispatching, so settling it may end the batch.
+    if (jobs or current_state(storage, info) == BatchState.RESERVED) and not cancelled():
         record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
                      remaining=len(jobs), **counts)  # fmt: skip
     beat = [time.monotonic()]

@@ -287,7 +287,7 @@ class Batches:
                                                simulator_url=simulator_url)  # fmt: skip
         else:
             summary = lifecycle.write_results(storage, info)
-        if not summary["pending"]:
+        if not summary["pending"] and engine.ledger.batch_holds(info.batch_id):
             summary["settlement"] = settlement.stage_settle(storage, settings, info)
             attempts = delivery.deliver_batch_completed(settings, storage, info)
             summary["webhooks"] = [{"endpoint_id": a.endpoint_id, "status_code": a.status_code} for a in attempts]

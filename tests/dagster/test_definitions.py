@@ -1,119 +1,128 @@
-"""The Dagster code location: it loads, and its batch assets materialise one batch partition."""
+"""The Dagster code location: it loads, and one in-process step materialises a batch's three assets."""
 
 from __future__ import annotations
 
 import io
-import json
+import os
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 
-from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
-from batchrouter.batches.lifecycle import submit
-from batchrouter.core.config import load_settings
-from batchrouter.core.storage import Storage, route_slug
+from assets.batch import STATE_TAG, batch
+from batchrouter.engine import BatchRouter
 from batchrouter.intake.sample import sample_manifest
-from batchrouter.money.ledger import Ledger
+from batchrouter.money.ledger import usd
 from pipelines.definitions import defs
 from pipelines.partitions import batches
-from pipelines.resources import BatchRouterResource
+from pipelines.resources import ConfiguredBatchRouter, SimulatedBatchRouter
 
 pytestmark = pytest.mark.dagster
 
-ASSET_KEYS = {dg.AssetKey("manifest"), dg.AssetKey("quote"), dg.AssetKey("routed_items")}
+ASSET_KEYS = {dg.AssetKey("quote"), dg.AssetKey("outputs"), dg.AssetKey("settlement")}
 
 
 def test_definitions_are_loadable() -> None:
     dg.Definitions.validate_loadable(defs)
 
 
-def test_batch_assets_exist_and_are_partitioned_by_the_batches_dynamic_partition() -> None:
+def test_batch_assets_and_their_checks_are_partitioned_by_the_batches_dynamic_partition() -> None:
     graph = defs.resolve_asset_graph()
     assert ASSET_KEYS <= set(graph.get_all_asset_keys())
     for key in ASSET_KEYS:
-        partitions = graph.get(key).partitions_def
-        assert isinstance(partitions, dg.DynamicPartitionsDefinition)
-        assert partitions.name == "batches"
+        assert graph.get(key).partitions_def == batches
+    checks = {spec.key.name: spec for spec in batch.check_specs}
+    assert set(checks) == {"approved_and_funded", "every_item_accounted_once", "no_failed_items",
+                           "ledger_matches_receipts", "reserve_covers_actual"}  # fmt: skip
+    assert all(spec.partitions_def == batches for spec in checks.values())
 
 
 def test_assets_depend_on_each_other_in_stage_order() -> None:
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("quote")).parent_keys == {dg.AssetKey("manifest")}
-    assert graph.get(dg.AssetKey("routed_items")).parent_keys == {dg.AssetKey("quote")}
+    assert graph.get(dg.AssetKey("outputs")).parent_keys == {dg.AssetKey("quote")}
+    assert graph.get(dg.AssetKey("settlement")).parent_keys == {dg.AssetKey("outputs")}
 
 
-def test_batch_job_selects_every_batch_asset() -> None:
+def test_batch_job_is_one_step_in_the_runs_own_process_with_a_retry_policy_and_a_pool() -> None:
     job = defs.resolve_job_def("batch_job")
     assert job.partitions_def == batches
-    assert {node.name for node in job.graph.node_defs} == {
-        "manifest",
-        "quote",
-        "routed_items",
-        "reservation",
-        "dispatch",
-        "settlement",
-        "delivery",
-    }
+    assert job.executor_def is dg.in_process_executor
+    (node,) = job.graph.node_defs
+    assert node.name == "batch"
+    assert node.retry_policy is not None and node.retry_policy.max_retries >= 1
+    assert node.pool == "batchrouter/dispatch"
 
 
-def test_materialising_a_batch_partition_writes_every_stage(tmp_path: Path) -> None:
+def test_the_configured_resource_binds_secrets_that_are_set_to_env_vars_and_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_123")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    resource = ConfiguredBatchRouter.from_env()
+    assert resource.stripe_api_key == dg.EnvVar("STRIPE_SECRET_KEY")
+    assert resource.openai_api_key is None
+
+
+def test_materialising_a_batch_partition_writes_outputs_and_readable_metadata(tmp_path: Path) -> None:
     frame = sample_manifest(40, seed=2)
     # One deliberately bad row: an unknown model is rejected, so 39 of 40 rows are accepted.
     frame = frame.with_columns(frame["model"].scatter(7, "gpt-9-imaginary"))
     buf = io.BytesIO()
     frame.write_csv(buf)
-    settings = load_settings()
-    storage = Storage(settings.storage)
-    info = submit(storage, workspace="demo", source_name="sample.csv", data=buf.getvalue())
-
-    Ledger(settings.database).grant("demo", 1_000_000, key="test-credits")
+    resource = SimulatedBatchRouter(root=str(tmp_path))
+    engine = BatchRouter(resource.settings())
+    view = engine.batches.submit(buf.getvalue(), filename="sample.csv", workspace="demo")
+    engine.ledger.grant("demo", 1_000_000, key="test-credits")
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(batches.name, [info.batch_id])
-    result = dg.materialize(
-        [manifest, quote, routed_items, reservation, dispatch, settlement],
-        instance=instance,
-        partition_key=info.batch_id,
-        resources={"batchrouter": BatchRouterResource()},
-    )
+    instance.add_dynamic_partitions(batches.name, [view.batch_id])
+
+    result = dg.materialize([batch], instance=instance, partition_key=view.batch_id,
+                            resources={"batchrouter": resource})  # fmt: skip
+
     assert result.success
-
-    folder = Path(settings.storage.root) / "batches" / info.batch_id
-    assert folder.parent.parent == tmp_path / "bucket"
-    assert pl.read_parquet(folder / "manifest.parquet").height == 40
-    assert pl.read_parquet(folder / "quote.parquet").height == 40
-    summary = json.loads((folder / "quote.json").read_text())
-    assert (summary["accepted"], summary["rejected"]) == (39, 1)
-
-    (quote_event,) = result.asset_materializations_for_node("quote")
-    assert quote_event.partition == info.batch_id
-    assert quote_event.metadata["accepted"].value == 39
-    assert quote_event.metadata["rejected"].value == 1
-    (manifest_event,) = result.asset_materializations_for_node("manifest")
-    assert manifest_event.metadata["rows"].value == 40
-    assert manifest_event.metadata["rejected_so_far"].value == 1
-
-    (routed_event,) = result.asset_materializations_for_node("routed_items")
-    counts = routed_event.metadata["items_by_route"].value
-    assert sum(counts.values()) == 39
-    for route, n in counts.items():
-        part = pl.read_parquet(folder / "routed_items" / f"route={route_slug(route)}" / "items.parquet")
-        assert part.height == n
-
-    # dispatch ran against the built-in simulator: every accepted item has one final receipt.
+    assert instance.get_run_by_id(result.run_id).tags[STATE_TAG] == "completed"
+    folder = tmp_path / "bucket" / "batches" / view.batch_id
     receipts = pl.read_parquet(folder / "receipts.parquet")
-    assert receipts.height == 40
     assert receipts.group_by("status").len().sort("status").rows() == [("rejected", 1), ("succeeded", 39)]
     outputs = pl.read_parquet(folder / "outputs.parquet")
     assert outputs.filter(pl.col("status") == "succeeded")["output_text"].null_count() == 0
-    (dispatch_event,) = result.asset_materializations_for_node("dispatch")
-    assert dispatch_event.metadata["succeeded"].value == 39
-    assert dispatch_event.metadata["cost_usd_micros"].value == receipts["cost_usd_micros"].sum()
-    # settlement captured exactly the receipts' total and the blocking check agrees.
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"every_item_accounted_once": True, "ledger_matches_receipts": True, "reserve_covers_actual": True}
-    balance = Ledger(settings.database).balance("demo")
-    assert balance.spent_usd_micros == receipts["cost_usd_micros"].sum()
-    assert balance.held_usd_micros == 0
-    assert balance.available_usd_micros == 1_000_000 - balance.spent_usd_micros
+
+    events = {e.asset_key.to_user_string(): e for e in result.asset_materializations_for_node("batch")}
+    assert set(events) == {"quote", "outputs", "settlement"}
+    assert {e.partition for e in events.values()} == {view.batch_id}
+    quoted = events["quote"].metadata
+    assert (quoted["accepted"].value, quoted["rejected"].value) == (39, 1)
+    assert str(quoted["reserve"].value).startswith("$0.")
+    by_route = quoted["by_route"].value
+    assert isinstance(by_route, dg.TableMetadataValue)
+    assert [c.name for c in by_route.schema.columns] == ["route", "items", "input_tokens", "expected", "reserve"]
+    assert sum(r.data["items"] for r in by_route.records) == 39
+    (rejection,) = quoted["rejections"].value.records
+    assert rejection.data["field"] == "model"
+    paid = int(receipts["cost_usd_micros"].sum())
+    assert events["outputs"].metadata["cost"].value == usd(paid)
+    assert events["outputs"].metadata["succeeded"].value == 39
+    routes = events["outputs"].metadata["by_route"].value
+    assert sum(r.data["items"] for r in routes.records) == 39
+    holds = events["settlement"].metadata["holds"].value.records
+    assert [(h.data["status"], h.data["captured"]) for h in holds] == [("settled", usd(paid))]
+    assert events["settlement"].metadata["captured"].value == usd(paid)
+    checks = {c.check_name: (c.passed, c.partition) for c in result.get_asset_check_evaluations()}
+    assert checks == {name: (True, view.batch_id) for name in ("approved_and_funded", "every_item_accounted_once",
+                      "no_failed_items", "ledger_matches_receipts", "reserve_covers_actual")}  # fmt: skip
+    balance = engine.ledger.balance("demo")
+    assert (balance.spent_usd_micros, balance.held_usd_micros) == (paid, 0)
+
+
+def test_a_secret_given_to_the_configured_resource_is_what_the_engine_finds_during_the_run_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    resource = ConfiguredBatchRouter(stripe_api_key="sk_test_given")
+
+    with resource.yield_for_execution(dg.build_init_resource_context()) as live:
+        assert os.environ["STRIPE_SECRET_KEY"] == "sk_test_given"
+        assert live.engine().settings.billing.stripe_api_key_env == "STRIPE_SECRET_KEY"
+
+    assert "STRIPE_SECRET_KEY" not in os.environ

@@ -17,25 +17,32 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.batch import dispatch, manifest, quote, reservation, routed_items
 from assets.reporting import usage_report
 from batchrouter import cli
-from batchrouter.batches.lifecycle import submit
+from batchrouter.access.actors import CLI
+from batchrouter.batches import lifecycle
 from batchrouter.batches.settlement import sweep
 from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import SimulatorConfig, load_settings
 from batchrouter.core.storage import Storage
-from batchrouter.money.ledger import Ledger
+from batchrouter.engine import BatchRouter
+from batchrouter.money.ledger import Ledger, usd
 from batchrouter.simulator import running_simulator
 from pipelines.definitions import defs
 from pipelines.partitions import batches
-from pipelines.resources import BatchRouterResource
+from pipelines.resources import ConfiguredBatchRouter
 
 pytestmark = pytest.mark.dagster
 
 WS = "acme"
 CREDIT = 10_000_000
-UP_TO_RESERVATION = [manifest, quote, routed_items, reservation]
+ALL_CHECKS_PASS = {
+    "approved_and_funded": True,
+    "every_item_accounted_once": True,
+    "no_failed_items": True,
+    "ledger_matches_receipts": True,
+    "reserve_covers_actual": True,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +87,9 @@ def plain_prompts(n: int, tag: str = "note") -> list[str]:
 
 
 def new_batch(storage: Storage, instance: dg.DagsterInstance, data: bytes, name: str = "m.csv") -> BatchInfo:
-    info = submit(storage, workspace=WS, source_name=name, data=data)
-    instance.add_dynamic_partitions(batches.name, [info.batch_id])
-    return info
+    view = BatchRouter().batches.submit(data, filename=name, workspace=WS)
+    instance.add_dynamic_partitions(batches.name, [view.batch_id])
+    return load_batch(storage, view.batch_id)
 
 
 def run_batch_job(instance: dg.DagsterInstance, info: BatchInfo) -> dg.ExecuteInProcessResult:
@@ -92,15 +99,13 @@ def run_batch_job(instance: dg.DagsterInstance, info: BatchInfo) -> dg.ExecuteIn
     return result
 
 
-def reserve_only(instance: dg.DagsterInstance, info: BatchInfo, *, and_dispatch: bool = False) -> None:
+def reserve_only(storage: Storage, info: BatchInfo, *, and_dispatch: bool = False) -> None:
     """Up to the reservation (or the dispatch), then stop: a run that died before settling."""
-    result = dg.materialize(
-        [*UP_TO_RESERVATION, dispatch] if and_dispatch else UP_TO_RESERVATION,
-        instance=instance,
-        partition_key=info.batch_id,
-        resources={"batchrouter": BatchRouterResource()},
-    )
-    assert result.success
+    engine = BatchRouter()
+    data = storage.read_bytes(*info.folder("source", info.source_name))
+    assert engine.batches.create(data, filename=info.source_name, workspace=WS, actor=CLI).state == "reserved"
+    if and_dispatch:
+        lifecycle.stage_dispatch(storage, engine.settings, engine.catalog, info)
 
 
 def journal_ops(ledger: Ledger, batch_id: str) -> list[tuple[str, str]]:
@@ -139,7 +144,7 @@ def test_sweeper_expires_the_hold_of_a_batch_whose_status_stopped_moving_and_lea
     dead = new_batch(storage, instance, manifest_csv(plain_prompts(3, "dead")), "dead.csv")
     live = new_batch(storage, instance, manifest_csv(plain_prompts(3, "live")), "live.csv")
     for info in (dead, live):
-        reserve_only(instance, info)
+        reserve_only(storage, info)
     age_status(storage, dead, timedelta(hours=2))
     (dead_hold,) = ledger.batch_holds(dead.batch_id)
     (live_hold,) = ledger.batch_holds(live.batch_id)
@@ -167,7 +172,7 @@ def test_sweep_job_in_process_expires_a_dead_batch_using_the_configured_stale_af
     dead = new_batch(storage, instance, manifest_csv(plain_prompts(2, "dead")), "dead.csv")
     fresh = new_batch(storage, instance, manifest_csv(plain_prompts(2, "fresh")), "fresh.csv")
     for info in (dead, fresh):
-        reserve_only(instance, info)
+        reserve_only(storage, info)
     age_status(storage, dead, timedelta(minutes=11))
     age_status(storage, fresh, timedelta(minutes=9))
 
@@ -184,7 +189,7 @@ def test_a_swept_batch_run_again_reserves_a_new_round_and_settles_exactly_its_re
     storage: Storage, instance: dg.DagsterInstance, ledger: Ledger
 ) -> None:
     info = new_batch(storage, instance, manifest_csv(plain_prompts(3)))
-    reserve_only(instance, info)
+    reserve_only(storage, info)
     age_status(storage, info, timedelta(hours=1))
     assert len(sweep(storage, load_settings(), stale_after=timedelta(minutes=30))) == 1
 
@@ -201,7 +206,7 @@ def test_a_run_that_died_after_dispatching_is_charged_its_receipts_once_when_run
     storage: Storage, instance: dg.DagsterInstance, ledger: Ledger
 ) -> None:
     info = new_batch(storage, instance, manifest_csv(plain_prompts(3)))
-    reserve_only(instance, info, and_dispatch=True)  # outputs and receipts written, never settled
+    reserve_only(storage, info, and_dispatch=True)  # outputs and receipts written, never settled
     age_status(storage, info, timedelta(hours=1))
     assert len(sweep(storage, load_settings(), stale_after=timedelta(minutes=30))) == 1
     chunks = chunk_files(storage, info)
@@ -238,11 +243,11 @@ def test_materialising_a_batch_twice_reserves_and_settles_once_and_dispatches_no
     assert storage.list(*info.folder("dispatch")) == dispatch_files  # no new health file: nothing was sent
     assert receipts(storage, info).equals(first_receipts)
     assert ledger.balance(WS) == balance
-    (reserved,) = again.asset_materializations_for_node("reservation")
-    assert reserved.metadata["reserved_now_usd_micros"].value == 0
+    (settled,) = [e for e in again.get_asset_materialization_events() if e.asset_key.path == ["settlement"]]
+    assert len(settled.materialization.metadata["holds"].value.records) == 1  # no second round
     assert storage.read_json(*info.folder("settlement.json"))["already_settled"] is True
     checks = {c.check_name: c.passed for c in again.get_asset_check_evaluations()}
-    assert checks == {"every_item_accounted_once": True, "ledger_matches_receipts": True, "reserve_covers_actual": True}
+    assert checks == ALL_CHECKS_PASS
 
 
 @pytest.fixture
@@ -300,7 +305,7 @@ def test_re_executing_a_batch_retries_only_its_failed_items_under_a_second_hold(
     assert ledger.balance(WS).spent_usd_micros == second["cost_usd_micros"].sum()
     assert ledger.verify()["ok"]
     checks = {c.check_name: c.passed for c in rerun.get_asset_check_evaluations()}
-    assert checks == {"every_item_accounted_once": True, "ledger_matches_receipts": True, "reserve_covers_actual": True}
+    assert checks == {**ALL_CHECKS_PASS, "no_failed_items": False}  # the one always refused
 
 
 def test_a_terminally_failing_item_stays_failed_and_costs_nothing_across_rounds(
@@ -369,14 +374,14 @@ def test_usage_report_for_today_writes_the_days_usage_with_the_receipts_total(
 
     # Today's partition is not yet a partition of the daily definition (the schedule reports whole
     # days), so the asset is invoked directly with today's key.
-    context = dg.build_asset_context(partition_key=today, resources={"batchrouter": BatchRouterResource()})
-    result = usage_report(context)
+    with dg.build_asset_context(partition_key=today, resources={"batchrouter": ConfiguredBatchRouter()}) as context:
+        result = usage_report(context)
 
     report = storage.read_parquet("reports", "usage_daily", f"day={today}", "usage.parquet")
     assert report["cost_usd_micros"].sum() == paid["cost_usd_micros"].sum() > 0
     assert (report["items"].sum(), report["succeeded"].sum()) == (4, 3)
     assert set(report["workspace"]) == {WS}
-    assert result.metadata["cost_usd_micros"] == paid["cost_usd_micros"].sum()
+    assert result.metadata["cost"] == usd(int(paid["cost_usd_micros"].sum()))
 
 
 # -- two batches side by side -----------------------------------------------------------------------

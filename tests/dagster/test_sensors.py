@@ -16,7 +16,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
+from assets.batch import STATE_TAG, batch
 from batchrouter import cli
 from batchrouter.access.accounts import Accounts
 from batchrouter.core.batch_info import batch_id_for, load_batch
@@ -25,13 +25,12 @@ from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
 from pipelines.definitions import defs
 from pipelines.partitions import batches
-from pipelines.resources import BatchRouterResource
+from pipelines.resources import ConfiguredBatchRouter
 from pipelines.sensors import approval_sensor, manifest_sensor
 
 pytestmark = pytest.mark.dagster
 
 WS = "acme"
-BATCH_ASSETS = [manifest, quote, routed_items, reservation, dispatch, settlement]
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +105,9 @@ def expected_batch_id(name: str, data: bytes, workspace: str = WS) -> str:
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None = None, sensor: Any = manifest_sensor) -> dg.SensorResult:
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"batchrouter": BatchRouterResource()}
-    )
-    result = sensor(context)
+    resources = {"batchrouter": ConfiguredBatchRouter()}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
@@ -128,10 +126,10 @@ def materialise(
     if not instance.has_dynamic_partition(batches.name, batch_id):
         instance.add_dynamic_partitions(batches.name, [batch_id])
     return dg.materialize(
-        BATCH_ASSETS,
+        [batch],
         instance=instance,
         partition_key=batch_id,
-        resources={"batchrouter": BatchRouterResource()},
+        resources={"batchrouter": ConfiguredBatchRouter()},
         raise_on_error=raise_on_error,
     )
 
@@ -151,7 +149,8 @@ def test_each_new_csv_parquet_and_jsonl_manifest_gets_one_run_keyed_by_its_batch
     expected = [expected_batch_id(name, data) for name, data in files.items()]
     assert run_keys(result) == expected
     assert [r.partition_key for r in result.run_requests or []] == expected
-    assert [r.tags["source"] for r in result.run_requests or []] == [f"manifests/{WS}/{n}" for n in files]
+    assert [r.tags["batchrouter/source"] for r in result.run_requests or []] == [f"manifests/{WS}/{n}" for n in files]
+    assert {r.tags[STATE_TAG] for r in result.run_requests or []} == {"submitted"}
     assert added_partitions(result) == expected
     assert all(r.partitions_def_name == batches.name for r in result.dynamic_partitions_requests or [])
     for batch_id, (name, data) in zip(expected, files.items(), strict=True):
@@ -259,8 +258,9 @@ def test_an_unusable_manifest_gets_a_run_whose_manifest_asset_quarantines_it(
 
     assert not run.success
     failed = [e.step_key for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
-    assert failed == ["manifest"]
-    assert run.asset_materializations_for_node("manifest") == []
+    assert failed == ["batch"]
+    assert run.asset_materializations_for_node("batch") == []
+    assert instance.get_run_by_id(run.run_id).tags[STATE_TAG] == "unusable_manifest"
     quarantined = sorted((bucket / "quarantine" / WS).iterdir())
     assert [p.name.endswith("-bad.csv") for p in quarantined] == [True, False]
     original, report = quarantined
@@ -299,7 +299,7 @@ def test_a_manifest_dropped_for_a_suspended_workspace_is_quarantined_without_a_r
 
     result = tick(instance)
 
-    assert [r.tags["workspace"] for r in result.run_requests or []] == ["other-ws"]
+    assert [r.tags["batchrouter/workspace"] for r in result.run_requests or []] == ["other-ws"]
     assert not dropped.exists()
     original, report = sorted((bucket / "quarantine" / WS).iterdir())
     assert original.read_bytes() == data
@@ -338,10 +338,16 @@ def test_a_batch_over_the_auto_approval_limit_stops_at_reservation_awaiting_appr
     batch_id, run = _held_batch(bucket, instance)
 
     assert run.success
+    assert instance.get_run_by_id(run.run_id).tags[STATE_TAG] == "awaiting_approval"
     materialised = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
-    assert materialised == {"manifest", "quote", "routed_items"}
-    skipped = {e.step_key for e in run.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
-    assert {"dispatch", "settlement"} <= skipped
+    assert materialised == {"quote"}
+    (check,) = run.get_asset_check_evaluations()
+    assert (check.check_name, check.passed, check.severity) == (
+        "approved_and_funded",
+        False,
+        dg.AssetCheckSeverity.WARN,
+    )
+    assert f"batchrouter approve {batch_id}" in (check.description or "")
     folder = bucket / "batches" / batch_id
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "awaiting_approval"
@@ -354,7 +360,7 @@ def test_a_batch_over_the_auto_approval_limit_stops_at_reservation_awaiting_appr
 
 
 @pytest.mark.usefixtures("strict_limit")
-def test_approval_sensor_requests_nothing_until_approved_then_resume_job_settles_the_batch(
+def test_approval_sensor_requests_nothing_until_approved_then_a_batch_job_run_settles_the_batch(
     bucket: Path, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
     batch_id, _ = _held_batch(bucket, instance)
@@ -366,8 +372,9 @@ def test_approval_sensor_requests_nothing_until_approved_then_resume_job_settles
 
     assert run_keys(result) == [f"{batch_id}:approved"]
     assert [r.partition_key for r in result.run_requests or []] == [batch_id]
-    resumed = defs.resolve_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
+    resumed = defs.resolve_job_def("batch_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
+    assert instance.get_run_by_id(resumed.run_id).tags[STATE_TAG] == "completed"
     folder = bucket / "batches" / batch_id
     assert json.loads((folder / "status.json").read_text())["status"] == "completed"
     receipts = pl.read_parquet(folder / "receipts.parquet")
@@ -395,7 +402,7 @@ def test_an_object_dropped_at_approvals_batch_id_approves_a_batch_held_by_the_co
     result = tick(instance, sensor=approval_sensor)
 
     assert run_keys(result) == [f"{batch_id}:approved"]
-    resumed = defs.resolve_job_def("resume_job").execute_in_process(instance=instance, partition_key=batch_id)
+    resumed = defs.resolve_job_def("batch_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
     assert json.loads((bucket / "batches" / batch_id / "status.json").read_text())["status"] == "completed"
     assert (bucket / "batches" / batch_id / "receipts.parquet").exists()

@@ -16,7 +16,7 @@ from batchrouter.core.config import load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.output.delivery import add_endpoint, enqueue_batch_completed, list_deliveries
 from pipelines.jobs import webhook_outbox_job
-from pipelines.resources import BatchRouterResource
+from pipelines.resources import ConfiguredBatchRouter
 from pipelines.sensors import webhook_outbox_sensor
 
 pytestmark = pytest.mark.dagster
@@ -47,8 +47,9 @@ def receiver_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def tick() -> dg.SensorResult | dg.SkipReason:
     with dg.DagsterInstance.ephemeral() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"batchrouter": BatchRouterResource()})
-        result = webhook_outbox_sensor(context)
+        resources = {"batchrouter": ConfiguredBatchRouter()}
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            result = webhook_outbox_sensor(context)
     assert isinstance(result, dg.SensorResult | dg.SkipReason)
     return result
 
@@ -68,6 +69,6 @@ def test_sensor_skips_when_nothing_is_due_and_the_job_drains_what_is(receiver_ur
     enqueue_batch_completed(settings, storage, info)
     result = tick()
     assert isinstance(result, dg.SensorResult) and len(result.run_requests or []) == 1
-    assert webhook_outbox_job.execute_in_process(resources={"batchrouter": BatchRouterResource()}).success
+    assert webhook_outbox_job.execute_in_process(resources={"batchrouter": ConfiguredBatchRouter()}).success
     assert [d.state for d in list_deliveries(settings)] == ["delivered"]
     assert isinstance(tick(), dg.SkipReason)

@@ -16,14 +16,14 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.batch import dispatch, manifest, quote, reservation, routed_items, settlement
+from assets.batch import batch
 from batchrouter import cli
 from batchrouter.core.batch_info import load_batch
 from batchrouter.core.config import load_settings
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import Ledger
 from pipelines.partitions import batches
-from pipelines.resources import BatchRouterResource
+from pipelines.resources import ConfiguredBatchRouter
 from pipelines.sensors import manifest_sensor
 
 boto3 = pytest.importorskip("boto3")
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 WS = "acme"
 PREFIX = "prefix"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-BATCH_ASSETS = [manifest, quote, routed_items, reservation, dispatch, settlement]
+BATCH_ASSETS = [batch]
 
 
 def _free_port() -> int:
@@ -199,10 +199,9 @@ def test_a_presigned_url_downloads_the_exact_receipts_bytes_with_a_plain_http_ge
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"batchrouter": BatchRouterResource()}
-    )
-    result = manifest_sensor(context)
+    resources = {"batchrouter": ConfiguredBatchRouter()}
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = manifest_sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
@@ -223,7 +222,7 @@ def test_manifest_sensor_sees_a_manifest_put_into_the_bucket_and_its_run_succeed
             BATCH_ASSETS,
             instance=instance,
             partition_key=request.partition_key,
-            resources={"batchrouter": BatchRouterResource()},
+            resources={"batchrouter": ConfiguredBatchRouter()},
         )
 
     assert result.success
@@ -244,7 +243,7 @@ def test_an_unusable_manifest_put_into_the_bucket_is_moved_to_quarantine(fresh_r
             BATCH_ASSETS,
             instance=instance,
             partition_key=request.partition_key,
-            resources={"batchrouter": BatchRouterResource()},
+            resources={"batchrouter": ConfiguredBatchRouter()},
             raise_on_error=False,
         )
 

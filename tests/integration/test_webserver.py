@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 WS = "acme"
 START_DEADLINE_S = 120
 RUN_DEADLINE_S = 240
+DEV_WARNINGS = "ignore:Function `dev_command` is superseded"  # as the Makefile's `make dev` runs it
 
 
 def _free_port() -> int:
@@ -103,8 +105,9 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def dagster_dev(config: Path, tmp_path: Path) -> Iterator[DagsterDev]:
     home = tmp_path / "dagster_home"
     home.mkdir()
+    shutil.copy(REPO / "pipelines" / "dagster.yaml", home / "dagster.yaml")  # as `make dev` does
     port = _free_port()
-    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHROUTER_CONFIG": str(config)}
+    env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHROUTER_CONFIG": str(config), "PYTHONWARNINGS": DEV_WARNINGS}
     log = tmp_path / "dagster-dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -147,6 +150,29 @@ def _location_loaded(port: int) -> bool:
     return any(e["name"] == "pipelines.definitions" and e["loadStatus"] == "LOADED" for e in entries)
 
 
+def test_dagster_dev_with_the_projects_dagster_yaml_starts_without_warnings(dagster_dev: DagsterDev) -> None:
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+    dagster_dev.wait_until("the daemon's first sensor tick", START_DEADLINE_S, lambda: _sensor_ticked(dagster_dev.port))
+
+    warnings = [line for line in dagster_dev.log_tail().splitlines() if "warning" in line.lower()]
+    assert warnings == []
+    assert "telemetry" not in dagster_dev.log_tail().lower()
+
+
+TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) { ... on Sensor { sensorState { ticks(limit: 1) { status } } } }
+}
+"""
+
+
+def _sensor_ticked(port: int) -> bool:
+    selector = {"repositoryLocationName": "pipelines.definitions", "repositoryName": "__repository__",
+                "sensorName": "manifest_sensor"}  # fmt: skip
+    sensor = graphql(port, TICKS, {"selector": selector})["sensorOrError"]
+    return bool(sensor.get("sensorState", {}).get("ticks"))
+
+
 def test_a_manifest_dropped_in_the_bucket_runs_batch_job_to_success_under_dagster_dev(
     dagster_dev: DagsterDev, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -181,6 +207,7 @@ def test_a_manifest_dropped_in_the_bucket_runs_batch_job_to_success_under_dagste
     assert run["status"] == "SUCCESS", dagster_dev.log_tail()
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert (tags["dagster/run_key"], tags["dagster/sensor_name"]) == (batch_id, "manifest_sensor")
+    assert (tags["batchrouter/workspace"], tags["batchrouter/state"]) == (WS, "completed")
     folder = tmp_path / "bucket" / "batches" / batch_id
     outputs = pl.read_parquet(folder / "outputs.parquet")
     receipts = pl.read_parquet(folder / "receipts.parquet")

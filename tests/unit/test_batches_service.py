@@ -193,3 +193,15 @@ def test_a_drop_in_a_suspended_workspace_is_quarantined_with_a_report(engine: Ba
     assert not engine.storage.exists("manifests", "acme", "m.csv")
     reports = [n for n in engine.storage.list("quarantine", "acme") if n.endswith(".error.txt")]
     assert len(reports) == 1 and engine.batches.list("acme") == []
+
+
+def test_a_batch_cancelled_before_it_was_reserved_ends_with_every_item_cancelled(settings: Settings) -> None:
+    settings = settings.model_copy(update={"workspaces": {"acme": WorkspaceConfig(auto_approve_max_usd="0.000001")}})
+    engine = BatchRouter(settings)
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    assert view.state == BatchState.AWAITING_APPROVAL
+    assert engine.batches.cancel(view.batch_id, actor=CLI).state == BatchState.CANCELLED
+    run = engine.batches.advance(view.batch_id)
+    assert (run.state, run.succeeded, run.failed, run.pending, run.settlement) == (BatchState.CANCELLED, 0, 3, 0, None)
+    assert [f["error_code"] for f in run.failures] == ["cancelled"]
+    assert engine.ledger.batch_holds(view.batch_id) == []
