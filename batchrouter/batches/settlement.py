@@ -159,6 +159,7 @@ def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
     write_summary(settings, storage, info)
     by_status = dict(receipts.group_by("status").len().iter_rows())
     final = outcome(succeeded=int(by_status.get("succeeded", 0)), failed=int(by_status.get("failed", 0)), pending=0,
+                    rejected=int(by_status.get("rejected", 0)),
                     cancelled=storage.exists(*info.folder("cancel.json")))  # fmt: skip
     if current_state(storage, info) != final:
         record_state(storage, info, final, settings.database, "batchrouter",

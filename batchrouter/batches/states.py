@@ -84,12 +84,17 @@ def check_transition(batch_id: str, current: BatchState, target: BatchState) -> 
         )
 
 
-def outcome(*, succeeded: int, failed: int, pending: int, cancelled: bool) -> BatchState:
-    """The final state of a batch whose receipts say this (after settlement)."""
+def outcome(*, succeeded: int, failed: int, pending: int, cancelled: bool, rejected: int = 0) -> BatchState:
+    """The final state of a batch whose receipts say this (after settlement).
+
+    A row refused at intake or by the quote (`rejected`) did not get an answer any more than a failed
+    one: a batch with some is partially failed, and one where nothing succeeded has failed.
+    """
     if cancelled:
         return S.CANCELLED
-    if pending or (failed and succeeded):
+    unanswered = failed + rejected
+    if pending or (unanswered and succeeded):
         return S.PARTIALLY_FAILED
-    if failed:
+    if unanswered:
         return S.FAILED
     return S.COMPLETED

@@ -21,7 +21,7 @@ from batchrouter.cli.common import (
     remember_config,
 )
 
-webhooks = typer.Typer(help="A workspace's webhook endpoints: add, list, remove.", no_args_is_help=True)
+webhooks = typer.Typer(help="Webhook endpoints (add, list, remove) and the outbox (drain).", no_args_is_help=True)
 
 
 @webhooks.callback()
@@ -150,3 +150,16 @@ def list_webhooks(ctx: typer.Context, workspace: WorkspaceOpt, json: JsonOpt = F
     print_json(rows) if json else show(table(
         ["ENDPOINT", "URL", "ENABLED", "DISABLED BECAUSE", "FAILURES"],
         [[e.endpoint_id, e.url, e.enabled, e.disabled_reason, e.failures] for e in rows]))  # fmt: skip
+
+
+@webhooks.command("drain")
+def drain_webhooks(ctx: typer.Context, json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Send every webhook delivery that is due, once each (what the outbox sensor does); never waits."""
+    from dataclasses import asdict
+
+    from batchrouter.cli.render import show, table
+
+    attempts = engine(ctx, config).webhooks.drain()
+    print_json([asdict(a) | {"ok": a.ok} for a in attempts]) if json else show(table(
+        ["EVENT", "ENDPOINT", "ATTEMPT", "STATUS", "ERROR"],
+        [[a.event_id, a.endpoint_id, a.attempt, a.status_code or "", a.error or ""] for a in attempts]))  # fmt: skip

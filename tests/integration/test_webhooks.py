@@ -595,3 +595,28 @@ def test_the_next_address_is_tried_when_the_first_refuses_connections(
     attempts = deliver_batch_completed(settings, storage, batch)
     assert [(a.attempt, a.status_code) for a in attempts] == [(1, 200)]
     assert receiver.received[0].headers["host"] == f"multi.test:{port}"
+
+
+def test_the_cli_drains_the_outbox_once_the_endpoint_is_back(
+    tmp_path: Any, receiver: Receiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchrouter.cli import main
+
+    config = tmp_path / "batchrouter.toml"
+    config.write_text(
+        "[delivery]\nallow_private_endpoints = true\nretry_schedule_s = [0.0, 0.2, 0.4, 0.8]\ntimeout_s = 2.0\n"
+        'api_base = "http://api.test"\n'
+    )
+    settings = load_settings(str(config))
+    batch = make_batch(Storage(settings.storage))
+    receiver.default = 500
+    register(settings, receiver)
+    (first,) = deliver_batch_completed(settings, Storage(settings.storage), batch)
+    assert not first.ok
+    receiver.default = 200
+    deadline, sent = time.monotonic() + 60, []
+    while not any(a["ok"] for a in sent) and time.monotonic() < deadline:  # due 0.2 s after the first try
+        assert main(["webhooks", "drain", "--config", str(config), "--json"]) == 0
+        sent += json.loads(capsys.readouterr().out)
+    assert [(a["event_id"], a["attempt"], a["status_code"]) for a in sent if a["ok"]] == [(first.event_id, 2, 200)]
+    assert receiver.accepted == {first.event_id: 1}
