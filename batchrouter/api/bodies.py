@@ -15,8 +15,8 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchrouter.api.errors import BadRequest, BodyTooLarge
-from batchrouter.core.errors import InvalidRequest, UnsupportedEncoding
+from batchrouter.api.errors import BodyTooLarge
+from batchrouter.core.errors import InvalidRequest, UnreadableRequest, UnsupportedEncoding
 
 # (limit in bytes, what the body is) for a route, given the route's path template
 Limits = Callable[[str], tuple[int, str]]
@@ -40,7 +40,7 @@ class BodyLimit:
             declared = dict(scope["headers"]).get(b"content-length")
             if declared is not None:
                 if not declared.strip().isdigit():
-                    raise BadRequest("Content-Length is not a number")
+                    raise UnreadableRequest("Content-Length is not a number")
                 if int(declared) > limit:
                     raise too_large
             message = await receive()
@@ -57,7 +57,7 @@ async def read_body(request: Request) -> bytes:
     try:
         return await request.body()
     except ClientDisconnect:
-        raise BadRequest("the client disconnected before sending the whole body") from None
+        raise UnreadableRequest("the client disconnected before sending the whole body") from None
 
 
 def gunzip_bounded(data: bytes, limit: int, what: str) -> bytes:
@@ -66,7 +66,7 @@ def gunzip_bounded(data: bytes, limit: int, what: str) -> bytes:
     try:
         out = inflater.decompress(data, limit + 1)
     except zlib.error as exc:
-        raise BadRequest(f"{what} says Content-Encoding gzip but is not gzip ({exc})") from exc
+        raise UnreadableRequest(f"{what} says Content-Encoding gzip but is not gzip ({exc})") from exc
     if len(out) > limit or inflater.unconsumed_tail:
         raise BodyTooLarge(f"{what} decompresses to over the limit of {limit:,} bytes")
     return out

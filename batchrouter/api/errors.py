@@ -21,7 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from batchrouter.core.errors import BatchRouterError, ConfigError, InvalidRequest, PayloadTooLarge
+from batchrouter.core.errors import BatchRouterError, PayloadTooLarge
 
 log = logging.getLogger("batchrouter.api")
 
@@ -38,28 +38,16 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-# -- the API's own refusals (of the request as sent, before any engine service is called) -------------
-class BadRequest(InvalidRequest):
-    """The request cannot be read at all (a Content-Length that is not a number, a body cut short)."""
-
-    http_status = 400
-
-
-class BodyTooLarge(PayloadTooLarge, HTTPException):
-    """Raised while a body is read; also an HTTPException so FastAPI's body parsing passes it on unchanged."""
+# -- the API's own refusal while FastAPI reads a body -------------------------------------------------
+class BodyTooLarge(HTTPException):
+    """A body over its limit, found while FastAPI reads it (an HTTPException, so its body parsing passes
+    it on unchanged); answered as `payload_too_large` (core.errors.PayloadTooLarge's code)."""
 
     def __init__(self, message: str) -> None:
-        HTTPException.__init__(self, status_code=413, detail=message)
-        Exception.__init__(self, message)
+        super().__init__(status_code=PayloadTooLarge.http_status, detail=message)
 
     def __str__(self) -> str:
         return str(self.detail)
-
-
-class NotConfigured(ConfigError):
-    """A setting this endpoint needs is missing on the server."""
-
-    code = "not_configured"
 
 
 # -- answers -------------------------------------------------------------------------------------------
@@ -87,6 +75,8 @@ def on_invalid(request: Request, exc: Exception) -> Response:
 
 def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc, BodyTooLarge):
+        return error_response(exc.status_code, PayloadTooLarge.code, str(exc))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
 

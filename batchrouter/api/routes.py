@@ -19,10 +19,10 @@ from batchrouter.access.keys import IssuedKey, RevokedKey
 from batchrouter.api import models as m
 from batchrouter.api.access import Authorise, Caller, Endpoint
 from batchrouter.api.bodies import decoded, read_body
-from batchrouter.api.errors import ErrorResponse, GuardedRoute, NotConfigured
+from batchrouter.api.errors import ErrorResponse, GuardedRoute
 from batchrouter.api.executor import Executor
 from batchrouter.batches.results import QuoteSummary
-from batchrouter.core.errors import ConfigError, InvalidRequest, SignatureError
+from batchrouter.core.errors import ConfigError, InvalidRequest, NotConfigured, SignatureError
 from batchrouter.engine import BatchRouter
 from batchrouter.money.credits import CheckoutSession, CreditBalance, StripeFulfilment, StripeIgnored
 from batchrouter.output.reports import BatchLinks

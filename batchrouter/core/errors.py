@@ -9,6 +9,7 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     class                                      code                         HTTP
     BatchRouterError                           batchrouter_error            400
     ├── InvalidRequest                         invalid_request              422
+    │   ├── UnreadableRequest                  invalid_request (shares)     400
     │   ├── PayloadTooLarge                    payload_too_large            413
     │   ├── UnsupportedEncoding                unsupported_encoding         415
     │   ├── IdentityError                      invalid_identity             422
@@ -23,6 +24,7 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     ├── Conflict                               conflict                     409
     ├── RateLimited                            rate_limited                 429  retryable
     ├── ConfigError                            config_error                 503
+    │   └── NotConfigured                      not_configured               503
     ├── CatalogError                           catalog_error                500
     ├── StorageError                           storage_error                500
     ├── DatabaseBusy                           database_busy                503  retryable
@@ -103,6 +105,12 @@ class InvalidRequest(BatchRouterError):
     http_status = 422
 
 
+class UnreadableRequest(InvalidRequest):
+    """The request cannot be read at all (a Content-Length that is not a number, a body cut short)."""
+
+    http_status = 400
+
+
 class PayloadTooLarge(InvalidRequest):
     """A body, upload or decompressed manifest is over its size limit."""
 
@@ -169,6 +177,12 @@ class ConfigError(BatchRouterError):
 
     code = "config_error"
     http_status = 503
+
+
+class NotConfigured(ConfigError):
+    """A setting this operation needs is missing on the server (e.g. the Stripe keys)."""
+
+    code = "not_configured"
 
 
 class CatalogError(BatchRouterError):
