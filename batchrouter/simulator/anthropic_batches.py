@@ -175,8 +175,8 @@ async def _create(request: web.Request) -> web.Response:
         return _fail(
             400, "invalid_request_error", f"requests: at most {max_requests} requests per batch, got {len(requests)}."
         )
-    context = pb.BatchContext(state)
-    lines = [pb.answer(context, "anthropic", "messages", item["custom_id"], item["params"]) for item in requests]
+    items = [(item["custom_id"], item["params"]) for item in requests]
+    lines = await pb.answer_all(state, "anthropic", "messages", items)
     store.counter += 1
     batch_id = "msgbatch_" + hashlib.sha256(f"{config.seed}:msgbatch:{store.counter}".encode()).hexdigest()[:24]
     batch = StoredBatch(batch_id, store.clock.now(), pb.draw_timeline(config, f"anthropic:{store.counter}"), lines)

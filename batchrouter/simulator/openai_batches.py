@@ -473,12 +473,8 @@ async def _create_batch(request: web.Request) -> web.Response:
             400, f"Invalid 'input_file_id': the file's purpose is {source.purpose!r}, not 'batch'.", "input_file_id"
         )
     requests, errors = _read_lines(source.data, endpoint, state)
-    context = pb.BatchContext(state)
-    lines = (
-        []
-        if errors
-        else [pb.answer(context, "openai", ENDPOINTS[endpoint], item["custom_id"], item["body"]) for item in requests]
-    )
+    items = [] if errors else [(item["custom_id"], item["body"]) for item in requests]
+    lines = await pb.answer_all(state, "openai", ENDPOINTS[endpoint], items)
     model = str(requests[0]["body"]["model"]) if requests and not errors else None
     now = store.clock.now()  # created once every line is read and answered
     tokens = sum(line.usage["input"] for line in lines)

@@ -15,6 +15,7 @@ stops answering lines at once, spends `batch_cancel_s` cancelling, then ends wit
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -235,6 +236,14 @@ def answer(context: BatchContext, provider: str, endpoint: str, custom_id: str, 
     model = str(body.get("model", "")) if isinstance(body, dict) else ""
     batch_micros, list_micros = line_price(provider, model, usage) if status == 200 else (0, 0)
     return Line(custom_id, status, payload, usage, batch_micros, list_micros)
+
+
+async def answer_all(
+    state: server.SimulatorState, provider: str, endpoint: str, items: list[tuple[str, Any]]
+) -> list[Line]:
+    """Every `(custom_id, body)` of a new batch answered, in a thread so online requests keep being served."""
+    context = BatchContext(state)
+    return await asyncio.to_thread(lambda: [answer(context, provider, endpoint, cid, body) for cid, body in items])
 
 
 def page(
