@@ -11,7 +11,8 @@ is an `errored` result, not a refused batch. `processing_status` is `in_progress
 shared timeline's validating, in-progress and finalizing phases), `canceling`, then `ended`;
 `request_counts` stay at `processing` until the batch ends, then count `succeeded`, `errored`,
 `canceled` (a cancel's unanswered lines) and `expired` (lines the window closed on). Only succeeded
-lines are billed. Headers are checked as on the online endpoint: an API key is required.
+lines are billed (`GET /_batches/anthropic`, the simulator's own, lists each batch's charge). Headers
+are checked as on the online endpoint: an API key is required.
 """
 
 from __future__ import annotations
@@ -269,6 +270,17 @@ async def _delete(request: web.Request) -> web.Response:
     return web.json_response({"id": batch.id, "type": "message_batch_deleted"})
 
 
+async def _bills(request: web.Request) -> web.Response:
+    """The simulator's own figure of what each batch is charged (not an Anthropic endpoint)."""
+    store, state = request.app[STORE], request.app[STATE]
+    now = store.clock.now()
+    rows = []
+    for batch in store.batches.values():
+        progress = _progress(state, batch, now)
+        rows.append(pb.bill(batch.id, _status(progress), batch.lines, progress.answered))
+    return web.json_response({"data": rows})
+
+
 def add_routes(app: web.Application) -> None:
     """Serve Message Batches under `/v1/messages/batches`, on the simulator's accelerated clock."""
     app[STORE] = Store(pb.ProviderClock(app[STATE].config.batch_time_scale))
@@ -278,3 +290,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages/batches/{batch_id}/cancel", _cancel)
     app.router.add_get("/v1/messages/batches/{batch_id}/results", _results_file)
     app.router.add_delete("/v1/messages/batches/{batch_id}", _delete)
+    app.router.add_get("/_batches/anthropic", _bills)

@@ -16,7 +16,8 @@ flight pass the enqueued-token limit. Output lines are `{id, custom_id, response
 request_id, body}, error}`: answered lines with status 200 go to `output_file_id`, the others (a 4xx
 from the online rules, and `batch_expired` for lines an expired batch never reached) to
 `error_file_id`. A cancelled batch keeps the lines answered before the cancel; the rest appear in
-neither file. `usage` sums the answered lines.
+neither file. `usage` sums the answered lines. `GET /_batches/openai` (the simulator's own, like
+`/_stats`) lists what each batch is charged so far: its answered 200 lines at batch prices.
 """
 
 from __future__ import annotations
@@ -555,6 +556,17 @@ async def _cancel_batch(request: web.Request) -> web.Response:
     return web.json_response(_public_batch(store, state, batch))
 
 
+async def _bills(request: web.Request) -> web.Response:
+    """The simulator's own figure of what each batch is charged (not an OpenAI endpoint)."""
+    store, state = request.app[STORE], request.app[STATE]
+    now = store.clock.now()
+    rows = []
+    for batch in store.batches.values():
+        progress = _progress(state, batch, now)
+        rows.append(pb.bill(batch.id, progress.phase, batch.lines, progress.answered))
+    return web.json_response({"data": rows})
+
+
 def add_routes(app: web.Application) -> None:
     """Serve the Files and Batch APIs under `/v1`, on the simulator's accelerated clock."""
     app[STORE] = Store(pb.ProviderClock(app[STATE].config.batch_time_scale))
@@ -567,3 +579,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/batches", _list_batches)
     app.router.add_get("/v1/batches/{batch_id}", _get_batch)
     app.router.add_post("/v1/batches/{batch_id}/cancel", _cancel_batch)
+    app.router.add_get("/_batches/openai", _bills)

@@ -238,6 +238,23 @@ def answer(context: BatchContext, provider: str, endpoint: str, custom_id: str, 
     return Line(custom_id, status, payload, usage, batch_micros, list_micros)
 
 
+def bill(batch_id: str, status: str, lines: list[Line], answered: int) -> dict[str, Any]:
+    """What the provider charges for a batch so far: its answered lines that succeeded, at batch prices.
+
+    A simulator figure (no provider returns it on the batch object), for reconciling with the catalog.
+    """
+    billed = [line for line in lines[:answered] if line.status == 200]
+    return {
+        "id": batch_id,
+        "status": status,
+        "requests": len(lines),
+        "answered": answered,
+        "billed_lines": len(billed),
+        "cost_micros": sum(line.batch_micros for line in billed),
+        "list_cost_micros": sum(line.list_micros for line in billed),
+    }
+
+
 async def answer_all(
     state: server.SimulatorState, provider: str, endpoint: str, items: list[tuple[str, Any]]
 ) -> list[Line]:

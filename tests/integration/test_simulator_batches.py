@@ -145,6 +145,13 @@ def read_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
 
+def bills(url: str, wire: str) -> dict[str, dict[str, Any]]:
+    """The simulator's own charge per batch (`/_batches/WIRE`), read through the SDK's generic GET."""
+    found = claude(url).get(f"/_batches/{wire}", cast_to=object)
+    assert isinstance(found, dict)
+    return {row["id"]: row for row in found["data"]}
+
+
 def provider_now(client: openai.OpenAI) -> int:
     """The simulator's provider clock, read as a new file's `created_at`."""
     return client.files.create(file=("clock.jsonl", io.BytesIO(b"")), purpose="batch").created_at
@@ -265,6 +272,9 @@ def test_openai_batch_puts_rejected_lines_in_the_error_file(fast: str) -> None:
     assert errors["hot"]["response"]["status_code"] == 400
     assert errors["hot"]["response"]["body"]["error"]["param"] == "temperature"
     assert errors["boom"]["response"]["status_code"] == 500
+    charge = bills(fast, "openai")[done.id]
+    assert charge["billed_lines"] == 1 and charge["answered"] == 3
+    assert abs(2 * charge["cost_micros"] - charge["list_cost_micros"]) <= 1  # gpt-4o-mini's batch discount: 50%
 
 
 def test_openai_batch_of_only_failed_lines_has_no_output_file(fast: str) -> None:
@@ -409,6 +419,8 @@ def test_openai_batch_past_its_window_expires_with_partial_results(expiring: str
     assert done.usage is not None and done.usage.input_tokens == sum(
         line["response"]["body"]["usage"]["prompt_tokens"] for line in kept
     )
+    charge = bills(expiring, "openai")[done.id]
+    assert charge["billed_lines"] == answered and 0 < charge["cost_micros"] < charge["list_cost_micros"]
 
 
 def test_openai_stuck_batches_stay_in_their_state_past_the_window_until_cancelled(stuck: str) -> None:
@@ -480,6 +492,8 @@ def test_anthropic_batch_ends_with_succeeded_and_errored_results(fast: str) -> N
     assert ok.message.usage.service_tier == "batch"
     bad = results["bad"]
     assert bad.type == "errored" and bad.error.error.type == "invalid_request_error"
+    charge = bills(fast, "anthropic")[batch.id]
+    assert charge["billed_lines"] == 2 and abs(2 * charge["cost_micros"] - charge["list_cost_micros"]) <= 1
 
 
 def test_anthropic_batch_refuses_bad_and_duplicate_custom_ids(fast: str) -> None:
