@@ -164,6 +164,13 @@ class DispatchConfig(BaseModel):
     stale_after_minutes: float = Field(default=30.0, gt=0)
 
 
+BatchStuckState = Literal["validating", "in_progress", "finalizing"]
+
+
+def _stuck_in_progress() -> list[BatchStuckState]:
+    return ["in_progress"]
+
+
 class SimulatorConfig(BaseModel):
     """How the built-in provider simulator behaves (`batchrouter simulate`, and providers of kind simulator)."""
 
@@ -185,6 +192,25 @@ class SimulatorConfig(BaseModel):
     anthropic_token_ratio: float = Field(default=1.2, ge=1.0, le=3.0)
     # How long a prompt prefix stays cached (OpenAI: 5-10 minutes of inactivity; Anthropic: 5 minutes).
     prompt_cache_ttl_s: float = Field(default=300.0, ge=0)
+    # Provider batch APIs (OpenAI Batch, Anthropic Message Batches), on a clock `batch_time_scale` times faster
+    # than the wall (1440: a day of provider time in a minute). Durations are in provider seconds.
+    batch_time_scale: float = Field(default=1.0, gt=0)
+    batch_validating_s: float = Field(default=20.0, ge=0)
+    # Time to answer every line: log-normal around the median (published: ~7 min median, a tail past a day).
+    batch_median_s: float = Field(default=420.0, gt=0)
+    batch_sigma: float = Field(default=1.7, ge=0)
+    batch_finalizing_s: float = Field(default=30.0, ge=0)
+    batch_cancel_s: float = Field(default=60.0, ge=0)
+    batch_window_s: float = Field(default=86_400.0, gt=0)
+    # Share of batches that stop moving in one of `batch_stuck_states` and never end on their own.
+    batch_stuck_rate: float = Field(default=0.0, ge=0, le=1)
+    batch_stuck_states: list[BatchStuckState] = Field(default_factory=_stuck_in_progress, min_length=1)
+    # Limits: requests and bytes per batch (OpenAI 50,000 and 200 MB; Anthropic 100,000 and 256 MB), and
+    # input tokens enqueued per model across OpenAI batches in flight (None: unlimited; per-model overrides).
+    batch_max_requests: int | None = Field(default=None, gt=0)
+    batch_max_bytes: int | None = Field(default=None, gt=0)
+    batch_enqueued_tokens: int | None = Field(default=None, gt=0)
+    batch_enqueued_tokens_per_model: dict[str, int] = Field(default_factory=dict)
 
 
 class BillingConfig(BaseModel):

@@ -4,7 +4,9 @@
 - `requests`: what each wire accepts and the plan of a request (billed prompt, output cap);
 - `billing`: prompt tokens by the providers' published rules (messages, tools, schemas, caching);
 - `images`: image sizes and what images cost;
-- `models`: what a model name says (encoding, reasoning, flex, caching).
+- `models`: what a model name says (encoding, reasoning, flex, caching);
+- `openai_batches`, `anthropic_batches`: the providers' batch APIs (files, batch objects, results);
+- `provider_batches`: what they share (the accelerated clock, a batch's timeline, lines and their price).
 
 The rules are written apart from `quote` and `routing` on purpose, so tests can compare the two.
 """

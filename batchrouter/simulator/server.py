@@ -67,7 +67,7 @@ from batchrouter.core.config import SimulatorConfig
 from batchrouter.simulator import billing as bill
 from batchrouter.simulator import models
 from batchrouter.simulator.rejection import WireRejection
-from batchrouter.simulator.requests import Plan, plan_for, prediction_text
+from batchrouter.simulator.requests import Context, Plan, plan_for, prediction_text
 
 _MARKER = re.compile(r"\[\[sim:([a-z0-9]+)(?:\*(\d+))?\]\]")
 _WORDS = (
@@ -541,17 +541,49 @@ def _messages_payload(state: SimulatorState, plan: Plan, digest: bytes, refused:
     }
 
 
+def error_body(wire: str, status: int, kind: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The provider's error object for `wire` (`openai`, `anthropic` or `openrouter`)."""
+    if wire == "anthropic":
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if wire == "openrouter":
+        return {"error": {"code": status, "message": message}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": kind if status != 400 else None}}
+
+
 def _error(
     wire: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
 ) -> web.Response:
-    body: dict[str, Any]
-    if wire == "anthropic":
-        body = {"type": "error", "error": {"type": kind, "message": message}}
-    elif wire == "openrouter":
-        body = {"error": {"code": status, "message": message}}
-    else:
-        body = {"error": {"message": message, "type": kind, "param": param, "code": kind if status != 400 else None}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(error_body(wire, status, kind, message, param), status=status, headers=headers)
+
+
+def answer_line(state: SimulatorState, endpoint: str, body: Any, context: Context) -> tuple[int, dict[str, Any]]:
+    """A provider-batch line answered by the online rules: (status code, response body).
+
+    `context` holds the batch's own prompt cache. Transport faults (stalls, truncation) do not exist in
+    a batch; `[[sim:500]]`, `[[sim:400]]` and `[[sim:refuse]]` markers answer as they do online.
+    """
+    wire = "anthropic" if endpoint == "messages" else "openai"
+    if not isinstance(body, dict):
+        return 400, error_body(wire, 400, "invalid_request_error", "request body must be a JSON object")
+    path = {"messages": "/v1/messages", "responses": "/v1/responses"}.get(endpoint, "/v1/chat/completions")
+    try:
+        plan = plan_for(endpoint, path, body, context)
+    except WireRejection as exc:
+        return exc.status, error_body(wire, exc.status, exc.kind, exc.message, exc.param)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, RecursionError) as exc:
+        message = f"could not read the request: {type(exc).__name__}: {exc}"
+        return 400, error_body(wire, 400, "invalid_request_error", message)
+    marker = _MARKER.search(plan.marker_text)
+    fault = marker.group(1) if marker else None
+    if fault == "500":
+        if wire == "anthropic":
+            return 529, error_body(wire, 529, "overloaded_error", "Overloaded")
+        return 500, error_body(wire, 500, "server_error", "The server had an error processing your request")
+    if fault == "400":
+        return 400, error_body(wire, 400, "invalid_request_error", "Invalid value for 'messages': simulated rejection")
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+    build = {"messages": _messages_payload, "responses": _responses_payload}.get(endpoint, _chat_payload)
+    return 200, build(state, plan, digest, fault == "refuse")
 
 
 async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -666,6 +698,11 @@ def build_app(config: SimulatorConfig | None = None) -> web.Application:
         app.router.add_post(f"{prefix}/responses", _responses)
         app.router.add_post(f"{prefix}/messages", _messages)
     app.router.add_get("/_stats", _stats)
+    # Imported here: the batch modules answer their lines with this module's `answer_line`.
+    from batchrouter.simulator import anthropic_batches, openai_batches
+
+    openai_batches.add_routes(app)
+    anthropic_batches.add_routes(app)
     return app
 
 
