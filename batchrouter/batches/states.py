@@ -87,14 +87,13 @@ def check_transition(batch_id: str, current: BatchState, target: BatchState) -> 
 def outcome(*, succeeded: int, failed: int, pending: int, cancelled: bool, rejected: int = 0) -> BatchState:
     """The final state of a batch whose receipts say this (after settlement).
 
-    A row refused at intake or by the quote (`rejected`) did not get an answer any more than a failed
-    one: a batch with some is partially failed, and one where nothing succeeded has failed.
+    Rows refused at intake or by the quote (`rejected`) are reported with their reasons, not retried:
+    they make a batch `failed` only when nothing else came out of it.
     """
     if cancelled:
         return S.CANCELLED
-    unanswered = failed + rejected
-    if pending or (unanswered and succeeded):
+    if pending or (failed and succeeded):
         return S.PARTIALLY_FAILED
-    if unanswered:
+    if failed or (rejected and not succeeded):
         return S.FAILED
     return S.COMPLETED

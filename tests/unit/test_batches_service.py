@@ -78,8 +78,8 @@ def test_the_outcome_of_settled_receipts() -> None:
     assert outcome(succeeded=2, failed=1, pending=0, cancelled=False) == BatchState.PARTIALLY_FAILED
     assert outcome(succeeded=0, failed=3, pending=0, cancelled=False) == BatchState.FAILED
     assert outcome(succeeded=1, failed=2, pending=0, cancelled=True) == BatchState.CANCELLED
-    # Rows refused before dispatch got no answer either.
-    assert outcome(succeeded=2, failed=0, pending=0, cancelled=False, rejected=1) == BatchState.PARTIALLY_FAILED
+    # Rows refused before dispatch are reported, not retried: they fail a batch only if nothing came out.
+    assert outcome(succeeded=2, failed=0, pending=0, cancelled=False, rejected=1) == BatchState.COMPLETED
     assert outcome(succeeded=0, failed=0, pending=0, cancelled=False, rejected=1) == BatchState.FAILED
 
 
