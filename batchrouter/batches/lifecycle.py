@@ -160,6 +160,7 @@ def stage_dispatch(
     *,
     on_progress: Callable[[int, int, int, int], None] | None = None,
     simulator_url: str | None = None,
+    on_heartbeat: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Dispatch every routed item without a final result, then write outputs and receipts.
 
@@ -199,9 +200,12 @@ def stage_dispatch(
         if on_progress is not None:
             on_progress(counts["succeeded"], counts["failed"], total, cost[0])
         # A heartbeat: the sweeper treats a batch whose status stopped moving as a dead run.
-        if time.monotonic() - beat[0] > HEARTBEAT_S and current_state(storage, info) == BatchState.DISPATCHING:
+        if time.monotonic() - beat[0] > HEARTBEAT_S:
             beat[0] = time.monotonic()
-            record_state(storage, info, BatchState.DISPATCHING, None, "batchrouter", items=total, **counts)
+            if on_heartbeat is not None:
+                on_heartbeat()  # the run's lease: it is alive
+            if current_state(storage, info) == BatchState.DISPATCHING:
+                record_state(storage, info, BatchState.DISPATCHING, None, "batchrouter", items=total, **counts)
 
     routes = {r for job in jobs for r in job.chain}
     health: list[dict[str, Any]] = []

@@ -12,23 +12,29 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import os
 import posixpath
 import re
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchrouter.access.accounts import Principal
 from batchrouter.access.actors import SYSTEM, Actor
 from batchrouter.batches import lifecycle, settlement
+from batchrouter.batches.leases import Leases
 from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSummary
-from batchrouter.batches.states import BatchState
+from batchrouter.batches.states import ALLOWED, BatchState
 from batchrouter.batches.status import batch_status
 from batchrouter.core.batch_info import BATCHES, BatchInfo, batch_id_for, check_run_tag, load_batch
-from batchrouter.core.errors import AwaitingApproval, BatchError, Forbidden, ManifestError, NotFound
+from batchrouter.core.errors import AwaitingApproval, BatchBusy, BatchError, Forbidden, ManifestError, NotFound
+from batchrouter.execution.checkpoint import Checkpoint
 from batchrouter.intake import drops
 from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.quarantine import quarantine
@@ -57,6 +63,7 @@ class Batches:
         # Creates of one batch run one at a time in this process: the others then find its hold.
         self._creating: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._owners: dict[str, str] = {}  # batch id -> this process's lease owner while it runs the batch
 
     # -- reading ----------------------------------------------------------------------------------
     def info(self, batch_id: str, *, workspace: str | None = None) -> BatchInfo:
@@ -174,8 +181,44 @@ class Batches:
         with self._create_lock(batch_id):
             info = lifecycle.submit(self._engine.storage, workspace=workspace, source_name=filename, data=data,
                                     source_key=source_key, run_tag=run_tag)  # fmt: skip
-            created = self._prepare(info, actor=actor, approve=approve)
+            if self._engine.ledger.batch_holds(info.batch_id):
+                return self._view(info)  # made already: running it again is `advance` or `retry`, never a create
+            with self._lease(info.batch_id, actor, wait=False) as leased:
+                created = leased and self._prepare(info, actor=actor, approve=approve)
         return self._view(info, created=created)
+
+    @contextmanager
+    def _lease(self, batch_id: str, actor: Actor, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the batch's lease for the block (True), so no other process advances it meanwhile.
+
+        Another process holding it: with `wait`, raises BatchBusy; without, yields False.
+        """
+        leases, owner = self._leases, f"{actor.actor} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+        busy = leases.claim(batch_id, owner, ttl_s=self._lease_s)
+        if busy is not None:
+            if wait:
+                raise BatchBusy(f"batch {batch_id} is being run by {busy}; wait for that run or cancel the batch")
+            yield False
+            return
+        self._owners[batch_id] = owner
+        try:
+            yield True
+        finally:
+            self._owners.pop(batch_id, None)
+            leases.release(batch_id, owner)
+
+    def _renew(self, batch_id: str) -> None:
+        owner = self._owners.get(batch_id)
+        if owner is not None:
+            self._leases.renew(batch_id, owner, ttl_s=self._lease_s)
+
+    @cached_property
+    def _leases(self) -> Leases:
+        return Leases(self._engine.settings.database)
+
+    @property
+    def _lease_s(self) -> float:
+        return self._engine.settings.dispatch.stale_after_minutes * 60.0
 
     def _create_lock(self, batch_id: str) -> threading.Lock:
         with self._guard:
@@ -271,9 +314,20 @@ class Batches:
             InsufficientCredits: the reservation could not be made.
             ManifestError: the manifest is unusable.
         """
+        info = self.info(batch_id)
+        with self._lease(info.batch_id, actor):
+            return self._advance(info, actor=actor, on_progress=on_progress, simulator_url=simulator_url)
+
+    def _advance(
+        self,
+        info: BatchInfo,
+        *,
+        actor: Actor,
+        on_progress: Callable[[Progress], None] | None,
+        simulator_url: str | None,
+    ) -> RunSummary:
         engine = self._engine
         storage, settings = engine.storage, engine.settings
-        info = self.info(batch_id)
         self._prepare(info, actor=actor, approve=False)
         state = current_state(storage, info)
         if state == BatchState.AWAITING_APPROVAL:
@@ -284,7 +338,8 @@ class Batches:
         ):
             progress = _progress(on_progress)
             summary = lifecycle.stage_dispatch(storage, settings, engine.catalog, info, on_progress=progress,
-                                               simulator_url=simulator_url)  # fmt: skip
+                                               simulator_url=simulator_url,
+                                               on_heartbeat=lambda: self._renew(info.batch_id))  # fmt: skip
         else:
             summary = lifecycle.write_results(storage, info)
         if not summary["pending"] and engine.ledger.batch_holds(info.batch_id):
@@ -324,7 +379,8 @@ class Batches:
     def cancel(self, batch_id: str, *, actor: Actor) -> BatchView:
         """Cancel the batch: nothing more is sent; a reservation not yet used is released at once.
 
-        Items already answered are kept and settled; a run in progress stops within a second.
+        Items already answered are kept and settled; a run in progress (another process holding the
+        batch's lease) stops within a second and settles them itself.
         """
         engine = self._engine
         info = self.info(batch_id, workspace=_workspace_of(actor))
@@ -333,16 +389,22 @@ class Batches:
         if state.terminal:
             return self._view(info)
         engine.storage.write_json({"by": actor.actor, "at": time.time()}, *info.folder("cancel.json"))
-        running = state in (BatchState.DISPATCHING, BatchState.WAITING_ON_PROVIDER) or (
-            state == BatchState.RESERVED and engine.storage.exists(*info.folder("dispatch", "chunks"))
-        )
-        if not running:  # a run in progress stops, finishes the rest as cancelled and settles
-            holds = engine.ledger.batch_holds(info.batch_id)
-            if holds and holds[-1].status == HoldStatus.HELD:
-                engine.ledger.void(holds[-1].batch_id, reason=f"cancelled by {actor.actor}")
-            record_state(engine.storage, info, BatchState.CANCELLED, engine.settings.database, actor.actor,
-                         by=actor.actor)  # fmt: skip
         engine.accounts.record(info.workspace, actor.actor, "batch.cancelled", info.batch_id)
+        with self._lease(info.batch_id, actor, wait=False) as idle:
+            if not idle:
+                return self._view(info)  # the run in progress sees the cancel, ends the rest unsent and settles
+            holds = engine.ledger.batch_holds(info.batch_id)
+            held = bool(holds) and holds[-1].status == HoldStatus.HELD
+            if held and Checkpoint(engine.storage, info.batch_id).load().height:
+                # A run died after some answers: they are settled (nothing more is sent), the rest released.
+                self._advance(info, actor=actor, on_progress=None, simulator_url=None)
+                return self._view(info)
+            if held:
+                engine.ledger.void(holds[-1].batch_id, reason=f"cancelled by {actor.actor}")
+            if BatchState.CANCELLED in ALLOWED[current_state(engine.storage, info)]:
+                record_state(engine.storage, info, BatchState.CANCELLED, engine.settings.database, actor.actor,
+                             by=actor.actor)  # fmt: skip
+            settlement.leave_gate(engine.storage, info)
         return self._view(info)
 
     def retry(self, batch_id: str, *, actor: Actor) -> BatchView:
@@ -358,8 +420,8 @@ class Batches:
     def sweep(self, *, stale_after: timedelta | None = None) -> builtins.list[dict[str, Any]]:
         """Release the holds of batches whose runs died (no progress for `stale_after`) and fail them."""
         settings = self._engine.settings
-        stale = stale_after or timedelta(minutes=settings.dispatch.stale_after_minutes)
-        return settlement.sweep(self._engine.storage, settings, stale_after=stale)
+        stale = timedelta(minutes=settings.dispatch.stale_after_minutes) if stale_after is None else stale_after
+        return settlement.sweep(self._engine.storage, settings, stale_after=stale, running=self._leases.holder)
 
     # -- rules ------------------------------------------------------------------------------------
     @staticmethod

@@ -10,6 +10,7 @@ receipts' total to the micro-dollar. Hold ids: `<batch>` for round 0, `<batch>~r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,7 @@ import polars as pl
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.batches.lifecycle import current_state, load_routed_items, record_state
-from batchrouter.batches.states import BatchState, outcome
+from batchrouter.batches.states import ALLOWED, BatchState, outcome
 from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
@@ -47,11 +48,16 @@ def is_approved(storage: Storage, settings: Settings, info: BatchInfo) -> bool:
     return int(quote["reserve_usd_micros"]) <= int(Decimal(limit) * 10**6)
 
 
+def leave_gate(storage: Storage, info: BatchInfo) -> None:
+    """The batch no longer waits at the approval gate (approved, or cancelled)."""
+    if storage.exists(AWAITING, info.batch_id):
+        storage.fs.rm(storage.path(AWAITING, info.batch_id))
+
+
 def gate(storage: Storage, settings: Settings, info: BatchInfo) -> bool:
     """The approval gate: True to go on; otherwise the batch waits with status `awaiting_approval`."""
     if is_approved(storage, settings, info):
-        if storage.exists(AWAITING, info.batch_id):
-            storage.fs.rm(storage.path(AWAITING, info.batch_id))
+        leave_gate(storage, info)
         return True
     storage.write_bytes(b"", AWAITING, info.batch_id)
     quote = storage.read_json(*info.folder("quote.json"))
@@ -95,6 +101,11 @@ def stage_reserve(storage: Storage, settings: Settings, info: BatchInfo) -> Entr
     if holds and holds[-1].status == HoldStatus.HELD:
         if len(holds) > 1:
             checkpoint.retry_failed()
+        if current_state(storage, info) not in (BatchState.RESERVED, BatchState.DISPATCHING,
+                                                BatchState.WAITING_ON_PROVIDER):  # fmt: skip
+            # The hold was made but its state not recorded (a crash between the two): record it now.
+            record_state(storage, info, BatchState.RESERVED, settings.database, "batchrouter",
+                         round=len(holds) - 1, hold=holds[-1].batch_id)  # fmt: skip
         return None
     if not holds:
         amount = int(storage.read_json(*info.folder("quote.json"))["reserve_usd_micros"])
@@ -161,14 +172,24 @@ def stage_settle(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
     final = outcome(succeeded=int(by_status.get("succeeded", 0)), failed=int(by_status.get("failed", 0)), pending=0,
                     rejected=int(by_status.get("rejected", 0)),
                     cancelled=storage.exists(*info.folder("cancel.json")))  # fmt: skip
-    if current_state(storage, info) != final:
+    now_in = current_state(storage, info)
+    if now_in != final and final in ALLOWED[now_in]:  # (a swept batch stays failed until it runs again)
         record_state(storage, info, final, settings.database, "batchrouter",
                      **{k: v for k, v in result.items() if k != "batch_id"}, items_by_status=by_status)  # fmt: skip
     return result
 
 
-def sweep(storage: Storage, settings: Settings, *, stale_after: timedelta) -> list[dict[str, Any]]:
-    """Expire the holds of batches whose runs died (no heartbeat for `stale_after`) and mark them failed."""
+def sweep(
+    storage: Storage,
+    settings: Settings,
+    *,
+    stale_after: timedelta,
+    running: Callable[[str], str | None] = lambda batch_id: None,
+) -> list[dict[str, Any]]:
+    """Expire the holds of batches whose runs died (no progress for `stale_after`) and mark them failed.
+
+    A batch that `running(batch_id)` says a live run holds is left alone, however long it has been quiet.
+    """
 
     ledger = Ledger(settings.database)
     now = datetime.now(UTC)
@@ -181,12 +202,12 @@ def sweep(storage: Storage, settings: Settings, *, stale_after: timedelta) -> li
             last = datetime.fromisoformat(status["at"])
         except (BatchError, FileNotFoundError, KeyError, ValueError):
             info, last = None, hold.created_at
-        if now - last < stale_after:
+        if now - last < stale_after or running(batch_id) is not None:
             continue
         entry = ledger.expire(hold.batch_id, reason=f"no progress since {last.isoformat()}; run presumed dead")
         Accounts(settings.database).record(hold.workspace, "sweeper", "batch.expired", hold.batch_id,
                                            after={"released_usd_micros": entry.amount_usd_micros})  # fmt: skip
-        if info is not None:
+        if info is not None and BatchState.FAILED in ALLOWED[current_state(storage, info)]:
             record_state(storage, info, BatchState.FAILED, settings.database, "sweeper",
                          reason="the run stopped without finishing; reservation released",
                          released_usd_micros=entry.amount_usd_micros, hold=hold.batch_id)  # fmt: skip

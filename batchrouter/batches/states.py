@@ -50,7 +50,9 @@ class BatchState(StrEnum):
 
 S = BatchState
 FINAL = frozenset({S.COMPLETED, S.PARTIALLY_FAILED, S.FAILED, S.EXPIRED, S.CANCELLED, S.UNUSABLE_MANIFEST})
-_RETRY = frozenset({S.QUOTED, S.RESERVED, S.CANCELLED})  # a new round for the items still without an answer
+_RETRY = frozenset(
+    {S.QUOTED, S.AWAITING_APPROVAL, S.INSUFFICIENT_CREDITS, S.RESERVED, S.CANCELLED}
+)  # a new round for the items still without an answer
 
 ALLOWED: dict[BatchState, frozenset[BatchState]] = {
     S.SUBMITTED: frozenset({S.QUOTED, S.UNUSABLE_MANIFEST, S.CANCELLED}),

@@ -22,6 +22,7 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     │   └── WorkspaceSuspended                 workspace_suspended          403
     ├── NotFound                               not_found                    404
     ├── Conflict                               conflict                     409
+    │   └── BatchBusy                          batch_busy                   409  retryable
     ├── RateLimited                            rate_limited                 429  retryable
     ├── ConfigError                            config_error                 503
     │   └── NotConfigured                      not_configured               503
@@ -157,6 +158,13 @@ class Conflict(BatchRouterError):
 
     code = "conflict"
     http_status = 409
+
+
+class BatchBusy(Conflict):
+    """Another process is running the batch right now (it holds the batch's lease)."""
+
+    code = "batch_busy"
+    retryable = True
 
 
 class RateLimited(BatchRouterError):

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from batchrouter.access.actors import CLI
+from batchrouter.batches import lifecycle
+from batchrouter.batches.leases import Leases
 from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.states import ALLOWED, FINAL, BatchState, check_transition, outcome
 from batchrouter.core.config import Settings, WorkspaceConfig
-from batchrouter.core.errors import AwaitingApproval, BatchError, Forbidden, IllegalTransition, ManifestError, NotFound
+from batchrouter.core.errors import (
+    AwaitingApproval,
+    BatchBusy,
+    BatchError,
+    Forbidden,
+    IllegalTransition,
+    ManifestError,
+    NotFound,
+)
 from batchrouter.engine import BatchRouter
+from batchrouter.execution.checkpoint import Checkpoint, ItemResult, ItemStatus
 from batchrouter.intake.drops import Dropped
 from batchrouter.money.ledger import InsufficientCredits
 
@@ -208,3 +220,70 @@ def test_a_batch_cancelled_before_it_was_reserved_ends_with_every_item_cancelled
     assert (run.state, run.succeeded, run.failed, run.pending, run.settlement) == (BatchState.CANCELLED, 0, 3, 0, None)
     assert [f["error_code"] for f in run.failures] == ["cancelled"]
     assert engine.ledger.batch_holds(view.batch_id) == []
+
+
+# -- many processes on one batch (the lease) and recovery -------------------------------------------------
+def test_a_batch_another_process_is_running_is_not_advanced_twice(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    other = Leases(engine.settings.database)
+    assert other.claim(view.batch_id, "dagster run 42", ttl_s=600) is None
+    with pytest.raises(BatchBusy, match="dagster run 42"):
+        engine.batches.advance(view.batch_id)
+    # Its sweep leaves it alone however quiet it is; once the run is gone, the sweeper releases it.
+    assert engine.batches.sweep(stale_after=timedelta(0)) == []
+    other.release(view.batch_id, "dagster run 42")
+    assert [s["hold"] for s in engine.batches.sweep(stale_after=timedelta(0))] == [view.batch_id]
+    assert engine.batches.status(view.batch_id).state == BatchState.FAILED
+
+
+def test_a_crash_between_the_reservation_and_its_state_is_recovered_on_the_next_run(engine: BatchRouter) -> None:
+    view = engine.batches.submit(MANIFEST, filename="m.csv", workspace="acme")
+    info = engine.batches.info(view.batch_id)
+    manifest = lifecycle.stage_manifest(engine.storage, engine.settings, engine.catalog, info)
+    priced = lifecycle.stage_quote(engine.storage, engine.settings, engine.catalog, info, manifest)
+    lifecycle.stage_route(engine.storage, info, manifest, priced)
+    quote = engine.storage.read_json(*info.folder("quote.json"))
+    engine.ledger.reserve("acme", info.batch_id, int(quote["reserve_usd_micros"]))  # then the process died
+    assert current_state(engine.storage, info) == BatchState.QUOTED
+    run = engine.batches.advance(view.batch_id)
+    assert (run.state, run.succeeded) == (BatchState.COMPLETED, 3)
+    assert [h.status for h in engine.ledger.batch_holds(view.batch_id)] == ["settled"]
+
+
+def test_creating_a_batch_with_failed_items_again_opens_no_new_round(engine: BatchRouter) -> None:
+    data = MANIFEST + b"4,gpt-4o-mini,[[sim:400]] refused\n"
+    view = engine.batches.create(data, filename="m.csv", workspace="acme", actor=CLI)
+    assert engine.batches.advance(view.batch_id).state == BatchState.PARTIALLY_FAILED
+    again = engine.batches.create(data, filename="m.csv", workspace="acme", actor=CLI)
+    assert (again.created, again.state, len(again.holds)) == (False, BatchState.PARTIALLY_FAILED, 1)
+    # Retrying short of credit says so (and waits), instead of refusing the transition.
+    available = engine.ledger.balance("acme").available_usd_micros
+    engine.ledger.reserve("acme", "elsewhere", available)
+    with pytest.raises(InsufficientCredits):
+        engine.batches.retry(view.batch_id, actor=CLI)
+    assert engine.batches.status(view.batch_id).state == BatchState.INSUFFICIENT_CREDITS
+
+
+def test_cancelling_a_batch_whose_run_died_settles_what_was_answered(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    info = engine.batches.info(view.batch_id)
+    record_state(engine.storage, info, BatchState.DISPATCHING, engine.settings.database)
+    checkpoint = Checkpoint(engine.storage, info.batch_id)
+    checkpoint.add(answered("1", cost=7))  # one answer recorded, then the run died
+    checkpoint.flush()
+    cancelled = engine.batches.cancel(view.batch_id, actor=CLI)
+    assert cancelled.state == BatchState.CANCELLED
+    (hold,) = engine.ledger.batch_holds(view.batch_id)
+    assert (hold.status, hold.captured_usd_micros) == ("settled", 7)
+    assert engine.ledger.balance("acme").spent_usd_micros == 7
+
+
+def answered(item_id: str, *, cost: int) -> ItemResult:
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    return ItemResult(
+        item_id=item_id, status=ItemStatus.SUCCEEDED, route="openai:gpt-4o-mini", provider="openai",
+        model="gpt-4o-mini", upstream="gpt-4o-mini", attempts=1, input_tokens=10, output_tokens=5, cached_tokens=0,
+        reserve_usd_micros=70, cost_usd_micros=cost, cost_source="catalog", latency_ms=12, started_at=at,
+        finished_at=at, provider_request_id="req", input_sha256="0" * 64, output_sha256=None, output_text="hi",
+        choices=None, finish_reason="stop", error_code=None, error_message=None, fallbacks_used=0, rate_limited=0,
+    )  # fmt: skip

@@ -1,0 +1,81 @@
+"""Who is running a batch right now: one lease per batch in the database.
+
+A Dagster run, `batchrouter run` and an API thread may all be asked to advance the same batch at
+once. Each claims the batch's lease first, through the process that owns the database, so one runs
+it and the others are told who does. A lease lasts `ttl_s` and is renewed while its run makes
+progress; a run that dies stops renewing, and its lease lapses, so the batch can be run again (and
+the sweeper may release its reservation). The sweeper never touches a batch whose lease is live.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+
+from batchrouter.core.control import served
+from batchrouter.core.db import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_leases (
+    batch_id VARCHAR PRIMARY KEY, owner VARCHAR NOT NULL, claimed_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Leases:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.db = Database(self.path, schema=SCHEMA)
+
+    @served()
+    def claim(self, batch_id: str, owner: str, *, ttl_s: float) -> str | None:
+        """Take the batch's lease for `owner`; None when taken, else who holds it and until when."""
+
+        def work(con: duckdb.DuckDBPyConnection) -> str | None:
+            now = _now()
+            row = con.execute("SELECT owner, expires_at FROM batch_leases WHERE batch_id = ?", [batch_id]).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return f"{row[0]} (its lease runs until {row[1].isoformat(timespec='seconds')})"
+            con.execute(
+                "INSERT INTO batch_leases VALUES (?, ?, ?, ?) ON CONFLICT (batch_id) DO UPDATE SET "
+                "owner = excluded.owner, claimed_at = excluded.claimed_at, expires_at = excluded.expires_at",
+                [batch_id, owner, now, now + timedelta(seconds=ttl_s)],
+            )
+            return None
+
+        return self.db.transaction(work)
+
+    @served()
+    def renew(self, batch_id: str, owner: str, *, ttl_s: float) -> bool:
+        """Extend `owner`'s lease; False when it no longer holds it."""
+
+        def work(con: duckdb.DuckDBPyConnection) -> bool:
+            row = con.execute(
+                "UPDATE batch_leases SET expires_at = ? WHERE batch_id = ? AND owner = ? RETURNING batch_id",
+                [_now() + timedelta(seconds=ttl_s), batch_id, owner],
+            ).fetchone()
+            return row is not None
+
+        return self.db.transaction(work)
+
+    @served()
+    def release(self, batch_id: str, owner: str) -> None:
+        self.db.transaction(
+            lambda con: con.execute("DELETE FROM batch_leases WHERE batch_id = ? AND owner = ?", [batch_id, owner])
+        )
+
+    @served(read_only=True)
+    def holder(self, batch_id: str) -> str | None:
+        """Who runs the batch now (a live lease), or None."""
+        with self.db.connect() as con:
+            row = con.execute(
+                "SELECT owner FROM batch_leases WHERE batch_id = ? AND expires_at > ?", [batch_id, _now()]
+            ).fetchone()
+        return str(row[0]) if row else None
