@@ -426,8 +426,10 @@ class Batches:
     # -- rules ------------------------------------------------------------------------------------
     @staticmethod
     def _may_act(actor: Actor, workspace: str) -> None:
+        """A key changes batches only in its own workspace, with scope and role action `batches:write`."""
         if isinstance(actor, Principal) and actor.workspace != workspace:
             raise NotFound(f"no such batch in workspace {actor.workspace}")
+        actor.require(workspace, scope="batches:write", action="batches:write", doing="change batches")
 
 
 def _workspace_of(actor: Actor) -> str | None:

@@ -369,3 +369,17 @@ def test_a_checkout_and_the_purchase_it_pays_for_are_audited_and_credited_once(
         ("credits.checkout_created", session.session_id, admin.actor),
         ("credits.purchased", session.session_id, "stripe"),
     ]
+
+
+def test_a_key_changes_batches_only_with_batches_write_and_a_role_that_may(world: World) -> None:
+    world.member("vic@acme.test", "viewer")
+    world.member("olga@acme.test", "owner")
+    data = b"item_id,model,prompt\n1,gpt-4o-mini,hello\n"
+    reader = world.principal("olga@acme.test", ["batches:read"])
+    refused("forbidden", world.engine.batches.create, data, filename="m.csv", workspace="acme", actor=reader)
+    viewer = world.principal("vic@acme.test", ["batches:read", "batches:write"])
+    refused("forbidden", world.engine.batches.create, data, filename="m.csv", workspace="acme", actor=viewer)
+    view = world.engine.batches.submit(data, filename="m.csv", workspace="acme")
+    message = refused("forbidden", world.engine.batches.cancel, view.batch_id, actor=reader)
+    assert "batches:write" in message
+    assert world.engine.batches.status(view.batch_id).state == "submitted"
