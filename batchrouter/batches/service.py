@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import os
 import posixpath
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from batchrouter.access.accounts import Principal
 from batchrouter.access.actors import SYSTEM, Actor
 from batchrouter.batches import lifecycle, settlement
-from batchrouter.batches.leases import Leases
+from batchrouter.batches.leases import Leases, is_dead, owner_name
 from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSummary
 from batchrouter.batches.states import ALLOWED, BatchState
@@ -193,11 +191,14 @@ class Batches:
 
         Another process holding it: with `wait`, raises BatchBusy; without, yields False.
         """
-        leases, owner = self._leases, f"{actor.actor} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+        leases, owner = self._leases, owner_name(actor.actor)
         busy = leases.claim(batch_id, owner, ttl_s=self._lease_s)
+        if busy is not None and is_dead(busy):  # killed on this host: its run is over, take it on
+            busy = leases.claim(batch_id, owner, ttl_s=self._lease_s, replacing=busy)
         if busy is not None:
             if wait:
-                raise BatchBusy(f"batch {batch_id} is being run by {busy}; wait for that run or cancel the batch")
+                raise BatchBusy(f"batch {batch_id} is being run by {busy} (its lease runs until "
+                                f"{leases.expiry(batch_id)}); wait for that run or cancel the batch")  # fmt: skip
             yield False
             return
         self._owners[batch_id] = owner
@@ -421,7 +422,12 @@ class Batches:
         """Release the holds of batches whose runs died (no progress for `stale_after`) and fail them."""
         settings = self._engine.settings
         stale = timedelta(minutes=settings.dispatch.stale_after_minutes) if stale_after is None else stale_after
-        return settlement.sweep(self._engine.storage, settings, stale_after=stale, running=self._leases.holder)
+        return settlement.sweep(self._engine.storage, settings, stale_after=stale, running=self._running)
+
+    def _running(self, batch_id: str) -> str | None:
+        """Who runs the batch now: a live lease whose holder is not known to be dead."""
+        holder = self._leases.holder(batch_id)
+        return holder if holder is not None and not is_dead(holder) else None
 
     # -- rules ------------------------------------------------------------------------------------
     @staticmethod

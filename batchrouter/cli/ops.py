@@ -82,6 +82,21 @@ def simulate(
     max_output_words: Annotated[int | None, typer.Option()] = None,
     anthropic_token_ratio: Annotated[float | None, typer.Option()] = None,
     prompt_cache_ttl_s: Annotated[float | None, typer.Option()] = None,
+    batch_time_scale: Annotated[float | None, typer.Option(help="provider batches' clock: N times faster")] = None,
+    batch_validating_s: Annotated[float | None, typer.Option()] = None,
+    batch_median_s: Annotated[float | None, typer.Option(help="median provider-batch time (provider s)")] = None,
+    batch_sigma: Annotated[float | None, typer.Option(help="spread of provider-batch times (lognormal)")] = None,
+    batch_finalizing_s: Annotated[float | None, typer.Option()] = None,
+    batch_cancel_s: Annotated[float | None, typer.Option()] = None,
+    batch_window_s: Annotated[float | None, typer.Option(help="completion window before expiry")] = None,
+    batch_stuck_rate: Annotated[float | None, typer.Option(help="share of provider batches that get stuck")] = None,
+    batch_stuck_states: Annotated[list[str] | None, typer.Option(help="where stuck batches stop (repeat)")] = None,
+    batch_max_requests: Annotated[int | None, typer.Option()] = None,
+    batch_max_bytes: Annotated[int | None, typer.Option()] = None,
+    batch_enqueued_tokens: Annotated[int | None, typer.Option()] = None,
+    batch_enqueued_tokens_per_model: Annotated[
+        list[str] | None, typer.Option(help="MODEL=TOKENS enqueued-token limit of one model (repeat)")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Serve the provider simulator (OpenAI and Anthropic wire formats) on loopback."""
@@ -90,7 +105,20 @@ def simulate(
 
     base = SimulatorConfig.model_validate_json(config_json) if config_json else load(ctx, config).simulator
     overrides: dict[str, Any] = {k: v for k, v in ctx.params.items() if k in SimulatorConfig.model_fields}
-    chosen = base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if batch_enqueued_tokens_per_model:
+        pairs = [p.partition("=") for p in batch_enqueued_tokens_per_model]
+        if any(not (m and n.isdigit()) for m, _, n in pairs):
+            fail("--batch-enqueued-tokens-per-model takes MODEL=TOKENS, e.g. gpt-4o-mini=2000000", EXIT_UNUSABLE)
+        overrides["batch_enqueued_tokens_per_model"] = {m: int(n) for m, _, n in pairs}
+    from pydantic import ValidationError
+
+    try:
+        chosen = SimulatorConfig.model_validate(
+            base.model_dump() | {k: v for k, v in overrides.items() if v not in (None, [])}
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}", EXIT_UNUSABLE)
     print(f"provider simulator on http://{host}:{port}/v1 ({chosen.model_dump_json()})", flush=True)
     serve_simulator(chosen, host=host, port=port)
 

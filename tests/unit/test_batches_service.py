@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -234,6 +237,14 @@ def test_a_batch_another_process_is_running_is_not_advanced_twice(engine: BatchR
     other.release(view.batch_id, "dagster run 42")
     assert [s["hold"] for s in engine.batches.sweep(stale_after=timedelta(0))] == [view.batch_id]
     assert engine.batches.status(view.batch_id).state == BatchState.FAILED
+
+
+def test_the_lease_of_a_run_killed_on_this_host_is_taken_over_at_once(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"dagster on {socket.gethostname()} pid {int(gone.stdout)} (killed)"
+    assert Leases(engine.settings.database).claim(view.batch_id, dead, ttl_s=600) is None
+    assert engine.batches.advance(view.batch_id).state == BatchState.COMPLETED
 
 
 def test_a_crash_between_the_reservation_and_its_state_is_recovered_on_the_next_run(engine: BatchRouter) -> None:
