@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.batches.states import BatchState, check_transition
+from batchrouter.batches.states import BatchState, check_transition, outcome
 from batchrouter.core.batch_info import (
     BatchInfo,
     batch_id_for,
@@ -313,15 +313,22 @@ def dispatch_summary(
 
 
 STATUS = "status.json"
-_LEGACY_STATES = {"settled": BatchState.COMPLETED}  # batch folders written before the state machine
 
 
 def current_state(storage: Storage, info: BatchInfo) -> BatchState:
-    """The batch's state as persisted in `status.json` (`submitted` until a stage records one)."""
+    """The batch's state as persisted in `status.json` (`submitted` until a stage records one).
+
+    A batch settled before there was a state machine (status `settled`) is in the outcome its receipts say.
+    """
     if not storage.exists(*info.folder(STATUS)):
         return BatchState.SUBMITTED
     raw = str(storage.read_json(*info.folder(STATUS))["status"])
-    return _LEGACY_STATES.get(raw) or BatchState(raw)
+    if raw == "settled":
+        by_status = dict(storage.read_parquet(*info.folder("receipts.parquet")).group_by("status").len().iter_rows())
+        return outcome(succeeded=int(by_status.get(ItemStatus.SUCCEEDED, 0)),
+                       failed=int(by_status.get(ItemStatus.FAILED, 0)), pending=0,
+                       rejected=int(by_status.get(ItemStatus.REJECTED, 0)), cancelled=False)  # fmt: skip
+    return BatchState(raw)
 
 
 def record_state(

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from batchrouter.access.actors import CLI
@@ -298,3 +299,11 @@ def answered(item_id: str, *, cost: int) -> ItemResult:
         finished_at=at, provider_request_id="req", input_sha256="0" * 64, output_sha256=None, output_text="hi",
         choices=None, finish_reason="stop", error_code=None, error_message=None, fallbacks_used=0, rate_limited=0,
     )  # fmt: skip
+
+
+def test_a_batch_settled_before_the_state_machine_is_in_the_outcome_its_receipts_say(engine: BatchRouter) -> None:
+    info = engine.batches.info(engine.batches.submit(MANIFEST, filename="m.csv", workspace="acme").batch_id)
+    engine.storage.write_json({"status": "settled"}, *info.folder("status.json"))
+    receipts = pl.DataFrame({"item_id": ["1", "2"], "status": ["succeeded", "failed"], "cost_usd_micros": [3, 0]})
+    engine.storage.write_parquet(receipts, *info.folder("receipts.parquet"))
+    assert current_state(engine.storage, info) == BatchState.PARTIALLY_FAILED  # so it can be retried
