@@ -34,6 +34,10 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     "4XX": {"model": ErrorResponse, "description": "A client error: a stable code, a message and a reference"}
 }
+# An operation that needs a setting this server may lack (Stripe's keys) says so with 503.
+_UNCONFIGURED: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "This server lacks a setting the operation needs: `config_error`"}
+}
 _BINARY = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -167,12 +171,19 @@ def credit_history(caller: Caller, engine: Engine) -> Any:
 
 
 @endpoint("POST", "/v1/credits/checkout", "Buy credits", CheckoutSession, status=201, scope="credits:write",
-          action="credits:write")  # fmt: skip
+          action="credits:write", responses=_UNCONFIGURED)  # fmt: skip
 def checkout(body: m.Checkout, caller: Caller, engine: Engine) -> Any:
     return engine.credits.checkout(caller.workspace, pack=body.pack, actor=caller)
 
 
-@endpoint("POST", "/v1/stripe/webhook", "Receive a Stripe webhook", StripeIgnored | StripeFulfilment, raw_body=True)
+@endpoint(
+    "POST",
+    "/v1/stripe/webhook",
+    "Receive a Stripe webhook",
+    StripeIgnored | StripeFulfilment,
+    raw_body=True,
+    responses=_UNCONFIGURED,
+)
 def stripe_webhook(engine: Engine, delivery: Annotated[tuple[bytes, str], Depends(stripe_delivery)]) -> Any:
     payload, signature = delivery
     try:
