@@ -1,5 +1,13 @@
 """Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate; a due
-webhook delivery starts a drain of the outbox."""
+webhook delivery starts a drain of the outbox.
+
+A batch's run is tagged `batchrouter/provider.<name>` for each provider its items may be sent to, so the
+instance's per-provider run limits (`concurrency.runs.tag_concurrency_limits` in pipelines/dagster.yaml)
+hold it in the queue while that provider is busy with other batches: batches on one provider share
+its rate limit, batches on different providers run side by side.
+"""
+
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -9,6 +17,16 @@ from batchrouter.intake import drops
 from pipelines.jobs import batch_job, webhook_outbox_job
 from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
+
+if TYPE_CHECKING:
+    from batchrouter.engine import BatchRouter
+
+PROVIDER_TAG = "batchrouter/provider."
+
+
+def provider_tags(engine: "BatchRouter", batch_id: str) -> dict[str, str]:
+    """One tag per provider the batch may use: what the per-provider run limits count."""
+    return {PROVIDER_TAG + name: "true" for name in engine.batches.providers(batch_id)}
 
 
 # The daemon evaluates sensors every 5 s at most; an interval below that makes it every loop, so a drop
@@ -30,7 +48,8 @@ def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
             context.log.warning(str(exc))
             continue
         # The batch id is a digest of workspace and content: re-ticks and restarts ask for the same run.
-        tags = {"batchrouter/workspace": view.workspace, "batchrouter/source": dropped.key, STATE_TAG: view.status}
+        tags = {"batchrouter/workspace": view.workspace, "batchrouter/source": dropped.key, STATE_TAG: view.status,
+                **provider_tags(engine, view.batch_id)}  # fmt: skip
         runs.append(dg.RunRequest(run_key=view.batch_id, partition_key=view.batch_id, tags=tags))
     return dg.SensorResult(
         run_requests=runs,
@@ -42,9 +61,12 @@ def manifest_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
 @dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=10)
 def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
     """Resume batches at the approval gate once approved (`batchrouter approve`, or approvals/<batch_id>)."""
-    approved = batchrouter.engine().batches.approved_waiting()
+    engine = batchrouter.engine()
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id) for batch_id in approved]
+        run_requests=[
+            dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id, tags=provider_tags(engine, batch_id))
+            for batch_id in engine.batches.approved_waiting()
+        ]
     )
 
 

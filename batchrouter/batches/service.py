@@ -39,6 +39,7 @@ from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import HoldStatus
 from batchrouter.output import delivery
 from batchrouter.pricing.quote import build_quote
+from batchrouter.pricing.routing import providers_for
 
 if TYPE_CHECKING:
     from batchrouter.engine import BatchRouter
@@ -364,6 +365,26 @@ class Batches:
         settlement.approve(self._engine.storage, info, by=actor.actor)
         self._engine.accounts.record(info.workspace, actor.actor, "batch.approved", info.batch_id)
         return self._view(info)
+
+    def providers(self, batch_id: str) -> builtins.list[str]:
+        """The providers the batch's items may be sent to under its workspace's policy (none when its
+        manifest is unusable). Read from the manifest's models without quoting, so a scheduler can hold a
+        run to each provider's limit before it starts (Dagster's per-provider run limits)."""
+        engine = self._engine
+        info = self.info(batch_id)
+        if engine.storage.exists(*info.folder("manifest.parquet")):
+            items = lifecycle.load_manifest(engine.storage, info).items
+        else:
+            data = engine.storage.read_bytes(*info.folder("source", info.source_name))
+            try:
+                items = read_manifest(info.source_name, data, catalog=engine.catalog,
+                                      limits=engine.settings.limits).items  # fmt: skip
+            except ManifestError:
+                return []  # the run quarantines it, sending nothing
+        if "model" not in items.columns:
+            return []
+        models = items["model"].drop_nulls().unique().to_list()
+        return providers_for(models, catalog=engine.catalog, policy=engine.settings.workspace(info.workspace).policy)
 
     def approved_waiting(self) -> builtins.list[str]:
         """Batches at the approval gate that have since been approved (the approval sensor's list)."""

@@ -72,6 +72,16 @@ def allowed_routes(catalog: Catalog, policy: RoutePolicy) -> tuple[pl.DataFrame,
     return routes, exclusions
 
 
+def providers_for(models: list[str], *, catalog: Catalog, policy: RoutePolicy) -> list[str]:
+    """The providers items of these models may be sent to (as primary or fallback) under `policy`.
+
+    From the models alone, before any item is priced: a superset of the providers the routed items
+    will use (an item's size or features can only remove routes).
+    """
+    routes, _ = allowed_routes(catalog, policy)
+    return sorted(set(routes.filter(pl.col("model").is_in(models))["provider"].to_list()))
+
+
 def route_items(items: pl.DataFrame, *, catalog: Catalog, policy: RoutePolicy) -> pl.DataFrame:
     """Route items.
 

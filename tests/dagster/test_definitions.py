@@ -54,6 +54,22 @@ def test_batch_job_is_one_step_in_the_runs_own_process_with_a_retry_policy_and_a
     assert node.pool == "batchrouter/dispatch"
 
 
+def test_the_instance_config_holds_each_catalog_provider_to_a_run_limit_its_batches_runs_are_tagged_with(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    from pipelines.sensors import PROVIDER_TAG
+
+    config = yaml.safe_load((Path(__file__).parents[2] / "pipelines" / "dagster.yaml").read_text())
+    with dg.instance_for_test(overrides=config, temp_dir=str(tmp_path)) as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits  # type: ignore[union-attr]
+    by_key = {limit["key"]: limit["limit"] for limit in limits}
+    providers = {entry.provider for entry in BatchRouter.from_config(None).catalog.entries}
+    assert set(by_key) == {PROVIDER_TAG + p for p in providers}
+    assert all(limit >= 1 for limit in by_key.values())
+
+
 def test_the_configured_resource_binds_secrets_that_are_set_to_env_vars_and_no_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

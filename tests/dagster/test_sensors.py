@@ -26,7 +26,7 @@ from batchrouter.money.ledger import Ledger
 from pipelines.definitions import defs
 from pipelines.partitions import batches
 from pipelines.resources import ConfiguredBatchRouter
-from pipelines.sensors import approval_sensor, manifest_sensor
+from pipelines.sensors import PROVIDER_TAG, approval_sensor, manifest_sensor
 
 pytestmark = pytest.mark.dagster
 
@@ -155,6 +155,20 @@ def test_each_new_csv_parquet_and_jsonl_manifest_gets_one_run_keyed_by_its_batch
     assert all(r.partitions_def_name == batches.name for r in result.dynamic_partitions_requests or [])
     for batch_id, (name, data) in zip(expected, files.items(), strict=True):
         assert (bucket / "batches" / batch_id / "source" / name).read_bytes() == data
+
+
+def test_a_run_is_tagged_with_each_provider_its_batch_may_use_so_per_provider_run_limits_hold_it(
+    bucket: Path, instance: dg.DagsterInstance
+) -> None:
+    claude = b"item_id,model,prompt\n1,claude-haiku-4-5,hello\n"
+    drop(bucket, "a.csv", csv_bytes(), mtime=1_800_000_000)
+    drop(bucket, "b.csv", claude, mtime=1_800_000_001)
+
+    a, b = tick(instance).run_requests or []
+
+    providers = lambda r: sorted(k.removeprefix(PROVIDER_TAG) for k in r.tags if k.startswith(PROVIDER_TAG))  # noqa: E731
+    assert providers(a) == ["openai", "openrouter"]  # gpt-4o-mini, and its fallback route
+    assert providers(b) == ["anthropic"]
 
 
 def test_a_retick_with_the_returned_cursor_requests_nothing(bucket: Path, instance: dg.DagsterInstance) -> None:
@@ -372,6 +386,8 @@ def test_approval_sensor_requests_nothing_until_approved_then_a_batch_job_run_se
 
     assert run_keys(result) == [f"{batch_id}:approved"]
     assert [r.partition_key for r in result.run_requests or []] == [batch_id]
+    tags = {k for r in result.run_requests or [] for k in r.tags}
+    assert tags == {PROVIDER_TAG + "openai", PROVIDER_TAG + "openrouter"}
     resumed = defs.resolve_job_def("batch_job").execute_in_process(instance=instance, partition_key=batch_id)
     assert resumed.success
     assert instance.get_run_by_id(resumed.run_id).tags[STATE_TAG] == "completed"

@@ -216,3 +216,37 @@ def test_a_manifest_dropped_in_the_bucket_runs_batch_job_to_success_under_dagste
     ledger = Ledger(str(tmp_path / "ledger.duckdb"))
     assert ledger.balance(WS).spent_usd_micros == receipts["cost_usd_micros"].sum() > 0
     assert ledger.verify()["ok"]
+
+
+RUN_TIMES = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) { ... on Runs { results { runId status startTime endTime tags { key value } } } }
+}
+"""
+
+
+def test_two_batches_on_one_provider_run_one_after_the_other_under_its_run_limit(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-limit"]) == 0
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+    folder = tmp_path / "bucket" / "manifests" / WS
+    folder.mkdir(parents=True)
+    for name in ("first", "second"):  # both in one sensor tick: both runs are asked for at once
+        staged = folder / f".{name}.csv.part"
+        staged.write_text("item_id,model,prompt\n" + "".join(f"{name}-{i},gpt-4o-mini,Hello {i}\n" for i in range(8)))
+    for name in ("first", "second"):
+        (folder / f".{name}.csv.part").rename(folder / f"{name}.csv")
+
+    def both_finished() -> list[dict[str, Any]] | None:
+        runs = graphql(dagster_dev.port, RUN_TIMES, {"filter": {"pipelineName": "batch_job"}})["runsOrError"]["results"]
+        done = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+        return done if len(done) == 2 else None
+
+    runs = dagster_dev.wait_until("two finished batch_job runs", RUN_DEADLINE_S, both_finished)
+
+    assert [r["status"] for r in runs] == ["SUCCESS", "SUCCESS"], dagster_dev.log_tail()
+    assert all({"key": "batchrouter/provider.openai", "value": "true"} in r["tags"] for r in runs)
+    # The limit of one run per provider: the later run started only once the earlier one had ended.
+    earlier, later = sorted(runs, key=lambda r: r["startTime"])
+    assert later["startTime"] >= earlier["endTime"]

@@ -307,3 +307,29 @@ def test_a_batch_settled_before_the_state_machine_is_in_the_outcome_its_receipts
     receipts = pl.DataFrame({"item_id": ["1", "2"], "status": ["succeeded", "failed"], "cost_usd_micros": [3, 0]})
     engine.storage.write_parquet(receipts, *info.folder("receipts.parquet"))
     assert current_state(engine.storage, info) == BatchState.PARTIALLY_FAILED  # so it can be retried
+
+
+# -- the providers a batch may use (what Dagster's per-provider run limits count) ---------------------
+
+
+def test_a_batch_names_each_provider_its_models_may_be_routed_to_before_it_is_quoted(engine: BatchRouter) -> None:
+    data = MANIFEST + b"4,claude-haiku-4-5,hello\n"
+    view = engine.batches.submit(data, filename="m.csv", workspace="acme")
+    # gpt-4o-mini is served by openai and openrouter (a fallback), claude-haiku-4-5 by anthropic only.
+    assert engine.batches.providers(view.batch_id) == ["anthropic", "openai", "openrouter"]
+    assert current_state(engine.storage, engine.batches.info(view.batch_id)) == BatchState.SUBMITTED
+
+
+def test_the_providers_of_a_batch_follow_its_workspaces_route_policy(settings: Settings) -> None:
+    policy = {"denied_providers": ["openrouter"]}
+    engine = BatchRouter(settings.model_copy(update={"workspaces": {"acme": WorkspaceConfig(policy=policy)}}))
+    engine.ledger.grant("acme", 5 * USD, key="grant")
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    # Read from the manifest kept at quoting, the same answer as before it.
+    assert engine.storage.exists(*engine.batches.info(view.batch_id).folder("manifest.parquet"))
+    assert engine.batches.providers(view.batch_id) == ["openai"]
+
+
+def test_a_batch_with_an_unusable_manifest_names_no_provider(engine: BatchRouter) -> None:
+    view = engine.batches.submit(b"not,a\nmanifest", filename="m.csv", workspace="acme")
+    assert engine.batches.providers(view.batch_id) == []
