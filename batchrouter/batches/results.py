@@ -32,6 +32,19 @@ class RouteQuote(_Result):
     expected_usd_micros: int
 
 
+class LaneQuote(_Result):
+    """Items of one route on one lane (`pricing.lanes`): the price there, and the saving against online."""
+
+    route: str
+    provider: str
+    model: str
+    lane: str
+    items: int
+    expected_usd_micros: int
+    online_expected_usd_micros: int
+    saving_usd_micros: int
+
+
 class Rejection(_Result):
     row: int
     item_id: str | None
@@ -53,8 +66,11 @@ class QuoteSummary(_Result):
     rejected: int
     input_tokens: int
     reserve_usd_micros: int
-    expected_usd_micros: int
+    expected_usd_micros: int = Field(description="on each item's lane")
+    online_expected_usd_micros: int | None = Field(default=None, description="every item online (older quotes: none)")
+    deadline_s: float | None = Field(default=None, description="seconds from the start to the deadline; none: ASAP")
     by_route: list[RouteQuote]
+    by_lane: list[LaneQuote] = Field(default_factory=list)
     rejections: list[Rejection]
 
 

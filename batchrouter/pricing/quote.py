@@ -9,6 +9,10 @@ input_tokens counts what the provider bills as input: messages as OpenAI counts 
 and schemas (`tokens`), and image parts by the model's published rule (`images`); reasoning tokens
 are output inside the cap; a `service_tier: priority` item is priced at the priority tier.
 Both round up to the micro-dollar and are at least 1 for a billable item (a non-zero price).
+Each item also has a lane (`pricing.lanes`: online, flex or the provider's batch API) and the
+expected price on it, `lane_expected_usd_micros`; the quote's `expected_usd_micros` adds those up,
+its `by_lane` shows per route and lane the items, the price and the saving against all-online. The
+reserve never depends on the lane: it is the online price, an upper bound of every lane.
 The quote records the catalog version that priced it; its id is a digest of everything that
 determined it (manifest bytes, workspace, catalog version, route policy), so quoting the same
 manifest twice under the same terms gives the same quote id.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +32,7 @@ from batchrouter.core.catalog import PICO_PER_MICRO, Catalog
 from batchrouter.core.config import RoutePolicy
 from batchrouter.intake import guards, images, tokens
 from batchrouter.intake.manifest import Manifest
+from batchrouter.pricing import lanes as lanes_
 from batchrouter.pricing import routing
 
 QUOTE_SCHEMA: dict[str, pl.DataType] = {
@@ -45,7 +51,13 @@ QUOTE_SCHEMA: dict[str, pl.DataType] = {
     "fallbacks": pl.List(pl.String()),
     "reserve_usd_micros": pl.Int64(),
     "expected_usd_micros": pl.Int64(),
+    "lane": pl.String(),
+    "lane_expected_usd_micros": pl.Int64(),
+    "hedge_at_s": pl.Float64(),
 }
+
+# Given the accepted items (`row`, `route`, `expected_usd_micros`, ...), their lanes (LANE_SCHEMA).
+LaneChooser = Callable[[pl.DataFrame], pl.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,7 @@ class Quote:
     source: str
     manifest_sha256: str
     items: pl.DataFrame  # QUOTE_SCHEMA
+    deadline_s: float | None = None
 
     @property
     def accepted(self) -> pl.DataFrame:
@@ -95,8 +108,11 @@ class Quote:
             "rejected": self.items.height - accepted.height,
             "input_tokens": int(accepted["input_tokens"].sum() or 0),
             "reserve_usd_micros": int(accepted["reserve_usd_micros"].sum() or 0),
-            "expected_usd_micros": int(accepted["expected_usd_micros"].sum() or 0),
+            "expected_usd_micros": int(accepted["lane_expected_usd_micros"].sum() or 0),
+            "online_expected_usd_micros": int(accepted["expected_usd_micros"].sum() or 0),
+            "deadline_s": self.deadline_s,
             "by_route": by_route.to_dicts(),
+            "by_lane": lanes_.lane_summary(accepted),
             "rejections": rejections.to_dicts(),
         }
 
@@ -106,8 +122,13 @@ def pico_to_micros(pico: pl.Expr) -> pl.Expr:
     return (pico + (PICO_PER_MICRO - 1)) // PICO_PER_MICRO
 
 
-def quote_id_for(manifest_sha256: str, workspace: str, catalog_version: str, policy: RoutePolicy) -> str:
-    basis = json.dumps([manifest_sha256, workspace, catalog_version, policy.model_dump(mode="json")], sort_keys=True)
+def quote_id_for(
+    manifest_sha256: str, workspace: str, catalog_version: str, policy: RoutePolicy, deadline_s: float | None = None
+) -> str:
+    terms: list[Any] = [manifest_sha256, workspace, catalog_version, policy.model_dump(mode="json")]
+    if deadline_s is not None:  # a quote without a deadline keeps the id it always had
+        terms.append({"deadline_s": deadline_s})
+    basis = json.dumps(terms, sort_keys=True)
     return "q_" + hashlib.sha256(basis.encode()).hexdigest()[:24]
 
 
@@ -118,8 +139,14 @@ def build_quote(
     catalog: Catalog,
     policy: RoutePolicy,
     workers: int | None = None,
+    lanes: LaneChooser | None = None,
+    deadline_s: float | None = None,
 ) -> Quote:
-    """Count, route and price every accepted item of `manifest`; rejected rows keep their reason."""
+    """Count, route and price every accepted item of `manifest`; rejected rows keep their reason.
+
+    `lanes` picks each accepted item's lane (`pricing.lanes.choose_lanes` under the batch's deadline
+    `deadline_s`); without it every item is online.
+    """
     items = manifest.items.with_row_index("item")
     if policy.retired_models == "refuse":
         items = reject_retired(items)
@@ -177,15 +204,29 @@ def build_quote(
             )
         ]
     )
+    out = _with_lanes(out, lanes)
     table = out.select(list(QUOTE_SCHEMA)).cast(QUOTE_SCHEMA)  # type: ignore[arg-type]
     return Quote(
-        quote_id=quote_id_for(manifest.sha256, workspace, catalog.version, policy),
+        deadline_s=deadline_s,
+        quote_id=quote_id_for(manifest.sha256, workspace, catalog.version, policy, deadline_s),
         workspace=workspace,
         catalog_version=catalog.version,
         source=manifest.source,
         manifest_sha256=manifest.sha256,
         items=table,
     )
+
+
+def _with_lanes(items: pl.DataFrame, lanes: LaneChooser | None) -> pl.DataFrame:
+    accepted = pl.col("status") == "accepted"
+    if lanes is None:
+        return items.with_columns(
+            pl.when(accepted).then(pl.lit(str(lanes_.Lane.ONLINE))).alias("lane"),
+            pl.col("expected_usd_micros").alias("lane_expected_usd_micros"),
+            pl.lit(None, pl.Float64).alias("hedge_at_s"),
+        )
+    chosen = lanes(items.filter(accepted))
+    return items.join(chosen, on="row", how="left", maintain_order="left")
 
 
 def image_input_tokens(items: pl.DataFrame, catalog: Catalog) -> pl.Series:

@@ -1,0 +1,149 @@
+"""Lanes: the ways an item can reach its route, and the cheapest one that still meets the deadline.
+
+    online  the provider's API at list price, as fast as its rate limits allow (the dispatcher);
+    flex    OpenAI's `service_tier: "flex"`: batch prices, slower, refused when the provider lacks
+            capacity (the item then goes online);
+    batch   the provider's own Batch API (OpenAI Batch, Anthropic Message Batches): batch prices,
+            usually answered in minutes, sometimes only after a day.
+
+A route offers `batch` when its catalog entry has a batch discount and its provider speaks a wire
+with a Batch API (OpenAI's or Anthropic's); `flex` when the entry sells flex on OpenAI's wire.
+
+The choice, per route: lanes cheapest first; a lane is taken when its predicted completion (a high
+percentile of what BatchRouter measured, `pricing.predictions`) still leaves time, before the
+deadline less a margin, to send every item of the route online should the lane fall behind: the
+hedge. The time a lane must be done by is its `hedge_at_s`; past it, unanswered items move online.
+A batch with no deadline goes online (as soon as possible).
+
+The reservation is not a lane's price: it stays the online price of the most expensive route of the
+item's chain, so a hedged item never needs more credit than was reserved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from fractions import Fraction
+
+import polars as pl
+
+from batchrouter.core.catalog import Catalog, CatalogEntry
+from batchrouter.core.config import ProviderConfig, Settings
+
+
+class Lane(StrEnum):
+    ONLINE = "online"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+# Wires with a provider Batch API, and the one that sells flex.
+_BATCH_WIRES = frozenset({"openai", "anthropic"})
+_FLEX_WIRE = "openai"
+
+LANE_SCHEMA: dict[str, pl.DataType] = {
+    "row": pl.Int64(),
+    "lane": pl.String(),
+    "lane_expected_usd_micros": pl.Int64(),
+    "hedge_at_s": pl.Float64(),  # seconds after the batch's start; null on the online lane
+}
+
+
+def wire_of(name: str, config: ProviderConfig) -> str:
+    """The wire format provider `name` speaks: its kind's, or for the simulator its `wire` (else by name)."""
+    if config.kind != "simulator":
+        return "openai" if config.kind == "openai_compatible" else config.kind
+    if config.wire:
+        return config.wire
+    return name if name in ("anthropic", "openrouter") else "openai"
+
+
+def lanes_of(entry: CatalogEntry, config: ProviderConfig) -> list[Lane]:
+    """The lanes a route offers, online first."""
+    wire = wire_of(entry.provider, config)
+    lanes = [Lane.ONLINE]
+    if entry.flex and wire == _FLEX_WIRE:
+        lanes.append(Lane.FLEX)
+    if entry.batch_discount > 0 and wire in _BATCH_WIRES:
+        lanes.append(Lane.BATCH)
+    return lanes
+
+
+def price_factor(entry: CatalogEntry, lane: Lane) -> Fraction:
+    """What a lane charges as a share of the online price (flex is sold at batch prices)."""
+    return Fraction(1) if lane == Lane.ONLINE else 1 - Fraction(entry.batch_discount)
+
+
+def lane_price(online_usd_micros: int, factor: Fraction) -> int:
+    """The online price scaled to a lane, rounded up to the micro-dollar (at least 1 when non-zero)."""
+    return -(-online_usd_micros * factor.numerator // factor.denominator)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What the choice needs to know about time, each figure in seconds (of BatchRouter's clock)."""
+
+    # Predicted completion of `lines` items on (provider, lane): a high percentile of what was measured.
+    predict: Callable[[str, Lane, int], float]
+    # How long `items` items of a route take online at its limits.
+    online_s: Callable[[CatalogEntry, int], float]
+    margin_s: float
+    flex_slowdown: float = 3.0
+
+
+def choose_lanes(
+    accepted: pl.DataFrame, *, deadline_s: float | None, catalog: Catalog, settings: Settings, timing: Timing
+) -> pl.DataFrame:
+    """Each accepted item's lane (LANE_SCHEMA), from `row`, `route`, `expected_usd_micros`.
+
+    `deadline_s`: seconds from the batch's start to its deadline; None sends everything online.
+    """
+    rows: list[dict[str, object]] = []
+    for (route,), part in accepted.group_by("route", maintain_order=True):
+        entry = catalog.entry(str(route))
+        online_s = timing.online_s(entry, part.height)
+        lane, hedge_at = Lane.ONLINE, None
+        if deadline_s is not None:
+            lane, hedge_at = _cheapest(
+                entry, settings.provider(entry.provider), part.height, deadline_s, online_s, timing
+            )
+        factor = price_factor(entry, lane)
+        for row, expected in part.select("row", "expected_usd_micros").iter_rows():
+            rows.append({"row": row, "lane": str(lane), "lane_expected_usd_micros": lane_price(int(expected),
+                         factor), "hedge_at_s": hedge_at})  # fmt: skip
+    return pl.DataFrame(rows, schema=LANE_SCHEMA)
+
+
+def _cheapest(
+    entry: CatalogEntry, config: ProviderConfig, items: int, deadline_s: float, online_s: float, timing: Timing
+) -> tuple[Lane, float | None]:
+    """The cheapest lane that finishes in time with room to hedge, and when it must be done by."""
+    hedge_at = deadline_s - timing.margin_s - online_s  # the last moment the route's items can still go online
+    offered = sorted(lanes_of(entry, config), key=lambda lane: (price_factor(entry, lane), lane != Lane.BATCH))
+    for lane in offered:
+        if lane == Lane.ONLINE:
+            break
+        predicted = (
+            online_s * timing.flex_slowdown if lane == Lane.FLEX else timing.predict(entry.provider, lane, items)
+        )
+        if predicted <= hedge_at:
+            return lane, hedge_at
+    return Lane.ONLINE, None
+
+
+def lane_summary(accepted: pl.DataFrame) -> list[dict[str, object]]:
+    """Per route and lane: items, the price on that lane, the online price and the saving."""
+    if "lane" not in accepted.columns or not accepted.height:
+        return []
+    return (
+        accepted.group_by("route", "provider", "model", "lane")
+        .agg(
+            pl.len().alias("items"),
+            pl.col("lane_expected_usd_micros").sum().alias("expected_usd_micros"),
+            pl.col("expected_usd_micros").sum().alias("online_expected_usd_micros"),
+        )
+        .with_columns((pl.col("online_expected_usd_micros") - pl.col("expected_usd_micros")).alias("saving_usd_micros"))
+        .sort("route", "lane")
+        .to_dicts()
+    )

@@ -1,0 +1,148 @@
+"""Lanes: what each route offers, the cheapest lane that meets a deadline with room to hedge, and the
+quote's prices by lane (the reserve never depends on the lane)."""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+import pytest
+
+from batchrouter.core.catalog import Catalog, CatalogEntry
+from batchrouter.core.config import LimitsConfig, ProviderConfig, RoutePolicy, Settings
+from batchrouter.intake.manifest import read_manifest
+from batchrouter.pricing.lanes import Lane, Timing, choose_lanes, lane_price, lanes_of, price_factor, wire_of
+from batchrouter.pricing.quote import build_quote
+
+HOUR = 3600.0
+
+
+def timing(batch_s: float = 2 * HOUR, online_per_item_s: float = 0.01, margin_s: float = 600.0) -> Timing:
+    return Timing(
+        predict=lambda provider, lane, lines: batch_s,
+        online_s=lambda entry, items: items * online_per_item_s,
+        margin_s=margin_s,
+    )
+
+
+def manifest(rows: dict[str, str], n: int = 3) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            "item_id": [f"{model}-{i}" for model in rows for i in range(n)],
+            "model": [model for model in rows for _ in range(n)],
+            "prompt": [f"{prompt} {i}" for prompt in rows.values() for i in range(n)],
+            "max_tokens": [64] * (n * len(rows)),
+        }
+    )
+    return frame
+
+
+def quote(
+    catalog: Catalog, settings: Settings, rows: dict[str, str], *, deadline_s: float | None, t: Timing
+) -> pl.DataFrame:
+    buf = io.BytesIO()
+    manifest(rows).write_csv(buf)
+    parsed = read_manifest("m.csv", buf.getvalue(), catalog=catalog, limits=LimitsConfig())
+
+    def lanes(accepted: pl.DataFrame) -> pl.DataFrame:
+        return choose_lanes(accepted, deadline_s=deadline_s, catalog=catalog, settings=settings, timing=t)
+
+    q = build_quote(parsed, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1, lanes=lanes,
+                    deadline_s=deadline_s)  # fmt: skip
+    return q.items
+
+
+def entry(catalog: Catalog, route: str) -> CatalogEntry:
+    return catalog.entry(route)
+
+
+def test_each_route_offers_the_lanes_its_provider_sells(catalog: Catalog, settings: Settings) -> None:
+    offers = {
+        route: lanes_of(entry(catalog, route), settings.provider(entry(catalog, route).provider))
+        for route in ("openai:gpt-5-mini", "openai:gpt-4o-mini", "anthropic:claude-haiku-4-5-20251001",
+                      "openrouter:openai/gpt-4o-mini", "selfhosted:meta-llama/Llama-3.1-8B-Instruct")
+    }  # fmt: skip
+    assert offers == {
+        "openai:gpt-5-mini": [Lane.ONLINE, Lane.FLEX, Lane.BATCH],  # flex is sold for gpt-5 models
+        "openai:gpt-4o-mini": [Lane.ONLINE, Lane.BATCH],
+        "anthropic:claude-haiku-4-5-20251001": [Lane.ONLINE, Lane.BATCH],
+        "openrouter:openai/gpt-4o-mini": [Lane.ONLINE],  # no batch API, no discount
+        "selfhosted:meta-llama/Llama-3.1-8B-Instruct": [Lane.ONLINE],
+    }
+
+
+def test_the_wire_is_the_kinds_or_for_the_simulator_the_configured_one() -> None:
+    assert wire_of("x", ProviderConfig(kind="anthropic")) == "anthropic"
+    assert wire_of("x", ProviderConfig(kind="openai_compatible", base_url="http://h/v1")) == "openai"
+    assert wire_of("anthropic", ProviderConfig(kind="simulator")) == "anthropic"
+    assert wire_of("anthropic", ProviderConfig(kind="simulator", wire="openai")) == "openai"
+    assert wire_of("other", ProviderConfig(kind="simulator")) == "openai"
+
+
+def test_a_lane_price_is_the_online_price_scaled_and_rounded_up(catalog: Catalog) -> None:
+    half = price_factor(entry(catalog, "openai:gpt-4o-mini"), Lane.BATCH)
+    assert half == pytest.approx(0.5)
+    assert [lane_price(p, half) for p in (0, 1, 2, 3, 1001)] == [0, 1, 1, 2, 501]
+    assert price_factor(entry(catalog, "openai:gpt-4o-mini"), Lane.ONLINE) == 1
+
+
+def test_without_a_deadline_every_item_is_online_at_the_online_price(catalog: Catalog, settings: Settings) -> None:
+    items = quote(catalog, settings, {"gpt-4o-mini": "Hello"}, deadline_s=None, t=timing())
+    assert set(items["lane"]) == {"online"}
+    assert items["lane_expected_usd_micros"].to_list() == items["expected_usd_micros"].to_list()
+    assert items["hedge_at_s"].is_null().all()
+
+
+def test_a_day_to_spare_sends_items_to_the_batch_api_at_half_price_and_says_when_to_hedge(
+    catalog: Catalog, settings: Settings
+) -> None:
+    items = quote(catalog, settings, {"gpt-4o-mini": "Hello", "claude-haiku-4-5": "Bonjour"}, deadline_s=24 * HOUR,
+                  t=timing(margin_s=600))  # fmt: skip
+    assert set(items["lane"]) == {"batch"}
+    for online, lane in items.select("expected_usd_micros", "lane_expected_usd_micros").iter_rows():
+        assert lane == -(-online // 2)
+    # Each route's items must be answered by the deadline less the margin less the time to send them online.
+    assert set(items["hedge_at_s"]) == {24 * HOUR - 600 - 3 * 0.01}
+
+
+def test_a_deadline_the_batch_api_may_miss_takes_flex_where_sold_else_online(
+    catalog: Catalog, settings: Settings
+) -> None:
+    # Batches predicted at 2 h; a 1 h deadline leaves no room for them.
+    items = quote(catalog, settings, {"gpt-5-mini": "Hello", "gpt-4o-mini": "Hi"}, deadline_s=HOUR, t=timing())
+    lanes = dict(zip(items["model"], items["lane"], strict=False))
+    assert lanes == {"gpt-5-mini": "flex", "gpt-4o-mini": "online"}
+
+
+def test_a_deadline_too_short_even_to_hedge_stays_online(catalog: Catalog, settings: Settings) -> None:
+    # 3 items take 300 s online each at this pace: a 20-minute deadline leaves no time for flex (3x) plus margin.
+    items = quote(catalog, settings, {"gpt-5-mini": "Hello"}, deadline_s=1200, t=timing(online_per_item_s=100))
+    assert set(items["lane"]) == {"online"}
+
+
+def test_the_reserve_is_the_same_on_any_lane_and_the_quote_shows_the_saving(
+    catalog: Catalog, settings: Settings
+) -> None:
+    rows = {"gpt-4o-mini": "Hello there", "claude-haiku-4-5": "Bonjour"}
+    buf = io.BytesIO()
+    manifest(rows).write_csv(buf)
+    parsed = read_manifest("m.csv", buf.getvalue(), catalog=catalog, limits=LimitsConfig())
+    online = build_quote(parsed, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1)
+    lanes = build_quote(
+        parsed, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1, deadline_s=24 * HOUR,
+        lanes=lambda a: choose_lanes(a, deadline_s=24 * HOUR, catalog=catalog, settings=settings, timing=timing()),
+    )  # fmt: skip
+    assert lanes.items["reserve_usd_micros"].to_list() == online.items["reserve_usd_micros"].to_list()
+    summary = lanes.summary()
+    assert summary["online_expected_usd_micros"] == online.summary()["expected_usd_micros"]
+    assert summary["expected_usd_micros"] == sum(r["expected_usd_micros"] for r in summary["by_lane"])
+    assert summary["expected_usd_micros"] < summary["online_expected_usd_micros"]
+    assert {(r["route"], r["lane"], r["items"]) for r in summary["by_lane"]} == {
+        ("openai:gpt-4o-mini", "batch", 3),
+        ("anthropic:claude-haiku-4-5-20251001", "batch", 3),
+    }
+    assert all(r["saving_usd_micros"] == r["online_expected_usd_micros"] - r["expected_usd_micros"] > 0
+               for r in summary["by_lane"])  # fmt: skip
+    # The deadline is one of the quote's terms; a quote without one keeps its old id.
+    assert lanes.quote_id != online.quote_id
+    assert online.summary()["deadline_s"] is None and summary["deadline_s"] == 24 * HOUR
