@@ -100,6 +100,23 @@ class CatalogEntry:
         """Stable route id, `provider:upstream`."""
         return f"{self.provider}:{self.upstream}"
 
+    def cost_micros(self, input_tokens: int, output_tokens: int, *, cached: int = 0, tier: str | None = None) -> int:
+        """What the provider bills for one answer, by the catalog, rounded up to the micro-dollar.
+
+        Cached input at the cached price; `tier` "priority" at the priority prices; "flex" (where sold)
+        and "batch" (a provider Batch API line) at the batch discount.
+        """
+        price_in, price_out = self.input_pico_per_token, self.output_pico_per_token
+        price_cached = self.cached_input_pico_per_token
+        if tier == "priority" and self.priority_input_pico_per_token and self.priority_output_pico_per_token:
+            price_in, price_out = self.priority_input_pico_per_token, self.priority_output_pico_per_token
+            price_cached = None
+        cached = min(max(cached, 0), input_tokens) if price_cached is not None else 0
+        pico = (input_tokens - cached) * price_in + cached * (price_cached or 0) + output_tokens * price_out
+        if (tier == "flex" and self.flex) or tier == "batch":
+            pico = pico * int((1 - self.batch_discount) * 1000) // 1000
+        return -(-pico // PICO_PER_MICRO)
+
     @property
     def zero_retention(self) -> bool:
         """The provider is known to keep nothing."""

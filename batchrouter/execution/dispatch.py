@@ -32,7 +32,7 @@ import numpy as np
 import polars as pl
 from httpx_aiohttp import AiohttpTransport
 
-from batchrouter.core.catalog import PICO_PER_MICRO, Catalog, CatalogEntry
+from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
@@ -176,17 +176,8 @@ class Route:
                         self.health.limits_learned_at = time.monotonic()
 
     def cost_micros(self, completion_in: int, completion_out: int, *, cached: int = 0, tier: str | None = None) -> int:
-        """What the provider bills, by the catalog: cached input at the cached price, the tier's prices."""
-        e = self.entry
-        price_in, price_out = e.input_pico_per_token, e.output_pico_per_token
-        price_cached = e.cached_input_pico_per_token
-        if tier == "priority" and e.priority_input_pico_per_token and e.priority_output_pico_per_token:
-            price_in, price_out, price_cached = e.priority_input_pico_per_token, e.priority_output_pico_per_token, None
-        cached = min(max(cached, 0), completion_in) if price_cached is not None else 0
-        pico = (completion_in - cached) * price_in + cached * (price_cached or 0) + completion_out * price_out
-        if tier == "flex" and e.flex:
-            pico = pico * int((1 - e.batch_discount) * 1000) // 1000  # flex is sold at batch prices
-        return -(-pico // PICO_PER_MICRO)
+        """What the provider bills, by the catalog (`CatalogEntry.cost_micros`)."""
+        return self.entry.cost_micros(completion_in, completion_out, cached=cached, tier=tier)
 
 
 class Dispatcher:
