@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from batchrouter.core.amounts import usd_to_micros
+from batchrouter.core.durations import parse_duration
 from batchrouter.core.errors import ConfigError, IdentityError
 from batchrouter.core.identity import canonical_workspace
 
@@ -30,6 +31,9 @@ Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]
 Endpoint = Literal["chat", "responses", "embeddings"]
 ImageRule = Literal["tile", "patch", "area", "none"]
 Objective = Literal["cost", "latency", "balanced"]
+# How an item reaches its provider: online requests (the dispatcher), OpenAI's flex tier, or the provider's Batch API.
+Lane = Literal["online", "flex", "batch"]
+LANES: tuple[Lane, ...] = ("online", "flex", "batch")
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -123,12 +127,26 @@ class RoutePolicy(BaseModel):
         return self.allow_credentials or self.allow_restricted_content
 
 
+def _deadline(value: Any, field: str) -> Any:
+    """A deadline as written (`24h`, `90m`, seconds) in seconds; `"none"`: no deadline (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    return parse_duration(value, field=field)
+
+
 class WorkspaceConfig(BaseModel):
     """Per-workspace settings."""
 
     model_config = _STRICT
     policy: RoutePolicy = Field(default_factory=RoutePolicy)
     auto_approve_max_usd: Decimal | None = Field(default=None, ge=0)
+    # Overrides lanes.default_deadline when written (`"none"`: no deadline here, whatever the default).
+    default_deadline: float | None = None
+
+    @field_validator("default_deadline", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _deadline(value, "default_deadline")
 
     @field_validator("auto_approve_max_usd", mode="before")
     @classmethod
@@ -162,6 +180,66 @@ class DispatchConfig(BaseModel):
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     stale_after_minutes: float = Field(default=30.0, gt=0)
+
+
+class LanesConfig(BaseModel):
+    """How the lanes are predicted and watched (`pricing.predictions`, the provider lane).
+
+    Every duration here is on the provider's clock, in seconds; BatchRouter waits `wall_s(duration)`
+    of real time for it, which is the same unless `time_scale` says the clock runs faster (simulations
+    set it to `simulator.batch_time_scale`, so a 24h deadline passes in a wall minute at 1440).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Predictions are this percentile of measured completion times (censored runs count as endless).
+    percentile: float = Field(default=0.95, gt=0, le=1)
+    # A lane is chosen for a deadline only when its prediction plus this margin fits before it.
+    margin_s: float = Field(default=600.0, ge=0)
+    # Measured times replace the prior once this many observations exist (per provider, lane and size).
+    min_observations: int = Field(default=20, ge=1)
+    # Priors: a provider batch's p95 completion (published: most within an hour, 24h windows, stuck tails),
+    # and how many times slower than the online lane a flex run is.
+    batch_prior_p95_s: float = Field(default=4 * 3600.0, gt=0)
+    batch_prior_p95_s_per_provider: dict[str, float] = Field(default_factory=dict)
+    flex_slowdown: float = Field(default=3.0, ge=1)
+    # Provider batches are polled after poll_interval_s, then at twice the previous wait, up to poll_max_s.
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    poll_max_s: float = Field(default=600.0, gt=0)
+    time_scale: float = Field(default=1.0, gt=0)
+    # When a batch's items are due when its manifest names no deadline (None: no deadline, online at once).
+    default_deadline: float | None = None
+
+    @field_validator("default_deadline", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _deadline(value, "default_deadline")
+
+    @field_validator("batch_prior_p95_s_per_provider")
+    @classmethod
+    def _positive_priors(cls, value: dict[str, float]) -> dict[str, float]:
+        for provider, seconds in value.items():
+            if seconds <= 0:
+                raise ValueError(f"{provider}: a prior must be a positive number of seconds, got {seconds}")
+        return value
+
+    @model_validator(mode="after")
+    def _poll_order(self) -> LanesConfig:
+        if self.poll_max_s < self.poll_interval_s:
+            raise ValueError(f"poll_max_s ({self.poll_max_s:g}) must be at least poll_interval_s "
+                             f"({self.poll_interval_s:g})")  # fmt: skip
+        return self
+
+    def batch_prior_s(self, provider: str) -> float:
+        """The prior p95 completion time of `provider`'s batches, before enough are measured."""
+        return self.batch_prior_p95_s_per_provider.get(provider, self.batch_prior_p95_s)
+
+    def poll_delay_s(self, polls_done: int) -> float:
+        """Provider seconds to wait before the next poll of a provider batch, after `polls_done` polls."""
+        return min(self.poll_interval_s * 2.0 ** min(polls_done, 64), self.poll_max_s)
+
+    def wall_s(self, provider_s: float) -> float:
+        """Real seconds that pass while `provider_s` pass on the provider's (maybe faster) clock."""
+        return provider_s / self.time_scale
 
 
 BatchStuckState = Literal["validating", "in_progress", "finalizing"]
@@ -311,6 +389,7 @@ class Settings(BaseSettings):
     billing: BillingConfig = Field(default_factory=BillingConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    lanes: LanesConfig = Field(default_factory=LanesConfig)
 
     @field_validator("workspaces", mode="before")
     @classmethod
@@ -368,6 +447,13 @@ class Settings(BaseSettings):
         except IdentityError:
             return WorkspaceConfig()
         return self.workspaces.get(name) or WorkspaceConfig()
+
+    def default_deadline_s(self, workspace: str) -> float | None:
+        """Seconds a batch of `workspace` has when it names no deadline: the workspace's, else lanes'."""
+        found = self.workspace(workspace)
+        if "default_deadline" in found.model_fields_set:
+            return found.default_deadline
+        return self.lanes.default_deadline
 
 
 def config_path_from_env() -> Path | None:

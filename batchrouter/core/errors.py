@@ -16,7 +16,8 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     │   │   ├── InvalidWorkspace               invalid_workspace            422
     │   │   └── InvalidEmail                   invalid_email                422
     │   ├── ManifestError                      unusable_manifest            422
-    │   └── AmountError                        invalid_amount               422
+    │   ├── AmountError                        invalid_amount               422
+    │   └── DurationError                      invalid_duration             422
     ├── Unauthenticated                        unauthenticated              401
     ├── Forbidden                              forbidden                    403
     │   └── WorkspaceSuspended                 workspace_suspended          403
@@ -284,6 +285,12 @@ class AmountError(InvalidRequest, ValueError):
     """An amount of money is not a usable amount (pydantic reports it as a validation error too)."""
 
     code = "invalid_amount"
+
+
+class DurationError(InvalidRequest, ValueError):
+    """A duration (a deadline, a config value) is not one `core.durations` reads, such as 24h, 30m or 90."""
+
+    code = "invalid_duration"
 
 
 class QueryError(BatchRouterError):

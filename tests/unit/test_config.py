@@ -233,3 +233,83 @@ def test_catalog_prices_are_integer_pico_dollars_per_token() -> None:
     entry = load_catalog().entry("openai:gpt-4o-mini")
     # 0.15 USD per million tokens = 0.15e12 / 1e6 pico-dollars per token = 150,000.
     assert (entry.input_pico_per_token, entry.output_pico_per_token) == (150_000, 600_000)
+
+
+LANES = """
+[lanes]
+percentile = 0.9
+margin_s = 300
+min_observations = 10
+batch_prior_p95_s = 7200
+flex_slowdown = 2.5
+poll_interval_s = 10
+poll_max_s = 300
+time_scale = 1440
+default_deadline = "24h"
+
+[lanes.batch_prior_p95_s_per_provider]
+anthropic = 3600
+
+[workspaces.rush]
+default_deadline = "30m"
+
+[workspaces.patient]
+default_deadline = "none"
+"""
+
+
+def test_lanes_load_from_the_file_and_workspaces_override_the_default_deadline(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, LANES))
+    lanes = settings.lanes
+    assert (lanes.percentile, lanes.margin_s, lanes.min_observations, lanes.flex_slowdown) == (0.9, 300, 10, 2.5)
+    assert (lanes.batch_prior_s("anthropic"), lanes.batch_prior_s("openai")) == (3600, 7200)
+    assert [lanes.poll_delay_s(n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+    assert lanes.wall_s(86_400) == 60.0  # a provider day in a wall minute
+    assert lanes.default_deadline == 86_400
+    assert settings.default_deadline_s("rush") == 1_800
+    assert settings.default_deadline_s("patient") is None  # "none": no deadline, whatever the default
+    assert settings.default_deadline_s("anyone-else") == 86_400
+
+
+def test_lanes_defaults_without_a_config_file() -> None:
+    lanes = load_settings().lanes
+    assert (lanes.percentile, lanes.margin_s, lanes.min_observations) == (0.95, 600, 20)
+    assert (lanes.batch_prior_s("openai"), lanes.flex_slowdown) == (4 * 3600, 3.0)
+    assert (lanes.poll_interval_s, lanes.poll_max_s, lanes.time_scale, lanes.default_deadline) == (30, 600, 1.0, None)
+    assert load_settings().default_deadline_s("acme") is None
+
+
+def test_lanes_keys_are_overridden_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHROUTER_LANES__DEFAULT_DEADLINE", "4h")
+    monkeypatch.setenv("BATCHROUTER_LANES__MIN_OBSERVATIONS", "3")
+    monkeypatch.setenv("BATCHROUTER_LANES__BATCH_PRIOR_P95_S_PER_PROVIDER", '{"openai": 600}')
+    settings = load_settings(write(tmp_path, LANES))
+    assert (settings.lanes.default_deadline, settings.lanes.min_observations) == (14_400, 3)
+    assert settings.lanes.batch_prior_s("openai") == 600
+    assert settings.lanes.percentile == 0.9  # the file's other keys stay
+    assert settings.default_deadline_s("rush") == 1_800
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ('[lanes]\ndefault_deadline = "1 week"\n', "lanes.default_deadline", "'1 week' is not a duration"),
+        ('[workspaces.w]\ndefault_deadline = "-1h"\n', "workspaces.w.default_deadline", "'-1h' is not a duration"),
+        ("[lanes]\npercentile = 1.5\n", "lanes.percentile", "less than or equal to 1"),
+        ("[lanes]\npoll_interval_s = 60\npoll_max_s = 30\n", "lanes", "poll_max_s (30) must be at least"),
+        ("[lanes.batch_prior_p95_s_per_provider]\nopenai = 0\n", "lanes.batch_prior_p95_s_per_provider", "positive"),
+        ("[lanes]\npercentil = 0.9\n", "lanes.percentil", "Extra inputs"),
+    ],
+)
+def test_invalid_lanes_values_raise_config_error_naming_the_key(tmp_path: Path, text: str, key: str, says: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, text))
+    assert f"{key}:" in str(refused.value) and says in str(refused.value)
+
+
+def test_the_readme_configuration_example_loads_with_its_lanes(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("\n## Configuration\n", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    settings = load_settings(write(tmp_path, example))
+    assert settings.lanes.batch_prior_s("anthropic") == 3600
+    assert settings.default_deadline_s("W") == 86_400

@@ -1,0 +1,201 @@
+"""Lane predictions: priors until enough runs, percentiles of measured runs, censored runs, sizes, idempotency."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import queue
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from predictions_worker import record_many
+
+from batchrouter.core.config import LanesConfig
+from batchrouter.pricing.predictions import LaneSummary, Observation, Predictions, percentile, size_bucket
+
+HOUR = 3600.0
+CONFIG = LanesConfig()  # percentile 0.95, min_observations 20, batch prior 4 h, flex 3x online
+
+
+@pytest.fixture(autouse=True)
+def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The prediction logic in a process alone with its file; the race below goes through the control service.
+    monkeypatch.setenv("BATCHROUTER_CONTROL", "direct")
+
+
+@pytest.fixture
+def predictions(tmp_path: Path) -> Predictions:
+    return Predictions(tmp_path / "lanes.duckdb")
+
+
+def completed(predictions: Predictions, durations: list[float], *, provider: str = "openai", lines: int = 100,
+              lane: str = "batch", outcome: str = "completed", prefix: str = "b") -> None:  # fmt: skip
+    start = datetime(2026, 12, 1, tzinfo=UTC) + timedelta(minutes=len(predictions.observations()))
+    for i, seconds in enumerate(durations):
+        at = start + timedelta(minutes=i)
+        predictions.record(provider, lane, lines, seconds, outcome, key=f"{prefix}{i}", observed_at=at)  # type: ignore[arg-type]
+
+
+def test_the_prior_predicts_until_min_observations_runs_are_measured(predictions: Predictions) -> None:
+    assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 4 * HOUR
+    completed(predictions, [60.0] * 19)
+    assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 4 * HOUR
+    own = LanesConfig(batch_prior_p95_s_per_provider={"openai": 2 * HOUR})
+    assert predictions.completion_s("openai", "batch", 100, config=own) == 2 * HOUR
+    assert predictions.completion_s("anthropic", "batch", 100, config=own) == 4 * HOUR
+    assert predictions.completion_s("openai", "batch", 100, config=LanesConfig(min_observations=19)) == 60.0
+
+
+def test_flex_and_online_priors_start_from_the_online_estimate(predictions: Predictions) -> None:
+    online = Predictions.online_s(600, 6000, 2.0)
+    assert online == 600 / 100 + 2.0
+    assert predictions.completion_s("openai", "flex", 600, config=CONFIG, online_s=online) == 3 * online
+    assert predictions.completion_s("openai", "online", 600, config=CONFIG, online_s=online) == online
+    with pytest.raises(ValueError, match="online_s"):
+        predictions.completion_s("openai", "flex", 600, config=CONFIG)
+
+
+def test_above_min_observations_the_prediction_is_the_percentile_of_measured_runs(predictions: Predictions) -> None:
+    completed(predictions, [60.0 * m for m in range(20, 0, -1)])  # 1..20 minutes, recorded out of order
+    assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 19 * 60.0
+    assert predictions.completion_s("openai", "batch", 100, config=LanesConfig(percentile=0.5)) == 10 * 60.0
+    assert predictions.completion_s("openai", "batch", 100, config=LanesConfig(percentile=1.0)) == 20 * 60.0
+    # Other providers and lanes have their own runs: still the prior.
+    assert predictions.completion_s("anthropic", "batch", 100, config=CONFIG) == 4 * HOUR
+    assert predictions.completion_s("openai", "flex", 100, config=CONFIG, online_s=5.0) == 15.0
+
+
+def test_censored_runs_push_the_prediction_up_to_endless(predictions: Predictions) -> None:
+    outcome = "stuck"
+    minutes = [60.0 * m for m in range(1, 21)]
+    completed(predictions, minutes, provider="steady")
+    completed(predictions, minutes[1:], provider="sticky")
+    completed(predictions, [30.0], provider="sticky", outcome=outcome, prefix="c")  # gave up after 30 s
+    completed(predictions, minutes[2:], provider="stuck")
+    completed(predictions, [30.0, 30.0], provider="stuck", outcome=outcome, prefix="c")
+    steady = predictions.completion_s("steady", "batch", 100, config=CONFIG)
+    sticky = predictions.completion_s("sticky", "batch", 100, config=CONFIG)
+    assert steady == 19 * 60.0
+    assert sticky == 20 * 60.0 > steady  # one censored run in twenty: the slowest measured run
+    assert predictions.completion_s("stuck", "batch", 100, config=CONFIG) == math.inf  # more than 5% stuck
+
+
+@pytest.mark.parametrize(("outcome", "timing"), [("completed", 60.0), ("stuck", math.inf), ("expired", math.inf),
+                         ("hedged", math.inf), ("cancelled", math.inf), ("failed", None)])  # fmt: skip
+def test_a_run_tells_its_duration_at_least_its_duration_or_nothing(outcome: str, timing: float | None) -> None:
+    run = Observation("openai", "b", "batch", 10, 60.0, outcome, datetime(2026, 12, 1, tzinfo=UTC))
+    assert run.timing == timing
+
+
+def test_failed_runs_tell_no_completion_time(predictions: Predictions) -> None:
+    completed(predictions, [60.0] * 19)
+    completed(predictions, [1.0] * 5, outcome="failed", prefix="f")
+    assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 4 * HOUR
+    completed(predictions, [120.0], prefix="late")
+    assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 60.0  # 20 timed runs now
+
+
+def test_a_size_bucket_with_too_few_runs_falls_back_to_every_size(predictions: Predictions) -> None:
+    assert [size_bucket(n) for n in (1, 999, 1_000, 9_999, 10_000, 10**6)] == ["<1k", "<1k", "<10k", "<10k"] + [
+        ">=10k"
+    ] * 2
+    completed(predictions, [100.0] * 20, lines=500, prefix="small")
+    completed(predictions, [1000.0] * 20, lines=5000, prefix="mid")
+    completed(predictions, [5000.0] * 5, lines=20_000, prefix="big")
+    assert predictions.completion_s("openai", "batch", 700, config=CONFIG) == 100.0
+    assert predictions.completion_s("openai", "batch", 9_000, config=CONFIG) == 1000.0
+    # 5 runs of >=10k lines: too few, so all 45 runs; their p95 is the 43rd, among the big ones.
+    assert predictions.completion_s("openai", "batch", 50_000, config=CONFIG) == 5000.0
+
+
+def test_recording_the_same_run_twice_counts_it_once(predictions: Predictions) -> None:
+    assert predictions.record("openai", "batch", 100, 60.0, "completed", key="batch_1") is True
+    assert predictions.record("openai", "batch", 100, 60.0, "completed", key="batch_1") is False
+    assert predictions.record("openai", "batch", 100, 90.0, "stuck", key="batch_1") is False  # the end is known
+    assert predictions.record("anthropic", "batch", 100, 60.0, "completed", key="batch_1") is True  # its own id
+    assert [(o.provider, o.key, o.outcome, o.duration_s) for o in predictions.observations()] == [
+        ("openai", "batch_1", "completed", 60.0),
+        ("anthropic", "batch_1", "completed", 60.0),
+    ]
+
+
+def test_a_censored_run_seen_again_is_refined_not_counted_again(predictions: Predictions) -> None:
+    assert predictions.record("openai", "batch", 100, 2 * HOUR, "stuck", key="batch_9") is True
+    assert predictions.record("openai", "batch", 100, HOUR, "stuck", key="batch_9") is False  # knew more already
+    assert predictions.record("openai", "batch", 100, 3 * HOUR, "hedged", key="batch_9") is True
+    assert predictions.record("openai", "batch", 100, 5 * HOUR, "completed", key="batch_9") is True
+    (only,) = predictions.observations("openai", "batch")
+    assert (only.outcome, only.duration_s, only.timing) == ("completed", 5 * HOUR, 5 * HOUR)
+
+
+def test_invalid_observations_are_refused_naming_the_value(predictions: Predictions) -> None:
+    for lane, lines, seconds, outcome, key, match in [
+        ("sideways", 1, 1.0, "completed", "k", "lane 'sideways'"),
+        ("batch", 1, 1.0, "done", "k", "outcome 'done'"),
+        ("batch", 0, 1.0, "completed", "k", "lines"),
+        ("batch", 1, -1.0, "completed", "k", "duration_s"),
+        ("batch", 1, math.nan, "completed", "k", "duration_s"),
+        ("batch", 1, 1.0, "completed", "", "key"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            predictions.record("openai", lane, lines, seconds, outcome, key=key)  # type: ignore[arg-type]
+    assert predictions.observations() == []
+
+
+def test_the_summary_has_a_row_per_provider_lane_and_bucket(predictions: Predictions) -> None:
+    completed(predictions, [60.0 * m for m in range(1, 21)], lines=20_000, prefix="big")
+    completed(predictions, [10.0, 20.0, 30.0], lines=10, prefix="small")
+    completed(predictions, [500.0], lines=10, outcome="stuck", prefix="stuck")
+    completed(predictions, [5.0], lines=10, outcome="failed", prefix="failed")
+    completed(predictions, [7.0], provider="anthropic", lane="flex", lines=10)
+    assert predictions.summary() == [
+        LaneSummary("anthropic", "flex", "<1k", 1, 0, 0, 7.0, 7.0, 7.0),
+        LaneSummary("openai", "batch", "<1k", 4, 1, 1, 20.0, math.inf, 500.0),
+        LaneSummary("openai", "batch", ">=10k", 20, 0, 0, 600.0, 1140.0, 1200.0),
+    ]
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+    assert percentile([1.0], 0.95) == 1.0
+    assert percentile([1.0, math.inf], 0.5) == 1.0
+    assert percentile([1.0, math.inf], 0.95) == math.inf
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+PROCESSES, RUNS = 2, 15
+
+
+def test_two_processes_recording_at_once_lose_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BATCHROUTER_CONTROL")  # the real path: both through the control service
+    path = str(tmp_path / "lanes.duckdb")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
+    procs = [ctx.Process(target=record_many, args=(path, w, RUNS, barrier, results)) for w in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    outcomes = []
+    deadline = time.monotonic() + 180
+    try:
+        while len(outcomes) < PROCESSES:
+            try:
+                outcomes.append(results.get(timeout=1.0))
+            except queue.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    pytest.fail(f"only {len(outcomes)} of {PROCESSES} workers reported (exit codes {dead})")
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [o["errors"] for o in outcomes] == [[]] * PROCESSES
+    assert sum(o["new"] for o in outcomes) == PROCESSES * RUNS + RUNS  # each shared run counted by one worker
+    keys = sorted(o.key for o in Predictions(path).observations("openai", "batch"))
+    assert keys == sorted(
+        [f"w{w}-{r}" for w in range(PROCESSES) for r in range(RUNS)] + [f"shared-{r}" for r in range(RUNS)]
+    )
