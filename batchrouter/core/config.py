@@ -60,6 +60,13 @@ class ProviderConfig(BaseModel):
     tpm: int = Field(default=2_000_000, gt=0)
     max_concurrency: int = Field(default=256, gt=0)
     timeout_s: float = Field(default=120.0, gt=0)
+    # The provider's own batch API (`execution.provider_batches`): requests and bytes per batch (None: the
+    # provider's published limit) and input tokens enqueued per upstream model across batches in flight
+    # (None and models not listed: unlimited), as the account's tier allows.
+    batch_max_requests: int | None = Field(default=None, gt=0)
+    batch_max_bytes: int | None = Field(default=None, gt=0)
+    batch_enqueued_tokens: int | None = Field(default=None, gt=0)
+    batch_enqueued_tokens_per_model: dict[str, int] = Field(default_factory=dict)
 
 
 class ModelConfig(BaseModel):

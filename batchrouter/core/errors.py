@@ -73,7 +73,8 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     │   └── EndpointNotFound                   not_found (shares)           404  also NotFound
     ├── ProviderError                          provider_error               502
     │   ├── TransientError                     provider_transient           503  retryable
-    │   │   └── RateLimitedError               provider_rate_limited        429  retryable
+    │   │   ├── RateLimitedError               provider_rate_limited        429  retryable
+    │   │   └── BatchCapacityError             provider_batch_capacity      503  retryable
     │   └── TerminalError                      provider_terminal            502
     │       └── RefusedError                   provider_refused             502
     └── WireRejection                          simulated_rejection          400
@@ -574,6 +575,14 @@ class RateLimitedError(TransientError):
     ) -> None:
         super().__init__(code, message, status=status)
         self.retry_after_s = retry_after_s
+
+
+class BatchCapacityError(TransientError):
+    """A provider batch was refused for capacity (OpenAI's enqueued-token limit): hold its lines and submit
+    them again once batches in flight for that model have ended."""
+
+    code = "provider_batch_capacity"
+    http_status = 503
 
 
 class TerminalError(ProviderError):
