@@ -12,12 +12,14 @@ import posixpath
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import polars as pl
 
 from batchrouter.access.accounts import Accounts
+from batchrouter.batches import batch_lane
+from batchrouter.batches.batch_lane import BatchLane
 from batchrouter.batches.states import BatchState, check_transition, outcome
 from batchrouter.core.batch_info import (
     BatchInfo,
@@ -32,12 +34,14 @@ from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.identity import IdentityError, canonical_workspace
 from batchrouter.core.storage import Storage, route_slug
 from batchrouter.execution.checkpoint import Checkpoint, ItemResult, ItemStatus
-from batchrouter.execution.dispatch import Dispatcher, jobs_from_routed
+from batchrouter.execution.dispatch import Dispatcher, Job, jobs_from_routed
 from batchrouter.intake.manifest import Manifest, detect_format, read_manifest
 from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import HoldStatus, Ledger
 from batchrouter.output.receipts import FINAL_STATES, build_outputs
-from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items
+from batchrouter.pricing import lanes
+from batchrouter.pricing.lanes import Lane
+from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items, with_lane_columns
 from batchrouter.simulator import running_simulator
 
 HEARTBEAT_S = 10.0
@@ -51,11 +55,13 @@ def submit(
     data: bytes,
     source_key: str | None = None,
     run_tag: str | None = None,
+    deadline_s: float | None = None,
 ) -> BatchInfo:
     """Register a manifest as a batch (idempotent): keep its bytes and write `batch.json`.
 
     The same bytes submitted again to the same workspace, under any file name, return the existing
-    batch. A new `run_tag` makes a new batch of the same bytes, on purpose.
+    batch (with the deadline it was given first). A new `run_tag` makes a new batch of the same bytes,
+    on purpose. `deadline_s`: every item is to be answered within that many seconds of now.
     """
     try:
         workspace = canonical_workspace(workspace)
@@ -65,7 +71,7 @@ def submit(
     sha = hashlib.sha256(data).hexdigest()
     name = posixpath.basename(source_name)
     batch_id = batch_id_for(workspace, sha, run_tag=run_tag)
-    info = BatchInfo(batch_id, workspace, name, sha, now_iso(), source_key, run_tag)
+    info = BatchInfo(batch_id, workspace, name, sha, now_iso(), source_key, run_tag, deadline_s)
     if storage.exists(*info.folder("batch.json")):
         return load_batch(storage, info.batch_id)
     storage.write_bytes(data, *info.folder("source", name))
@@ -104,13 +110,20 @@ def load_manifest(storage: Storage, info: BatchInfo) -> Manifest:
 
 def stage_quote(storage: Storage, settings: Settings, catalog: Catalog, info: BatchInfo, manifest: Manifest) -> Quote:
     """Price and route every item into `quote.parquet` and `quote.json`."""
-    quote = build_quote(
-        manifest, workspace=info.workspace, catalog=catalog, policy=settings.workspace(info.workspace).policy
-    )
+    deadline_s = deadline_of(settings, info)
+    quote = build_quote(manifest, workspace=info.workspace, catalog=catalog,
+                        policy=settings.workspace(info.workspace).policy,
+                        lanes=lanes.chooser(settings, catalog, deadline_s) if deadline_s is not None else None,
+                        deadline_s=deadline_s)  # fmt: skip
     storage.write_parquet(quote.items, *info.folder("quote.parquet"))
     storage.write_json({**quote.summary(), "batch_id": info.batch_id}, *info.folder("quote.json"))
     record_state(storage, info, BatchState.QUOTED, settings.database, "batchrouter", quote_id=quote.quote_id)
     return quote
+
+
+def deadline_of(settings: Settings, info: BatchInfo) -> float | None:
+    """The batch's deadline (seconds after it was submitted): its own, else its workspace's default."""
+    return info.deadline_s if info.deadline_s is not None else settings.default_deadline_s(info.workspace)
 
 
 def load_quote(storage: Storage, info: BatchInfo) -> Quote:
@@ -121,7 +134,8 @@ def load_quote(storage: Storage, info: BatchInfo) -> Quote:
         catalog_version=summary["catalog_version"],
         source=summary["source"],
         manifest_sha256=summary["manifest_sha256"],
-        items=storage.read_parquet(*info.folder("quote.parquet")),
+        items=with_lane_columns(storage.read_parquet(*info.folder("quote.parquet"))),
+        deadline_s=summary.get("deadline_s"),
     )
 
 
@@ -162,8 +176,11 @@ def stage_dispatch(
     simulator_url: str | None = None,
     on_heartbeat: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Dispatch every routed item without a final result, then write outputs and receipts.
+    """Send every routed item without a final result on its lane, then write outputs and receipts.
 
+    Online and flex items are dispatched now; batch-lane items are collected from the provider batches
+    that ended, hedged online when theirs will not make the deadline, and the rest submitted as provider
+    batches (`batch_lane`): the batch then waits on its providers and a later call goes on.
     Safe to run again at any time: items with a final result in the checkpoint are skipped.
     """
     holds = Ledger(settings.database).batch_holds(info.batch_id)
@@ -173,25 +190,10 @@ def stage_dispatch(
     hold_status = holds[-1].status if holds else None
     routed = load_routed_items(storage, info)
     checkpoint = Checkpoint(storage, info.batch_id, every_items=settings.dispatch.checkpoint_items)
-    done = checkpoint.load()
-    todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
-    jobs = jobs_from_routed(todo) if todo.height else []
-    counts = {
-        "succeeded": int((done["status"] == ItemStatus.SUCCEEDED).sum()),
-        "failed": int((done["status"] == ItemStatus.FAILED).sum()),
-    }
+    counts = {"succeeded": 0, "failed": 0}
     total = routed.height
-    if jobs and hold_status != HoldStatus.HELD and not cancelled():
-        raise BatchError(
-            f"batch {info.batch_id}'s reservation is {hold_status}; {len(jobs)} items cannot be dispatched without one"
-        )
-    # A reserved round with nothing left to send (a run died after dispatching) still passes through
-    # dispatching, so settling it may end the batch.
-    if (jobs or current_state(storage, info) == BatchState.RESERVED) and not cancelled():
-        record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
-                     remaining=len(jobs), **counts)  # fmt: skip
     beat = [time.monotonic()]
-    cost = [int(done["cost_usd_micros"].sum() or 0)]
+    cost = [0]
 
     def record(result: ItemResult) -> None:
         checkpoint.add(result)
@@ -207,14 +209,37 @@ def stage_dispatch(
             if current_state(storage, info) == BatchState.DISPATCHING:
                 record_state(storage, info, BatchState.DISPATCHING, None, "batchrouter", items=total, **counts)
 
-    routes = {r for job in jobs for r in job.chain}
     health: list[dict[str, Any]] = []
     started = time.monotonic()
     try:
         with ExitStack() as stack:
             url = simulator_url
-            if url is None and _needs_simulator(settings, catalog, routes):
+            if url is None and _needs_simulator(settings, catalog, _routes_to_reach(storage, info, routed, checkpoint)):
                 url = stack.enter_context(running_simulator(settings.simulator))
+            lane = BatchLane(storage, settings, catalog, info, simulator_url=url, record=record)
+            if storage.exists(*info.folder(batch_lane.FOLDER)):
+                lane.refresh(cancel_all=cancelled())  # collect what ended, hedge what is late
+                checkpoint.flush()
+            done = checkpoint.load()
+            counts["succeeded"] = int((done["status"] == ItemStatus.SUCCEEDED).sum())
+            counts["failed"] = int((done["status"] == ItemStatus.FAILED).sum())
+            cost[0] = int(done["cost_usd_micros"].sum() or 0)
+            todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
+            online, to_submit, waiting = lane.split(todo)
+            jobs = _jobs(online)
+            if (jobs or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
+                raise BatchError(
+                    f"batch {info.batch_id}'s reservation is {hold_status}; "
+                    f"{len(jobs) + to_submit.height} items cannot be sent without one"
+                )
+            # A reserved round with nothing left to send (a run died after dispatching) still passes through
+            # dispatching, so settling it may end the batch.
+            state = current_state(storage, info)
+            if (jobs or to_submit.height or state == BatchState.RESERVED) and not cancelled():
+                record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
+                             remaining=len(jobs) + to_submit.height + waiting, **counts)  # fmt: skip
+            if to_submit.height and not cancelled():
+                lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
             dispatcher = Dispatcher(
                 settings=settings,
                 catalog=catalog,
@@ -225,6 +250,8 @@ def stage_dispatch(
             )
             asyncio.run(dispatcher.run(jobs))
             health = [r.health.row() for r in dispatcher.routes.values()]
+            held = sum(s.lines for s in lane.sent() if s.holds_lines) if not cancelled() else 0
+            batch_lane.mark_waiting(storage, info, lane.next_poll_wall() if held else None)
     finally:
         checkpoint.flush()
     elapsed = time.monotonic() - started
@@ -233,7 +260,36 @@ def stage_dispatch(
             pl.lit(now_iso()).alias("run_at"), pl.lit(elapsed).alias("run_seconds")
         )
         storage.write_parquet(frame, *info.folder("dispatch", f"health-{time.time_ns()}.parquet"))
-    return write_results(storage, info)
+    summary = write_results(storage, info)
+    if held and current_state(storage, info) != BatchState.WAITING_ON_PROVIDER:
+        record_state(storage, info, BatchState.WAITING_ON_PROVIDER, settings.database, "batchrouter", items=total,
+                     waiting=held, succeeded=summary["succeeded"], failed=summary["failed"],
+                     message=f"{held} items are in provider batches, collected as the providers answer")  # fmt: skip
+    return summary
+
+
+def _routes_to_reach(storage: Storage, info: BatchInfo, routed: pl.DataFrame, checkpoint: Checkpoint) -> set[str]:
+    """Routes this round may call: those of items without an answer (and their fallbacks), and of open
+    provider batches."""
+    done = checkpoint.load()
+    todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
+    routes = set(todo["route"]) | set(todo["fallbacks"].explode().drop_nulls()) if todo.height else set()
+    if storage.exists(*info.folder(batch_lane.FOLDER)):
+        routes |= {sent["route"] for sent in batch_lane.open_sent(storage, info)}
+    return routes
+
+
+def _jobs(items: pl.DataFrame) -> list[Job]:
+    """The dispatcher's jobs for routed items; a flex-lane item asks for `service_tier: "flex"`."""
+    if not items.height:
+        return []
+    jobs = jobs_from_routed(items)
+    if "lane" in items.columns:
+        flex = set(items.filter(pl.col("lane") == str(Lane.FLEX))["item_id"].to_list())
+        for job in jobs:
+            if job.item_id in flex:
+                job.request = replace(job.request, params={**(job.request.params or {}), "service_tier": "flex"})
+    return jobs
 
 
 def _cancel_watch(storage: Storage, info: BatchInfo, every_s: float = 1.0) -> Callable[[], bool]:

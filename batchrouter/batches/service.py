@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from batchrouter.access.accounts import Principal
 from batchrouter.access.actors import SYSTEM, Actor
-from batchrouter.batches import lifecycle, settlement
+from batchrouter.batches import batch_lane, lifecycle, settlement
 from batchrouter.batches.leases import Leases, is_dead, owner_name
 from batchrouter.batches.lifecycle import current_state, record_state
 from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSummary
 from batchrouter.batches.states import ALLOWED, BatchState
 from batchrouter.batches.status import batch_status
 from batchrouter.core.batch_info import BATCHES, BatchInfo, batch_id_for, check_run_tag, load_batch
+from batchrouter.core.durations import parse_duration
 from batchrouter.core.errors import AwaitingApproval, BatchBusy, BatchError, Forbidden, ManifestError, NotFound
 from batchrouter.execution.checkpoint import Checkpoint
 from batchrouter.intake import drops
@@ -136,10 +137,15 @@ class Batches:
         workspace: str,
         run_tag: str | None = None,
         source_key: str | None = None,
+        deadline: str | float | None = None,
     ) -> BatchView:
-        """Register a manifest as a batch (idempotent: the same bytes and run tag are the same batch)."""
+        """Register a manifest as a batch (idempotent: the same bytes and run tag are the same batch).
+
+        `deadline`: a duration ("24h", "30m", seconds) within which every item is to be answered; the
+        cheapest lanes that make it are chosen. None: the workspace's default deadline, else at once.
+        """
         info = lifecycle.submit(self._engine.storage, workspace=workspace, source_name=filename, data=data,
-                                source_key=source_key, run_tag=run_tag)  # fmt: skip
+                                source_key=source_key, run_tag=run_tag, deadline_s=_deadline(deadline))  # fmt: skip
         return self._view(info)
 
     def create(
@@ -153,6 +159,7 @@ class Batches:
         run_tag: str | None = None,
         source_key: str | None = None,
         approve: bool = False,
+        deadline: str | float | None = None,
     ) -> BatchView:
         """Make a batch ready to dispatch: register, validate, quote, route, approval gate, reserve.
 
@@ -179,7 +186,7 @@ class Batches:
         batch_id = batch_id_for(workspace, hashlib.sha256(data).hexdigest(), run_tag=run_tag)
         with self._create_lock(batch_id):
             info = lifecycle.submit(self._engine.storage, workspace=workspace, source_name=filename, data=data,
-                                    source_key=source_key, run_tag=run_tag)  # fmt: skip
+                                    source_key=source_key, run_tag=run_tag, deadline_s=_deadline(deadline))  # fmt: skip
             if self._engine.ledger.batch_holds(info.batch_id):
                 return self._view(info)  # made already: running it again is `advance` or `retry`, never a create
             with self._lease(info.batch_id, actor, wait=False) as leased:
@@ -386,6 +393,32 @@ class Batches:
         models = items["model"].drop_nulls().unique().to_list()
         return providers_for(models, catalog=engine.catalog, policy=engine.settings.workspace(info.workspace).policy)
 
+    def waiting_due(self) -> builtins.list[str]:
+        """Batches waiting on a provider that an advance would move on now (the provider-batch sensor's list).
+
+        Looks at each waiting batch when its backoff says so: polls its provider batches (without
+        changing the batch), and lists it when one ended, is gone, or is past its hedge time; otherwise
+        the next look waits longer (`lanes.poll_interval_s`, doubling up to `lanes.poll_max_s`).
+        """
+        engine = self._engine
+        storage, settings = engine.storage, engine.settings
+        out = []
+        for batch_id, polls in batch_lane.due(storage):
+            try:
+                info = load_batch(storage, batch_id)
+            except BatchError:
+                batch_lane.forget_waiting(storage, batch_id)  # its folder is gone: nothing waits any more
+                continue
+            lane = batch_lane.BatchLane(storage, settings, engine.catalog, info, record=lambda result: None)
+            ready = lane.ready()
+            if ready is True:
+                out.append(batch_id)
+            elif ready is False:
+                batch_lane.mark_waiting(storage, info, lane.next_poll_wall(polls + 1), polls=polls + 1)
+            else:  # the provider asked us to wait
+                batch_lane.mark_waiting(storage, info, time.time() + ready, polls=polls)
+        return out
+
     def approved_waiting(self) -> builtins.list[str]:
         """Batches at the approval gate that have since been approved (the approval sensor's list)."""
         out = []
@@ -473,3 +506,7 @@ def _progress(on_progress: Callable[[Progress], None] | None) -> Callable[[int, 
                              elapsed_s=time.monotonic() - started))  # fmt: skip
 
     return report
+
+
+def _deadline(value: str | float | None) -> float | None:
+    return None if value is None else parse_duration(value, field="deadline")

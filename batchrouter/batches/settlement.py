@@ -188,7 +188,9 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Expire the holds of batches whose runs died (no progress for `stale_after`) and mark them failed.
 
-    A batch that `running(batch_id)` says a live run holds is left alone, however long it has been quiet.
+    A batch that `running(batch_id)` says a live run holds is left alone, however long it has been quiet,
+    and so is a batch waiting on its providers' batches: no run is meant to be alive then (the
+    provider-batch sensor, or `batchrouter run` again, moves it on, hedging by its deadline).
     """
 
     ledger = Ledger(settings.database)
@@ -203,6 +205,8 @@ def sweep(
         except (BatchError, FileNotFoundError, KeyError, ValueError):
             info, last = None, hold.created_at
         if now - last < stale_after or running(batch_id) is not None:
+            continue
+        if info is not None and current_state(storage, info) == BatchState.WAITING_ON_PROVIDER:
             continue
         entry = ledger.expire(hold.batch_id, reason=f"no progress since {last.isoformat()}; run presumed dead")
         Accounts(settings.database).record(hold.workspace, "sweeper", "batch.expired", hold.batch_id,

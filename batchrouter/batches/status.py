@@ -7,6 +7,7 @@ from typing import Any
 
 import polars as pl
 
+from batchrouter.batches.batch_lane import lane_status
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.config import Settings
 from batchrouter.core.storage import Storage
@@ -29,6 +30,7 @@ def batch_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
         quote = storage.read_json(*folder("quote.json"))
         out["quote"] = {k: quote[k] for k in ("quote_id", "items", "accepted", "rejected", "reserve_usd_micros",
                                               "expected_usd_micros", "catalog_version")}  # fmt: skip
+        out["quote"] |= {k: quote[k] for k in ("online_expected_usd_micros", "deadline_s", "by_lane") if k in quote}
     if storage.exists(*folder("receipts.parquet")):
         receipts = storage.read_parquet(*folder("receipts.parquet"))
         out["items_by_status"] = dict(receipts.group_by("status").len().sort("status").iter_rows())
@@ -42,6 +44,7 @@ def batch_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[
         )
         out["outputs"] = storage.url(*folder("outputs.parquet"))
         out["receipts"] = storage.url(*folder("receipts.parquet"))
+    out |= lane_status(storage, settings, info)
     holds = Ledger(settings.database).batch_holds(info.batch_id)
     out["holds"] = [
         {"hold": h.batch_id, "status": h.status, "reserved_usd_micros": h.amount_usd_micros,

@@ -28,6 +28,8 @@ class BatchInfo:
     submitted_at: str
     source_key: str | None = None  # where it was dropped in the bucket, if it came that way
     run_tag: str | None = None  # set when the same bytes were run again on purpose
+    # Seconds from `submitted_at` by which every item is to be answered (None: as soon as possible).
+    deadline_s: float | None = None
 
     def folder(self, *parts: str) -> tuple[str, ...]:
         return (BATCHES, self.batch_id, *parts)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,8 +33,15 @@ Endpoint = Literal["chat", "responses", "embeddings"]
 ImageRule = Literal["tile", "patch", "area", "none"]
 Objective = Literal["cost", "latency", "balanced"]
 # How an item reaches its provider: online requests (the dispatcher), OpenAI's flex tier, or the provider's Batch API.
-Lane = Literal["online", "flex", "batch"]
-LANES: tuple[Lane, ...] = ("online", "flex", "batch")
+class Lane(StrEnum):
+    """How an item reaches its route (`batchrouter.pricing.lanes`)."""
+
+    ONLINE = "online"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+LANES: tuple[Lane, ...] = tuple(Lane)
 
 _STRICT = ConfigDict(extra="forbid")
 

@@ -55,6 +55,9 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "error_message": pl.String(),
     "fallbacks_used": pl.Int64(),
     "rate_limited": pl.Int64(),
+    "lane": pl.String(),  # online, flex or batch (`pricing.lanes`)
+    "provider_batch_id": pl.String(),  # the provider batch that answered it (batch lane)
+    "custom_id": pl.String(),  # its line's id in that provider batch
 }
 
 
@@ -88,6 +91,9 @@ class ItemResult:
     error_message: str | None
     fallbacks_used: int
     rate_limited: int
+    lane: str = "online"
+    provider_batch_id: str | None = None
+    custom_id: str | None = None
 
 
 def utc(ts: float) -> datetime:
@@ -112,7 +118,10 @@ class Checkpoint:
         if not names:
             return pl.DataFrame(schema=RESULT_SCHEMA)
         parts = [self.storage.read_parquet(*self.folder, n) for n in names]
-        return pl.concat(parts, how="vertical_relaxed").unique("item_id", keep="first", maintain_order=True)
+        # Chunks written before a column existed have none: it is null there (the lane: online).
+        frame = pl.concat([pl.DataFrame(schema=RESULT_SCHEMA), *parts], how="diagonal_relaxed")
+        frame = frame.with_columns(pl.col("lane").fill_null("online"))
+        return frame.unique("item_id", keep="first", maintain_order=True)
 
     def add(self, result: ItemResult) -> None:
         self.pending.append(result)

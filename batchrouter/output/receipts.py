@@ -13,7 +13,8 @@ FINAL_STATES = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.REJECTED)
 RECEIPT_COLUMNS = (
     "item_id", "batch_id", "workspace", "route", "provider", "model", "status", "attempts", "input_tokens",
     "output_tokens", "cached_tokens", "reserve_usd_micros", "cost_usd_micros", "cost_source", "latency_ms",
-    "started_at", "finished_at", "provider_request_id", "input_sha256", "output_sha256",
+    "started_at", "finished_at", "provider_request_id", "input_sha256", "output_sha256", "lane", "provider_batch_id",
+    "custom_id",
 )  # fmt: skip
 OUTPUT_COLUMNS = (
     "row", "item_id", "status", "output_text", "choices", "finish_reason", "error_code", "error_message", "metadata",
@@ -35,7 +36,9 @@ def build_outputs(
         pl.col("model"),
         pl.col("row").alias("_row"),
     )
-    base = quote_items.select(pl.col("row").alias("_row"), "item_id", pl.col("status").alias("_quoted"))
+    lane = pl.col("lane") if "lane" in quote_items.columns else pl.lit(None, pl.String)
+    base = quote_items.select(pl.col("row").alias("_row"), "item_id", pl.col("status").alias("_quoted"),
+                              lane.alias("_lane"))  # fmt: skip
     meta = manifest_items.select(pl.col("row").alias("_row"), "metadata")
     accepted = base.filter(pl.col("_quoted") == "accepted").join(results, on="item_id", how="left")
     merged = pl.concat([accepted.drop("_quoted"), rejected], how="diagonal_relaxed").join(meta, on="_row", how="left")
@@ -48,5 +51,7 @@ def build_outputs(
     for name, dtype in RESULT_SCHEMA.items():
         if name not in merged.columns:
             merged = merged.with_columns(pl.lit(None, dtype).alias(name))
-    merged = merged.with_columns(pl.col("cost_usd_micros").fill_null(0), pl.col("attempts").fill_null(0))
+    # An item still waiting shows the lane it was quoted on; an answered one the lane that answered it.
+    merged = merged.with_columns(pl.col("cost_usd_micros").fill_null(0), pl.col("attempts").fill_null(0),
+                                 pl.coalesce("lane", "_lane").alias("lane"))  # fmt: skip
     return merged.select(OUTPUT_COLUMNS), merged.select(RECEIPT_COLUMNS)

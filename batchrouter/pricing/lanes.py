@@ -23,20 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from fractions import Fraction
 
 import polars as pl
 
 from batchrouter.core.catalog import Catalog, CatalogEntry
+from batchrouter.core.config import Lane as Lane
 from batchrouter.core.config import ProviderConfig, Settings
-
-
-class Lane(StrEnum):
-    ONLINE = "online"
-    FLEX = "flex"
-    BATCH = "batch"
-
 
 # Wires with a provider Batch API, and the one that sells flex.
 _BATCH_WIRES = frozenset({"openai", "anthropic"})
@@ -147,3 +140,26 @@ def lane_summary(accepted: pl.DataFrame) -> list[dict[str, object]]:
         .sort("route", "lane")
         .to_dicts()
     )
+
+
+def chooser(settings: Settings, catalog: Catalog, deadline_s: float | None) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """The lane choice a quote makes under `deadline_s`, from what was measured (`pricing.predictions`).
+
+    Every figure is on the batch's clock: provider seconds, which pass `lanes.time_scale` times faster
+    than the wall in a simulation, so the online lane's wall seconds are scaled to it.
+    """
+    from batchrouter.pricing.predictions import Predictions
+
+    lanes = settings.lanes
+    predictions = Predictions(settings.database)
+
+    def online_s(entry: CatalogEntry, items: int) -> float:
+        rpm = settings.provider(entry.provider).rpm
+        return Predictions.online_s(items, rpm, entry.typical_latency_ms / 1000) * lanes.time_scale
+
+    def predict(provider: str, lane: Lane, lines: int) -> float:
+        return predictions.completion_s(provider, lane, lines, config=lanes)
+
+    timing = Timing(predict=predict, online_s=online_s, margin_s=lanes.margin_s, flex_slowdown=lanes.flex_slowdown)
+    return lambda accepted: choose_lanes(accepted, deadline_s=deadline_s, catalog=catalog, settings=settings,
+                                         timing=timing)  # fmt: skip

@@ -325,5 +325,14 @@ def routed_items(manifest: Manifest, quote: Quote) -> pl.DataFrame:
         "output_cap",
         "reserve_usd_micros",
         "expected_usd_micros",
+        "lane",
+        "hedge_at_s",
     )
     return priced.join(request, on="item_id", how="left", maintain_order="left")
+
+
+def with_lane_columns(items: pl.DataFrame) -> pl.DataFrame:
+    """A quote's items with the lane columns (a quote made before lanes: every accepted item online)."""
+    if "lane" in items.columns:
+        return items
+    return _with_lanes(items, None)

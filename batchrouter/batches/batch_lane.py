@@ -1,0 +1,440 @@
+"""The batch lane: a batch's items sent through the providers' own Batch APIs, and brought back.
+
+A run submits the lane's items as provider batches (`execution.provider_batches`, planned to fit the
+provider's limits) and records each one under `batches/<id>/provider_batches/<key>.json` with its
+lines (`<key>.parquet`: `custom_id` -> `item_id`); the batch then waits on its providers
+(`waiting_on_provider`) and the run ends: nothing waits hours in a process.
+
+Each later advance (the provider-batch sensor, `batchrouter run` again) polls the provider batches
+still in flight and:
+- collects every line of a batch that ended into the checkpoint; the first answer an item gets is
+  the one kept (`Checkpoint.load`), so an item is charged once whichever lane answered it;
+- hands back for the online lane the lines that came back without an answer (expired, cancelled, a
+  retryable error, a batch the provider refused or no longer knows): expiry is partial success;
+- hedges: once the batch's clock passes a provider batch's `hedge_at_s` (the last moment its items
+  can still be sent online before the deadline), it is cancelled and its unanswered lines go online.
+  A line answered before that is never sent again.
+
+A line answered by a provider batch is priced at the batch discount (`CatalogEntry.cost_micros`,
+tier "batch"), never above the reservation, which is the online price. What the provider measured
+for each ended batch (its own timestamps) goes to `pricing.predictions`, which the next quotes use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from batchrouter.core.batch_info import BatchInfo
+from batchrouter.core.catalog import Catalog
+from batchrouter.core.config import Settings
+from batchrouter.core.errors import BatchCapacityError, ConfigError, ProviderError, RateLimitedError, TerminalError
+from batchrouter.core.storage import Storage
+from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
+from batchrouter.execution.dispatch import Job
+from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
+from batchrouter.pricing.lanes import Lane
+from batchrouter.pricing.predictions import Outcome, Predictions
+
+FOLDER = "provider_batches"
+# A provider batch's end as a prediction's observation.
+_OUTCOME: dict[str, Outcome] = {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}
+WAITING = "waiting_on_provider"  # batches/../ markers: <batch_id> -> when the sensor next polls it
+
+
+@dataclass
+class Sent:
+    """One provider batch, as this batch recorded it."""
+
+    key: str  # ours: `<batch_id>-<n>`, also the provider batch's idempotency key
+    route: str
+    provider: str
+    lines: int
+    submitted_at: float  # wall-clock unix seconds
+    hedge_at_s: float | None  # on the batch's clock (seconds after it was submitted)
+    provider_batch_id: str | None = None  # None: the provider refused it (its lines went online)
+    status: str = "validating"
+    created_at: float | None = None  # the provider's clock
+    ended_at: float | None = None
+    polls: int = 0
+    # in_flight -> ended (collected) | hedged (cancel asked, lines sent online; collected when it ends) |
+    # refused (never made) | lost (the provider no longer knows it)
+    state: str = "in_flight"
+    collected: bool = False
+    error: str | None = None
+    history: list[str] = field(default_factory=list)  # provider statuses seen, in order
+
+    @property
+    def open(self) -> bool:
+        """Still worth polling: its answers may yet come back."""
+        return self.state in ("in_flight", "hedged") and not self.collected
+
+    @property
+    def holds_lines(self) -> bool:
+        """Its unanswered lines wait on the provider (not yet released to the online lane)."""
+        return self.state == "in_flight"
+
+
+class BatchLane:
+    """The batch lane of one batch; `clock_s()` is the batch's clock (seconds since it was submitted)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: Settings,
+        catalog: Catalog,
+        info: BatchInfo,
+        *,
+        simulator_url: str | None = None,
+        record: Callable[[ItemResult], None],
+    ) -> None:
+        self.storage, self.settings, self.catalog, self.info = storage, settings, catalog, info
+        self.simulator_url = simulator_url
+        self.record = record
+        self.lanes = settings.lanes
+
+    # -- the batch's records --------------------------------------------------------------------------
+
+    def sent(self) -> list[Sent]:
+        names = sorted(n for n in self.storage.list(*self.info.folder(FOLDER)) if n.endswith(".json"))
+        return [Sent(**self.storage.read_json(*self.info.folder(FOLDER, n))) for n in names]
+
+    def _save(self, sent: Sent) -> None:
+        self.storage.write_json(asdict(sent), *self.info.folder(FOLDER, f"{sent.key}.json"))
+
+    def lines(self, sent: Sent) -> pl.DataFrame:
+        return self.storage.read_parquet(*self.info.folder(FOLDER, f"{sent.key}.parquet"))
+
+    def clock_s(self) -> float:
+        """Seconds since the batch was submitted, on BatchRouter's clock (`lanes.time_scale` in simulations)."""
+        started = datetime.fromisoformat(self.info.submitted_at).timestamp()
+        return (time.time() - started) * self.lanes.time_scale
+
+    # -- a round ----------------------------------------------------------------------------------------
+
+    def split(self, todo: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        """(items for the online dispatcher, items to submit in provider batches, items waiting on a provider).
+
+        `todo`: routed items without a final result. A batch-lane item goes online once its provider batch
+        let go of it, or when its hedge time has passed before it was ever sent.
+        """
+        if not todo.height or "lane" not in todo.columns:
+            return todo, todo.clear(), 0
+        batch = todo.filter(pl.col("lane") == str(Lane.BATCH))
+        online = todo.filter(pl.col("lane") != str(Lane.BATCH))
+        held: set[str] = set()
+        released: set[str] = set()
+        for sent in self.sent():
+            ids = set(self.lines(sent)["item_id"].to_list())
+            (held if sent.holds_lines else released).update(ids)
+        released -= held
+        waiting = batch.filter(pl.col("item_id").is_in(list(held)))
+        back = batch.filter(pl.col("item_id").is_in(list(released)))
+        fresh = batch.filter(~pl.col("item_id").is_in(list(held | released)))
+        now = self.clock_s()
+        late = fresh.filter(pl.col("hedge_at_s").is_null() | (pl.col("hedge_at_s") <= now))
+        fresh = fresh.filter(pl.col("hedge_at_s").is_not_null() & (pl.col("hedge_at_s") > now))
+        return pl.concat([online, back, late], how="vertical_relaxed"), fresh, waiting.height
+
+    def submit(self, items: pl.DataFrame, jobs: dict[str, Job]) -> list[Sent]:
+        """Send `items` (batch lane, never sent) as provider batches, by route, each fitting its limits."""
+        made: list[Sent] = []
+        count = len(self.sent())
+        for (route,), part in items.group_by("route", maintain_order=True):
+            entry = self.catalog.entry(str(route))
+            hedge_at = part["hedge_at_s"].min()
+            lines = [
+                BatchLine(f"r{row}", jobs[item_id].request, entry.upstream, int(tokens))
+                for row, item_id, tokens in part.select("row", "item_id", "input_tokens").iter_rows()
+            ]
+            by_custom = dict(zip((f"r{r}" for r in part["row"]), part["item_id"], strict=True))
+            try:
+                client = self._client(entry.provider)
+            except ConfigError:
+                continue  # no batch API here after all: the items stay unsent and go online at their hedge time
+            for chunk in client.plan(lines):
+                count += 1
+                sent = Sent(key=f"{self.info.batch_id}-{count:04d}", route=str(route), provider=entry.provider,
+                            lines=len(chunk), submitted_at=time.time(),
+                            hedge_at_s=float(hedge_at) if hedge_at is not None else None)  # type: ignore[arg-type]  # fmt: skip
+                ids = [by_custom[x.custom_id] for x in chunk]
+                frame = pl.DataFrame({"custom_id": [x.custom_id for x in chunk], "item_id": ids,
+                                      "reserve_usd_micros": [jobs[i].reserve_usd_micros for i in ids],
+                                      "input_sha256": [jobs[i].input_sha256 for i in ids]})  # fmt: skip
+                self.storage.write_parquet(frame, *self.info.folder(FOLDER, f"{sent.key}.parquet"))
+                try:
+                    batch = _run(client, client.submit(chunk, metadata=self._metadata(sent), completion_window="24h"))
+                except BatchCapacityError:
+                    # Over the enqueued-token limit: nothing was made; the lines are sent again next round.
+                    self.storage.fs.rm(self.storage.path(*self.info.folder(FOLDER, f"{sent.key}.parquet")))
+                    count -= 1
+                    break
+                except ProviderError as exc:
+                    sent.state, sent.error = "refused", f"{exc.code}: {exc.message}"
+                else:
+                    self._update(sent, batch)
+                self._save(sent)
+                made.append(sent)
+        return made
+
+    def refresh(self, *, cancel_all: bool = False) -> int:
+        """Poll the provider batches still open, collect those that ended, hedge those past their time.
+
+        Returns the lines still waiting on a provider. `cancel_all`: the batch was cancelled; every
+        provider batch in flight is cancelled and its lines answered so far are not waited for.
+        """
+        now = self.clock_s()
+        for sent in self.sent():
+            if not sent.open or sent.provider_batch_id is None:
+                continue
+            client = self._client(sent.provider)
+            try:
+                batch = _run(client, client.poll(sent.provider_batch_id))
+            except TerminalError as exc:
+                if exc.code == "not_found":  # the provider no longer knows it: its lines go online
+                    sent.state, sent.error = "lost", f"{exc.code}: {exc.message}"
+                    self._save(sent)
+                continue
+            except ProviderError:
+                continue  # unreachable for now: asked again next round
+            self._update(sent, batch)
+            if batch.ended:
+                self._collect(client, sent, batch)
+            elif sent.state == "in_flight" and (cancel_all or (sent.hedge_at_s is not None and now >= sent.hedge_at_s)):
+                self._hedge(client, sent)
+            self._save(sent)
+        return sum(s.lines for s in self.sent() if s.holds_lines)
+
+    def next_poll_wall(self, polls: int = 0) -> float | None:
+        """When to look again (wall clock): after the backoff for `polls` looks, or at a hedge time if sooner."""
+        holding = [sent for sent in self.sent() if sent.holds_lines]
+        if not holding:
+            return None
+        times = [time.time() + self.lanes.wall_s(self.lanes.poll_delay_s(polls))]
+        started = datetime.fromisoformat(self.info.submitted_at).timestamp()
+        times += [started + self.lanes.wall_s(s.hedge_at_s) for s in holding if s.hedge_at_s is not None]
+        return min(times)
+
+    def ready(self) -> bool | float:
+        """Whether an advance has something to do now: a provider batch ended, is gone, or is past its hedge
+        time. Polls without writing anything (a run may hold the batch); a provider that asks us to slow
+        down gives the seconds to wait instead."""
+        now = self.clock_s()
+        for sent in self.sent():
+            if not sent.holds_lines:
+                continue
+            if sent.provider_batch_id is None or (sent.hedge_at_s is not None and now >= sent.hedge_at_s):
+                return True
+            try:
+                client = self._client(sent.provider, retry_timeout_s=10.0, max_retry_after_s=5.0)
+                batch = _run(client, client.poll(sent.provider_batch_id))
+            except ConfigError:
+                return True  # only a run can reach it (a simulator started by the run)
+            except RateLimitedError as exc:
+                return float(exc.retry_after_s or self.lanes.poll_interval_s)
+            except TerminalError as exc:
+                if exc.code == "not_found":
+                    return True
+                continue
+            except ProviderError:
+                continue
+            if batch.ended:
+                return True
+        return False
+
+    # -- inside -----------------------------------------------------------------------------------------
+
+    def _metadata(self, sent: Sent) -> dict[str, str]:
+        return {"batchrouter_batch": self.info.batch_id, "batchrouter_key": sent.key}
+
+    def _client(self, provider: str, **options: Any) -> BatchClient:
+        return batch_client_for(provider, self.settings.provider(provider), simulator_url=self.simulator_url,
+                                simulator=self.settings.simulator, **options)  # fmt: skip
+
+    def _update(self, sent: Sent, batch: ProviderBatch) -> None:
+        sent.provider_batch_id = batch.provider_batch_id
+        sent.status = str(batch.status)
+        sent.created_at, sent.ended_at = batch.created_at, batch.ended_at
+        sent.polls += 1
+        if not sent.history or sent.history[-1] != sent.status:
+            sent.history.append(sent.status)
+
+    def _hedge(self, client: BatchClient, sent: Sent) -> None:
+        """Cancel a provider batch that will not make the deadline; its unanswered lines go online now."""
+        assert sent.provider_batch_id is not None
+        try:
+            batch = _run(client, client.cancel(sent.provider_batch_id))
+            self._update(sent, batch)
+        except ProviderError as exc:
+            sent.error = f"cancel: {exc.code}: {exc.message}"
+        sent.state = "hedged"
+        self._observe(sent, outcome="hedged")
+
+    def _collect(self, client: BatchClient, sent: Sent, batch: ProviderBatch) -> None:
+        """Every answered line of an ended provider batch into the checkpoint; the rest are let go."""
+        ids = {row["custom_id"]: row for row in self.lines(sent).iter_rows(named=True)}
+        entry = self.catalog.entry(sent.route)
+
+        async def read() -> list[LineResult]:
+            async with client:
+                return [line async for line in client.results(batch)]
+
+        try:
+            results = asyncio.run(read())
+        except ProviderError as exc:
+            sent.error = f"results: {exc.code}: {exc.message}"
+            return  # read again next round
+        finished = utc(batch.ended_at or time.time())
+        for line in results:
+            sent_line = ids.get(line.custom_id)
+            if sent_line is None:
+                continue  # a line we never sent (cannot happen with the provider's own files)
+            result = self._result(sent, entry, sent_line, line, finished)
+            if result is not None:
+                self.record(result)
+        sent.collected = True
+        if sent.state == "in_flight":
+            sent.state = "ended"
+            self._observe(sent, outcome=_OUTCOME.get(batch.status, "failed"))
+
+    def _result(
+        self, sent: Sent, entry: Any, sent_line: dict[str, Any], line: LineResult, finished: Any
+    ) -> ItemResult | None:
+        """The checkpoint's row for a line: an answer, or a failure no lane would change; None: send it online."""
+        common: dict[str, Any] = dict(
+            item_id=sent_line["item_id"], route=sent.route, provider=sent.provider, model=entry.name,
+            upstream=entry.upstream, attempts=1, reserve_usd_micros=sent_line["reserve_usd_micros"], latency_ms=None,
+            started_at=utc(sent.submitted_at), finished_at=finished, input_sha256=sent_line["input_sha256"],
+            fallbacks_used=0, rate_limited=0, lane=str(Lane.BATCH),
+            provider_batch_id=sent.provider_batch_id, custom_id=line.custom_id,
+        )  # fmt: skip
+        if line.completion is not None:
+            c = line.completion
+            cost = entry.cost_micros(c.input_tokens, c.output_tokens, cached=c.cached_tokens, tier="batch")
+            text = c.text
+            return ItemResult(
+                status=ItemStatus.SUCCEEDED, input_tokens=c.input_tokens, output_tokens=c.output_tokens,
+                cached_tokens=c.cached_tokens, cost_usd_micros=cost, cost_source="catalog" if cost else "none",
+                provider_request_id=c.request_id or line.request_id,
+                output_sha256=hashlib.sha256(text.encode()).hexdigest(), output_text=text,
+                choices=json.dumps(c.choices, ensure_ascii=False) if c.choices else None,
+                finish_reason=c.finish_reason, error_code=None, error_message=None, **common,
+            )  # fmt: skip
+        error = line.error
+        if isinstance(error, TerminalError) and error.code not in ("batch_expired", "batch_cancelled"):
+            return ItemResult(
+                status=ItemStatus.FAILED, input_tokens=0, output_tokens=0, cached_tokens=0, cost_usd_micros=0,
+                cost_source="none", provider_request_id=line.request_id, output_sha256=None, output_text=None,
+                choices=None, finish_reason=None, error_code=error.code,
+                error_message=f"{error.message} (in provider batch {sent.provider_batch_id})", **common,
+            )  # fmt: skip
+        return None  # expired, cancelled, a retryable error: the online lane answers it
+
+    def _observe(self, sent: Sent, *, outcome: Outcome) -> None:
+        if sent.provider_batch_id is None or sent.created_at is None:
+            return
+        if sent.ended_at is not None and outcome != "hedged":
+            duration = sent.ended_at - sent.created_at  # as the provider measured it
+        else:  # still running when hedged: it took at least this long
+            duration = (time.time() - sent.submitted_at) * self.lanes.time_scale
+        Predictions(self.settings.database).record(
+            sent.provider, Lane.BATCH, sent.lines, duration, outcome, key=sent.provider_batch_id
+        )
+
+
+def _run(client: BatchClient, call: Any) -> Any:
+    """One call of a client, in its own event loop (the engine is synchronous; the clients are not)."""
+
+    async def go() -> Any:
+        async with client:
+            return await call
+
+    return asyncio.run(go())
+
+
+def open_sent(storage: Storage, info: BatchInfo) -> list[dict[str, Any]]:
+    """The batch's provider batches still worth polling, as recorded."""
+    names = sorted(n for n in storage.list(*info.folder(FOLDER)) if n.endswith(".json"))
+    records = [storage.read_json(*info.folder(FOLDER, n)) for n in names]
+    return [r for r in records if Sent(**r).open]
+
+
+def waiting(storage: Storage) -> list[str]:
+    """Batch ids waiting on a provider (the provider-batch sensor's list)."""
+    return [n.removesuffix(".json") for n in storage.list(WAITING) if n.endswith(".json")]
+
+
+def mark_waiting(storage: Storage, info: BatchInfo, next_poll_at: float | None, *, polls: int = 0) -> None:
+    """Say when the sensor should next look at the batch (None: it waits on no provider any more)."""
+    if next_poll_at is None:
+        forget_waiting(storage, info.batch_id)
+        return
+    storage.write_json({"batch_id": info.batch_id, "next_poll_at": next_poll_at, "polls": polls},
+                       WAITING, f"{info.batch_id}.json")  # fmt: skip
+
+
+def due(storage: Storage, *, now: float | None = None) -> list[tuple[str, int]]:
+    """Waiting batches whose next look is due, with how many looks found nothing to do yet."""
+    now = time.time() if now is None else now
+    out = []
+    for batch_id in waiting(storage):
+        try:
+            marker = storage.read_json(WAITING, f"{batch_id}.json")
+        except FileNotFoundError:
+            continue
+        if float(marker.get("next_poll_at", 0)) <= now:
+            out.append((batch_id, int(marker.get("polls", 0))))
+    return out
+
+
+def forget_waiting(storage: Storage, batch_id: str) -> None:
+    if storage.exists(WAITING, f"{batch_id}.json"):
+        storage.fs.rm(storage.path(WAITING, f"{batch_id}.json"))
+
+
+def lane_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[str, Any]:
+    """Per lane: items quoted there, answered, waiting, and hedged (quoted for the batch lane, answered
+    online); the provider batches with their provider's status; the time left to the deadline."""
+    out: dict[str, Any] = {}
+    if not storage.exists(*info.folder("quote.parquet")):
+        return out
+    quoted = storage.read_parquet(*info.folder("quote.parquet"))
+    if "lane" not in quoted.columns:
+        return out
+    quoted = quoted.filter(pl.col("status") == "accepted").select("item_id", pl.col("lane").alias("quoted_lane"))
+    if storage.exists(*info.folder("receipts.parquet")):
+        got = storage.read_parquet(*info.folder("receipts.parquet")).select("item_id", "status", "lane")
+        quoted = quoted.join(got, on="item_id", how="left")
+    else:
+        quoted = quoted.with_columns(pl.lit("pending").alias("status"), pl.col("quoted_lane").alias("lane"))
+    answered = pl.col("status").is_in([ItemStatus.SUCCEEDED, ItemStatus.FAILED])
+    out["lanes"] = (
+        quoted.group_by("quoted_lane")
+        .agg(pl.len().alias("items"), answered.sum().alias("answered"), (~answered).sum().alias("waiting"),
+             (answered & (pl.col("lane") != pl.col("quoted_lane"))).sum().alias("hedged"))  # fmt: skip
+        .rename({"quoted_lane": "lane"})
+        .sort("lane")
+        .to_dicts()
+    )
+    if storage.exists(*info.folder(FOLDER)):
+        names = sorted(n for n in storage.list(*info.folder(FOLDER)) if n.endswith(".json"))
+        out["provider_batches"] = [
+            {k: r[k] for k in ("key", "provider", "route", "provider_batch_id", "status", "state", "lines")}
+            for r in (storage.read_json(*info.folder(FOLDER, n)) for n in names)
+        ]
+    deadline = info.deadline_s if info.deadline_s is not None else settings.default_deadline_s(info.workspace)
+    if deadline is not None:
+        started = datetime.fromisoformat(info.submitted_at).timestamp()
+        out["deadline_at"] = datetime.fromtimestamp(started + settings.lanes.wall_s(deadline)).astimezone().isoformat(
+            timespec="seconds"
+        )
+        out["time_left_s"] = round(deadline - (time.time() - started) * settings.lanes.time_scale, 1)
+    return out

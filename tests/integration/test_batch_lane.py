@@ -1,0 +1,174 @@
+"""The batch lane end to end, over real HTTP against the simulator's batch APIs on an accelerated clock:
+a batch with a deadline goes to the providers' Batch APIs at half price, waits without a process, is
+collected line by line, and is hedged online when a provider batch is stuck or expires; each item is
+charged once, whichever lane answered it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchrouter.access.actors import CLI
+from batchrouter.batches import batch_lane
+from batchrouter.batches.batch_lane import BatchLane
+from batchrouter.batches.results import RunSummary
+from batchrouter.batches.states import BatchState
+from batchrouter.core.config import LanesConfig, Settings, SimulatorConfig
+from batchrouter.engine import BatchRouter
+from batchrouter.pricing.predictions import Predictions
+from batchrouter.simulator import running_simulator
+
+pytestmark = pytest.mark.integration
+
+USD = 1_000_000
+SCALE = 1440.0  # a day of provider time in a wall minute
+DEADLINE_S = 120.0  # wall seconds to wait for a batch to end, on a loaded machine
+
+
+def manifest(n: int = 6) -> bytes:
+    rows = ["item_id,model,prompt,max_tokens"]
+    rows += [f"g{i},gpt-4o-mini,Summarise note {i} in one line.,32" for i in range(n)]
+    rows += [f"c{i},claude-haiku-4-5,Translate line {i} to French.,32" for i in range(n)]
+    return ("\n".join(rows) + "\n").encode()
+
+
+def simulator(**fields: Any) -> SimulatorConfig:
+    base: dict[str, Any] = {"latency_ms": 0, "max_output_words": 12, "seed": 3, "batch_time_scale": SCALE,
+                            "batch_validating_s": 60, "batch_median_s": 600, "batch_sigma": 0.3}  # fmt: skip
+    return SimulatorConfig(**(base | fields))
+
+
+@pytest.fixture
+def make(settings: Settings) -> Iterator[Any]:
+    """An engine whose providers are a simulator with these batch settings, on the same fast clock."""
+    stack: list[Any] = []
+
+    def build(sim: SimulatorConfig, **lanes: Any) -> tuple[BatchRouter, str]:
+        cm = running_simulator(sim)
+        url = cm.__enter__()
+        stack.append(cm)
+        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(time_scale=SCALE, **lanes)})
+        engine = BatchRouter(config)
+        engine.ledger.grant("acme", 5 * USD, key="grant")
+        return engine, url
+
+    yield build
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
+
+
+def advance_until_final(engine: BatchRouter, batch_id: str, url: str) -> RunSummary:
+    """`batchrouter run` again and again, as a user (or the sensor) would, until the batch ends."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        run = engine.batches.advance(batch_id, actor=CLI, simulator_url=url)
+        if run.state != BatchState.WAITING_ON_PROVIDER:
+            return run
+        assert time.monotonic() < deadline, f"batch {batch_id} still waiting after {DEADLINE_S} s"
+        time.sleep(0.2)  # poll interval of the loop, not synchronisation: the deadline above bounds it
+
+
+def receipts(engine: BatchRouter, batch_id: str) -> pl.DataFrame:
+    return engine.storage.read_parquet(*engine.batches.info(batch_id).folder("receipts.parquet"))
+
+
+def sent(engine: BatchRouter, batch_id: str) -> list[batch_lane.Sent]:
+    info = engine.batches.info(batch_id)
+    return BatchLane(engine.storage, engine.settings, engine.catalog, info, record=lambda r: None).sent()
+
+
+def assert_charged_once(engine: BatchRouter, batch_id: str) -> pl.DataFrame:
+    got = receipts(engine, batch_id)
+    assert got["item_id"].n_unique() == got.height == 12
+    assert set(got["status"]) == {"succeeded"}
+    (hold,) = engine.ledger.batch_holds(batch_id)
+    assert hold.status == "settled"
+    assert hold.captured_usd_micros == got["cost_usd_micros"].sum() <= hold.amount_usd_micros
+    assert engine.ledger.verify()["ok"]
+    return got
+
+
+def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_price(make: Any) -> None:
+    engine, url = make(simulator())
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+    assert view.quote is not None
+    assert {(r["route"].split(":")[0], r["lane"], r["items"]) for r in view.quote["by_lane"]} == {
+        ("openai", "batch", 6),
+        ("anthropic", "batch", 6),
+    }
+
+    first = engine.batches.advance(view.batch_id, actor=CLI, simulator_url=url)
+
+    # The run submitted provider batches and ended: nothing was answered yet, nothing settled.
+    assert first.state == BatchState.WAITING_ON_PROVIDER
+    assert first.pending == 12 and first.settlement is None
+    assert {s.provider for s in sent(engine, view.batch_id)} == {"openai", "anthropic"}
+    assert view.batch_id in batch_lane.waiting(engine.storage)
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id)
+    assert set(got["lane"]) == {"batch"}
+    assert got["provider_batch_id"].null_count() == 0 and got["custom_id"].null_count() == 0
+    # Each line at the batch price: the catalog's cost of its tokens at the batch discount.
+    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
+                                                         "cost_usd_micros").iter_rows():  # fmt: skip
+        entry = engine.catalog.entry(route)
+        assert cost == entry.cost_micros(tokens_in, tokens_out, tier="batch") < entry.cost_micros(tokens_in, tokens_out)
+    assert view.batch_id not in batch_lane.waiting(engine.storage)
+    # What the providers took was measured for the next quotes.
+    observed = Predictions(engine.settings.database).observations(lane="batch")
+    assert {o.provider for o in observed} == {"openai", "anthropic"}
+    assert all(o.outcome == "completed" and o.duration_s > 0 for o in observed)
+
+
+def test_without_a_deadline_nothing_waits_and_every_item_is_online(make: Any) -> None:
+    engine, url = make(simulator())
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI)
+
+    run = engine.batches.advance(view.batch_id, actor=CLI, simulator_url=url)
+
+    assert run.state == BatchState.COMPLETED
+    assert set(assert_charged_once(engine, view.batch_id)["lane"]) == {"online"}
+    assert sent(engine, view.batch_id) == []
+
+
+def test_a_stuck_provider_batch_is_hedged_online_by_its_deadline(make: Any) -> None:
+    # Batches predicted within 10 minutes (the prior), but every one gets stuck in progress.
+    engine, url = make(simulator(batch_stuck_rate=1.0), batch_prior_p95_s=600, margin_s=300)
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="2h")
+    assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"batch"}
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id)
+    assert set(got["lane"]) == {"online"}  # no line of a stuck batch was ever answered
+    for s in sent(engine, view.batch_id):
+        assert s.state == "hedged" and s.history[-1] in ("cancelling", "cancelled")
+    # Every item was answered before the deadline (2 h on the batch's clock).
+    info = engine.batches.info(view.batch_id)
+    submitted = pl.Series([info.submitted_at]).str.to_datetime(time_zone="UTC")[0]
+    assert ((got["finished_at"].max() - submitted).total_seconds() * SCALE) <= 2 * 3600
+    observed = Predictions(engine.settings.database).observations(lane="batch")
+    assert observed and all(o.outcome == "hedged" for o in observed)
+
+
+def test_an_expired_provider_batch_keeps_its_answered_lines_and_sends_the_rest_online(make: Any) -> None:
+    # A 30-minute window and lines answered over about an hour: each batch expires half done.
+    sim = simulator(batch_window_s=1800, batch_median_s=3600, batch_sigma=0.0, batch_validating_s=0)
+    engine, url = make(sim, batch_prior_p95_s=600, margin_s=60)
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id)
+    lanes = dict(got.group_by("lane").len().iter_rows())
+    assert lanes.get("batch", 0) > 0 and lanes.get("online", 0) > 0  # partial success, the rest re-routed
+    assert {s.history[-1] for s in sent(engine, view.batch_id)} == {"expired"}
