@@ -64,6 +64,9 @@ class AnthropicBatchClient(BatchClient):
     def encode(self, line: BatchLine) -> bytes:
         return dumps({"custom_id": line.custom_id, "params": anthropic_body(line.item, line.upstream)})
 
+    def payload(self, lines: Sequence[BatchLine]) -> bytes:
+        return _OPEN + b",".join(self.encode(line) for line in lines) + _CLOSE
+
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION}
         if self.adapter.api_key:
@@ -75,7 +78,7 @@ class AnthropicBatchClient(BatchClient):
     ) -> ProviderBatch:
         if completion_window != "24h":
             raise TerminalError("unsupported_completion_window", "Anthropic message batches have a 24h window only")
-        body = _OPEN + b",".join(self.encode(line) for line in lines) + _CLOSE
+        body = self.payload(lines)
         if len(body) > self.limits.max_bytes:
             raise too_large(len(body), self.limits.max_bytes)
         newest = await self.json("GET", "messages/batches", params={"limit": 1})

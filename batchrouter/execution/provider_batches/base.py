@@ -237,6 +237,10 @@ class BatchClient(ABC):
     def encode(self, line: BatchLine) -> bytes:
         """The bytes `line` takes in the batch sent."""
 
+    @abstractmethod
+    def payload(self, lines: Sequence[BatchLine]) -> bytes:
+        """The bytes sent for a batch of `lines` (the file, or the request body), measured by `plan`."""
+
     def group(self, line: BatchLine) -> str:
         """Lines of different groups never share a batch."""
         return ""
@@ -335,15 +339,22 @@ class BatchClient(ABC):
             raise classify(response.status_code, response.headers, response.content)
         return response
 
-    async def call(self, method: str, path: str, **options: Any) -> httpx.Response:
-        """`send`, retried on what is worth retrying (only for calls that are safe to repeat)."""
-        async for attempt in self.attempts():
+    async def call(
+        self, method: str, path: str, *, final: frozenset[int] = frozenset(), **options: Any
+    ) -> httpx.Response:
+        """`send`, retried on what is worth retrying (only for calls that are safe to repeat).
+
+        `final`: statuses that answer the call (e.g. a 409 to a cancel: it has ended), raised at once.
+        """
+        async for attempt in self.attempts(final):
             with attempt:
                 return await self.send(method, path, **options)
         raise AssertionError("unreachable: stamina re-raises the last error")
 
-    async def json(self, method: str, path: str, **options: Any) -> dict[str, Any]:
-        response = await self.call(method, path, **options)
+    async def json(
+        self, method: str, path: str, *, final: frozenset[int] = frozenset(), **options: Any
+    ) -> dict[str, Any]:
+        response = await self.call(method, path, final=final, **options)
         try:
             data = response.json()
         except ValueError as exc:
@@ -361,9 +372,9 @@ class BatchClient(ABC):
                 if isinstance(row, dict):
                     yield row
 
-    def attempts(self) -> AsyncIterable[stamina.Attempt]:
+    def attempts(self, final: frozenset[int] = frozenset()) -> AsyncIterable[stamina.Attempt]:
         return retry.until_async(
-            on=self._retry_wait,
+            on=lambda exc: not (isinstance(exc, ProviderError) and exc.status in final) and self._retry_wait(exc),
             timeout_s=self.retry_timeout_s,
             first_s=self.retry_first_s,
             max_s=30.0,

@@ -49,6 +49,9 @@ class OpenAIBatchClient(BatchClient):
         body = self.adapter.body(line.item, line.upstream)
         return dumps({"custom_id": line.custom_id, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
 
+    def payload(self, lines: Sequence[BatchLine]) -> bytes:
+        return b"".join(self.encode(line) for line in lines)
+
     def group(self, line: BatchLine) -> str:
         return line.upstream
 
@@ -61,7 +64,7 @@ class OpenAIBatchClient(BatchClient):
     async def _submit(
         self, lines: Sequence[BatchLine], metadata: dict[str, str], completion_window: str, given: bool
     ) -> ProviderBatch:
-        data = b"".join(self.encode(line) for line in lines)
+        data = self.payload(lines)
         if len(data) > self.limits.max_bytes:
             raise too_large(len(data), self.limits.max_bytes)
         key = metadata[IDEMPOTENCY_KEY]
@@ -104,8 +107,8 @@ class OpenAIBatchClient(BatchClient):
 
     async def cancel(self, provider_batch_id: str) -> ProviderBatch:
         try:
-            return self.batch(await self.json("POST", f"batches/{provider_batch_id}/cancel"))
-        except TerminalError as exc:
+            return self.batch(await self.json("POST", f"batches/{provider_batch_id}/cancel", final=frozenset({409})))
+        except ProviderError as exc:
             if exc.status != 409:  # 409: it has ended already
                 raise
         return await self.poll(provider_batch_id)
