@@ -36,6 +36,7 @@ from batchrouter.execution.providers import OpenAIAdapter
 ENDPOINT = "/v1/chat/completions"
 LOOKUP_PAGES = 5  # pages of 100 recent batches searched for one already made by a submit
 CAPACITY_CODES = frozenset({"token_limit_exceeded"})
+_STATUSES = frozenset(status.value for status in BatchStatus)
 
 
 class OpenAIBatchClient(BatchClient):
@@ -68,6 +69,10 @@ class OpenAIBatchClient(BatchClient):
         if len(data) > self.limits.max_bytes:
             raise too_large(len(data), self.limits.max_bytes)
         key = metadata[IDEMPOTENCY_KEY]
+        if given:  # an earlier submit (another process) may have made it: look before uploading anything
+            found = await self.find(key)
+            if found is not None:
+                return found
         # A repeated upload only leaves an unused file behind; the batch is what must not be made twice.
         upload = await self.json(
             "POST",
@@ -86,7 +91,7 @@ class OpenAIBatchClient(BatchClient):
             response = await self.send("POST", "batches", json=body)
             return self.batch(response.json())
 
-        return await self.idempotent(create, lambda: self.find(key), look_first=given)
+        return await self.idempotent(create, lambda: self.find(key), look_first=False)
 
     async def find(self, key: str) -> ProviderBatch | None:
         """The recent batch whose metadata carries `key`, if one exists."""
@@ -152,7 +157,9 @@ class OpenAIBatchClient(BatchClient):
     def batch(self, raw: dict[str, Any]) -> ProviderBatch:
         """The provider's batch object as a `ProviderBatch`."""
         counts = raw.get("request_counts") or {}
-        status = BatchStatus(raw["status"])
+        # A status this client does not know yet reads as still running: poll on, never act on it.
+        known = raw.get("status") in _STATUSES
+        status = BatchStatus(raw["status"]) if known else BatchStatus.IN_PROGRESS
         ended = next(
             (raw[k] for k in ("completed_at", "failed_at", "expired_at", "cancelled_at") if raw.get(k) is not None),
             None,
