@@ -62,9 +62,9 @@ def fast() -> Iterator[Simulator]:
 
 @pytest.fixture(scope="module")
 def phases() -> Iterator[Simulator]:
-    """Each phase lasts a few seconds of wall time (at least 2 s), so every poll sees every one."""
+    """Each phase lasts seconds of wall time (at least 2.5 s), so polls see every one."""
     yield from _simulator(
-        batch_time_scale=1000, batch_validating_s=4000, batch_median_s=4000, batch_sigma=0, batch_finalizing_s=4000
+        batch_time_scale=1000, batch_validating_s=5000, batch_median_s=4000, batch_sigma=0, batch_finalizing_s=5000
     )
 
 

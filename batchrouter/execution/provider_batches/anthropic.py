@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from batchrouter.core.errors import TerminalError
+from batchrouter.core.errors import ProviderError, TerminalError
 from batchrouter.execution.provider_batches.base import (
     BatchClient,
     BatchLimits,
@@ -114,7 +114,17 @@ class AnthropicBatchClient(BatchClient):
         return self.batch(await self.json("GET", f"messages/batches/{provider_batch_id}"))
 
     async def cancel(self, provider_batch_id: str) -> ProviderBatch:
-        return self.batch(await self.json("POST", f"messages/batches/{provider_batch_id}/cancel"))
+        try:
+            return self.batch(
+                await self.json("POST", f"messages/batches/{provider_batch_id}/cancel", final=frozenset({400, 409}))
+            )
+        except ProviderError as exc:
+            if exc.status not in (400, 409):
+                raise
+            batch = await self.poll(provider_batch_id)  # refused because it has ended: that is the answer
+            if not batch.ended:
+                raise
+            return batch
 
     async def results(self, batch: ProviderBatch) -> AsyncIterator[LineResult]:
         if not batch.ended:
