@@ -18,8 +18,10 @@ caller gives that key; Anthropic, which has no batch metadata: the oldest batch 
 created since the submit began and not already returned by this client).
 
 Errors of the batch API itself are classified as the online adapters classify them: 429 waits for
-its Retry-After (up to `max_retry_after_s`, else it is raised), 5xx, timeouts and resets are retried
-with backoff up to `retry_timeout_s`, other 4xx raise a `TerminalError` with the provider's message.
+its Retry-After (up to `max_retry_after_s`, else it is raised); 5xx, timeouts and resets (and 408,
+409, 425, as online) are retried with backoff up to `retry_timeout_s`; other 4xx raise a
+`TerminalError` with the provider's message. Reads are retried as they are; a create goes through
+`idempotent`, which looks for the batch a lost answer may have made before trying again.
 """
 
 from __future__ import annotations
