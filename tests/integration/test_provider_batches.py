@@ -432,33 +432,58 @@ def test_an_openai_submit_with_our_key_finds_the_batch_an_earlier_process_made(f
 # -- errors of the batch API -----------------------------------------------------------------------------
 
 
-def test_over_the_enqueued_token_limit_is_a_retryable_capacity_error_until_capacity_frees(slow: Simulator) -> None:
-    model = "gpt-4.1-mini"  # 500 enqueued tokens; about 30 input tokens a line
+def token_lines(prefix: str, n: int, *, tokens: int) -> list[BatchLine]:
+    """Lines of gpt-4.1-mini (500 enqueued tokens on `slow`) of about 32 input tokens, declared as `tokens`."""
     words = "count these twenty words please " * 5
-    first_lines = lines("openai", 8, prefix="a", model=model, text=words)
-    held = lines("openai", 12, prefix="b", model=model, text=words)
+    return [BatchLine(f"{prefix}{i}", item(i, words), "gpt-4.1-mini", tokens) for i in range(n)]
 
-    async def scenario() -> tuple[ProviderBatch, dict[str, LineResult], ProviderBatch]:
-        async with client(slow, "openai") as batch_client:
-            assert batch_client.limits.enqueued_limit(model) == 500
+
+def test_a_submit_over_the_enqueued_token_limit_is_refused_retryably_until_capacity_frees(slow: Simulator) -> None:
+    first_lines, held = token_lines("a", 8, tokens=32), token_lines("b", 12, tokens=32)  # 256 + 384 > 500
+
+    async def scenario() -> tuple[BatchCapacityError, list[tuple[str, str]], ProviderBatch]:
+        faults = Faults()
+        async with client(slow, "openai", transport=faults) as batch_client:
+            assert batch_client.limits.enqueued_limit("gpt-4.1-mini") == 500
             first = await batch_client.submit(first_lines, metadata={})
-            refused = await ended(batch_client, await batch_client.submit(held, metadata={}))
-            results = await collect(batch_client, refused)
+            sent = len(faults.forwarded)
+            with pytest.raises(BatchCapacityError) as info:
+                await batch_client.submit(held, metadata={})
+            refused_calls = faults.forwarded[sent:]
             await batch_client.cancel(first.provider_batch_id)
             await ended(batch_client, first)
             again = await batch_client.submit(held, metadata={})
             again = await until(lambda: batch_client.poll(again.provider_batch_id),
                                 lambda b: b.status != "validating", what="validated")  # fmt: skip
             await batch_client.cancel(again.provider_batch_id)
-            return refused, results, again
+            return info.value, refused_calls, again
 
-    refused, results, again = run(scenario)
+    refused, calls, again = run(scenario)
+    assert refused.retryable and refused.code == "token_limit_exceeded" and "256" in refused.message
+    assert ("POST", "/v1/files") not in calls and ("POST", "/v1/batches") not in calls  # nothing was made
+    assert again.status is BatchStatus.IN_PROGRESS
+
+
+def test_a_batch_the_provider_finds_over_the_enqueued_token_limit_fails_with_a_capacity_error(slow: Simulator) -> None:
+    # Declared as 1 token a line (tokens undercounted, or the batches in flight are not ours): only the
+    # provider sees that the two batches together pass its limit.
+    first_lines, held = token_lines("c", 8, tokens=1), token_lines("d", 12, tokens=1)
+
+    async def scenario() -> tuple[ProviderBatch, dict[str, LineResult]]:
+        async with client(slow, "openai") as batch_client:
+            first = await batch_client.submit(first_lines, metadata={})
+            refused = await ended(batch_client, await batch_client.submit(held, metadata={}))
+            results = await collect(batch_client, refused)
+            await batch_client.cancel(first.provider_batch_id)
+            await ended(batch_client, first)
+            return refused, results
+
+    refused, results = run(scenario)
     assert refused.status is BatchStatus.FAILED
     assert isinstance(refused.error, BatchCapacityError) and refused.error.retryable
     assert refused.error.code == "token_limit_exceeded" and "Enqueued token limit" in refused.error.message
     assert set(results) == {line.custom_id for line in held}
     assert all(isinstance(r.error, BatchCapacityError) and r.outcome == "errored" for r in results.values())
-    assert again.status is BatchStatus.IN_PROGRESS
 
 
 @pytest.mark.parametrize("wire", WIRES)

@@ -9,7 +9,8 @@ Every line of an ended batch comes back from `results()` exactly once as a `Line
 completion or an error: errored lines with the provider's error (retryable or not, as online),
 expired and cancelled lines (never run) as retryable `TransientError`s, and every line of a failed
 batch with the batch's error (`BatchCapacityError` for OpenAI's enqueued-token limit, which passes
-once batches in flight end; `TerminalError` for a file the provider refused).
+once batches in flight end; `TerminalError` for a file the provider refused). A submit that would pass
+the enqueued-token limit raises `BatchCapacityError` and makes nothing (OpenAI, where configured).
 
 `submit` is idempotent within a call, and across calls where the provider lets us label a batch: it
 may time out after the provider created the batch, so before creating again it looks for the batch it

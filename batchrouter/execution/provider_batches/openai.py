@@ -1,10 +1,13 @@
 """OpenAI's Files + Batch API: a JSONL file of `/v1/chat/completions` requests (purpose `batch`), then a batch.
 
 One model per batch (OpenAI refuses a file that mixes them), so `plan` groups lines by upstream model
-and keeps each batch within the model's enqueued-token limit. A batch over that limit *after*
-counting the model's batches in flight is created, then fails validation with `token_limit_exceeded`:
-`poll` reports it as `failed` with a `BatchCapacityError` (retryable) and `results` gives every line
-that error, so the caller holds the lines until batches in flight end.
+and keeps each batch within the model's enqueued-token limit. Where that limit is configured, `submit`
+first adds up the input tokens of our batches of the model still in flight (each batch carries its
+model and tokens in its metadata) and raises `BatchCapacityError` (retryable) without making
+anything when this one would pass the limit: hold the lines and submit them again once some end.
+A batch the provider itself finds over the limit (batches made by others, tokens undercounted) fails
+validation with `token_limit_exceeded`: `poll` reports it `failed` with a `BatchCapacityError` and
+`results` gives every line that error.
 
 Output lines are `{custom_id, response: {status_code, request_id, body}, error}` in the output file
 (answered 200s) and the error file (other statuses, and `batch_expired` lines); lines a cancel
@@ -37,6 +40,9 @@ ENDPOINT = "/v1/chat/completions"
 LOOKUP_PAGES = 5  # pages of 100 recent batches searched for one already made by a submit
 CAPACITY_CODES = frozenset({"token_limit_exceeded"})
 _STATUSES = frozenset(status.value for status in BatchStatus)
+_ENDED = frozenset(status.value for status in BatchStatus if status.ended)
+# Metadata each batch carries beside IDEMPOTENCY_KEY, so later submits can count the enqueued tokens.
+MODEL_KEY, TOKENS_KEY = "batchrouter_model", "batchrouter_tokens"
 
 
 class OpenAIBatchClient(BatchClient):
@@ -69,10 +75,21 @@ class OpenAIBatchClient(BatchClient):
         if len(data) > self.limits.max_bytes:
             raise too_large(len(data), self.limits.max_bytes)
         key = metadata[IDEMPOTENCY_KEY]
+        model, tokens = lines[0].upstream, sum(line.input_tokens for line in lines)
+        metadata = {**metadata, MODEL_KEY: model, TOKENS_KEY: str(tokens)}
         if given:  # an earlier submit (another process) may have made it: look before uploading anything
             found = await self.find(key)
             if found is not None:
                 return found
+        limit = self.limits.enqueued_limit(model)
+        if limit is not None:
+            enqueued = await self.enqueued(model)
+            if enqueued + tokens > limit:
+                raise BatchCapacityError(
+                    "token_limit_exceeded",
+                    f"{model}: {enqueued} input tokens are enqueued in our batches in flight and this batch holds "
+                    f"{tokens}; the limit is {limit}. Submit it again once some of those batches have ended.",
+                )
         # A repeated upload only leaves an unused file behind; the batch is what must not be made twice.
         upload = await self.json(
             "POST",
@@ -93,19 +110,37 @@ class OpenAIBatchClient(BatchClient):
 
         return await self.idempotent(create, lambda: self.find(key), look_first=False)
 
-    async def find(self, key: str) -> ProviderBatch | None:
-        """The recent batch whose metadata carries `key`, if one exists."""
+    async def recent(self) -> AsyncIterator[dict[str, Any]]:
+        """The account's most recent batches, newest first (`LOOKUP_PAGES` pages of 100)."""
         params: dict[str, Any] = {"limit": 100}
         for _ in range(LOOKUP_PAGES):
             page = await self.json("GET", "batches", params=params)
             rows = [row for row in page.get("data") or [] if isinstance(row, dict)]
             for row in rows:
-                if (row.get("metadata") or {}).get(IDEMPOTENCY_KEY) == key:
-                    return self.batch(row)
+                yield row
             if not page.get("has_more") or not rows:
-                return None
+                return
             params["after"] = rows[-1]["id"]
+
+    async def find(self, key: str) -> ProviderBatch | None:
+        """The recent batch whose metadata carries `key`, if one exists."""
+        async for row in self.recent():
+            if obj(row.get("metadata")).get(IDEMPOTENCY_KEY) == key:
+                return self.batch(row)
         return None
+
+    async def enqueued(self, model: str) -> int:
+        """Input tokens of `model` in our batches not ended yet, as their metadata declares them.
+
+        What counts against OpenAI's enqueued-token limit; batches made by others on the account are not
+        seen here, and the provider still fails a batch over the limit (`poll` then says so).
+        """
+        total = 0
+        async for row in self.recent():
+            meta = obj(row.get("metadata"))
+            if meta.get(MODEL_KEY) == model and row.get("status") not in _ENDED and meta.get(TOKENS_KEY, "").isdigit():
+                total += int(meta[TOKENS_KEY])
+        return total
 
     async def poll(self, provider_batch_id: str) -> ProviderBatch:
         return self.batch(await self.json("GET", f"batches/{provider_batch_id}"))
