@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from batchrouter.core.errors import TerminalError
+from batchrouter.core.errors import ProviderError, TerminalError
 from batchrouter.execution.provider_batches.base import (
     BatchClient,
     BatchLimits,
@@ -64,6 +64,9 @@ class AnthropicBatchClient(BatchClient):
     def encode(self, line: BatchLine) -> bytes:
         return dumps({"custom_id": line.custom_id, "params": anthropic_body(line.item, line.upstream)})
 
+    def payload(self, lines: Sequence[BatchLine]) -> bytes:
+        return _OPEN + b",".join(self.encode(line) for line in lines) + _CLOSE
+
     def headers(self) -> dict[str, str]:
         headers = {"anthropic-version": API_VERSION}
         if self.adapter.api_key:
@@ -75,11 +78,12 @@ class AnthropicBatchClient(BatchClient):
     ) -> ProviderBatch:
         if completion_window != "24h":
             raise TerminalError("unsupported_completion_window", "Anthropic message batches have a 24h window only")
-        body = _OPEN + b",".join(self.encode(line) for line in lines) + _CLOSE
+        body = self.payload(lines)
         if len(body) > self.limits.max_bytes:
             raise too_large(len(body), self.limits.max_bytes)
         newest = await self.json("GET", "messages/batches", params={"limit": 1})
-        mark = newest.get("first_id") if newest.get("data") else None
+        rows = [row for row in newest.get("data") or [] if isinstance(row, dict)]
+        mark = (str(rows[0].get("id")), _time(rows[0].get("created_at")) or 0.0) if rows else None
         headers = {"content-type": "application/json"}
 
         async def create() -> ProviderBatch:
@@ -89,15 +93,19 @@ class AnthropicBatchClient(BatchClient):
         # No label to look for before the first attempt: only a retry may find a batch of ours.
         return await self.idempotent(create, lambda: self.find(mark, len(lines)), look_first=False)
 
-    async def find(self, mark: str | None, size: int) -> ProviderBatch | None:
-        """The oldest batch of `size` requests created since `mark` (the newest before the submit) not yet claimed."""
-        params: dict[str, Any] = {"limit": 100}
-        if mark is not None:
-            params["before_id"] = mark  # newest first: "before" the mark are the batches made after it
-        page = await self.json("GET", "messages/batches", params=params)
-        rows = [row for row in page.get("data") or [] if isinstance(row, dict)]
-        for row in reversed(rows):  # oldest first
-            counts = row.get("request_counts") or {}
+    async def find(self, mark: tuple[str, float] | None, size: int) -> ProviderBatch | None:
+        """The oldest batch of `size` requests made since `mark` (the newest before the submit), not yet claimed.
+
+        Read from the newest 100, by creation time rather than a cursor (the mark may have been deleted).
+        """
+        page = await self.json("GET", "messages/batches", params={"limit": 100})
+        since: list[dict[str, Any]] = []
+        for row in (row for row in page.get("data") or [] if isinstance(row, dict)):  # newest first
+            if mark is not None and (row.get("id") == mark[0] or (_time(row.get("created_at")) or 0.0) < mark[1]):
+                break
+            since.append(row)
+        for row in reversed(since):  # oldest first
+            counts = obj(row.get("request_counts"))
             if row.get("id") not in self._claimed and sum(int(v or 0) for v in counts.values()) == size:
                 return self.batch(row)
         return None
@@ -106,7 +114,17 @@ class AnthropicBatchClient(BatchClient):
         return self.batch(await self.json("GET", f"messages/batches/{provider_batch_id}"))
 
     async def cancel(self, provider_batch_id: str) -> ProviderBatch:
-        return self.batch(await self.json("POST", f"messages/batches/{provider_batch_id}/cancel"))
+        try:
+            return self.batch(
+                await self.json("POST", f"messages/batches/{provider_batch_id}/cancel", final=frozenset({400, 409}))
+            )
+        except ProviderError as exc:
+            if exc.status not in (400, 409):
+                raise
+            batch = await self.poll(provider_batch_id)  # refused because it has ended: that is the answer
+            if not batch.ended:
+                raise
+            return batch
 
     async def results(self, batch: ProviderBatch) -> AsyncIterator[LineResult]:
         if not batch.ended:

@@ -9,7 +9,8 @@ Every line of an ended batch comes back from `results()` exactly once as a `Line
 completion or an error: errored lines with the provider's error (retryable or not, as online),
 expired and cancelled lines (never run) as retryable `TransientError`s, and every line of a failed
 batch with the batch's error (`BatchCapacityError` for OpenAI's enqueued-token limit, which passes
-once batches in flight end; `TerminalError` for a file the provider refused).
+once batches in flight end; `TerminalError` for a file the provider refused). A submit that would pass
+the enqueued-token limit raises `BatchCapacityError` and makes nothing (OpenAI, where configured).
 
 `submit` is idempotent within a call, and across calls where the provider lets us label a batch: it
 may time out after the provider created the batch, so before creating again it looks for the batch it
@@ -18,8 +19,10 @@ caller gives that key; Anthropic, which has no batch metadata: the oldest batch 
 created since the submit began and not already returned by this client).
 
 Errors of the batch API itself are classified as the online adapters classify them: 429 waits for
-its Retry-After (up to `max_retry_after_s`, else it is raised), 5xx, timeouts and resets are retried
-with backoff up to `retry_timeout_s`, other 4xx raise a `TerminalError` with the provider's message.
+its Retry-After (up to `max_retry_after_s`, else it is raised); 5xx, timeouts and resets (and 408,
+409, 425, as online) are retried with backoff up to `retry_timeout_s`; other 4xx raise a
+`TerminalError` with the provider's message. Reads are retried as they are; a create goes through
+`idempotent`, which looks for the batch a lost answer may have made before trying again.
 """
 
 from __future__ import annotations
@@ -237,6 +240,10 @@ class BatchClient(ABC):
     def encode(self, line: BatchLine) -> bytes:
         """The bytes `line` takes in the batch sent."""
 
+    @abstractmethod
+    def payload(self, lines: Sequence[BatchLine]) -> bytes:
+        """The bytes sent for a batch of `lines` (the file, or the request body), measured by `plan`."""
+
     def group(self, line: BatchLine) -> str:
         """Lines of different groups never share a batch."""
         return ""
@@ -335,15 +342,22 @@ class BatchClient(ABC):
             raise classify(response.status_code, response.headers, response.content)
         return response
 
-    async def call(self, method: str, path: str, **options: Any) -> httpx.Response:
-        """`send`, retried on what is worth retrying (only for calls that are safe to repeat)."""
-        async for attempt in self.attempts():
+    async def call(
+        self, method: str, path: str, *, final: frozenset[int] = frozenset(), **options: Any
+    ) -> httpx.Response:
+        """`send`, retried on what is worth retrying (only for calls that are safe to repeat).
+
+        `final`: statuses that answer the call (e.g. a 409 to a cancel: it has ended), raised at once.
+        """
+        async for attempt in self.attempts(final):
             with attempt:
                 return await self.send(method, path, **options)
         raise AssertionError("unreachable: stamina re-raises the last error")
 
-    async def json(self, method: str, path: str, **options: Any) -> dict[str, Any]:
-        response = await self.call(method, path, **options)
+    async def json(
+        self, method: str, path: str, *, final: frozenset[int] = frozenset(), **options: Any
+    ) -> dict[str, Any]:
+        response = await self.call(method, path, final=final, **options)
         try:
             data = response.json()
         except ValueError as exc:
@@ -361,9 +375,9 @@ class BatchClient(ABC):
                 if isinstance(row, dict):
                     yield row
 
-    def attempts(self) -> AsyncIterable[stamina.Attempt]:
+    def attempts(self, final: frozenset[int] = frozenset()) -> AsyncIterable[stamina.Attempt]:
         return retry.until_async(
-            on=self._retry_wait,
+            on=lambda exc: not (isinstance(exc, ProviderError) and exc.status in final) and self._retry_wait(exc),
             timeout_s=self.retry_timeout_s,
             first_s=self.retry_first_s,
             max_s=30.0,

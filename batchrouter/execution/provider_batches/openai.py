@@ -1,10 +1,13 @@
 """OpenAI's Files + Batch API: a JSONL file of `/v1/chat/completions` requests (purpose `batch`), then a batch.
 
 One model per batch (OpenAI refuses a file that mixes them), so `plan` groups lines by upstream model
-and keeps each batch within the model's enqueued-token limit. A batch over that limit *after*
-counting the model's batches in flight is created, then fails validation with `token_limit_exceeded`:
-`poll` reports it as `failed` with a `BatchCapacityError` (retryable) and `results` gives every line
-that error, so the caller holds the lines until batches in flight end.
+and keeps each batch within the model's enqueued-token limit. Where that limit is configured, `submit`
+first adds up the input tokens of our batches of the model still in flight (each batch carries its
+model and tokens in its metadata) and raises `BatchCapacityError` (retryable) without making
+anything when this one would pass the limit: hold the lines and submit them again once some end.
+A batch the provider itself finds over the limit (batches made by others, tokens undercounted) fails
+validation with `token_limit_exceeded`: `poll` reports it `failed` with a `BatchCapacityError` and
+`results` gives every line that error.
 
 Output lines are `{custom_id, response: {status_code, request_id, body}, error}` in the output file
 (answered 200s) and the error file (other statuses, and `batch_expired` lines); lines a cancel
@@ -36,6 +39,10 @@ from batchrouter.execution.providers import OpenAIAdapter
 ENDPOINT = "/v1/chat/completions"
 LOOKUP_PAGES = 5  # pages of 100 recent batches searched for one already made by a submit
 CAPACITY_CODES = frozenset({"token_limit_exceeded"})
+_STATUSES = frozenset(status.value for status in BatchStatus)
+_ENDED = frozenset(status.value for status in BatchStatus if status.ended)
+# Metadata each batch carries beside IDEMPOTENCY_KEY, so later submits can count the enqueued tokens.
+MODEL_KEY, TOKENS_KEY = "batchrouter_model", "batchrouter_tokens"
 
 
 class OpenAIBatchClient(BatchClient):
@@ -49,6 +56,9 @@ class OpenAIBatchClient(BatchClient):
         body = self.adapter.body(line.item, line.upstream)
         return dumps({"custom_id": line.custom_id, "method": "POST", "url": ENDPOINT, "body": body}) + b"\n"
 
+    def payload(self, lines: Sequence[BatchLine]) -> bytes:
+        return b"".join(self.encode(line) for line in lines)
+
     def group(self, line: BatchLine) -> str:
         return line.upstream
 
@@ -61,10 +71,25 @@ class OpenAIBatchClient(BatchClient):
     async def _submit(
         self, lines: Sequence[BatchLine], metadata: dict[str, str], completion_window: str, given: bool
     ) -> ProviderBatch:
-        data = b"".join(self.encode(line) for line in lines)
+        data = self.payload(lines)
         if len(data) > self.limits.max_bytes:
             raise too_large(len(data), self.limits.max_bytes)
         key = metadata[IDEMPOTENCY_KEY]
+        model, tokens = lines[0].upstream, sum(line.input_tokens for line in lines)
+        metadata = {**metadata, MODEL_KEY: model, TOKENS_KEY: str(tokens)}
+        if given:  # an earlier submit (another process) may have made it: look before uploading anything
+            found = await self.find(key)
+            if found is not None:
+                return found
+        limit = self.limits.enqueued_limit(model)
+        if limit is not None:
+            enqueued = await self.enqueued(model)
+            if enqueued + tokens > limit:
+                raise BatchCapacityError(
+                    "token_limit_exceeded",
+                    f"{model}: {enqueued} input tokens are enqueued in our batches in flight and this batch holds "
+                    f"{tokens}; the limit is {limit}. Submit it again once some of those batches have ended.",
+                )
         # A repeated upload only leaves an unused file behind; the batch is what must not be made twice.
         upload = await self.json(
             "POST",
@@ -83,29 +108,47 @@ class OpenAIBatchClient(BatchClient):
             response = await self.send("POST", "batches", json=body)
             return self.batch(response.json())
 
-        return await self.idempotent(create, lambda: self.find(key), look_first=given)
+        return await self.idempotent(create, lambda: self.find(key), look_first=False)
 
-    async def find(self, key: str) -> ProviderBatch | None:
-        """The recent batch whose metadata carries `key`, if one exists."""
+    async def recent(self) -> AsyncIterator[dict[str, Any]]:
+        """The account's most recent batches, newest first (`LOOKUP_PAGES` pages of 100)."""
         params: dict[str, Any] = {"limit": 100}
         for _ in range(LOOKUP_PAGES):
             page = await self.json("GET", "batches", params=params)
             rows = [row for row in page.get("data") or [] if isinstance(row, dict)]
             for row in rows:
-                if (row.get("metadata") or {}).get(IDEMPOTENCY_KEY) == key:
-                    return self.batch(row)
+                yield row
             if not page.get("has_more") or not rows:
-                return None
+                return
             params["after"] = rows[-1]["id"]
+
+    async def find(self, key: str) -> ProviderBatch | None:
+        """The recent batch whose metadata carries `key`, if one exists."""
+        async for row in self.recent():
+            if obj(row.get("metadata")).get(IDEMPOTENCY_KEY) == key:
+                return self.batch(row)
         return None
+
+    async def enqueued(self, model: str) -> int:
+        """Input tokens of `model` in our batches not ended yet, as their metadata declares them.
+
+        What counts against OpenAI's enqueued-token limit; batches made by others on the account are not
+        seen here, and the provider still fails a batch over the limit (`poll` then says so).
+        """
+        total = 0
+        async for row in self.recent():
+            meta = obj(row.get("metadata"))
+            if meta.get(MODEL_KEY) == model and row.get("status") not in _ENDED and meta.get(TOKENS_KEY, "").isdigit():
+                total += int(meta[TOKENS_KEY])
+        return total
 
     async def poll(self, provider_batch_id: str) -> ProviderBatch:
         return self.batch(await self.json("GET", f"batches/{provider_batch_id}"))
 
     async def cancel(self, provider_batch_id: str) -> ProviderBatch:
         try:
-            return self.batch(await self.json("POST", f"batches/{provider_batch_id}/cancel"))
-        except TerminalError as exc:
+            return self.batch(await self.json("POST", f"batches/{provider_batch_id}/cancel", final=frozenset({409})))
+        except ProviderError as exc:
             if exc.status != 409:  # 409: it has ended already
                 raise
         return await self.poll(provider_batch_id)
@@ -149,7 +192,9 @@ class OpenAIBatchClient(BatchClient):
     def batch(self, raw: dict[str, Any]) -> ProviderBatch:
         """The provider's batch object as a `ProviderBatch`."""
         counts = raw.get("request_counts") or {}
-        status = BatchStatus(raw["status"])
+        # A status this client does not know yet reads as still running: poll on, never act on it.
+        known = raw.get("status") in _STATUSES
+        status = BatchStatus(raw["status"]) if known else BatchStatus.IN_PROGRESS
         ended = next(
             (raw[k] for k in ("completed_at", "failed_at", "expired_at", "cancelled_at") if raw.get(k) is not None),
             None,
