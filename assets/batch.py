@@ -13,6 +13,8 @@ fixes something, and succeeds when the batch is where it should be:
     partially_failed      success  quote, outputs, settlement   outputs: no_failed_items fails (warn);
                                                                 re-execute the partition to retry them
     cancelled             success  quote (+ outputs, settlement for items answered before the cancel)
+    waiting_on_provider   success  quote (with lanes, provider     none yet: the provider-batch sensor runs
+                                   batches, time to the deadline)  the partition again as providers answer
     awaiting_approval     success  quote                        quote: approved_and_funded fails (warn);
                                                                 the approval sensor resumes it
     insufficient_credits  failure  quote                        quote: approved_and_funded fails
@@ -96,7 +98,7 @@ def batch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
     context.instance.add_run_tags(context.run.run_id, {STATE_TAG: str(view.state)})
     if view.quote is not None:
         yield from _quote(engine.storage.read_json(*engine.batches.info(batch_id).folder("quote.json")), view, refusal)
-    if run is not None and run.items:
+    if run is not None and run.items and view.state != BatchState.WAITING_ON_PROVIDER:
         yield from _outputs(run, lifecycle.accounting(engine.storage, engine.batches.info(batch_id)))
         if run.settlement is not None:
             yield from _settlement(run.settlement, view)
@@ -109,7 +111,7 @@ def _quote(summary: dict[str, Any], view: BatchView, refusal: BatchRouterError |
     quote = QuoteSummary.model_validate(summary)
     yield dg.MaterializeResult(
         asset_key="quote",
-        metadata={
+        metadata=_lanes(quote, view) | {
             "accepted": quote.accepted,
             "rejected": quote.rejected,
             "reserve": usd(quote.reserve_usd_micros),
@@ -135,6 +137,30 @@ def _quote(summary: dict[str, Any], view: BatchView, refusal: BatchRouterError |
         description=str(refusal or view.message) if view.state in _HELD else None,
         metadata={"state": str(view.state)},
     )
+
+
+def _lanes(quote: QuoteSummary, view: BatchView) -> dict[str, Any]:
+    """Per lane: items, answered, waiting, hedged; the provider batches; the time left to the deadline."""
+    extra = view.model_extra or {}
+    out: dict[str, Any] = {}
+    if quote.by_lane:
+        out["by_lane"] = table(
+            [r.model_dump() | {"expected": usd(r.expected_usd_micros), "saving": usd(r.saving_usd_micros)}
+             for r in quote.by_lane],
+            {"route": str, "lane": str, "items": int, "expected": str, "saving": str},
+        )  # fmt: skip
+    if extra.get("lanes"):
+        columns = {"lane": str, "items": int, "answered": int, "waiting": int, "hedged": int}
+        out["lanes"] = table(extra["lanes"], columns)
+    if extra.get("provider_batches"):
+        out["provider_batches"] = table(
+            extra["provider_batches"], {"provider": str, "provider_batch_id": str, "status": str, "state": str,
+                                        "lines": int},
+        )  # fmt: skip
+    if extra.get("time_left_s") is not None:
+        out["deadline"] = str(extra["deadline_at"])
+        out["time_left_s"] = float(extra["time_left_s"])
+    return out
 
 
 def _outputs(run: RunSummary, accounted: dict[str, Any]) -> Iterator[Any]:

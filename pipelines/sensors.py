@@ -1,5 +1,6 @@
-"""Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate; a due
-webhook delivery starts a drain of the outbox.
+"""Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate; a
+provider batch that ended (or must be hedged) resumes a batch waiting on its providers; a due webhook
+delivery starts a drain of the outbox.
 
 A batch's run is tagged `batchrouter/provider.<name>` for each provider its items may be sent to, so the
 instance's per-provider run limits (`concurrency.runs.tag_concurrency_limits` in pipelines/dagster.yaml)
@@ -66,6 +67,22 @@ def approval_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRoute
         run_requests=[
             dg.RunRequest(run_key=f"{batch_id}:approved", partition_key=batch_id, tags=provider_tags(engine, batch_id))
             for batch_id in engine.batches.approved_waiting()
+        ]
+    )
+
+
+@dg.sensor(job=batch_job, default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
+def provider_batch_sensor(context: dg.SensorEvaluationContext, batchrouter: BatchRouterResource) -> dg.SensorResult:
+    """Batches waiting on the providers' batch APIs: a run of the partition when a provider batch ended,
+    is gone, or must be hedged by the deadline. Polling backs off per batch (`lanes.poll_interval_s`)."""
+    import time
+
+    engine = batchrouter.engine()
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(run_key=f"{batch_id}:provider:{time.time_ns()}", partition_key=batch_id,
+                          tags=provider_tags(engine, batch_id))  # fmt: skip
+            for batch_id in engine.batches.waiting_due()
         ]
     )
 

@@ -28,6 +28,7 @@ def create_app(settings: Settings, *, engine: BatchRouter | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.executor.start_polling()
         yield
         await run_in_threadpool(app.state.executor.wait, STOP_WAIT_S)
 

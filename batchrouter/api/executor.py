@@ -2,7 +2,9 @@
 
 Inline, `engine.batches.advance(batch_id)` runs in a background thread of the server process, with
 the server's own settings; the sensor executor hands the batch to Dagster's manifest sensor
-(`engine.batches.hand_off` says which in the batch's status).
+(`engine.batches.hand_off` says which in the batch's status). Inline, a batch left waiting on its
+providers' batches is advanced again by the server's poller (`poll`), as the provider-batch sensor
+does under Dagster: whenever `engine.batches.waiting_due()` lists it, including after a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ class Executor:
     def __init__(self, engine: BatchRouter, mode: Literal["inline", "sensor"]) -> None:
         self.engine, self.mode = engine, mode
         self.runs: list[threading.Thread] = []
+        self.stopping = threading.Event()
+        self.poller: threading.Thread | None = None
+
+    def start_polling(self, every_s: float = 5.0) -> None:
+        """Inline: advance batches waiting on provider batches when they are due (a thread of the server)."""
+        if self.mode != "inline" or self.poller is not None:
+            return
+        self.poller = threading.Thread(target=self._poll, args=(every_s,), name="provider-batches", daemon=True)
+        self.poller.start()
+
+    def _poll(self, every_s: float) -> None:
+        while not self.stopping.wait(every_s):
+            try:
+                due = self.engine.batches.waiting_due()
+            except Exception:  # noqa: BLE001 - the poller must outlive one bad look; the log says what it was
+                log.exception("looking at batches waiting on providers failed; trying again in %s s", every_s)
+                continue
+            for batch_id in due:
+                self._advance(batch_id)
 
     def start(self, batch_id: str) -> BatchView:
         """Hand a newly reserved batch to the executor; returns its status as it then is."""
@@ -37,7 +58,8 @@ class Executor:
     def wait(self, timeout_s: float) -> None:
         """Let the background runs finish (the server is stopping); a run cut short is safe to advance again."""
         deadline = time.monotonic() + timeout_s
-        for run in self.runs:
+        self.stopping.set()
+        for run in [*self.runs, *([self.poller] if self.poller else [])]:
             run.join(max(0.0, deadline - time.monotonic()))
 
     def _advance(self, batch_id: str) -> None:

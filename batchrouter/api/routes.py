@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from batchrouter.access.keys import IssuedKey, RevokedKey
@@ -105,8 +105,10 @@ async def stripe_delivery(request: Request) -> tuple[bytes, str]:
 def create_quote(
     caller: Caller, engine: Engine, name: Annotated[str, Depends(manifest_name)],
     data: Annotated[bytes, Depends(manifest_upload)],
+    deadline: Annotated[str | None, Query(max_length=32, description="answer every item within this long (24h, "
+                                          "4h, 30m): each route takes the cheapest lane that makes it")] = None,
 ) -> Any:  # fmt: skip
-    return engine.batches.preview(data, filename=name, workspace=caller.workspace, keep=True)
+    return engine.batches.preview(data, filename=name, workspace=caller.workspace, keep=True, deadline=deadline)
 
 
 @endpoint("GET", "/v1/quotes/{quote_id}", "Read a quote", m.StoredQuote, scope="batches:read", action="batches:read")

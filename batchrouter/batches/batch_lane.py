@@ -36,7 +36,15 @@ import polars as pl
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchCapacityError, ConfigError, ProviderError, RateLimitedError, TerminalError
+from batchrouter.core.errors import (
+    BatchCapacityError,
+    ConfigError,
+    ProviderError,
+    RateLimitedError,
+    RefusedError,
+    StorageError,
+    TerminalError,
+)
 from batchrouter.core.storage import Storage
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.dispatch import Job
@@ -65,8 +73,9 @@ class Sent:
     created_at: float | None = None  # the provider's clock
     ended_at: float | None = None
     polls: int = 0
-    # in_flight -> ended (collected) | hedged (cancel asked, lines sent online; collected when it ends) |
-    # refused (never made) | lost (the provider no longer knows it)
+    # submitting (being sent; a run that died here sends it again) -> in_flight -> ended (collected) |
+    # hedged (cancel asked, lines sent online; collected when it ends) | refused (never made) | lost (the
+    # provider no longer knows it)
     state: str = "in_flight"
     collected: bool = False
     error: str | None = None
@@ -95,10 +104,12 @@ class BatchLane:
         *,
         simulator_url: str | None = None,
         record: Callable[[ItemResult], None],
+        flush: Callable[[], None] = lambda: None,
     ) -> None:
+        """`record` takes each line's result; `flush` makes the recorded ones durable (the checkpoint's)."""
         self.storage, self.settings, self.catalog, self.info = storage, settings, catalog, info
         self.simulator_url = simulator_url
-        self.record = record
+        self.record, self.flush = record, flush
         self.lanes = settings.lanes
 
     # -- the batch's records --------------------------------------------------------------------------
@@ -144,10 +155,13 @@ class BatchLane:
         fresh = fresh.filter(pl.col("hedge_at_s").is_not_null() & (pl.col("hedge_at_s") > now))
         return pl.concat([online, back, late], how="vertical_relaxed"), fresh, waiting.height
 
-    def submit(self, items: pl.DataFrame, jobs: dict[str, Job]) -> list[Sent]:
-        """Send `items` (batch lane, never sent) as provider batches, by route, each fitting its limits."""
-        made: list[Sent] = []
-        count = len(self.sent())
+    def submit(self, items: pl.DataFrame, jobs: dict[str, Job]) -> set[str]:
+        """Send `items` (batch lane, never sent) as provider batches, by route, each fitting its limits.
+
+        Returns the items of provider batches the provider refused (they go online now). Items over the
+        provider's capacity (OpenAI's enqueued tokens per model) stay unsent, for the next round.
+        """
+        refused: set[str] = set()
         for (route,), part in items.group_by("route", maintain_order=True):
             entry = self.catalog.entry(str(route))
             hedge_at = part["hedge_at_s"].min()
@@ -161,29 +175,39 @@ class BatchLane:
             except ConfigError:
                 continue  # no batch API here after all: the items stay unsent and go online at their hedge time
             for chunk in client.plan(lines):
-                count += 1
-                sent = Sent(key=f"{self.info.batch_id}-{count:04d}", route=str(route), provider=entry.provider,
-                            lines=len(chunk), submitted_at=time.time(),
+                # The key is the chunk's content: a run killed between the provider making the batch and
+                # our record of it sends the same chunk again under the same key, and the client finds
+                # the batch it made instead of making a second one.
+                digest = hashlib.sha256(f"{route}\n{','.join(x.custom_id for x in chunk)}".encode()).hexdigest()
+                sent = Sent(key=f"{self.info.batch_id}-{digest[:16]}", route=str(route), provider=entry.provider,
+                            lines=len(chunk), submitted_at=time.time(), state="submitting",
                             hedge_at_s=float(hedge_at) if hedge_at is not None else None)  # type: ignore[arg-type]  # fmt: skip
                 ids = [by_custom[x.custom_id] for x in chunk]
                 frame = pl.DataFrame({"custom_id": [x.custom_id for x in chunk], "item_id": ids,
                                       "reserve_usd_micros": [jobs[i].reserve_usd_micros for i in ids],
                                       "input_sha256": [jobs[i].input_sha256 for i in ids]})  # fmt: skip
                 self.storage.write_parquet(frame, *self.info.folder(FOLDER, f"{sent.key}.parquet"))
+                self._save(sent)
                 try:
                     batch = _run(client, client.submit(chunk, metadata=self._metadata(sent), completion_window="24h"))
                 except BatchCapacityError:
                     # Over the enqueued-token limit: nothing was made; the lines are sent again next round.
-                    self.storage.fs.rm(self.storage.path(*self.info.folder(FOLDER, f"{sent.key}.parquet")))
-                    count -= 1
+                    self._forget(sent)
                     break
                 except ProviderError as exc:
                     sent.state, sent.error = "refused", f"{exc.code}: {exc.message}"
+                    refused.update(ids)
                 else:
+                    sent.state = "in_flight"
                     self._update(sent, batch)
                 self._save(sent)
-                made.append(sent)
-        return made
+        return refused
+
+    def waiting_items(self, todo: pl.DataFrame) -> tuple[int, int]:
+        """Items of `todo` (without an answer before this round) still waiting on the batch lane: (in a
+        provider batch in flight, held back for capacity: never sent, not yet due online)."""
+        _, unsent, held = self.split(todo)
+        return held, unsent.height
 
     def refresh(self, *, cancel_all: bool = False) -> int:
         """Poll the provider batches still open, collect those that ended, hedge those past their time.
@@ -193,6 +217,9 @@ class BatchLane:
         """
         now = self.clock_s()
         for sent in self.sent():
+            if sent.state == "submitting":
+                self._forget(sent)  # a run died while sending it: its lines are sent again (same key) this round
+                continue
             if not sent.open or sent.provider_batch_id is None:
                 continue
             client = self._client(sent.provider)
@@ -213,10 +240,12 @@ class BatchLane:
             self._save(sent)
         return sum(s.lines for s in self.sent() if s.holds_lines)
 
-    def next_poll_wall(self, polls: int = 0) -> float | None:
-        """When to look again (wall clock): after the backoff for `polls` looks, or at a hedge time if sooner."""
+    def next_poll_wall(self, polls: int = 0, *, unsent: int = 0) -> float | None:
+        """When to look again (wall clock): after the backoff for `polls` looks, or at a hedge time if sooner.
+
+        None when nothing waits (no provider batch in flight, nothing held back for capacity)."""
         holding = [sent for sent in self.sent() if sent.holds_lines]
-        if not holding:
+        if not holding and not unsent:
             return None
         times = [time.time() + self.lanes.wall_s(self.lanes.poll_delay_s(polls))]
         started = datetime.fromisoformat(self.info.submitted_at).timestamp()
@@ -227,6 +256,8 @@ class BatchLane:
         """Whether an advance has something to do now: a provider batch ended, is gone, or is past its hedge
         time. Polls without writing anything (a run may hold the batch); a provider that asks us to slow
         down gives the seconds to wait instead."""
+        if unsent_of(self.storage, self.info.batch_id):
+            return True  # only a run can send what was held back for capacity
         now = self.clock_s()
         for sent in self.sent():
             if not sent.holds_lines:
@@ -251,6 +282,11 @@ class BatchLane:
         return False
 
     # -- inside -----------------------------------------------------------------------------------------
+
+    def _forget(self, sent: Sent) -> None:
+        for name in (f"{sent.key}.json", f"{sent.key}.parquet"):
+            if self.storage.exists(*self.info.folder(FOLDER, name)):
+                self.storage.fs.rm(self.storage.path(*self.info.folder(FOLDER, name)))
 
     def _metadata(self, sent: Sent) -> dict[str, str]:
         return {"batchrouter_batch": self.info.batch_id, "batchrouter_key": sent.key}
@@ -300,6 +336,7 @@ class BatchLane:
             result = self._result(sent, entry, sent_line, line, finished)
             if result is not None:
                 self.record(result)
+        self.flush()  # the answers are durable before the record says they were collected
         sent.collected = True
         if sent.state == "in_flight":
             sent.state = "ended"
@@ -330,9 +367,13 @@ class BatchLane:
             )  # fmt: skip
         error = line.error
         if isinstance(error, TerminalError) and error.code not in ("batch_expired", "batch_cancelled"):
+            # A refusal is billed (its tokens, at the batch price), as online; other terminal errors are not.
+            tokens = (error.input_tokens, error.output_tokens) if isinstance(error, RefusedError) else (0, 0)
+            cost = entry.cost_micros(*tokens, tier="batch") if any(tokens) else 0
             return ItemResult(
-                status=ItemStatus.FAILED, input_tokens=0, output_tokens=0, cached_tokens=0, cost_usd_micros=0,
-                cost_source="none", provider_request_id=line.request_id, output_sha256=None, output_text=None,
+                status=ItemStatus.FAILED, input_tokens=tokens[0], output_tokens=tokens[1], cached_tokens=0,
+                cost_usd_micros=cost, cost_source="catalog" if cost else "none",
+                provider_request_id=line.request_id, output_sha256=None, output_text=None,
                 choices=None, finish_reason=None, error_code=error.code,
                 error_message=f"{error.message} (in provider batch {sent.provider_batch_id})", **common,
             )  # fmt: skip
@@ -372,13 +413,39 @@ def waiting(storage: Storage) -> list[str]:
     return [n.removesuffix(".json") for n in storage.list(WAITING) if n.endswith(".json")]
 
 
-def mark_waiting(storage: Storage, info: BatchInfo, next_poll_at: float | None, *, polls: int = 0) -> None:
-    """Say when the sensor should next look at the batch (None: it waits on no provider any more)."""
+def mark_waiting(
+    storage: Storage, info: BatchInfo, next_poll_at: float | None, *, polls: int = 0, unsent: int | None = None
+) -> None:
+    """Say when the sensor should next look at the batch (None: it waits on no provider any more).
+
+    `unsent`: batch-lane items held back for the provider's capacity, which only a run can send
+    (kept from the last marker when not given)."""
     if next_poll_at is None:
         forget_waiting(storage, info.batch_id)
         return
-    storage.write_json({"batch_id": info.batch_id, "next_poll_at": next_poll_at, "polls": polls},
+    if unsent is None:
+        unsent = unsent_of(storage, info.batch_id)
+    storage.write_json({"batch_id": info.batch_id, "next_poll_at": next_poll_at, "polls": polls, "unsent": unsent},
                        WAITING, f"{info.batch_id}.json")  # fmt: skip
+
+
+def _marker(storage: Storage, batch_id: str) -> dict[str, Any]:
+    if not storage.exists(WAITING, f"{batch_id}.json"):
+        return {}
+    try:
+        return dict(storage.read_json(WAITING, f"{batch_id}.json"))
+    except StorageError:  # removed between the two calls: it waits no more
+        return {}
+
+
+def looks_of(storage: Storage, batch_id: str) -> int:
+    """How many looks at the waiting batch found nothing to do yet."""
+    return int(_marker(storage, batch_id).get("polls", 0))
+
+
+def unsent_of(storage: Storage, batch_id: str) -> int:
+    """Batch-lane items the last run held back for capacity (0 when the batch is not waiting)."""
+    return int(_marker(storage, batch_id).get("unsent", 0))
 
 
 def due(storage: Storage, *, now: float | None = None) -> list[tuple[str, int]]:
@@ -386,11 +453,8 @@ def due(storage: Storage, *, now: float | None = None) -> list[tuple[str, int]]:
     now = time.time() if now is None else now
     out = []
     for batch_id in waiting(storage):
-        try:
-            marker = storage.read_json(WAITING, f"{batch_id}.json")
-        except FileNotFoundError:
-            continue
-        if float(marker.get("next_poll_at", 0)) <= now:
+        marker = _marker(storage, batch_id)
+        if marker and float(marker.get("next_poll_at", 0)) <= now:
             out.append((batch_id, int(marker.get("polls", 0))))
     return out
 

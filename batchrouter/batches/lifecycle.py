@@ -216,7 +216,7 @@ def stage_dispatch(
             url = simulator_url
             if url is None and _needs_simulator(settings, catalog, _routes_to_reach(storage, info, routed, checkpoint)):
                 url = stack.enter_context(running_simulator(settings.simulator))
-            lane = BatchLane(storage, settings, catalog, info, simulator_url=url, record=record)
+            lane = BatchLane(storage, settings, catalog, info, simulator_url=url, record=record, flush=checkpoint.flush)
             if storage.exists(*info.folder(batch_lane.FOLDER)):
                 lane.refresh(cancel_all=cancelled())  # collect what ended, hedge what is late
                 checkpoint.flush()
@@ -226,20 +226,23 @@ def stage_dispatch(
             cost[0] = int(done["cost_usd_micros"].sum() or 0)
             todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
             online, to_submit, waiting = lane.split(todo)
-            jobs = _jobs(online)
-            if (jobs or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
+            if (online.height or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
                 raise BatchError(
                     f"batch {info.batch_id}'s reservation is {hold_status}; "
-                    f"{len(jobs) + to_submit.height} items cannot be sent without one"
+                    f"{online.height + to_submit.height} items cannot be sent without one"
                 )
             # A reserved round with nothing left to send (a run died after dispatching) still passes through
             # dispatching, so settling it may end the batch.
             state = current_state(storage, info)
-            if (jobs or to_submit.height or state == BatchState.RESERVED) and not cancelled():
+            if (online.height or to_submit.height or state == BatchState.RESERVED) and not cancelled():
                 record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
-                             remaining=len(jobs) + to_submit.height + waiting, **counts)  # fmt: skip
+                             remaining=online.height + to_submit.height + waiting, **counts)  # fmt: skip
             if to_submit.height and not cancelled():
-                lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
+                # Lines a provider refused go online now; lines held back for capacity wait for the next round.
+                refused = lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
+                online = pl.concat([online, to_submit.filter(pl.col("item_id").is_in(list(refused)))],
+                                   how="vertical_relaxed")  # fmt: skip
+            jobs = _jobs(online)
             dispatcher = Dispatcher(
                 settings=settings,
                 catalog=catalog,
@@ -250,8 +253,12 @@ def stage_dispatch(
             )
             asyncio.run(dispatcher.run(jobs))
             health = [r.health.row() for r in dispatcher.routes.values()]
-            held = sum(s.lines for s in lane.sent() if s.holds_lines) if not cancelled() else 0
-            batch_lane.mark_waiting(storage, info, lane.next_poll_wall() if held else None)
+            in_flight, unsent = lane.waiting_items(todo) if not cancelled() else (0, 0)
+            held = in_flight + unsent
+            # Held back for capacity round after round: each look waits longer (as polls do).
+            polls = batch_lane.looks_of(storage, info.batch_id) + 1 if unsent else 0
+            batch_lane.mark_waiting(storage, info, lane.next_poll_wall(polls, unsent=unsent) if held else None,
+                                    polls=polls, unsent=unsent)  # fmt: skip
     finally:
         checkpoint.flush()
     elapsed = time.monotonic() - started

@@ -39,6 +39,7 @@ from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import HoldStatus
 from batchrouter.output import delivery
+from batchrouter.pricing import lanes
 from batchrouter.pricing.quote import build_quote
 from batchrouter.pricing.routing import providers_for
 
@@ -100,11 +101,14 @@ class Batches:
         return BatchView.model_validate({**status, "state": state, "status": str(state), "created": created})
 
     # -- quotes -----------------------------------------------------------------------------------
-    def preview(self, data: bytes, *, filename: str, workspace: str, keep: bool = False) -> QuoteSummary:
+    def preview(
+        self, data: bytes, *, filename: str, workspace: str, keep: bool = False, deadline: str | float | None = None
+    ) -> QuoteSummary:
         """Validate and price a manifest; nothing is reserved or sent.
 
         With `keep`, the quote and the manifest are stored so `create(quote_id=...)` can make the batch
         the customer saw priced. An unusable manifest is quarantined with a report, then raised.
+        `deadline` (else the workspace's default) picks each route's lane, as `create` would.
         """
         engine = self._engine
         name = posixpath.basename(filename)
@@ -114,7 +118,11 @@ class Batches:
             exc.report = quarantine(engine.storage, workspace=workspace, source_name=name, data=data, error=exc)
             raise
         policy = engine.settings.workspace(workspace).policy
-        summary = build_quote(manifest, workspace=workspace, catalog=engine.catalog, policy=policy).summary()
+        deadline_s = _deadline(deadline)
+        deadline_s = engine.settings.default_deadline_s(workspace) if deadline_s is None else deadline_s
+        chooser = lanes.chooser(engine.settings, engine.catalog, deadline_s) if deadline_s is not None else None
+        summary = build_quote(manifest, workspace=workspace, catalog=engine.catalog, policy=policy, lanes=chooser,
+                              deadline_s=deadline_s).summary()  # fmt: skip
         if keep:
             folder = (QUOTES, workspace, summary["quote_id"])
             engine.storage.write_bytes(data, *folder, "source", name)
@@ -179,7 +187,7 @@ class Batches:
             filename = self._engine.storage.read_json(QUOTES, workspace, quote_id, "quote.json")["filename"]
             assert filename is not None
             data = self._engine.storage.read_bytes(QUOTES, workspace, quote_id, "source", filename)
-            del kept
+            deadline = kept.deadline_s if deadline is None else deadline  # the terms the customer saw
         if data is None or filename is None:
             raise BatchError("create a batch from a manifest (data and filename) or from a quote_id")
         run_tag = check_run_tag(run_tag)
@@ -413,11 +421,24 @@ class Batches:
             ready = lane.ready()
             if ready is True:
                 out.append(batch_id)
+                # Not asked for again before its run had time to go on (the run sets its next look).
+                again = time.time() + settings.lanes.wall_s(settings.lanes.poll_delay_s(0))
+                batch_lane.mark_waiting(storage, info, again, polls=polls)
             elif ready is False:
                 batch_lane.mark_waiting(storage, info, lane.next_poll_wall(polls + 1), polls=polls + 1)
             else:  # the provider asked us to wait
                 batch_lane.mark_waiting(storage, info, time.time() + ready, polls=polls)
         return out
+
+    def next_look_s(self, batch_id: str) -> float | None:
+        """Seconds until a batch waiting on its providers is worth advancing again (None: it is not waiting)."""
+        info = self.info(batch_id)
+        if current_state(self._engine.storage, info) != BatchState.WAITING_ON_PROVIDER:
+            return None
+        lane = batch_lane.BatchLane(self._engine.storage, self._engine.settings, self._engine.catalog, info,
+                                    record=lambda result: None)  # fmt: skip
+        at = lane.next_poll_wall()
+        return None if at is None else max(0.0, at - time.time())
 
     def approved_waiting(self) -> builtins.list[str]:
         """Batches at the approval gate that have since been approved (the approval sensor's list)."""
@@ -450,8 +471,10 @@ class Batches:
                 return self._view(info)  # the run in progress sees the cancel, ends the rest unsent and settles
             holds = engine.ledger.batch_holds(info.batch_id)
             held = bool(holds) and holds[-1].status == HoldStatus.HELD
-            if held and Checkpoint(engine.storage, info.batch_id).load().height:
-                # A run died after some answers: they are settled (nothing more is sent), the rest released.
+            in_flight = engine.storage.exists(*info.folder(batch_lane.FOLDER))
+            if held and (in_flight or Checkpoint(engine.storage, info.batch_id).load().height):
+                # A run died after some answers, or provider batches are out: those are cancelled, what was
+                # answered is settled (nothing more is sent), the rest released.
                 self._advance(info, actor=actor, on_progress=None, simulator_url=None)
                 return self._view(info)
             if held:

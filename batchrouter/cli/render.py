@@ -18,6 +18,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from batchrouter.core.durations import format_duration
+
 
 def usd(micros: int) -> str:
     """Micro-dollars as `$1,234.567890` (the ledger's own spelling)."""
@@ -77,6 +79,14 @@ def quote_view(summary: Mapping[str, Any]) -> Group:
             [[r["route"], r["model"], r["items"], f"{r['input_tokens']:,}", f"{r['max_output_tokens']:,}",
               usd(r["reserve_usd_micros"]), usd(r["expected_usd_micros"])] for r in summary["by_route"]],
         )]  # fmt: skip
+    if summary.get("deadline_s") is not None and summary.get("by_lane"):
+        saving = (summary.get("online_expected_usd_micros") or 0) - summary["expected_usd_micros"]
+        parts += [Text(""), Text(f"Deadline {format_duration(summary['deadline_s'])}: expected "
+                                 f"{usd(summary['expected_usd_micros'])}, {usd(saving)} less than all online"), table(
+            ["ROUTE", "LANE", "ITEMS", "EXPECTED", "ONLINE", "SAVING"],
+            [[r["route"], r["lane"], r["items"], usd(r["expected_usd_micros"]), usd(r["online_expected_usd_micros"]),
+              usd(r["saving_usd_micros"])] for r in summary["by_lane"]],
+        )]  # fmt: skip
     if summary["rejections"]:
         parts += [Text(""), Text(f"Rejected rows ({summary['rejected']}):"), table(
             ["ROW", "ITEM", "FIELD", "REASON"],
@@ -107,6 +117,9 @@ def run_view(summary: Mapping[str, Any]) -> Group:
     if summary["failures"]:
         failures = ", ".join(f"{f['error_code']} x{f['len']}" for f in summary["failures"])
         parts += [Text(""), Text(f"Failures: {failures}")]
+    if summary.get("state") == "waiting_on_provider":
+        parts += [Text(""), Text(f"{summary['pending']} items are in provider batches: run the same command again "
+                                 "(or with --wait) to collect them, or let the Dagster sensor do it")]  # fmt: skip
     parts += [Text(""), Text(f"Outputs:  {summary['outputs']}"), Text(f"Receipts: {summary['receipts']}")]
     return Group(*parts)
 
@@ -124,6 +137,18 @@ def status_view(status: Mapping[str, Any]) -> Group:
     if status.get("items_by_status"):
         parts.append(table(["ITEMS", "STATUS"], [[n, k] for k, n in status["items_by_status"].items()]))
         parts.append(Text(f"Actual cost {usd(status.get('actual_usd_micros') or 0)}"))
+    if status.get("lanes"):
+        parts.append(table(["LANE", "ITEMS", "ANSWERED", "WAITING", "HEDGED"],
+                           [[r["lane"], r["items"], r["answered"], r["waiting"], r["hedged"]]
+                            for r in status["lanes"]]))  # fmt: skip
+    if status.get("provider_batches"):
+        parts.append(table(["PROVIDER", "PROVIDER BATCH", "STATUS", "HERE", "LINES"],
+                           [[b["provider"], b["provider_batch_id"] or "", b["status"], b["state"], b["lines"]]
+                            for b in status["provider_batches"]]))  # fmt: skip
+    if status.get("time_left_s") is not None:
+        left = status["time_left_s"]
+        when = f"{format_duration(left)} left" if left > 0 else f"passed {format_duration(-left)} ago"
+        parts.append(Text(f"Deadline {status['deadline_at']} ({when})"))
     if status.get("holds"):
         parts.append(table(["HOLD", "STATUS", "RESERVED", "CAPTURED"],
                            [[h["hold"], h["status"], usd(h["reserved_usd_micros"]), usd(h["captured_usd_micros"])]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -17,7 +18,7 @@ from batchrouter.batches import batch_lane
 from batchrouter.batches.batch_lane import BatchLane
 from batchrouter.batches.results import RunSummary
 from batchrouter.batches.states import BatchState
-from batchrouter.core.config import LanesConfig, Settings, SimulatorConfig
+from batchrouter.core.config import LanesConfig, ProviderConfig, Settings, SimulatorConfig
 from batchrouter.engine import BatchRouter
 from batchrouter.pricing.predictions import Predictions
 from batchrouter.simulator import running_simulator
@@ -51,7 +52,11 @@ def make(settings: Settings) -> Iterator[Any]:
         cm = running_simulator(sim)
         url = cm.__enter__()
         stack.append(cm)
-        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(time_scale=SCALE, **lanes)})
+        # The providers are this simulator (as real providers would be): every process reaches their batches.
+        providers = {p: ProviderConfig(kind="simulator", wire=p, base_url=url) for p in ("openai", "anthropic")}
+        config = settings.model_copy(
+            update={"simulator": sim, "lanes": LanesConfig(time_scale=SCALE, **lanes), "providers": providers}
+        )
         engine = BatchRouter(config)
         engine.ledger.grant("acme", 5 * USD, key="grant")
         return engine, url
@@ -172,3 +177,108 @@ def test_an_expired_provider_batch_keeps_its_answered_lines_and_sends_the_rest_o
     lanes = dict(got.group_by("lane").len().iter_rows())
     assert lanes.get("batch", 0) > 0 and lanes.get("online", 0) > 0  # partial success, the rest re-routed
     assert {s.history[-1] for s in sent(engine, view.batch_id)} == {"expired"}
+
+
+def test_a_run_killed_while_its_provider_batches_are_in_flight_resumes_polling_and_settles_each_line_once(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from batchrouter.cli import main
+    from batchrouter.core.batch_info import batch_id_for
+
+    # Provider batches that take about two provider hours (5 wall seconds here): in flight when killed.
+    sim = simulator(batch_median_s=7200, batch_sigma=0.0)
+    with running_simulator(sim) as url:
+        config = tmp_path / "batchrouter.toml"
+        providers = "".join(f'[providers.{p}]\nkind = "simulator"\nwire = "{p}"\nbase_url = "{url}"\n\n'
+                            for p in ("openai", "anthropic"))  # fmt: skip
+        config.write_text(providers + f"[lanes]\ntime_scale = {SCALE}\n")
+        env = {**os.environ, "BATCHROUTER_CONFIG": str(config)}
+        os.environ["BATCHROUTER_CONFIG"] = str(config)
+        try:
+            assert main(["credits", "grant", "--workspace", "acme", "--usd", "5"]) == 0
+        finally:
+            del os.environ["BATCHROUTER_CONFIG"]
+        path = tmp_path / "m.csv"
+        path.write_bytes(manifest())
+        batch_id = batch_id_for("acme", hashlib.sha256(path.read_bytes()).hexdigest())
+        folder = Path(os.environ["BATCHROUTER_STORAGE__ROOT"]) / "batches" / batch_id
+        command = [sys.executable, "-m", "batchrouter.cli", "run", str(path), "--workspace", "acme", "--json"]
+
+        proc = subprocess.Popen([*command, "--deadline", "24h", "--wait"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+
+            def in_flight() -> list[dict[str, Any]]:
+                records = [json.loads(p.read_text()) for p in (folder / batch_lane.FOLDER).glob("*.json")]
+                return [r for r in records if r["state"] == "in_flight"]
+
+            while len(in_flight()) < 2:  # one provider batch per provider
+                assert proc.poll() is None, f"the run ended early: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "no provider batches in flight in time"
+                time.sleep(0.05)  # polling interval, not synchronisation: the loop waits on the records
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        assert not (folder / "settlement.json").exists()
+
+        done = subprocess.run([*command, "--wait"], env=env, capture_output=True, timeout=DEADLINE_S * 2)
+
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+        summary = json.loads(done.stdout)
+        assert (summary["state"], summary["succeeded"], summary["pending"]) == ("completed", 12, 0)
+        got = pl.read_parquet(folder / "receipts.parquet")
+        assert got["item_id"].is_unique().all() and set(got["lane"]) == {"batch"}
+        chunks = pl.concat([pl.read_parquet(p) for p in (folder / "dispatch" / "chunks").glob("*.parquet")],
+                           how="diagonal_relaxed")  # fmt: skip
+        assert chunks.height == 12 and chunks["item_id"].is_unique().all()  # each line recorded once
+        # The restart polled the batches it had made: the providers hold exactly one batch each.
+        headers = {"authorization": "Bearer sim-key", "x-api-key": "sim-key", "anthropic-version": "2023-06-01"}
+        openai = httpx.get(f"{url}/batches", headers=headers).json()["data"]
+        anthropic = httpx.get(f"{url}/messages/batches", headers=headers).json()["data"]
+        assert (len(openai), len(anthropic)) == (1, 1)
+        captured = json.loads((folder / "settlement.json").read_text())
+        assert captured["captured_usd_micros"] == got["cost_usd_micros"].sum()
+
+
+def test_lines_over_the_enqueued_token_limit_wait_for_capacity_and_still_go_by_the_batch_api(make: Any) -> None:
+    # OpenAI admits about two of these lines' input tokens per model at once: the rest wait their turn.
+    engine, url = make(simulator(batch_enqueued_tokens=40))
+    data = manifest().decode().splitlines()
+    only_openai = ("\n".join(line for line in data if not line.startswith("c")) + "\n").encode()
+    view = engine.batches.create(only_openai, filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+
+    first = engine.batches.advance(view.batch_id, actor=CLI, simulator_url=url)
+
+    assert first.state == BatchState.WAITING_ON_PROVIDER
+    assert batch_lane.unsent_of(engine.storage, view.batch_id) > 0  # held back, not sent online
+    final = advance_until_final(engine, view.batch_id, url)
+    assert final.state == BatchState.COMPLETED
+    got = receipts(engine, view.batch_id)
+    assert got.height == 6 and set(got["lane"]) == {"batch"} and got["item_id"].is_unique().all()
+    assert len(sent(engine, view.batch_id)) > 1  # several provider batches, one after another
+
+
+def test_cancelling_a_batch_waiting_on_its_providers_cancels_their_batches_and_charges_nothing(make: Any) -> None:
+    engine, url = make(simulator(batch_median_s=7200, batch_sigma=0.0))
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+    assert engine.batches.advance(view.batch_id, actor=CLI, simulator_url=url).state == BatchState.WAITING_ON_PROVIDER
+
+    cancelled = engine.batches.cancel(view.batch_id, actor=CLI)
+
+    assert cancelled.state == BatchState.CANCELLED
+    for s in sent(engine, view.batch_id):
+        assert s.history[-1] in ("cancelling", "cancelled")
+    (hold,) = engine.ledger.batch_holds(view.batch_id)
+    assert hold.captured_usd_micros == 0 and hold.status != "held"
+    assert view.batch_id not in batch_lane.waiting(engine.storage)

@@ -108,6 +108,20 @@ def test_a_quote_preview_can_be_read_back_by_its_id(api: Api) -> None:
     assert response.json() == {**preview, "filename": "m.csv"}
 
 
+def test_a_quote_with_a_deadline_is_priced_per_lane_and_a_bad_deadline_is_a_422(api: Api) -> None:
+    response = api.client.post("/v1/quotes?filename=m.csv&deadline=24h", content=CSV, headers=bearer(api.owner))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["deadline_s"] == 86_400 and {r["lane"] for r in body["by_lane"]} == {"batch"}
+    assert body["expected_usd_micros"] < body["online_expected_usd_micros"]
+    kept = api.client.get(f"/v1/quotes/{body['quote_id']}", headers=bearer(api.owner)).json()
+    assert kept["deadline_s"] == 86_400  # a batch made from this quote keeps its deadline
+
+    bad = api.client.post("/v1/quotes?filename=m.csv&deadline=soon", content=CSV, headers=bearer(api.owner))
+    assert bad.status_code == 422
+    assert "deadline 'soon' is not a duration" in bad.text
+
+
 def test_a_quote_preview_runs_and_reserves_nothing(api: Api) -> None:
     api.ledger.grant("acme", 5 * USD, key="grant")
     api.quote()

@@ -55,6 +55,33 @@ def test_quote_json_prints_the_summary_and_exits_0(tmp_path: Path, capsys: pytes
     assert out["by_route"][0]["route"] == "openai:gpt-4o-mini"
 
 
+def test_quote_with_a_deadline_shows_each_routes_lane_its_price_and_the_saving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = manifest(tmp_path, GOOD)
+    assert main(["quote", path, "--workspace", "acme", "--json", "--deadline", "24h"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["deadline_s"] == 86_400
+    (lane,) = out["by_lane"]
+    assert (lane["route"], lane["lane"], lane["items"]) == ("openai:gpt-4o-mini", "batch", 1)
+    assert out["expected_usd_micros"] == lane["expected_usd_micros"] < out["online_expected_usd_micros"]
+    assert out["reserve_usd_micros"] == 62  # the reserve is the online price, whatever the lane
+
+    assert main(["quote", path, "--workspace", "acme", "--deadline", "1d"]) == 0
+    text = capsys.readouterr().out
+    assert "Deadline 1d" in text and "less than all online" in text and "batch" in text
+
+
+def test_a_deadline_that_is_not_a_duration_is_refused_with_what_to_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", manifest(tmp_path, GOOD), "--workspace", "acme", "--deadline", "tomorrow"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "deadline 'tomorrow' is not a duration" in err and "24h" in err and "Traceback" not in err
+    assert not (storage_root() / "batches").exists() or not any((storage_root() / "batches").iterdir())
+
+
 def test_quote_exits_1_when_every_row_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["quote", manifest(tmp_path, ALL_BAD), "--workspace", "acme", "--json"])
     out = json.loads(capsys.readouterr().out)
