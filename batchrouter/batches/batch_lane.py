@@ -355,11 +355,14 @@ class BatchLane:
         )  # fmt: skip
         if line.completion is not None:
             c = line.completion
-            cost = entry.cost_micros(c.input_tokens, c.output_tokens, cached=c.cached_tokens, tier="batch")
+            # What the provider says it billed, where it says (as online); else the catalog at the batch price.
+            catalog_cost = entry.cost_micros(c.input_tokens, c.output_tokens, cached=c.cached_tokens, tier="batch")
+            cost = catalog_cost if c.reported_cost_usd_micros is None else c.reported_cost_usd_micros
+            source = "catalog" if c.reported_cost_usd_micros is None else "provider"
             text = c.text
             return ItemResult(
                 status=ItemStatus.SUCCEEDED, input_tokens=c.input_tokens, output_tokens=c.output_tokens,
-                cached_tokens=c.cached_tokens, cost_usd_micros=cost, cost_source="catalog" if cost else "none",
+                cached_tokens=c.cached_tokens, cost_usd_micros=cost, cost_source=source if cost else "none",
                 provider_request_id=c.request_id or line.request_id,
                 output_sha256=hashlib.sha256(text.encode()).hexdigest(), output_text=text,
                 choices=json.dumps(c.choices, ensure_ascii=False) if c.choices else None,
