@@ -173,7 +173,8 @@ class BatchLane:
             try:
                 client = self._client(entry.provider)
             except ConfigError:
-                continue  # no batch API here after all: the items stay unsent and go online at their hedge time
+                refused.update(part["item_id"].to_list())  # no batch API here after all: online at once
+                continue
             for chunk in client.plan(lines):
                 # The key is the chunk's content: a run killed between the provider making the batch and
                 # our record of it sends the same chunk again under the same key, and the client finds
