@@ -195,7 +195,11 @@ def stage_dispatch(
     beat = [time.monotonic()]
     cost = [0]
 
+    flex = set(routed.filter(pl.col("lane") == str(Lane.FLEX))["item_id"]) if "lane" in routed.columns else set()
+
     def record(result: ItemResult) -> None:
+        if result.item_id in flex and result.lane == Lane.ONLINE:
+            result.lane = str(Lane.FLEX)  # the dispatcher sent it with service_tier "flex"
         checkpoint.add(result)
         counts[result.status] = counts.get(result.status, 0) + 1
         cost[0] += result.cost_usd_micros
