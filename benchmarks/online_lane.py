@@ -17,8 +17,9 @@ Printed, for `batchrouter run`:
 - dispatch: items / the dispatch stage's wall time and that stage's CPU (both recorded by the run itself
   in `dispatch/health-*.parquet`: `run_seconds`, `run_cpu_seconds`), against the raw loop's;
 - whole run: items / the command's wall time, and the command's whole CPU (start-up, quote, reserve,
-  outputs, settle; its children included) per item. These carry the fixed costs (about 3 s of imports
-  and start-up here), so they approach the dispatch figures as the manifest grows.
+  outputs, settle; its children included) per item. These carry the fixed costs (imports, loading the
+  tokenizer, writing outputs), so they approach the dispatch figures as the manifest grows.
+Bytecode is cached as on an installed machine (one untimed warm-up run of a 20-item manifest first).
 The ledger's owner process (started detached by the first command, see `core/control.py`) is not a
 child of the run and is not counted; it does a handful of operations per batch, none per item.
 
@@ -32,6 +33,7 @@ import asyncio
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,36 +132,59 @@ def main() -> None:
         config, manifest = root / "batchrouter.toml", root / "items.csv"
         write_config(config, root, base)
         write_manifest(manifest, n)
-        env = {**os.environ, "BATCHROUTER_CONFIG": str(config), "BATCHROUTER_CONTROL_IDLE_S": "30"}
+        # Bytecode cached as on an installed machine, under the temporary folder (nothing written into the tree).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env |= {"BATCHROUTER_CONFIG": str(config), "BATCHROUTER_CONTROL_IDLE_S": "30"}
+        env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
         granted = cli("credits", "grant", "--workspace", WORKSPACE, "--usd", "1000", "--key", "bench", env=env)
         if granted.returncode != 0:
             raise SystemExit(f"credits grant failed:\n{granted.stderr[-4000:]}")
+        warm = root / "warm-up.csv"
+        write_manifest(warm, 20)
+        run_batchrouter(warm, "warm-up", env, root / "storage")  # untimed: writes the bytecode cache
         print(
             f"{n:,} items, simulator latency {LATENCY_MS:.0f} ms, limit {RPM / 60:,.0f} req/s, "
             f"concurrency {CONCURRENCY}; ceiling {ceiling:,.0f} items/s"
         )
+        rounds = []
         for round_ in range(args.rounds):
             baseline = asyncio.run(raw_aiohttp(base, n))
             ours = run_batchrouter(manifest, f"r{round_}-{time.time_ns()}", env, root / "storage")
-            raw_rate, raw_cpu = baseline["ok"] / baseline["wall"], baseline["cpu_ms_per_item"]
-            rate = ours["ok"] / ours["dispatch_wall"]
-            cpu = ours["dispatch_cpu"] / n * 1000
-            whole_rate, whole_cpu = ours["ok"] / ours["wall"], ours["cpu"] / n * 1000
+            row = {
+                "raw_rate": baseline["ok"] / baseline["wall"] / ceiling,
+                "raw_cpu": baseline["cpu_ms_per_item"],
+                "rate": ours["ok"] / ours["dispatch_wall"] / ceiling,
+                "cpu": ours["dispatch_cpu"] / n * 1000,
+                "whole_rate": ours["ok"] / ours["wall"] / ceiling,
+                "whole_cpu": ours["cpu"] / n * 1000,
+            }
+            rounds.append(row)
             print(f"round {round_ + 1}")
             print(
-                f"  {'raw aiohttp loop (baseline)':34s} {raw_rate:6.0f} items/s {raw_rate / ceiling:6.1%} of ceiling"
-                f"  {raw_cpu:.3f} ms CPU/item  ok {baseline['ok']:,.0f}"
+                f"  {'raw aiohttp loop (baseline)':34s} {row['raw_rate']:6.1%} of ceiling"
+                f"  {row['raw_cpu']:.3f} ms CPU/item  ok {baseline['ok']:,.0f}"
             )
             print(
-                f"  {'batchrouter run, dispatch stage':34s} {rate:6.0f} items/s {rate / ceiling:6.1%} of ceiling"
-                f"  {cpu:.3f} ms CPU/item ({cpu / raw_cpu:.2f}x baseline)  ok {ours['ok']:,}"
-                f"  failed {ours['failed']:,}  429s {ours['rate_limited']}"
+                f"  {'batchrouter run, dispatch stage':34s} {row['rate']:6.1%} of ceiling"
+                f"  {row['cpu']:.3f} ms CPU/item ({row['cpu'] / row['raw_cpu']:.2f}x baseline)  ok {ours['ok']:,}"
+                f"  failed {ours['failed']:,}  429s {ours['rate_limited']}  ({ours['dispatch_wall']:.1f} s)"
             )
             print(
-                f"  {'batchrouter run, whole command':34s} {whole_rate:6.0f} items/s {whole_rate / ceiling:6.1%} of "
-                f"ceiling  {whole_cpu:.3f} ms CPU/item ({whole_cpu / raw_cpu:.2f}x baseline)  "
-                f"wall {ours['wall']:.1f} s (dispatch {ours['dispatch_wall']:.1f} s)"
+                f"  {'batchrouter run, whole command':34s} {row['whole_rate']:6.1%} of ceiling"
+                f"  {row['whole_cpu']:.3f} ms CPU/item ({row['whole_cpu'] / row['raw_cpu']:.2f}x baseline)"
+                f"  ({ours['wall']:.1f} s)"
             )
+        if len(rounds) > 1:
+            # CPU time grows when other processes share the cores: the least of each side is its own cost.
+            best = {key: min(r[key] for r in rounds) for key in ("raw_cpu", "cpu", "whole_cpu")}
+            median = {key: statistics.median(r[key] for r in rounds) for key in ("raw_rate", "rate", "whole_rate")}
+            print(f"over {len(rounds)} rounds (median fraction of ceiling; least CPU of each side and their ratio)")
+            print(f"  {'raw aiohttp loop (baseline)':34s} {median['raw_rate']:6.1%}  {best['raw_cpu']:.3f} ms CPU/item")
+            for label, rate, cpu in (("dispatch stage", "rate", "cpu"), ("whole command", "whole_rate", "whole_cpu")):
+                print(
+                    f"  {'batchrouter run, ' + label:34s} {median[rate]:6.1%}  {best[cpu]:.3f} ms CPU/item"
+                    f" ({best[cpu] / best['raw_cpu']:.2f}x baseline)"
+                )
 
 
 if __name__ == "__main__":

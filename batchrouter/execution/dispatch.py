@@ -20,12 +20,15 @@ request's CPU on header and URL objects; see benchmarks/dispatch.py and benchmar
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import random
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -270,6 +273,10 @@ class Dispatcher:
         self.remaining = len(jobs)
         if not jobs:
             return
+        with quiet_collector():
+            await self._run(jobs)
+
+    async def _run(self, jobs: list[Job]) -> None:
         try:
             for job in jobs:
                 self._enqueue(job)
@@ -510,6 +517,37 @@ class Dispatcher:
         self.remaining -= 1
         if self.remaining <= 0:
             self.done.set()
+
+
+# While requests run, a young-generation collection every 700 allocations found no garbage at all and
+# cost about as much CPU per request as the dispatcher's own code (benchmarks/online_lane.py); every
+# GC_YOUNG_THRESHOLD allocations it is a few collections per batch. Cycles are still collected.
+GC_YOUNG_THRESHOLD = 20_000
+_collector_lock = threading.Lock()
+_collector_users = [0, 0, 0, 0]  # runs inside, and the thresholds to restore when the last one leaves
+
+
+@contextmanager
+def quiet_collector() -> Iterator[None]:
+    """Collect less often while a dispatch runs; what was alive before it is frozen (not rescanned).
+
+    Process-wide, so runs in several threads share it: the first in sets it, the last out restores it.
+    """
+    with _collector_lock:
+        if _collector_users[0] == 0:
+            _collector_users[1:] = gc.get_threshold()
+            gc.freeze()
+            young, *older = _collector_users[1:]
+            gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
+        _collector_users[0] += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_users[0] -= 1
+            if _collector_users[0] == 0:
+                gc.set_threshold(*_collector_users[1:])
+                gc.unfreeze()
 
 
 _SSL: list[ssl.SSLContext] = []
