@@ -120,6 +120,16 @@ def test_the_last_progress_report_of_a_run_counts_every_item(engine: BatchRouter
     assert reports[-1] == (run.succeeded, run.failed, 3) == (3, 0, 3)
 
 
+def test_a_dispatch_run_records_its_wall_and_cpu_seconds_beside_route_health(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    engine.batches.advance(view.batch_id)
+    folder = Path(engine.settings.storage.root) / "batches" / view.batch_id / "dispatch"
+    health = pl.read_parquet(sorted(folder.glob("health-*.parquet"))[-1])
+    row = health.row(0, named=True)
+    assert row["requests"] == 3
+    assert 0 < row["run_cpu_seconds"] and 0 < row["run_seconds"]
+
+
 def test_creating_an_existing_batch_again_quotes_and_reserves_nothing_new(engine: BatchRouter) -> None:
     first = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
     info = engine.batches.info(first.batch_id)
