@@ -7,6 +7,7 @@ Goal: >= 95% of the ceiling, no 429s once the limits are known, <= 0.5 ms of dis
 Two dispatcher runs: limits configured exactly, and limits configured too high (the dispatcher must
 learn the real ones from the x-ratelimit-* headers; 429s are counted before and after it has).
 Baseline in the same process: a minimal raw aiohttp loop (semaphore + the same token bucket).
+The same load end to end, through `batchrouter run`: benchmarks/online_lane.py (it reuses this baseline).
 
     .venv/bin/python benchmarks/dispatch.py [--items N]
 """

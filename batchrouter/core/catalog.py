@@ -122,23 +122,24 @@ class CatalogEntry:
         """The provider is known to keep nothing."""
         return self.retention_days == 0
 
-    @property
+    # Prices in pico-dollars are read per dispatched item (`Route.cost_micros`): computed once per entry.
+    @cached_property
     def input_pico_per_token(self) -> int:
         return usd_per_mtok_to_pico_per_token(self.input_usd_per_mtok)
 
-    @property
+    @cached_property
     def output_pico_per_token(self) -> int:
         return usd_per_mtok_to_pico_per_token(self.output_usd_per_mtok)
 
-    @property
+    @cached_property
     def cached_input_pico_per_token(self) -> int | None:
         return _pico_or_none(self.cached_input_usd_per_mtok)
 
-    @property
+    @cached_property
     def priority_input_pico_per_token(self) -> int | None:
         return _pico_or_none(self.priority_input_usd_per_mtok)
 
-    @property
+    @cached_property
     def priority_output_pico_per_token(self) -> int | None:
         return _pico_or_none(self.priority_output_usd_per_mtok)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -132,7 +132,9 @@ class Checkpoint:
         self.last_flush = time.monotonic()
         if not self.pending:
             return
-        frame = pl.DataFrame([asdict(r) for r in self.pending], schema=RESULT_SCHEMA)
+        # Column by column: `asdict` deep-copies every value of every row, the flush's main cost at the rate limit.
+        rows = self.pending
+        frame = pl.DataFrame({name: [getattr(r, name) for r in rows] for name in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
         # Sortable names: time then a random suffix, so two writers never collide.
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         self.storage.write_parquet(frame, *self.folder, name)

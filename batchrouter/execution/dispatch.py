@@ -11,26 +11,32 @@ provider's headers replace configured ones when they are lower.
 Each item ends in exactly one final state, `succeeded` or `failed` (with the last error's code
 and message); the caller records it (see `receipts.Checkpoint`).
 
-The HTTP client is httpx's API over an aiohttp transport (httpx-aiohttp): httpx's own connection
-pool spends milliseconds of CPU per request at hundreds in flight; see benchmarks/dispatch.py.
+The HTTP client is aiohttp itself, one session per base URL, with each route's URL, headers and
+timeouts built once: at the rate limit a request's own CPU is the cost that caps throughput, and
+httpx (its pool, or its API over an aiohttp transport) spent two to three times a bare aiohttp
+request's CPU on header and URL objects; see benchmarks/dispatch.py and benchmarks/online_lane.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import random
+import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
-import httpx
 import numpy as np
 import polars as pl
-from httpx_aiohttp import AiohttpTransport
+from multidict import CIMultiDict
+from yarl import URL
 
 from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
@@ -161,6 +167,24 @@ class Route:
         self.adaptive = AdaptiveRate()
         self.breaker = CircuitBreaker(cfg.breaker_failures, cooldown_s=cfg.breaker_cooldown_s)
         self.health = RouteHealth(name)
+        # No byte for stall_timeout_s (connecting or reading) is a stall; timeout_s bounds the whole answer.
+        self.timeout = aiohttp.ClientTimeout(
+            total=provider.timeout_s, sock_connect=min(30.0, cfg.stall_timeout_s), sock_read=cfg.stall_timeout_s
+        )
+        self._url: tuple[str, URL] | None = None
+        self._headers: tuple[dict[str, str], CIMultiDict[str]] | None = None
+
+    def url(self, text: str) -> URL:
+        """`text` parsed once: an adapter builds the same URL for every item of a route."""
+        if self._url is None or self._url[0] != text:
+            self._url = (text, URL(text))
+        return self._url[1]
+
+    def headers(self, headers: dict[str, str]) -> CIMultiDict[str]:
+        """The adapter's headers in aiohttp's form, converted again only when the adapter hands new ones."""
+        if self._headers is None or self._headers[0] is not headers:
+            self._headers = (headers, CIMultiDict(headers))
+        return self._headers[1]
 
     def learn(self, limits: Any) -> None:
         """Adopt the provider's announced limits when they are below the configured ones."""
@@ -171,7 +195,12 @@ class Route:
             if announced:
                 target = min(configured, announced * RATE_MARGIN)
                 if abs(target - bucket.per_minute) > 0.5:
+                    lowered = target < bucket.per_minute
                     bucket.set_limit(target)
+                    if lowered:
+                        # The burst left in the bucket was counted against the higher limit, and the
+                        # provider's window already holds what we sent: spending it would run into 429s.
+                        bucket.drain()
                     if self.health.limits_learned_at is None:
                         self.health.limits_learned_at = time.monotonic()
 
@@ -201,7 +230,7 @@ class Dispatcher:
         self.simulator_url = simulator_url
         self.cfg = settings.dispatch
         self.routes: dict[str, Route] = {}
-        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.rng = random.Random(seed)
         self.cancelled = cancelled
         self.remaining = 0
@@ -219,24 +248,26 @@ class Dispatcher:
         adapter = adapter_for(entry.provider, provider, policy=self.policy, simulator_url=self.simulator_url)
         route = Route(name, entry, adapter, provider, self.cfg)
         self.routes[name] = route
-        if adapter.base_url not in self.clients:
-            self.clients[adapter.base_url] = self._client(adapter)
+        if adapter.base_url not in self.sessions:
+            self.sessions[adapter.base_url] = self._session()
         self.pumps.append(asyncio.create_task(self._pump(route)))
         return route
 
-    def _client(self, adapter: ProviderAdapter) -> httpx.AsyncClient:
+    def _session(self) -> aiohttp.ClientSession:
+        # Every route's slots may share one base URL (the simulator): room for all of them at once.
         connections = sum(self.settings.provider(name).max_concurrency for name in self.settings.provider_names())
-        timeout = httpx.Timeout(
-            connect=min(30.0, self.cfg.stall_timeout_s), read=self.cfg.stall_timeout_s, write=30.0, pool=None
-        )
-        transport = AiohttpTransport(limits=httpx.Limits(max_connections=connections, keepalive_expiry=60))
-        return httpx.AsyncClient(transport=transport, timeout=timeout)
+        connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60, ssl=_ssl_context())
+        return aiohttp.ClientSession(connector=connector)
 
     # -- running -----------------------------------------------------------------------------
     async def run(self, jobs: list[Job]) -> None:
         self.remaining = len(jobs)
         if not jobs:
             return
+        with quiet_collector():
+            await self._run(jobs)
+
+    async def _run(self, jobs: list[Job]) -> None:
         try:
             for job in jobs:
                 self._enqueue(job)
@@ -247,8 +278,8 @@ class Dispatcher:
             for task in list(self.inflight):
                 task.cancel()
             await asyncio.gather(*self.pumps, *self.inflight, return_exceptions=True)
-            for client in self.clients.values():
-                await client.aclose()
+            for session in self.sessions.values():
+                await session.close()
 
     def _enqueue(self, job: Job, delay: float = 0.0) -> None:
         try:
@@ -379,28 +410,29 @@ class Dispatcher:
     async def _send(self, route: Route, job: Job) -> Any:
         request = job.request if route.max_price is None else replace(job.request, max_price=route.max_price)
         prepared = route.adapter.build(request, route.entry.upstream)
-        client = self.clients[route.adapter.base_url]
+        session = self.sessions[route.adapter.base_url]
         try:
-            response = await asyncio.wait_for(
-                client.post(prepared.url, content=prepared.body, headers=prepared.headers),
-                timeout=route.provider.timeout_s,
-            )
-        except TimeoutError as exc:
-            raise TransientError("timeout", f"no complete answer within {route.provider.timeout_s:g} s") from exc
-        except httpx.TimeoutException as exc:
-            cause = exc.__cause__
-            # httpx-aiohttp reports every aiohttp connection error (refused, reset) as ConnectTimeout.
-            if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
-                raise TransientError("connection_error", f"{type(cause).__name__}: {cause}") from exc
+            async with session.post(
+                route.url(prepared.url),
+                data=prepared.body,
+                headers=route.headers(prepared.headers),
+                timeout=route.timeout,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                status, headers = response.status, response.headers
+        except aiohttp.ServerTimeoutError as exc:  # sock_connect / sock_read: nothing came for stall_timeout_s
             raise TransientError(
                 "stalled", f"no data from {route.adapter.base_url} for {self.cfg.stall_timeout_s:g} s ({exc})"
             ) from exc
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except TimeoutError as exc:  # the total: bytes kept coming, but not the whole answer in time
+            raise TransientError("timeout", f"no complete answer within {route.provider.timeout_s:g} s") from exc
+        except aiohttp.ClientPayloadError as exc:
             raise TransientError("truncated_body", f"the connection closed mid-answer ({exc})") from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:  # refused, reset, disconnected before an answer
             raise TransientError("connection_error", f"{type(exc).__name__}: {exc}") from exc
-        route.learn(route.adapter.rate_limits(response.headers))
-        return route.adapter.parse(response.status_code, response.headers, response.content)
+        route.learn(route.adapter.rate_limits(headers))
+        return route.adapter.parse(status, headers, body)
 
     def _transient(self, route: Route, job: Job, err: ProviderError) -> None:
         job.last_error = err
@@ -476,3 +508,46 @@ class Dispatcher:
         self.remaining -= 1
         if self.remaining <= 0:
             self.done.set()
+
+
+# While requests run, a young-generation collection every 700 allocations found no garbage at all and
+# cost about as much CPU per request as the dispatcher's own code (benchmarks/online_lane.py); every
+# GC_YOUNG_THRESHOLD allocations it is a few collections per batch. Cycles are still collected.
+GC_YOUNG_THRESHOLD = 20_000
+_collector_lock = threading.Lock()
+_collector_users = [0, 0, 0, 0]  # runs inside, and the thresholds to restore when the last one leaves
+
+
+@contextmanager
+def quiet_collector() -> Iterator[None]:
+    """Collect less often while a dispatch runs; what was alive before it is frozen (not rescanned).
+
+    Process-wide, so runs in several threads share it: the first in sets it, the last out restores it.
+    """
+    with _collector_lock:
+        if _collector_users[0] == 0:
+            _collector_users[1:] = gc.get_threshold()
+            gc.freeze()
+            young, *older = _collector_users[1:]
+            gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
+        _collector_users[0] += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_users[0] -= 1
+            if _collector_users[0] == 0:
+                gc.set_threshold(*_collector_users[1:])
+                gc.unfreeze()
+
+
+_SSL: list[ssl.SSLContext] = []
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """The trust store httpx would use (certifi, or SSL_CERT_FILE / SSL_CERT_DIR), built once per process."""
+    if not _SSL:
+        import httpx
+
+        _SSL.append(httpx.create_ssl_context())
+    return _SSL[0]

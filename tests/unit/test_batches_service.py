@@ -111,6 +111,25 @@ def test_create_then_advance_walks_the_states_each_audited_once(engine: BatchRou
     ]  # fmt: skip
 
 
+def test_the_last_progress_report_of_a_run_counts_every_item(engine: BatchRouter) -> None:
+    # Reports are throttled to a display's refresh rate; the one after the last result is never held back.
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    reports: list[tuple[int, int, int]] = []
+    run = engine.batches.advance(view.batch_id, on_progress=lambda p: reports.append((p.succeeded, p.failed, p.total)))
+    assert reports and len(reports) <= 3 + 1
+    assert reports[-1] == (run.succeeded, run.failed, 3) == (3, 0, 3)
+
+
+def test_a_dispatch_run_records_its_wall_and_cpu_seconds_beside_route_health(engine: BatchRouter) -> None:
+    view = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
+    engine.batches.advance(view.batch_id)
+    folder = Path(engine.settings.storage.root) / "batches" / view.batch_id / "dispatch"
+    health = pl.read_parquet(sorted(folder.glob("health-*.parquet"))[-1])
+    row = health.row(0, named=True)
+    assert row["requests"] == 3
+    assert 0 < row["run_cpu_seconds"] and 0 < row["run_seconds"]
+
+
 def test_creating_an_existing_batch_again_quotes_and_reserves_nothing_new(engine: BatchRouter) -> None:
     first = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI)
     info = engine.batches.info(first.batch_id)

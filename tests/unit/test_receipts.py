@@ -89,6 +89,20 @@ def test_checkpoint_writes_a_chunk_every_n_results(storage: Storage, settings: S
     assert Checkpoint(storage, "b1").load()["item_id"].to_list() == ["a", "b", "c"]
 
 
+def test_a_checkpoint_chunk_holds_every_field_of_each_result_as_recorded(storage: Storage) -> None:
+    recorded = [
+        result("a", choices=json.dumps([{"index": 0}]), output_sha256="f" * 64, cached_tokens=3),
+        result("b", "failed", latency_ms=None, started_at=None),
+    ]
+    checkpoint = Checkpoint(storage, "b1", every_items=100)
+    for item in recorded:
+        checkpoint.add(item)
+    checkpoint.flush()
+    loaded = Checkpoint(storage, "b1").load()
+    assert list(loaded.columns) == list(RESULT_SCHEMA)
+    assert loaded.to_dicts() == [asdict(item) for item in recorded]
+
+
 def test_checkpoint_flush_writes_what_is_pending(storage: Storage, settings: Settings) -> None:
     checkpoint = Checkpoint(storage, "b1", every_items=100, every_seconds=3600)
     checkpoint.add(result("a"))

@@ -36,12 +36,16 @@ class AnthropicAdapter(ProviderAdapter):
 
     default_base_url = "https://api.anthropic.com/v1"
 
-    def build(self, item: RequestItem, upstream: str) -> PreparedRequest:
-        body = anthropic_body(item, upstream)
+    def make_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if self.api_key:
             headers["x-api-key"] = self.api_key
-        return PreparedRequest(f"{self.base_url}/messages", headers, json.dumps(body, ensure_ascii=False).encode())
+        return headers
+
+    def build(self, item: RequestItem, upstream: str) -> PreparedRequest:
+        body = anthropic_body(item, upstream)
+        data = json.dumps(body, ensure_ascii=False).encode()
+        return PreparedRequest(f"{self.base_url}/messages", self.headers(), data)
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes) -> Completion:
         request_id = self.request_id(headers)

@@ -76,6 +76,18 @@ class ProviderAdapter(ABC):
         if not url:
             raise TerminalError("missing_base_url", f"provider {name} has no base_url; set providers.{name}.base_url")
         self.base_url = url.rstrip("/")
+        self._headers: dict[str, str] | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The headers every request carries, built once: they depend only on the key (callers must not
+        change them; the dispatcher converts them once per route, not once per request)."""
+        if self._headers is None:
+            self._headers = self.make_headers()
+        return self._headers
+
+    @abstractmethod
+    def make_headers(self) -> dict[str, str]:
+        """The headers of `headers`: content type, the key, the wire's version."""
 
     @abstractmethod
     def build(self, item: RequestItem, upstream: str) -> PreparedRequest:

@@ -23,7 +23,7 @@ from batchrouter.execution.providers.base import (
 class OpenAIAdapter(ProviderAdapter):
     default_base_url: ClassVar[str | None] = "https://api.openai.com/v1"
 
-    def headers(self) -> dict[str, str]:
+    def make_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
         if self.api_key:
             headers["authorization"] = f"Bearer {self.api_key}"
