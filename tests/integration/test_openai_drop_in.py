@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -104,8 +106,9 @@ def _key(accounts: Accounts, workspace: str) -> str:
     return key
 
 
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+def _api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    # Workspace "cautious" approves nothing above one micro-dollar by itself.
+    monkeypatch.setenv("BATCHROUTER_WORKSPACES__CAUTIOUS__AUTO_APPROVE_MAX_USD", "0.000001")
     monkeypatch.setenv("BATCHROUTER_API__RATE_LIMIT_BURST", "100000")
     monkeypatch.setenv("BATCHROUTER_API__RATE_LIMIT_PER_MINUTE", "100000")
     monkeypatch.setenv("BATCHROUTER_API__EXECUTOR", "inline")
@@ -116,6 +119,11 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     Ledger(settings.database).grant("globex", 5 * USD, key="grant-globex")
     for url in serve(settings):
         yield Server(url, settings, key, other)
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    yield from _api(monkeypatch)
 
 
 def wait_done(client: OpenAI, batch_id: str) -> Any:
@@ -265,6 +273,29 @@ def test_short_credit_is_refused_saying_how_much_is_missing(api: Server) -> None
     assert refused.value.response.headers["x-should-retry"] == "false"
 
 
+def test_a_quote_over_the_approval_limit_waits_and_goes_on_once_approved(api: Server) -> None:
+    from batchrouter.access.actors import CLI
+    from batchrouter.engine import BatchRouter
+
+    Ledger(api.settings.database).grant("cautious", 5 * USD, key="grant-cautious")
+    client = api.client(_key(Accounts(api.settings.database), "cautious"))
+    uploaded = client.files.create(file=("gated.jsonl", TWO_PROVIDERS), purpose="batch")
+    create = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
+              "metadata": ASAP}  # fmt: skip
+    with pytest.raises(openai.ConflictError) as refused:
+        client.batches.create(**create)  # type: ignore[arg-type]
+    assert refused.value.code == "awaiting_approval"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    [waiting] = client.batches.list().data
+    assert (waiting.status, (waiting.model_extra or {})["state"]) == ("validating", "awaiting_approval")
+    assert waiting.id in refused.value.message
+    assert Ledger(api.settings.database).batch_holds(waiting.id) == []
+    BatchRouter(api.settings).batches.approve(waiting.id, actor=CLI)
+    again = client.batches.create(**create)  # type: ignore[arg-type]
+    assert again.id == waiting.id
+    assert wait_done(client, again.id).status == "completed"
+
+
 def test_a_bad_request_names_its_param(api: Server) -> None:
     client = api.client()
     uploaded = client.files.create(file=("x.jsonl", TWO_PROVIDERS), purpose="batch")
@@ -284,3 +315,26 @@ def test_a_file_can_be_deleted_and_expires(api: Server) -> None:
     assert client.files.delete(uploaded.id).deleted is True
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(uploaded.id)
+
+
+# -- the README's example: an unchanged OpenAI batch script on a real file, the 24h window honoured ------------
+@pytest.fixture
+def fast_clock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The server with the providers' batch clock (and the lanes' deadlines) running 1440x: 24h in a minute."""
+    monkeypatch.setenv("BATCHROUTER_SIMULATOR__BATCH_TIME_SCALE", "1440")
+    monkeypatch.setenv("BATCHROUTER_LANES__TIME_SCALE", "1440")
+    yield from _api(monkeypatch)
+
+
+@pytest.mark.skipif(not REALFILES.is_dir(), reason="the real batch files are not on this machine")
+def test_the_readme_example_runs_a_real_batch_file_unchanged(fast_clock_api: Server) -> None:
+    path = REALFILES / "zgimszhd61_batchinput.jsonl"
+    env = {**os.environ, "BATCHROUTER_BASE_URL": f"{fast_clock_api.url}/v1", "BATCHROUTER_API_KEY": fast_clock_api.key,
+           "POLL_S": "0.5"}  # fmt: skip
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "openai_batch.py"), str(path)], env=env,
+                          capture_output=True, text=True, timeout=RUN_DEADLINE_S)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = lines(done.stdout.encode())
+    expected = [json.loads(line)["custom_id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert sorted(line["custom_id"] for line in out) == sorted(expected)
+    assert all(line["response"]["body"]["choices"][0]["message"]["content"] for line in out)
