@@ -40,7 +40,7 @@ from batchrouter.core.durations import parse_duration
 from batchrouter.core.errors import AwaitingApproval, InvalidRequest
 from batchrouter.core.paging import page
 from batchrouter.dropin import openai_lines
-from batchrouter.output.files import FILES, derived_id
+from batchrouter.output.files import derived_id
 
 if TYPE_CHECKING:
     from batchrouter.engine import BatchRouter
@@ -248,21 +248,26 @@ class OpenAIBatches:
         return OpenAIBatch.model_validate({**extra, **fields})
 
     def _files(self, info: BatchInfo, view: BatchView, side: dict[str, Any]) -> dict[str, str | None]:
-        """Write the batch's output and error files (once per reservation round); their ids."""
+        """Write the batch's output and error files (once per reservation round); their ids (None: no lines).
+
+        The ids written are kept beside the batch, so a file that expired or was deleted is never
+        written again: its id stays on the batch and reading it answers 404, as at OpenAI.
+        """
         files, storage = self._engine.files, self._engine.storage
-        round_no = str(len(view.holds))
-        ids = {kind: derived_id(info.batch_id, kind, round_no) for kind in ("output", "error")}
-        if not all(storage.exists(FILES, info.workspace, i, "file.json") for i in ids.values()):
-            output, error = openai_lines.build(storage, info, ended=str(view.state))
-            expires = side.get("output_expires_after_s")
-            for kind, data in (("output", output), ("error", error)):
-                files.put(data, workspace=info.workspace, file_id=ids[kind], filename=f"{info.batch_id}_{kind}.jsonl",
-                          purpose="batch_output", expires_after_s=expires)  # fmt: skip
-        out: dict[str, str | None] = {}
-        for kind in ("output", "error"):
-            found = files.get(ids[kind], workspace=info.workspace)
-            out[f"{kind}_file_id"] = found.id if found.bytes else None
-        return out
+        marker = info.folder(f"openai-files-{len(view.holds)}.json")
+        if storage.exists(*marker):
+            written: dict[str, str | None] = storage.read_json(*marker)
+            return written
+        output, error = openai_lines.build(storage, info, ended=str(view.state))
+        written = {}
+        for kind, data in (("output", output), ("error", error)):
+            file_id = derived_id(info.batch_id, kind, str(len(view.holds)))
+            if data:
+                files.put(data, workspace=info.workspace, file_id=file_id, filename=f"{info.batch_id}_{kind}.jsonl",
+                          purpose="batch_output", expires_after_s=side.get("output_expires_after_s"))  # fmt: skip
+            written[f"{kind}_file_id"] = file_id if data else None
+        storage.write_json(written, *marker)
+        return written
 
 
 def _status(view: BatchView, receipts: pl.DataFrame | None, *, cancel_asked: bool) -> OpenAIStatus:

@@ -8,10 +8,13 @@ import openai.types
 import pytest
 
 from batchrouter.api.errors import error_type
+from batchrouter.batches.deletion import delete_workspace_data
 from batchrouter.batches.states import BatchState
-from batchrouter.core.errors import InvalidRequest
+from batchrouter.core.config import Settings
+from batchrouter.core.errors import InvalidRequest, NotFound
 from batchrouter.core.paging import page
 from batchrouter.dropin.openai import STATUS, OpenAIBatch
+from batchrouter.engine import BatchRouter
 from batchrouter.output.files import FileObject, expiry
 
 
@@ -50,3 +53,17 @@ def test_error_types_are_openais() -> None:
     assert [error_type(s, "x") for s in (400, 401, 403, 404, 429, 500)] == [
         "invalid_request_error", "authentication_error", "permission_error", "not_found_error", "rate_limit_error",
         "server_error"]  # fmt: skip
+
+
+def test_files_stay_in_their_workspace_and_go_with_its_data(settings: Settings) -> None:
+    engine = BatchRouter(settings)
+    data = b'{"custom_id": "1"}\n'
+    kept = engine.files.create(data, workspace="acme", filename="../../etc/in.jsonl", purpose="batch")
+    assert kept.filename == "in.jsonl" and engine.files.content(kept.id, workspace="acme") == data
+    with pytest.raises(NotFound):
+        engine.files.get(kept.id, workspace="globex")
+    assert [f.id for f in engine.files.list("acme").items] == [kept.id]
+    report = delete_workspace_data(engine.storage, settings, "acme", actor="test")
+    assert any(url.endswith("files/acme") for url in report["deleted"])
+    with pytest.raises(NotFound):
+        engine.files.get(kept.id, workspace="acme")
