@@ -5,7 +5,8 @@
     batch = engine.batches.create(data, filename="items.jsonl", workspace="acme", actor=CLI)
     run = engine.batches.advance(batch.batch_id)
 
-Its services: `batches` (the lifecycle), `credits`, `keys`, `members`, `webhooks`, `reports`. The
+Its services: `batches` (the lifecycle), `credits`, `keys`, `members`, `webhooks`, `reports`, `files`
+(uploaded and written files) and `openai` (OpenAI's Batch API over `batches`). The
 faces (the CLI, the API, the Dagster code) hold one engine and call its services; they hold no rule.
 """
 
@@ -20,8 +21,10 @@ from batchrouter.batches.service import Batches
 from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import Settings, load_settings
 from batchrouter.core.storage import Storage
+from batchrouter.dropin.openai import OpenAIBatches
 from batchrouter.money.credits import Credits
 from batchrouter.money.ledger import Ledger
+from batchrouter.output.files import Files
 from batchrouter.output.reports import Reports
 from batchrouter.output.webhooks import Webhooks
 
@@ -35,6 +38,8 @@ class BatchRouter:
         self.members = Members(self)
         self.webhooks = Webhooks(self)
         self.reports = Reports(self)
+        self.files = Files(self)
+        self.openai = OpenAIBatches(self)
 
     @classmethod
     def from_config(cls, path: str | None = None) -> BatchRouter:

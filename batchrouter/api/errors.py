@@ -1,8 +1,14 @@
-"""How the API answers a refusal: `{"error": {"code", "message", "reference"}}`, the reference logged.
+"""How the API answers a refusal: `{"error": {"code", "message", "type", "param", "reference"}}`, the reference logged.
 
 Any `BatchRouterError` answers with its own `code` and `http_status` (the engine's hierarchy decides
 both); validation errors answer 422 `invalid_request` with "field: message"; routing errors (unknown
 path, wrong method) their HTTP status; anything else 500 `internal_error`, the traceback only logged.
+
+The body is also OpenAI's error object (`message`, `type`, `param`, `code`), so OpenAI's SDK reads
+it. Each refusal says `x-should-retry` by its class's `retryable` (that SDK retries 409 and 429 on
+its own otherwise), and `Retry-After` is at most `RETRY_AFTER_MAX_S`: that SDK ignores a longer one.
+A request in OpenAI's dialect (its Files and Batch API, `request.state.dialect`) gets OpenAI's status
+codes where they differ: 400 for an invalid request, 429 `insufficient_quota` for short credit.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from batchrouter.core.errors import BatchRouterError, PayloadTooLarge
@@ -26,10 +32,29 @@ from batchrouter.core.errors import BatchRouterError, PayloadTooLarge
 log = logging.getLogger("batchrouter.api")
 
 
+RETRY_AFTER_MAX_S = 60  # the official OpenAI SDK honours Retry-After up to 120 s and does not retry past it
+# OpenAI's status where a client of its dialect expects another than BatchRouter's own.
+OPENAI_STATUS = {422: 400}
+OPENAI_CODE_STATUS = {"insufficient_credits": 429}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
+          403: "permission_error", 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, "
+                      "permission_error, not_found_error, conflict_error, rate_limit_error, insufficient_quota, "
+                      "server_error")  # fmt: skip
+    param: str | None = Field(default=None, description="the request field at fault, if one is")
     reference: str
+
+
+def error_type(status: int, code: str) -> str:
+    if code == "insufficient_credits":
+        return "insufficient_quota"
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
 class ErrorResponse(BaseModel):
@@ -51,18 +76,31 @@ class BodyTooLarge(HTTPException):
 
 
 # -- answers -------------------------------------------------------------------------------------------
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, param: str | None = None
+) -> JSONResponse:
     reference = f"err_{uuid.uuid4().hex[:16]}"
     log.warning("%s %s %s: %s", reference, status, code, message)
-    body = ErrorResponse(error=ErrorBody(code=code, message=message, reference=reference))
+    body = ErrorResponse(error=ErrorBody(code=code, message=message, type=error_type(status, code), param=param,
+                                         reference=reference))  # fmt: skip
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def status_for(request: Request, status: int, code: str) -> int:
+    """The status to answer: BatchRouter's own, or OpenAI's for a request in its dialect."""
+    if getattr(request.state, "dialect", None) != "openai":
+        return status
+    return OPENAI_CODE_STATUS.get(code, OPENAI_STATUS.get(status, status))
 
 
 def on_refusal(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BatchRouterError)
+    headers = {"x-should-retry": "true" if exc.retryable else "false"}
     retry_after = getattr(exc, "retry_after_s", None)
-    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
-    return error_response(exc.http_status, exc.code, str(exc), headers)
+    if retry_after is not None:
+        headers["Retry-After"] = str(min(RETRY_AFTER_MAX_S, max(1, math.ceil(retry_after))))
+    return error_response(status_for(request, exc.http_status, exc.code), exc.code, str(exc), headers,
+                          param=exc.param)  # fmt: skip
 
 
 def on_invalid(request: Request, exc: Exception) -> Response:
@@ -70,7 +108,8 @@ def on_invalid(request: Request, exc: Exception) -> Response:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"][1:]) or "body"  # the field, not "body"/"query"/"path"
     message = "the body is not valid JSON" if first["type"] == "json_invalid" else first["msg"]
-    return error_response(422, "invalid_request", f"{where}: {message}")
+    return error_response(status_for(request, 422, "invalid_request"), "invalid_request", f"{where}: {message}",
+                          {"x-should-retry": "false"}, param=where)  # fmt: skip
 
 
 def on_http_error(request: Request, exc: Exception) -> Response:
@@ -84,7 +123,8 @@ def on_http_error(request: Request, exc: Exception) -> Response:
 def internal_error(request: Request) -> Response:
     reference = f"err_{uuid.uuid4().hex[:16]}"
     log.error("%s unhandled error on %s %s\n%s", reference, request.method, request.url.path, traceback.format_exc())
-    body = ErrorResponse(error=ErrorBody(code="internal_error", message="unexpected server error", reference=reference))
+    body = ErrorResponse(error=ErrorBody(code="internal_error", message="unexpected server error", type="server_error",
+                                         reference=reference))  # fmt: skip
     return JSONResponse(body.model_dump(), status_code=500)
 
 

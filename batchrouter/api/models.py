@@ -9,7 +9,9 @@ have yet (a batch not yet run has no `receipts`) is null.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from batchrouter.access.accounts import SCOPES
 from batchrouter.access.keys import KeyInfo
@@ -17,7 +19,9 @@ from batchrouter.access.members import Member
 from batchrouter.batches.results import QuoteSummary
 from batchrouter.core.batch_info import check_run_tag
 from batchrouter.core.errors import BatchError
+from batchrouter.dropin.openai import OpenAIBatch
 from batchrouter.money.credits import JournalEntry
+from batchrouter.output.files import FileObject
 from batchrouter.output.webhooks import WebhookEndpoint
 
 
@@ -30,8 +34,28 @@ class Out(BaseModel):
 
 
 # -- requests --------------------------------------------------------------------------------------
+class ExpiresAfter(Body):
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=30 * 24 * 3600)
+
+
 class CreateBatch(Body):
-    quote_id: str = Field(pattern=r"^q_[0-9a-f]{24}$", description="the id of a quote made by POST /v1/quotes")
+    """Either BatchRouter's `{quote_id}` or OpenAI's `{input_file_id, endpoint, completion_window, ...}`."""
+
+    quote_id: str | None = Field(
+        default=None, pattern=r"^q_[0-9a-f]{24}$", description="the id of a quote made by POST /v1/quotes"
+    )
+    input_file_id: str | None = Field(
+        default=None, max_length=64, description="OpenAI's Batch API: a file uploaded with purpose 'batch'"
+    )
+    endpoint: str | None = Field(default=None, max_length=64, description="/v1/chat/completions or /v1/responses")
+    completion_window: str | None = Field(
+        default=None, max_length=16, description="the batch's deadline: 24h (or any duration, e.g. 4h)"
+    )
+    metadata: dict[str, str] | None = Field(
+        default=None, max_length=16, description="kept as given; br_deadline and br_run_tag are options"
+    )
+    output_expires_after: ExpiresAfter | None = None
     run_tag: str | None = Field(
         default=None,
         max_length=64,
@@ -45,6 +69,22 @@ class CreateBatch(Body):
             return check_run_tag(value)
         except BatchError as exc:
             raise ValueError(str(exc)) from exc
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key, text in (value or {}).items():
+            if len(key) > 64 or len(text) > 512:
+                raise ValueError("keys are at most 64 characters and values at most 512 (as at OpenAI)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> CreateBatch:
+        if (self.quote_id is None) == (self.input_file_id is None):
+            raise ValueError("give quote_id (a BatchRouter quote) or input_file_id (OpenAI's Batch API), not both")
+        if self.input_file_id is not None and (self.endpoint is None or self.completion_window is None):
+            raise ValueError("input_file_id needs endpoint and completion_window too")
+        return self
 
 
 class Checkout(Body):
@@ -100,25 +140,16 @@ class HoldView(Out):
     captured_usd_micros: int
 
 
-class BatchListed(Out):
-    batch_id: str
-    status: str
-    submitted_at: str
-    updated_at: str | None = None
-    quote: BatchQuote | None = None
-    items_by_status: dict[str, int] | None = None
-    actual_usd_micros: int | None = None
+class Batch(OpenAIBatch):
+    """A batch: OpenAI's `batch` object (`status` is OpenAI's), and BatchRouter's view of it (`state` is ours)."""
 
-
-class Batch(Out):
-    """A batch's state: `batchrouter status --json`."""
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     batch_id: str
     workspace: str
     source: str
     submitted_at: str
-    state: str
-    status: str = Field(description="the state's name (the key older clients read)")
+    state: str = Field(description="BatchRouter's state (batches.states): reserved, dispatching, partially_failed...")
     updated_at: str | None = None
     message: str | None = None
     quote: BatchQuote | None = None
@@ -133,7 +164,23 @@ class Batch(Out):
 
 
 class Batches(Out):
-    batches: list[BatchListed]
+    """OpenAI's list envelope; `batches` is the same page, for BatchRouter clients of the earlier shape."""
+
+    object: Literal["list"] = "list"
+    data: list[Batch]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
+    batches: list[Batch]
+
+
+# -- files -------------------------------------------------------------------------------------------
+class Files(Out):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool
 
 
 # -- lists of the engine's results ----------------------------------------------------------------

@@ -10,7 +10,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -21,10 +21,12 @@ from batchrouter.api.access import Authorise, Caller, Endpoint
 from batchrouter.api.bodies import decoded, read_body
 from batchrouter.api.errors import ErrorResponse, GuardedRoute
 from batchrouter.api.executor import Executor
+from batchrouter.api.multipart import Part, parse_form, text_field
 from batchrouter.batches.results import QuoteSummary
 from batchrouter.core.errors import ConfigError, InvalidRequest, NotConfigured, SignatureError
 from batchrouter.engine import BatchRouter
 from batchrouter.money.credits import CheckoutSession, CreditBalance, StripeFulfilment, StripeIgnored
+from batchrouter.output.files import FileDeleted, FileObject
 from batchrouter.output.reports import BatchLinks
 from batchrouter.output.webhooks import NewWebhook, RemovedWebhook
 
@@ -54,11 +56,13 @@ def endpoint(
         if raw_body:
             options["openapi_extra"] = {"requestBody": {"required": True, **_BINARY}}
         responses = {**_ERRORS, **options.pop("responses", {})}
+        # Dependencies of its own (the OpenAI dialect) run before the key is checked, so its refusals speak it too.
+        dependencies = [*options.pop("dependencies", []), *([Depends(Authorise(e))] if scope else [])]
         router.add_api_route(
             path, handler, methods=[method], summary=summary, response_model=model, status_code=status,
             responses=responses, operation_id=handler.__name__,
             description=e.requirement if scope else None,
-            dependencies=[Depends(Authorise(e))] if scope else None, **options,
+            dependencies=dependencies or None, **options,
         )  # fmt: skip
         return handler
 
@@ -117,34 +121,114 @@ def get_quote(quote_id: str, caller: Caller, engine: Engine) -> Any:
 
 
 @endpoint("POST", "/v1/batches", "Create a batch", m.Batch, status=201, scope="batches:write", action="batches:write",
-          responses={200: {"model": m.Batch, "description": "The batch made before from this quote"}})  # fmt: skip
+          responses={200: {"model": m.Batch, "description": "The batch made before from this input"}})  # fmt: skip
 def create_batch(
     body: m.CreateBatch, caller: Caller, engine: Engine, executor: Annotated[Executor, Depends(executor_of)],
-    response: Response,
+    request: Request, response: Response,
 ) -> Any:  # fmt: skip
+    if body.input_file_id is not None:  # OpenAI's Batch API
+        request.state.dialect = "openai"
+        assert body.endpoint is not None and body.completion_window is not None
+        expires = body.output_expires_after.seconds if body.output_expires_after else None
+        made = engine.openai.create(body.input_file_id, workspace=caller.workspace, actor=caller,
+                                    endpoint=body.endpoint, completion_window=body.completion_window,
+                                    metadata=body.metadata, output_expires_after_s=expires)  # fmt: skip
+        if not made.model_extra or not made.model_extra.get("created"):
+            response.status_code = 200
+            return made
+        return engine.openai.describe(executor.start(made.id), created=True)
     # Creating a batch from a quote is the customer's approval of that quote.
     view = engine.batches.create(workspace=caller.workspace, quote_id=body.quote_id, run_tag=body.run_tag,
                                  actor=caller, approve=True)  # fmt: skip
     if not view.created:
         response.status_code = 200
-        return view
-    return executor.start(view.batch_id).model_copy(update={"created": True})
+        return engine.openai.describe(view)
+    return engine.openai.describe(executor.start(view.batch_id), created=True)
 
 
 @endpoint("GET", "/v1/batches", "List batches", m.Batches, scope="batches:read", action="batches:read")
-def list_batches(caller: Caller, engine: Engine) -> Any:
-    return {"batches": engine.batches.list(caller.workspace)}
+def list_batches(
+    caller: Caller, engine: Engine, after: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="batches per page (newest first)")] = 20,
+) -> Any:  # fmt: skip
+    found = engine.openai.list(caller.workspace, after=after, limit=limit)
+    return {**found.model_dump(), "batches": found.data}
 
 
 @endpoint("GET", "/v1/batches/{batch_id}", "Read a batch", m.Batch, scope="batches:read", action="batches:read")
 def get_batch(batch_id: str, caller: Caller, engine: Engine) -> Any:
-    return engine.batches.status(batch_id, workspace=caller.workspace)
+    return engine.openai.retrieve(batch_id, workspace=caller.workspace)
 
 
 @endpoint("POST", "/v1/batches/{batch_id}/cancel", "Cancel a batch", m.Batch, scope="batches:write",
           action="batches:write")  # fmt: skip
 def cancel_batch(batch_id: str, caller: Caller, engine: Engine) -> Any:
-    return engine.batches.cancel(batch_id, actor=caller)
+    return engine.openai.cancel(batch_id, actor=caller, workspace=caller.workspace)
+
+
+# -- files (OpenAI's Files API) ---------------------------------------------------------------------
+def openai_dialect(request: Request) -> None:
+    request.state.dialect = "openai"
+
+
+OpenAIDialect = Depends(openai_dialect)
+
+
+async def file_upload(request: Request) -> dict[str, Part]:
+    """The multipart form, within the upload limit."""
+    data = await read_body(request)
+    return await run_in_threadpool(parse_form, request.headers.get("content-type", ""), data)
+
+
+@endpoint("POST", "/v1/files", "Upload a file", FileObject, scope="batches:write", action="batches:write",
+          upload=True, openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+              "schema": {"type": "object", "required": ["file", "purpose"], "properties": {
+                  "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": ["batch"]},
+                  "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                  "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000}}}}}}},
+          dependencies=[OpenAIDialect])  # fmt: skip
+def upload_file(caller: Caller, engine: Engine, form: Annotated[dict[str, Part], Depends(file_upload)]) -> Any:
+    upload = form.get("file")
+    if upload is None or upload.filename is None:
+        raise InvalidRequest("file: the form needs the file as a part named 'file' with a filename", param="file")
+    purpose = text_field(form, "purpose", required=True)
+    assert purpose is not None
+    seconds = text_field(form, "expires_after[seconds]")
+    if seconds is not None and not seconds.isdigit():
+        raise InvalidRequest("expires_after[seconds]: a whole number of seconds", param="expires_after[seconds]")
+    return engine.files.create(upload.data, workspace=caller.workspace, filename=upload.filename, purpose=purpose,
+                               expires_after_anchor=text_field(form, "expires_after[anchor]"),
+                               expires_after_seconds=int(seconds) if seconds is not None else None)  # fmt: skip
+
+
+@endpoint("GET", "/v1/files", "List files", m.Files, scope="batches:read", action="batches:read",
+          dependencies=[OpenAIDialect])  # fmt: skip
+def list_files(
+    caller: Caller, engine: Engine, purpose: Annotated[str | None, Query(max_length=32)] = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000, order: Literal["asc", "desc"] = "desc",
+) -> Any:  # fmt: skip
+    found = engine.files.list(caller.workspace, purpose=purpose, after=after, limit=limit, order=order)
+    return {"data": found.items, "first_id": found.items[0].id if found.items else None,
+            "last_id": found.items[-1].id if found.items else None, "has_more": found.has_more}  # fmt: skip
+
+
+@endpoint("GET", "/v1/files/{file_id}", "Read a file's object", FileObject, scope="batches:read",
+          action="batches:read", dependencies=[OpenAIDialect])  # fmt: skip
+def get_file(file_id: str, caller: Caller, engine: Engine) -> Any:
+    return engine.files.get(file_id, workspace=caller.workspace)
+
+
+@endpoint("GET", "/v1/files/{file_id}/content", "Download a file", None, scope="batches:read", action="batches:read",
+          response_class=Response, responses={200: _BINARY}, dependencies=[OpenAIDialect])  # fmt: skip
+def file_content(file_id: str, caller: Caller, engine: Engine) -> Any:
+    return Response(engine.files.content(file_id, workspace=caller.workspace), media_type="application/octet-stream")
+
+
+@endpoint("DELETE", "/v1/files/{file_id}", "Delete a file", FileDeleted, scope="batches:write", action="batches:write",
+          dependencies=[OpenAIDialect])  # fmt: skip
+def delete_file(file_id: str, caller: Caller, engine: Engine) -> Any:
+    return engine.files.delete(file_id, workspace=caller.workspace)
 
 
 @endpoint("GET", "/v1/batches/{batch_id}/links", "Get signed links", BatchLinks, scope="batches:read",

@@ -1,6 +1,7 @@
 """`batchrouter workspace delete-data W`: remove a workspace's customer data, keep what must be kept.
 
-Deleted: dropped manifests, quarantined files, quote previews, and every batch folder (manifest,
+Deleted: dropped manifests, quarantined files, quote previews, files (uploaded, and batches' output and
+error files), and every batch folder (manifest,
 quote, outputs, receipts, checkpoints) of batches that are finished. Kept, and reported with the
 reason: batches still active (a reservation held, or waiting for approval), the ledger (financial
 records) and the audit trail (security records), which hold amounts and ids, not prompts or outputs.
@@ -18,6 +19,7 @@ from batchrouter.core.config import Settings
 from batchrouter.core.errors import BatchError
 from batchrouter.core.storage import Storage
 from batchrouter.money.ledger import HoldStatus, Ledger
+from batchrouter.output.files import FILES
 
 # Batches in these states are kept: money is held for them, they may run at any moment, or await approval.
 ACTIVE = frozenset({BatchState.RESERVED, BatchState.DISPATCHING, BatchState.WAITING_ON_PROVIDER,
@@ -28,7 +30,7 @@ def delete_workspace_data(storage: Storage, settings: Settings, workspace: str, 
     ledger = Ledger(settings.database)
     deleted: list[str] = []
     kept: list[dict[str, str]] = []
-    for folder in (("manifests", workspace), ("quarantine", workspace), ("quotes", workspace)):
+    for folder in (("manifests", workspace), ("quarantine", workspace), ("quotes", workspace), (FILES, workspace)):
         if storage.exists(*folder):
             storage.remove_tree(*folder)
             deleted.append(storage.url(*folder))

@@ -255,6 +255,10 @@ def stage_dispatch(
                 refused = lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
                 online = pl.concat([online, to_submit.filter(pl.col("item_id").is_in(list(refused)))],
                                    how="vertical_relaxed")  # fmt: skip
+            elif to_submit.height:
+                # Cancelled before its provider batches were made: the dispatcher ends these lines cancelled,
+                # unsent, so the batch can settle (left unsubmitted, they would keep it open for ever).
+                online = pl.concat([online, to_submit], how="vertical_relaxed")
             jobs = _jobs(online)
             dispatcher = Dispatcher(
                 settings=settings,

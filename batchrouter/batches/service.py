@@ -357,6 +357,13 @@ class Batches:
             summary = lifecycle.stage_dispatch(storage, settings, engine.catalog, info, on_progress=progress,
                                                simulator_url=simulator_url,
                                                on_heartbeat=lambda: self._renew(info.batch_id))  # fmt: skip
+            if summary["pending"] and storage.exists(*info.folder("cancel.json")):
+                # Cancelled while this run went on (it held the lease, so `cancel` left the ending to it): one
+                # more pass, cancelled from its start, cancels the provider batches made meanwhile and ends
+                # every line still unanswered, so the batch settles now rather than waiting for ever.
+                summary = lifecycle.stage_dispatch(storage, settings, engine.catalog, info, on_progress=progress,
+                                                   simulator_url=simulator_url,
+                                                   on_heartbeat=lambda: self._renew(info.batch_id))  # fmt: skip
         else:
             summary = lifecycle.write_results(storage, info)
         if not summary["pending"] and engine.ledger.batch_holds(info.batch_id):

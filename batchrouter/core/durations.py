@@ -27,11 +27,11 @@ def parse_duration(value: object, *, field: str = "duration", allow_zero: bool =
     """Seconds in `value` (text or a number); DurationError naming `field` and what is expected otherwise."""
     seconds = _seconds(value)
     if seconds is None:
-        raise DurationError(f"{field} {value!r} is not a duration: write {_EXPECTED}")
+        raise DurationError(f"{field} {value!r} is not a duration: write {_EXPECTED}", param=field)
     if seconds == 0 and not allow_zero:
-        raise DurationError(f"{field} {value!r} must be longer than zero")
+        raise DurationError(f"{field} {value!r} must be longer than zero", param=field)
     if seconds > MAX_S:
-        raise DurationError(f"{field} {value!r} is longer than the maximum of {format_duration(MAX_S)}")
+        raise DurationError(f"{field} {value!r} is longer than the maximum of {format_duration(MAX_S)}", param=field)
     return seconds
 
 

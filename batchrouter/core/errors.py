@@ -98,6 +98,7 @@ class BatchRouterError(Exception):
     code: str = "batchrouter_error"
     http_status: int = 400
     retryable: bool = False
+    param: str | None = None  # the request field at fault, when one is (API error bodies carry it)
 
 
 # -- refusals any face may answer ----------------------------------------------------------------
@@ -106,6 +107,11 @@ class InvalidRequest(BatchRouterError):
 
     code = "invalid_request"
     http_status = 422
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 class UnreadableRequest(InvalidRequest):

@@ -218,14 +218,14 @@ def test_a_batch_no_executor_runs_says_so_and_the_sweeper_releases_its_hold(api:
     quote = api.quote()
     created = httpx.post(f"{api.url}/v1/batches", json={"quote_id": quote["quote_id"]}, headers=api.headers,
                          timeout=60).json()  # fmt: skip
-    assert created["status"] == "reserved"
+    assert created["state"] == "reserved"
     assert "Dagster manifest sensor" in created["message"] and "sweeper" in created["message"]
     storage = Storage(api.settings.storage)
     assert sweep(storage, api.settings, stale_after=timedelta(hours=1)) == []  # not stale yet
     swept = sweep(storage, api.settings, stale_after=timedelta(0))
     assert swept == [{"hold": created["batch_id"], "released_usd_micros": quote["reserve_usd_micros"]}]
     status = httpx.get(f"{api.url}/v1/batches/{created['batch_id']}", headers=api.headers, timeout=60).json()
-    assert status["status"] == "failed" and status["holds"][0]["status"] == "expired"
+    assert status["state"] == status["status"] == "failed" and status["holds"][0]["status"] == "expired"
     balance = Ledger(api.settings.database).balance("acme")
     assert (balance.available_usd_micros, balance.held_usd_micros) == (5 * USD, 0)
 

@@ -51,6 +51,11 @@ KEYED_ENDPOINTS: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/batches/{batch_id}"): ("batches:read", "batches:read"),
     ("POST", "/v1/batches/{batch_id}/cancel"): ("batches:write", "batches:write"),
     ("GET", "/v1/batches/{batch_id}/links"): ("batches:read", "batches:read"),
+    ("POST", "/v1/files"): ("batches:write", "batches:write"),
+    ("GET", "/v1/files"): ("batches:read", "batches:read"),
+    ("GET", "/v1/files/{file_id}"): ("batches:read", "batches:read"),
+    ("GET", "/v1/files/{file_id}/content"): ("batches:read", "batches:read"),
+    ("DELETE", "/v1/files/{file_id}"): ("batches:write", "batches:write"),
     ("GET", "/v1/credits"): ("credits:read", "credits:read"),
     ("GET", "/v1/credits/history"): ("credits:read", "credits:read"),
     ("POST", "/v1/credits/checkout"): ("credits:write", "credits:write"),
@@ -76,6 +81,7 @@ UNKEYED_ENDPOINTS = {
 # One request per keyed endpoint that changes nothing when it is allowed (unknown ids, invalid
 # bodies), with the status it then gets: (url, request arguments, status when allowed).
 NO_QUOTE = "q_" + "0" * 24
+NO_FILE = "file-" + "0" * 24
 PROBES: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ("POST", "/v1/quotes"): ("/v1/quotes?filename=m.csv", {"content": b""}, 422),
     ("GET", "/v1/quotes/{quote_id}"): (f"/v1/quotes/{NO_QUOTE}", {}, 404),
@@ -84,6 +90,11 @@ PROBES: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ("GET", "/v1/batches/{batch_id}"): ("/v1/batches/no-such-batch", {}, 404),
     ("POST", "/v1/batches/{batch_id}/cancel"): ("/v1/batches/no-such-batch/cancel", {}, 404),
     ("GET", "/v1/batches/{batch_id}/links"): ("/v1/batches/no-such-batch/links", {}, 404),
+    ("POST", "/v1/files"): ("/v1/files", {"content": b"not a form"}, 400),  # OpenAI's dialect: 400, not 422
+    ("GET", "/v1/files"): ("/v1/files", {}, 200),
+    ("GET", "/v1/files/{file_id}"): (f"/v1/files/{NO_FILE}", {}, 404),
+    ("GET", "/v1/files/{file_id}/content"): (f"/v1/files/{NO_FILE}/content", {}, 404),
+    ("DELETE", "/v1/files/{file_id}"): (f"/v1/files/{NO_FILE}", {}, 404),
     ("GET", "/v1/credits"): ("/v1/credits", {}, 200),
     ("GET", "/v1/credits/history"): ("/v1/credits/history", {}, 200),
     ("POST", "/v1/credits/checkout"): ("/v1/credits/checkout", {"json": {}}, 422),
@@ -297,7 +308,7 @@ def test_every_error_body_has_code_message_and_a_reference_found_in_the_server_l
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "reference"}
+    assert set(body["error"]) == {"code", "message", "type", "param", "reference"}  # OpenAI's error object too
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     assert REFERENCE.match(body["error"]["reference"])
@@ -410,7 +421,9 @@ def test_the_same_requests_with_the_owning_workspace_key_are_not_404(two: TwoWor
 
 def test_lists_of_another_workspace_never_include_its_items(two: TwoWorkspaces) -> None:
     h = bearer(two.b_key)
-    assert two.client.get("/v1/batches", headers=h).json() == {"batches": []}
+    assert two.client.get("/v1/batches", headers=h).json()["data"] == []
+    assert two.client.get("/v1/batches", headers=h).json()["batches"] == []
+    assert two.client.get("/v1/files", headers=h).json()["data"] == []
     assert two.a_key_id not in {k["key_id"] for k in two.client.get("/v1/keys", headers=h).json()["keys"]}
     assert {k["workspace"] for k in two.client.get("/v1/keys", headers=h).json()["keys"]} == {"beta"}
     emails = {m["email"] for m in two.client.get("/v1/members", headers=h).json()["members"]}

@@ -126,7 +126,8 @@ def test_a_quote_preview_runs_and_reserves_nothing(api: Api) -> None:
     api.ledger.grant("acme", 5 * USD, key="grant")
     api.quote()
     assert ops(api.ledger) == ["grant"]
-    assert api.client.get("/v1/batches", headers=bearer(api.owner)).json() == {"batches": []}
+    assert api.client.get("/v1/batches", headers=bearer(api.owner)).json() == {
+        "object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False, "batches": []}  # fmt: skip
 
 
 # -- batches ----------------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_a_batch_created_from_a_quote_is_reserved_run_and_settled_once(inline_ap
     created = api.create_batch(quote["quote_id"])
     assert created.status_code == 201, created.text
     batch = created.json()
-    assert batch["status"] == "reserved"
+    assert (batch["state"], batch["status"]) == ("reserved", "in_progress")
     assert batch["holds"] == [
         {"hold": batch["batch_id"], "status": "held", "reserved_usd_micros": quote["reserve_usd_micros"],
          "captured_usd_micros": 0}
@@ -156,7 +157,7 @@ def test_a_batch_created_from_a_quote_is_reserved_run_and_settled_once(inline_ap
     assert (balance.held_usd_micros, balance.spent_usd_micros) == (0, status["actual_usd_micros"])
     again = api.create_batch(quote["quote_id"])  # the quote id is the idempotency key: nothing runs again
     assert (again.status_code, again.json()["batch_id"]) == (200, batch["batch_id"])
-    assert again.json()["status"] == "completed"
+    assert (again.json()["state"], again.json()["status"]) == ("completed", "completed")
     assert ops(api.ledger) == ["grant", "reserve", "settle"]
 
 
@@ -212,7 +213,7 @@ def test_a_quote_refused_for_credit_starts_when_posted_again_after_a_grant(api: 
     api.ledger.grant("acme", 5 * USD, key="grant")
     retried = api.create_batch(quote["quote_id"])
     assert retried.status_code == 201, retried.text
-    assert retried.json()["status"] == "reserved"
+    assert retried.json()["state"] == "reserved"
     assert api.ledger.balance("acme").held_usd_micros == quote["reserve_usd_micros"]
 
 

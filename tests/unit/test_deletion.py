@@ -65,7 +65,7 @@ def make_data(settings: Settings, tmp: Path, ws: str) -> dict[str, str]:
         def create(name: str, prompt: str) -> str:
             quote = client.post(f"/v1/quotes?filename={name}", content=csv(prompt), headers=headers).json()
             created = client.post("/v1/batches", json={"quote_id": quote["quote_id"]}, headers=headers)
-            assert created.json()["status"] == "reserved", created.text
+            assert created.json()["state"] == "reserved", created.text
             return str(created.json()["batch_id"])
 
         # a quote preview, never made a batch

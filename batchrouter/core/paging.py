@@ -1,0 +1,34 @@
+"""Cursor paging as OpenAI's list endpoints do it: `limit` items after the item `after`, and whether more follow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from batchrouter.core.errors import InvalidRequest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+def page(items: Sequence[T], *, key: Callable[[T], str], after: str | None, limit: int) -> Page[T]:
+    """The `limit` items following the one whose key is `after` (from the start without it).
+
+    Raises:
+        InvalidRequest: `after` names no item of the list (a cursor must come from an earlier page).
+    """
+    start = 0
+    if after:
+        keys = [key(i) for i in items]
+        if after not in keys:
+            raise InvalidRequest(f"after: {after!r} is not in this list; pass the last_id of an earlier page",
+                                 param="after")  # fmt: skip
+        start = keys.index(after) + 1
+    chosen = list(items[start : start + limit])
+    return Page(chosen, has_more=start + limit < len(items))
