@@ -1,0 +1,84 @@
+"""Receipts say which lane answered an item and when, on BatchRouter's clock, whatever the lane.
+
+Found by `benchmarks/lanes.py` (issue 11): a flex answer's receipt says lane "online", so the lane
+status counts it as hedged; a provider batch line's `finished_at` is the provider's clock (hours ahead
+of the wall in a simulation), so it cannot be compared with the batch's submission or deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+import pytest
+
+from batchrouter.access.actors import CLI
+from batchrouter.batches.batch_lane import lane_status
+from batchrouter.batches.states import BatchState
+from batchrouter.core.config import LanesConfig, Settings, SimulatorConfig
+from batchrouter.engine import BatchRouter
+from batchrouter.simulator import running_simulator
+
+pytestmark = pytest.mark.integration
+
+USD = 1_000_000
+SCALE = 1440.0  # a day of provider time in a wall minute
+DEADLINE_S = 120.0  # wall seconds to wait for a batch to end, on a loaded machine
+
+
+def manifest(model: str, n: int = 6) -> bytes:
+    rows = ["item_id,model,prompt,max_tokens"] + [f"i{i},{model},Summarise note {i} in one line.,32" for i in range(n)]
+    return ("\n".join(rows) + "\n").encode()
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[tuple[BatchRouter, str]]:
+    sim = SimulatorConfig(latency_ms=0, max_output_words=12, seed=3, batch_time_scale=SCALE, batch_validating_s=60,
+                          batch_median_s=600, batch_sigma=0.3)  # fmt: skip
+    with running_simulator(sim) as url:
+        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(time_scale=SCALE)})
+        made = BatchRouter(config)
+        made.ledger.grant("acme", 5 * USD, key="grant")
+        yield made, url
+
+
+def run_to_the_end(engine: BatchRouter, batch_id: str, url: str) -> pl.DataFrame:
+    deadline = time.monotonic() + DEADLINE_S
+    while engine.batches.advance(batch_id, actor=CLI, simulator_url=url).state == BatchState.WAITING_ON_PROVIDER:
+        assert time.monotonic() < deadline, f"batch {batch_id} still waiting after {DEADLINE_S} s"
+        time.sleep(0.2)  # poll interval of the loop, not synchronisation: the deadline above bounds it
+    return engine.storage.read_parquet(*engine.batches.info(batch_id).folder("receipts.parquet"))
+
+
+def test_a_flex_answer_s_receipt_names_the_flex_lane_and_is_not_counted_as_hedged(engine: Any) -> None:
+    engine, url = engine
+    # Four hours: the batch prior (4 h) does not fit, flex (3x the online estimate) does.
+    view = engine.batches.create(manifest("gpt-5-mini"), filename="m.csv", workspace="acme", actor=CLI, deadline="4h")
+    assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"flex"}
+
+    got = run_to_the_end(engine, view.batch_id, url)
+
+    assert set(got["status"]) == {"succeeded"}
+    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
+                                                         "cost_usd_micros").iter_rows():  # fmt: skip
+        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="flex")  # billed as flex
+    assert set(got["lane"]) == {"flex"}
+    (flex,) = lane_status(engine.storage, engine.settings, engine.batches.info(view.batch_id))["lanes"]
+    assert flex["lane"] == "flex" and flex["hedged"] == 0
+
+
+def test_a_provider_batch_line_s_receipt_finishes_on_batch_router_s_clock_not_the_provider_s(engine: Any) -> None:
+    engine, url = engine
+    view = engine.batches.create(manifest("gpt-4o-mini"), filename="m.csv", workspace="acme", actor=CLI,
+                                 deadline="24h")  # fmt: skip
+
+    got = run_to_the_end(engine, view.batch_id, url)
+    looked = datetime.now(UTC)
+
+    assert set(got["lane"]) == {"batch"}
+    # Like every other receipt: started, then finished, and not after the moment the receipt was read.
+    assert (got["finished_at"] >= got["started_at"]).all()
+    assert got["finished_at"].max() <= looked, "finished_at is on the provider's (accelerated) clock"
