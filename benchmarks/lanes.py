@@ -49,6 +49,7 @@ from batchrouter.batches.batch_lane import BatchLane, Sent
 from batchrouter.batches.states import BatchState
 from batchrouter.core import control
 from batchrouter.core.config import LanesConfig, SimulatorConfig, load_settings
+from batchrouter.core.errors import StorageError
 from batchrouter.engine import BatchRouter
 from batchrouter.pricing.predictions import Predictions
 from batchrouter.simulator import running_simulator
@@ -195,48 +196,73 @@ def advance_once(engine: BatchRouter, run: Run, url: str) -> None:
 
 def run_phase(engine: BatchRouter, manifests: list[Manifest], url: str, *, workspace: str, deadline: bool,
               limit_s: float, log: Any) -> list[Run]:  # fmt: skip
-    """Create the batches in order, each run at once (the manifest sensor's run), then, as the
+    """Create the batches in order, each run at once (the manifest sensor's run); meanwhile, as the
     provider-batch sensor does, run again every batch `engine.batches.waiting_due()` lists, until none waits.
 
     A run is a thread here (a Dagster run is a process); a batch never has two runs at once.
     """
     runs: list[Run] = []
     running: dict[str, threading.Thread] = {}
+    lock = threading.Lock()
+    created = threading.Event()
 
-    def start(run: Run) -> None:
+    def start(run: Run) -> threading.Thread:
         thread = threading.Thread(target=advance_once, args=(engine, run, url), daemon=True)
-        running[run.batch_id] = thread
+        with lock:
+            running[run.batch_id] = thread
         thread.start()
+        return thread
 
+    def sensor() -> None:
+        stop = time.monotonic() + limit_s
+        while time.monotonic() < stop:
+            with lock:
+                for batch_id in [b for b, t in running.items() if not t.is_alive()]:
+                    del running[batch_id]
+                by_id = {run.batch_id: run for run in runs}
+                idle = not running
+            if created.is_set() and idle and all(run.final_state or run.error for run in by_id.values()):
+                return
+            try:
+                due = engine.batches.waiting_due()
+            except StorageError as exc:
+                # A run ended (its marker removed) while the sensor read the markers: an engine bug,
+                # tests/unit/test_batch_lane_waiting.py. The sensor looks again at its next tick.
+                log(f"  sensor: {exc}; looking again")
+                due = []
+            for batch_id in due:
+                run = by_id.get(batch_id)
+                with lock:
+                    busy = batch_id in running
+                if run is not None and not busy and not run.final_state and not run.error:
+                    start(run)
+            time.sleep(SENSOR_TICK_S)  # the sensor's tick, bounded by `stop`
+
+    watcher = threading.Thread(target=sensor, daemon=True)
+    watcher.start()
     for m in manifests:
         run = Run(m, workspace)
         t0 = time.monotonic()
         create(engine, run, deadline=deadline)
+        made_s = time.monotonic() - t0
         seen = len(Predictions(engine.settings.database).observations(lane="batch"))
         lanes = sorted({r["lane"] for r in _by_lane(engine, run.batch_id)})
-        log(f"  {workspace}: created {m.name} ({m.items:,} items, deadline {m.deadline if deadline else 'none'}) "
-            f"in {time.monotonic() - t0:.1f} s; lanes quoted {'/'.join(lanes)}; provider batch runs measured "
-            f"so far {seen}")  # fmt: skip
-        runs.append(run)
-        start(run)
+        with lock:
+            runs.append(run)
+        first = start(run)
         if deadline:  # the first run (quote done, provider batches submitted) goes before the next batch arrives
-            running[run.batch_id].join(timeout=300)
-    stop = time.monotonic() + limit_s
-    by_id = {run.batch_id: run for run in runs}
-    while time.monotonic() < stop:
-        for batch_id in [b for b, t in running.items() if not t.is_alive()]:
-            del running[batch_id]
-        if not running and all(run.final_state or run.error for run in runs):
-            break
-        for batch_id in engine.batches.waiting_due():
-            run = by_id.get(batch_id)
-            if run is not None and batch_id not in running and not run.final_state and not run.error:
-                start(run)
-        time.sleep(SENSOR_TICK_S)  # the sensor's tick, bounded by `stop`
+            first.join(timeout=300)
+        log(f"  {workspace}: {m.name} ({m.items:,} items, deadline {m.deadline if deadline else 'none'}): created "
+            f"in {made_s:.1f} s, lanes quoted {'/'.join(lanes)} (provider batch runs measured by then: {seen}); "
+            f"first run {time.monotonic() - t0 - made_s:.1f} s")  # fmt: skip
+    created.set()
+    watcher.join()
     for run in runs:
         if not run.final_state and not run.error:
             run.error = f"still waiting after {limit_s:.0f} s"
-    for thread in running.values():
+    with lock:
+        left = list(running.values())
+    for thread in left:
         thread.join(timeout=60)
     return runs
 
@@ -290,9 +316,14 @@ def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
                 pl.lit(run.manifest.cls).alias("cls"),
                 # The lane that answered: the receipt's, except that a flex answer's receipt says "online"
                 # (a bug, see the report); an item quoted flex and billed below the online price was flex.
-                pl.when((pl.col("quoted_lane") == "flex") & (pl.col("lane") == "online")
-                        & (pl.col("cost_usd_micros") < pl.col("online_price_usd_micros")))
-                .then(pl.lit("flex")).otherwise(pl.col("lane")).alias("answered_lane"),
+                pl.when(
+                    (pl.col("quoted_lane") == "flex")
+                    & (pl.col("lane") == "online")
+                    & (pl.col("cost_usd_micros") < pl.col("online_price_usd_micros"))
+                )
+                .then(pl.lit("flex"))
+                .otherwise(pl.col("lane"))
+                .alias("answered_lane"),
                 pl.lit(run.manifest.deadline_s).alias("deadline_s"),
                 pl.lit(run.batch_id).alias("batch"),
                 # The lead's rule on the receipt: (finished_at - submitted_at) x time_scale.
@@ -333,8 +364,12 @@ def usd(micros: float) -> str:
 
 def report_lanes(items: pl.DataFrame, log: Any) -> None:
     by = (
-        items.with_columns(pl.when(pl.col("answered_lane") == pl.col("quoted_lane")).then(pl.lit("as quoted"))
-                           .otherwise(pl.lit("hedged")).alias("how"))  # fmt: skip
+        items.with_columns(
+            pl.when(pl.col("answered_lane") == pl.col("quoted_lane"))
+            .then(pl.lit("as quoted"))
+            .otherwise(pl.lit("hedged"))
+            .alias("how")
+        )  # fmt: skip
         .group_by("cls", "quoted_lane", "answered_lane", "how")
         .agg(
             pl.len().alias("items"),
@@ -380,9 +415,11 @@ def report_provider_batches(engine: BatchRouter, runs: list[Run], scale: float, 
         log("  (no provider batches)")
         return
     frame = pl.DataFrame(rows)
-    summary = frame.group_by("cls", "provider", "state", "last").agg(
-        pl.len().alias("batches"), pl.col("lines").sum(), pl.col("duration_min").max().alias("max_min")
-    ).sort("cls", "provider", "state")
+    summary = (
+        frame.group_by("cls", "provider", "state", "last")
+        .agg(pl.len().alias("batches"), pl.col("lines").sum(), pl.col("duration_min").max().alias("max_min"))
+        .sort("cls", "provider", "state")
+    )
     for cls, provider, state, last, n, lines, longest in summary.iter_rows():
         longest_s = f"{longest:7.1f} min" if longest is not None else "      -    "
         log(f"  {cls:5s} {provider:10s} {state:8s} last status {last:11s} {n:3d} batches {lines:7,d} lines  "
@@ -439,7 +476,7 @@ def main() -> None:
     lanes = engine.settings.lanes
     figures: dict[str, Any] = {"items": sum(m.items for m in manifests), "scale": args.scale, "seed": SEED}
     log(f"lanes benchmark: {figures['items']:,} items, models {', '.join(MODELS)}; seed {SEED}")
-    log(f"  classes: " + ", ".join(f"{c} {sum(m.items for m in manifests if m.cls == c):,} items in "
+    log("  classes: " + ", ".join(f"{c} {sum(m.items for m in manifests if m.cls == c):,} items in "
         f"{sum(1 for m in manifests if m.cls == c)} batches" for c, *_ in CLASSES))  # fmt: skip
     log(f"  clock: x{args.scale:g} (24 h = {86_400 / args.scale / 60:.1f} wall min, 30 min = "
         f"{1800 / args.scale:.1f} wall s); provider batches log-normal median {sim.batch_median_s / 60:.0f} min, "
@@ -455,8 +492,11 @@ def main() -> None:
                 warm_up(engine, url, args.warm_up, log)
             observed = Predictions(engine.settings.database).observations(lane="batch")
             figures["warm_up"] = {"batches": args.warm_up, "observations": len(observed)}
-            log(f"predictions at the first quote: {len(observed)} measured provider batch runs "
-                f"({'prior ' + str(lanes.batch_prior_p95_s) + ' s used' if len(observed) < lanes.min_observations else 'measured times used'})")  # fmt: skip
+            used = "the prior" if len(observed) < lanes.min_observations else "measured times"
+            log(
+                f"predictions at the first quote: {len(observed)} measured provider batch runs ({used} used; "
+                f"prior p95 {lanes.batch_prior_p95_s:.0f} s)"
+            )
             t0 = time.monotonic()
             log("lanes run (deadlines):")
             runs = run_phase(engine, manifests, url, workspace=LANES_WS, deadline=True,
@@ -500,8 +540,10 @@ def main() -> None:
         log("by class and lane (quoted -> answered):")
         report_lanes(items, log)
         hedged = items.filter((pl.col("quoted_lane") != "online") & (pl.col("answered_lane") == "online"))
-        log(f"items hedged (quoted batch/flex, answered online at the online price): {hedged.height:,} "
-            f"({usd(hedged['cost_usd_micros'].sum())}, {hedged['cost_usd_micros'].sum() / cost:.1%} of the cost)")  # fmt: skip
+        log(
+            f"items hedged (quoted batch/flex, answered online at the online price): {hedged.height:,} "
+            f"({usd(hedged['cost_usd_micros'].sum())}, {hedged['cost_usd_micros'].sum() / cost:.1%} of the cost)"
+        )
         figures["hedged"] = hedged.height
         log("deadlines met (on the batch's clock):")
         report_deadlines(items, log)
@@ -510,9 +552,12 @@ def main() -> None:
         checks = charged_once(engine, runs, items)
         figures["charged_once"] = checks
         log("charged once:")
-        log(f"  receipts {checks['items']:,}, unique item ids {checks['unique_item_ids']:,}; ledger captured "
+        log(
+            f"  receipts {checks['items']:,}, unique item ids {checks['unique_item_ids']:,}; ledger captured "
             f"{usd(checks['captured_usd_micros'])} vs receipts {usd(checks['receipts_usd_micros'])}; "
-            f"mismatched batches {len(checks['mismatches'])}; ledger verify {'OK' if checks['verify_ok'] else 'FAILED'}")  # fmt: skip
+            f"mismatched batches {len(checks['mismatches'])}; ledger verify "
+            f"{'OK' if checks['verify_ok'] else 'FAILED'}"
+        )
         for mismatch in checks["mismatches"]:
             log(f"  MISMATCH {mismatch}")
         summary = Predictions(engine.settings.database).summary()
