@@ -33,6 +33,7 @@ import argparse
 import json
 import random
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -141,12 +142,24 @@ def simulator_config(scale: float, stuck_rate: float) -> SimulatorConfig:
                            batch_median_s=420, batch_sigma=1.7, batch_stuck_rate=stuck_rate)  # fmt: skip
 
 
-def engine_for(root: Path, sim: SimulatorConfig, scale: float) -> BatchRouter:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def engine_for(root: Path, sim: SimulatorConfig, scale: float, url: str) -> BatchRouter:
+    """The engine, its providers the simulator at `url`.
+
+    The providers name the simulator's address (`base_url`), as a deployment against `batchrouter
+    simulate` would: a simulator provider without one is reached only by a run that passes
+    `simulator_url`, and `waiting_due` (the provider-batch sensor) passes none (see the report's bugs).
+    """
     policy = {"allowed_providers": ["openai", "anthropic"]}
     settings = load_settings(
         database=str(root / "batchrouter.duckdb"),
         storage={"root": str(root / "bucket")},
-        providers=PROVIDERS,
+        providers={name: {**config, "base_url": url} for name, config in PROVIDERS.items()},
         simulator=sim.model_dump(),
         lanes=LanesConfig(time_scale=scale).model_dump(),
         workspaces={LANES_WS: {"policy": policy}, ONLINE_WS: {"policy": policy}, "warmup": {"policy": policy}},
@@ -471,7 +484,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-lanes-"))
     sim = simulator_config(args.scale, args.stuck_rate)
-    engine = engine_for(root, sim, args.scale)
+    port = free_port()
+    engine = engine_for(root, sim, args.scale, f"http://127.0.0.1:{port}/v1")
     manifests = workload(args.items)
     lanes = engine.settings.lanes
     figures: dict[str, Any] = {"items": sum(m.items for m in manifests), "scale": args.scale, "seed": SEED}
@@ -486,7 +500,7 @@ def main() -> None:
         f" RPM; lanes: percentile {lanes.percentile}, margin {lanes.margin_s:.0f} s, prior p95 "
         f"{lanes.batch_prior_p95_s:.0f} s, min_observations {lanes.min_observations}")  # fmt: skip
     try:
-        with running_simulator(sim) as url:
+        with running_simulator(sim, port=port) as url:
             if args.warm_up:
                 log(f"warm-up: {args.warm_up} small 24 h batches, measured as earlier days would have been")
                 warm_up(engine, url, args.warm_up, log)

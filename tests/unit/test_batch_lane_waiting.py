@@ -11,7 +11,9 @@ import pytest
 
 from batchrouter.batches import batch_lane
 from batchrouter.core.config import Settings
+from batchrouter.core.errors import ConfigError
 from batchrouter.core.storage import Storage
+from batchrouter.execution.provider_batches import batch_client_for
 
 
 def test_a_waiting_marker_removed_while_the_sensor_reads_the_list_is_skipped(
@@ -25,3 +27,15 @@ def test_a_waiting_marker_removed_while_the_sensor_reads_the_list_is_skipped(
     monkeypatch.setattr(storage, "list", lambda *parts: listed)
 
     assert batch_lane.due(storage, now=1.0) == [("acme-2", 0)]
+
+
+def test_a_simulator_provider_without_an_address_has_no_batch_client_rather_than_the_real_provider_s(
+    settings: Settings,
+) -> None:
+    # The built-in providers are simulators without a base_url: only a run that starts the simulator can
+    # reach them. `BatchLane.ready` (the sensor's `waiting_due`) passes no simulator URL and expects a
+    # ConfigError ("only a run can reach it"), so that it lists the batch; a client aimed at
+    # https://api.openai.com with the simulator's key instead never answers that a batch ended.
+    with pytest.raises(ConfigError):
+        client = batch_client_for("openai", settings.provider("openai"))
+        pytest.fail(f"a batch client for the built-in simulator was made, aimed at {client.adapter.base_url}")
