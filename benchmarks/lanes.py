@@ -10,10 +10,17 @@ batches on (log-normal around a 7 minute median, sigma 1.7; 5% of provider batch
 realistic online limits per route (OpenAI 10,000 RPM / 10M TPM, Anthropic 4,000 RPM / 4M TPM: tier 4).
 `LanesConfig.time_scale` equals the simulator's `batch_time_scale`, as in a simulation it must.
 
-Each batch is driven as the product drives it: `engine.batches.create(..., deadline=...)`, then
-`advance` again and again (one thread per batch, as one Dagster run per batch would) until it is no
-longer `waiting_on_provider`. Classes are submitted in order 24 h, 4 h, 30 min (each batch's deadline
-counts from its own submission, quoting included).
+Each batch is driven as the product drives it: `engine.batches.create(..., deadline=...)` and a first
+`advance` (the manifest sensor's run), then, as the provider-batch sensor does, `advance` again for
+every batch `engine.batches.waiting_due()` lists, until none is `waiting_on_provider` (a run is a
+thread here, a Dagster run a process). Batches are submitted in order, 24 h, 4 h, 30 min, each once the
+previous one's first run is done; a deadline counts from the batch's own submission, quoting included.
+The predictions table learns during the run, as in the product: later quotes read the provider
+batches measured so far (each creation line says how many).
+
+Deadlines are checked two ways on the batch's clock ((t - submitted_at) x time_scale <= deadline):
+with t the receipt's `finished_at`, and with t the moment the driver saw the item's receipt final
+(what the user sees; a batch line's `finished_at` is on the provider's clock, see the report).
 
 The reference is measured, not assumed: the same manifests run without a deadline (everything online)
 in another workspace of the same engine against the same simulator. The same tokens at the online
@@ -24,7 +31,8 @@ Warm-up: none by default (the predictions table starts empty: the first quotes u
 `lanes.batch_prior_p95_s`). `--warm-up N` first runs N small 24 h batches, as earlier days would have,
 so the quotes use measured provider batch times; the output says which was used.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/lanes.py [--items 50000] [--scale 240] [--warm-up 0]
+    PYTHONPATH=. .venv/bin/python benchmarks/lanes.py [--items 50000] [--scale 240] [--warm-up 0] [--skip-online]
+                                                    [--online-lane] [--json OUT] [--keep]
 """
 
 from __future__ import annotations
