@@ -20,7 +20,8 @@ batches measured so far (each creation line says how many).
 
 Deadlines are checked two ways on the batch's clock ((t - submitted_at) x time_scale <= deadline):
 with t the receipt's `finished_at`, and with t the moment the driver saw the item's receipt final
-(what the user sees; a batch line's `finished_at` is on the provider's clock, see the report).
+(what the user sees). Before main's 254792d a batch line's `finished_at` was the provider's clock
+(hours ahead in a simulation), so only the second figure was meaningful there; now both agree.
 
 The reference is measured, not assumed: the same manifests run without a deadline (everything online)
 in another workspace of the same engine against the same simulator. The same tokens at the online
@@ -161,7 +162,8 @@ def engine_for(root: Path, sim: SimulatorConfig, scale: float, url: str) -> Batc
 
     The providers name the simulator's address (`base_url`), as a deployment against `batchrouter
     simulate` would: a simulator provider without one is reached only by a run that passes
-    `simulator_url`, and `waiting_due` (the provider-batch sensor) passes none (see the report's bugs).
+    `simulator_url`; before main's 254792d `waiting_due` (the provider-batch sensor) then polled the real
+    provider's address and never listed the batch.
     """
     policy = {"allowed_providers": ["openai", "anthropic"]}
     settings = load_settings(
@@ -247,8 +249,8 @@ def run_phase(engine: BatchRouter, manifests: list[Manifest], url: str, *, works
             try:
                 due = engine.batches.waiting_due()
             except StorageError as exc:
-                # A run ended (its marker removed) while the sensor read the markers: an engine bug,
-                # tests/unit/test_batch_lane_waiting.py. The sensor looks again at its next tick.
+                # A run ended (its marker removed) while the sensor read the markers: raised before main's
+                # 254792d (tests/unit/test_batch_lane_waiting.py). The sensor looks again at its next tick.
                 log(f"  sensor: {exc}; looking again")
                 due = []
             for batch_id in due:
@@ -336,7 +338,7 @@ def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
             .with_columns(
                 pl.lit(run.manifest.cls).alias("cls"),
                 # The lane that answered: the receipt's, except that a flex answer's receipt says "online"
-                # (a bug, see the report); an item quoted flex and billed below the online price was flex.
+                # before main's 254792d; an item quoted flex and billed below the online price was flex.
                 pl.when(
                     (pl.col("quoted_lane") == "flex")
                     & (pl.col("lane") == "online")
