@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from math import inf
 from typing import Any
 
 import polars as pl
@@ -74,9 +75,11 @@ class Sent:
     ended_at: float | None = None
     polls: int = 0
     # submitting (being sent; a run that died here sends it again) -> in_flight -> ended (collected) |
-    # hedged (cancel asked, lines sent online; collected when it ends) | refused (never made) | lost (the
-    # provider no longer knows it)
+    # hedged (cancel asked: collected when it ends; its unanswered lines go online then, or at
+    # `release_at_s` at the latest) | refused (never made) | lost (the provider no longer knows it)
     state: str = "in_flight"
+    release_at_s: float | None = None  # on the batch's clock
+    released: bool = False  # a run sent its unanswered lines online
     collected: bool = False
     error: str | None = None
     history: list[str] = field(default_factory=list)  # provider statuses seen, in order
@@ -86,10 +89,17 @@ class Sent:
         """Still worth polling: its answers may yet come back."""
         return self.state in ("in_flight", "hedged") and not self.collected
 
-    @property
-    def holds_lines(self) -> bool:
-        """Its unanswered lines wait on the provider (not yet released to the online lane)."""
-        return self.state == "in_flight"
+    def holds(self, now_s: float) -> bool:
+        """Its unanswered lines wait on the provider at `now_s` (the batch's clock), not yet released online:
+        in flight, or cancelled for a hedge and given until `release_at_s` to end with what it answered."""
+        if self.state == "in_flight":
+            return True
+        return self.state == "hedged" and not self.collected and now_s < (self.release_at_s or 0.0)
+
+    def cancel_at(self, wait_s: float) -> float | None:
+        """When a hedge asks the provider to cancel: `wait_s` before the hedge time, so the cancel can end
+        (and its answered lines be collected at the batch price) before the rest must go online."""
+        return None if self.hedge_at_s is None else self.hedge_at_s - wait_s
 
 
 class BatchLane:
@@ -143,14 +153,14 @@ class BatchLane:
         online = todo.filter(pl.col("lane") != str(Lane.BATCH))
         held: set[str] = set()
         released: set[str] = set()
+        now = self.clock_s()
         for sent in self.sent():
             ids = set(self.lines(sent)["item_id"].to_list())
-            (held if sent.holds_lines else released).update(ids)
+            (held if sent.holds(now) else released).update(ids)
         released -= held
         waiting = batch.filter(pl.col("item_id").is_in(list(held)))
         back = batch.filter(pl.col("item_id").is_in(list(released)))
         fresh = batch.filter(~pl.col("item_id").is_in(list(held | released)))
-        now = self.clock_s()
         late = fresh.filter(pl.col("hedge_at_s").is_null() | (pl.col("hedge_at_s") <= now))
         fresh = fresh.filter(pl.col("hedge_at_s").is_not_null() & (pl.col("hedge_at_s") > now))
         return pl.concat([online, back, late], how="vertical_relaxed"), fresh, waiting.height
@@ -223,6 +233,9 @@ class BatchLane:
                 continue
             if not sent.open or sent.provider_batch_id is None:
                 continue
+            if sent.state == "hedged" and not sent.holds(now) and not sent.released:
+                sent.released = True  # its time to end is up: this round sends its unanswered lines online
+                self._save(sent)
             client = self._client(sent.provider)
             try:
                 batch = _run(client, client.poll(sent.provider_batch_id))
@@ -236,21 +249,34 @@ class BatchLane:
             self._update(sent, batch)
             if batch.ended:
                 self._collect(client, sent, batch)
-            elif sent.state == "in_flight" and (cancel_all or (sent.hedge_at_s is not None and now >= sent.hedge_at_s)):
-                self._hedge(client, sent)
+            elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(self._cancel_wait_s) or inf)):
+                self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
+            elif cancel_all:
+                sent.release_at_s = now  # cancelled by the user: nothing more is waited for
+            if sent.state == "hedged" and not sent.holds(now):
+                sent.released = True  # cancelled by the user: this round ends its unanswered lines
             self._save(sent)
-        return sum(s.lines for s in self.sent() if s.holds_lines)
+        return sum(s.lines for s in self.sent() if s.holds(now))
+
+    @property
+    def _cancel_wait_s(self) -> float:
+        # Half the deadline's margin: the cancel's time to end, taken from the slack, never from the hedge.
+        return self.lanes.margin_s / 2
 
     def next_poll_wall(self, polls: int = 0, *, unsent: int = 0) -> float | None:
         """When to look again (wall clock): after the backoff for `polls` looks, or at a hedge time if sooner.
 
         None when nothing waits (no provider batch in flight, nothing held back for capacity)."""
-        holding = [sent for sent in self.sent() if sent.holds_lines]
+        now = self.clock_s()
+        holding = [sent for sent in self.sent() if sent.holds(now)]
         if not holding and not unsent:
             return None
         times = [time.time() + self.lanes.wall_s(self.lanes.poll_delay_s(polls))]
         started = datetime.fromisoformat(self.info.submitted_at).timestamp()
-        times += [started + self.lanes.wall_s(s.hedge_at_s) for s in holding if s.hedge_at_s is not None]
+        for s in holding:
+            at = s.release_at_s if s.state == "hedged" else s.cancel_at(self._cancel_wait_s)
+            if at is not None:
+                times.append(started + self.lanes.wall_s(at))
         return min(times)
 
     def ready(self) -> bool | float:
@@ -261,9 +287,12 @@ class BatchLane:
             return True  # only a run can send what was held back for capacity
         now = self.clock_s()
         for sent in self.sent():
-            if not sent.holds_lines:
+            if not sent.holds(now):
+                if sent.state == "hedged" and not sent.collected and not sent.released:
+                    return True  # its time to end is up: a run sends its unanswered lines online
                 continue
-            if sent.provider_batch_id is None or (sent.hedge_at_s is not None and now >= sent.hedge_at_s):
+            due = sent.release_at_s if sent.state == "hedged" else sent.cancel_at(self._cancel_wait_s)
+            if sent.provider_batch_id is None or (due is not None and now >= due):
                 return True
             try:
                 client = self._client(sent.provider, retry_timeout_s=10.0, max_retry_after_s=5.0)
@@ -304,9 +333,12 @@ class BatchLane:
         if not sent.history or sent.history[-1] != sent.status:
             sent.history.append(sent.status)
 
-    def _hedge(self, client: BatchClient, sent: Sent) -> None:
-        """Cancel a provider batch that will not make the deadline; its unanswered lines go online now."""
+    def _hedge(self, client: BatchClient, sent: Sent, *, release_at_s: float) -> None:
+        """Cancel a provider batch that will not make the deadline. What it answered is collected when the
+        cancel ends (at the batch price, and paid to the provider once); its unanswered lines go online
+        then, or at `release_at_s` (the hedge time) at the latest."""
         assert sent.provider_batch_id is not None
+        sent.release_at_s = release_at_s
         try:
             batch = _run(client, client.cancel(sent.provider_batch_id))
             self._update(sent, batch)

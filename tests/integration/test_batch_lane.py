@@ -282,3 +282,24 @@ def test_cancelling_a_batch_waiting_on_its_providers_cancels_their_batches_and_c
     (hold,) = engine.ledger.batch_holds(view.batch_id)
     assert hold.captured_usd_micros == 0 and hold.status != "held"
     assert view.batch_id not in batch_lane.waiting(engine.storage)
+
+
+def test_a_hedge_collects_what_the_cancelled_batch_answered_and_sends_only_the_rest_online(make: Any) -> None:
+    # Lines answered evenly over five provider hours; a 6 h deadline with a 2 h margin cancels at about 3 h
+    # (half the margin before the hedge time), when about half are answered, and hedges at about 4 h.
+    sim = simulator(batch_median_s=5 * 3600, batch_sigma=0.0, batch_validating_s=0, batch_cancel_s=30)
+    engine, url = make(sim, batch_prior_p95_s=600, margin_s=2 * 3600)
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="6h")
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id)
+    lanes = dict(got.group_by("lane").len().iter_rows())
+    assert lanes.get("batch", 0) > 0 and lanes.get("online", 0) > 0  # the answered half at the batch price
+    for s in sent(engine, view.batch_id):
+        assert s.state == "hedged" and s.history[-1] == "cancelled" and s.collected
+    # No line was both answered by its provider batch and sent online: each was recorded once, ever.
+    folder = engine.storage.path(*engine.batches.info(view.batch_id).folder("dispatch", "chunks"))
+    chunks = pl.concat([pl.read_parquet(p) for p in Path(folder).glob("*.parquet")], how="diagonal_relaxed")
+    assert chunks.height == 12 and chunks["item_id"].is_unique().all()
