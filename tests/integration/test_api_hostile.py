@@ -15,10 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from serving import serve
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.api import create_app
 from batchrouter.batches.settlement import sweep
 from batchrouter.core.config import Settings, StorageConfig, load_settings
 from batchrouter.core.storage import Storage
@@ -29,7 +28,6 @@ pytestmark = pytest.mark.integration
 ALL_SCOPES = ["batches:read", "batches:write", "credits:read", "credits:write", "admin"]
 CSV = b"item_id,model,prompt,max_tokens\n1,gpt-4o-mini,Say this is a test!,20\n2,gpt-4o-mini,Name a colour.,20\n"
 USD = 1_000_000
-START_DEADLINE_S = 30.0
 RUN_DEADLINE_S = 180.0
 
 
@@ -49,38 +47,12 @@ class Server:
         return dict(answer.json())
 
 
-def serve(settings: Settings) -> Iterator[str]:
-    """Run the real app under uvicorn on a free loopback port in a thread; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_DEADLINE_S
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.05)  # poll interval
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
 def _server(settings: Settings) -> Iterator[Server]:
     accounts = Accounts(settings.database)
     accounts.set_member("acme", "owner@acme.test", "owner", actor="test")
     key, _ = accounts.create_key("acme", name="k", scopes=ALL_SCOPES, created_by="owner@acme.test", actor="test")
     Ledger(settings.database).grant("acme", 5 * USD, key="grant")
-    for url in serve(settings):
+    for url in serve(settings, lifespan="off"):
         yield Server(url, settings, key)
 
 

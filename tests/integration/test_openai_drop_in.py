@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
-import uvicorn
 from openai import OpenAI
+from serving import serve
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.api import create_app
 from batchrouter.core.config import Settings, load_settings
 from batchrouter.money.ledger import Ledger
 
@@ -34,7 +30,6 @@ pytestmark = pytest.mark.integration
 
 SCOPES = ["batches:read", "batches:write", "credits:read"]
 USD = 1_000_000
-START_DEADLINE_S = 30.0
 RUN_DEADLINE_S = float(os.environ.get("DROPIN_RUN_DEADLINE_S", "240"))
 FINAL = ("completed", "failed", "expired", "cancelled")
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,31 +67,6 @@ class Server:
 
     def client(self, key: str | None = None, **options: Any) -> OpenAI:
         return OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, **options)
-
-
-def serve(settings: Settings) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_DEADLINE_S
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the API server did not start"
-        time.sleep(0.05)  # poll interval
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
 
 
 def _key(accounts: Accounts, workspace: str) -> str:
