@@ -50,7 +50,7 @@ from batchrouter.core.storage import Storage
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.dispatch import Job
 from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
-from batchrouter.pricing.lanes import Lane
+from batchrouter.pricing.lanes import Lane, hedge_lane
 from batchrouter.pricing.predictions import Outcome, Predictions
 
 FOLDER = "provider_batches"
@@ -163,7 +163,25 @@ class BatchLane:
         fresh = batch.filter(~pl.col("item_id").is_in(list(held | released)))
         late = fresh.filter(pl.col("hedge_at_s").is_null() | (pl.col("hedge_at_s") <= now))
         fresh = fresh.filter(pl.col("hedge_at_s").is_not_null() & (pl.col("hedge_at_s") > now))
-        return pl.concat([online, back, late], how="vertical_relaxed"), fresh, waiting.height
+        hedged = self._hedge_lanes(pl.concat([back, late], how="vertical_relaxed"), now)
+        return pl.concat([online, hedged], how="vertical_relaxed"), fresh, waiting.height
+
+    def _hedge_lanes(self, items: pl.DataFrame, now_s: float) -> pl.DataFrame:
+        """Batch-lane items going to the dispatcher, each route's on the lane its time left allows
+        (`pricing.lanes.hedge_lane`: flex where sold and in time, else online)."""
+        if not items.height:
+            return items
+        deadline = self.info.deadline_s
+        if deadline is None:
+            deadline = self.settings.default_deadline_s(self.info.workspace)
+        parts = []
+        for (route,), part in items.group_by("route", maintain_order=True):
+            lane = Lane.ONLINE
+            if deadline is not None:
+                time_left = deadline - self.lanes.margin_s - now_s
+                lane = hedge_lane(self.settings, self.catalog.entry(str(route)), part.height, time_left_s=time_left)
+            parts.append(part.with_columns(pl.lit(str(lane)).alias("lane")))
+        return pl.concat(parts, how="vertical_relaxed")
 
     def submit(self, items: pl.DataFrame, jobs: dict[str, Job]) -> set[str]:
         """Send `items` (batch lane, never sent) as provider batches, by route, each fitting its limits.
@@ -518,8 +536,12 @@ def lane_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[s
     answered = pl.col("status").is_in([ItemStatus.SUCCEEDED, ItemStatus.FAILED])
     out["lanes"] = (
         quoted.group_by("quoted_lane")
-        .agg(pl.len().alias("items"), answered.sum().alias("answered"), (~answered).sum().alias("waiting"),
-             (answered & (pl.col("lane") != pl.col("quoted_lane"))).sum().alias("hedged"))  # fmt: skip
+        .agg(
+            pl.len().alias("items"),
+            answered.sum().alias("answered"),
+            (~answered).sum().alias("waiting"),
+            (answered & (pl.col("lane") != pl.col("quoted_lane"))).sum().alias("hedged"),
+        )  # fmt: skip
         .rename({"quoted_lane": "lane"})
         .sort("lane")
         .to_dicts()
@@ -533,8 +555,8 @@ def lane_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[s
     deadline = info.deadline_s if info.deadline_s is not None else settings.default_deadline_s(info.workspace)
     if deadline is not None:
         started = datetime.fromisoformat(info.submitted_at).timestamp()
-        out["deadline_at"] = datetime.fromtimestamp(started + settings.lanes.wall_s(deadline)).astimezone().isoformat(
-            timespec="seconds"
+        out["deadline_at"] = (
+            datetime.fromtimestamp(started + settings.lanes.wall_s(deadline)).astimezone().isoformat(timespec="seconds")
         )
         out["time_left_s"] = round(deadline - (time.time() - started) * settings.lanes.time_scale, 1)
     return out

@@ -239,6 +239,8 @@ def stage_dispatch(
             cost[0] = int(done["cost_usd_micros"].sum() or 0)
             todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
             online, to_submit, waiting = lane.split(todo)
+            if "lane" in online.columns:  # hedged items the batch lane moved to flex
+                flex.update(online.filter(pl.col("lane") == str(Lane.FLEX))["item_id"].to_list())
             if (online.height or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
                 raise BatchError(
                     f"batch {info.batch_id}'s reservation is {hold_status}; "

@@ -72,8 +72,10 @@ EmailOpt = Annotated[str, typer.Option("--email", help="the member's email", cal
 ByEmailOpt = Annotated[str, typer.Option("--by", help="the member (email) the key acts for", callback=_email)]
 RUN_TAG_HELP = "run the same bytes again on purpose: a new tag is a new batch (the same tag, the same batch)"
 RunTagOpt = Annotated[str | None, typer.Option("--run-tag", help=RUN_TAG_HELP, show_default=False)]
-DEADLINE_HELP = ("answer every item within this long (90s, 30m, 4h, 24h, 1d): each route takes the cheapest lane "
-                 "that makes it, the providers' batch APIs included; default: the workspace's, else at once")
+DEADLINE_HELP = (
+    "answer every item within this long (90s, 30m, 4h, 24h, 1d): each route takes the cheapest lane "
+    "that makes it, the providers' batch APIs included; default: the workspace's, else at once"
+)
 DeadlineOpt = Annotated[str | None, typer.Option("--deadline", help=DEADLINE_HELP, show_default=False)]
 
 

@@ -32,6 +32,8 @@ Tokenizer = Literal["o200k_base", "cl100k_base", "estimate"]
 Endpoint = Literal["chat", "responses", "embeddings"]
 ImageRule = Literal["tile", "patch", "area", "none"]
 Objective = Literal["cost", "latency", "balanced"]
+
+
 # How an item reaches its provider: online requests (the dispatcher), OpenAI's flex tier, or the provider's Batch API.
 class Lane(StrEnum):
     """How an item reaches its route (`batchrouter.pricing.lanes`)."""
@@ -206,15 +208,16 @@ class LanesConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    # Predictions are this percentile of measured completion times (censored runs count as endless).
-    percentile: float = Field(default=0.95, gt=0, le=1)
+    # Predictions are this percentile of measured completion times (`pricing.predictions`). The hedge
+    # keeps the deadline whatever the lane does, so this sets how often a hedge is paid for (1 in 10).
+    percentile: float = Field(default=0.9, gt=0, le=1)
     # A lane is chosen for a deadline only when its prediction plus this margin fits before it.
     margin_s: float = Field(default=600.0, ge=0)
     # Measured times replace the prior once this many observations exist (per provider, lane and size).
     min_observations: int = Field(default=20, ge=1)
-    # Priors: a provider batch's p95 completion (published: most within an hour, 24h windows, stuck tails),
-    # and how many times slower than the online lane a flex run is.
-    batch_prior_p95_s: float = Field(default=4 * 3600.0, gt=0)
+    # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h
+    # windows, stuck tails), and how many times slower than online each flex request is.
+    batch_prior_p95_s: float = Field(default=2 * 3600.0, gt=0)
     batch_prior_p95_s_per_provider: dict[str, float] = Field(default_factory=dict)
     flex_slowdown: float = Field(default=3.0, ge=1)
     # Provider batches are polled after poll_interval_s, then at twice the previous wait, up to poll_max_s.

@@ -82,7 +82,8 @@ class Timing:
     # How long `items` items of a route take online at its limits.
     online_s: Callable[[CatalogEntry, int], float]
     margin_s: float
-    flex_slowdown: float = 3.0
+    # How long they take on flex: the same rate limits, each request slower (None: as online).
+    flex_s: Callable[[CatalogEntry, int], float] | None = None
 
 
 def choose_lanes(
@@ -111,18 +112,43 @@ def choose_lanes(
 def _cheapest(
     entry: CatalogEntry, config: ProviderConfig, items: int, deadline_s: float, online_s: float, timing: Timing
 ) -> tuple[Lane, float | None]:
-    """The cheapest lane that finishes in time with room to hedge, and when it must be done by."""
-    hedge_at = deadline_s - timing.margin_s - online_s  # the last moment the route's items can still go online
+    """The cheapest lane that finishes in time with room to hedge, and when it must be done by.
+
+    The hedge runs down the lanes: a provider batch behind at its hedge time moves to flex where the
+    route sells it (and from flex, online), so a batch's hedge time leaves room for both.
+    """
     offered = sorted(lanes_of(entry, config), key=lambda lane: (price_factor(entry, lane), lane != Lane.BATCH))
+    flex_s = (timing.flex_s(entry, items) if timing.flex_s is not None else online_s) if Lane.FLEX in offered else 0.0
     for lane in offered:
         if lane == Lane.ONLINE:
             break
-        predicted = (
-            online_s * timing.flex_slowdown if lane == Lane.FLEX else timing.predict(entry.provider, lane, items)
-        )
+        # The last moment the route's items can still move to the faster lanes and make the deadline.
+        hedge_at = deadline_s - timing.margin_s - online_s - (flex_s if lane == Lane.BATCH else 0.0)
+        predicted = flex_s if lane == Lane.FLEX else timing.predict(entry.provider, lane, items)
         if predicted <= hedge_at:
             return lane, hedge_at
     return Lane.ONLINE, None
+
+
+def route_s(settings: Settings, entry: CatalogEntry, items: int, *, lane: Lane = Lane.ONLINE) -> float:
+    """Seconds (on the batch's clock) for `items` items of a route sent now on `lane` (online or flex)
+    at its rate limits; a flex request takes `lanes.flex_slowdown` times the route's typical latency."""
+    from batchrouter.pricing.predictions import Predictions
+
+    slowdown = settings.lanes.flex_slowdown if lane == Lane.FLEX else 1.0
+    latency_s = entry.typical_latency_ms / 1000 * slowdown
+    return Predictions.online_s(items, settings.provider(entry.provider).rpm, latency_s) * settings.lanes.time_scale
+
+
+def hedge_lane(settings: Settings, entry: CatalogEntry, items: int, *, time_left_s: float) -> Lane:
+    """The lane a route's `items` take when their provider batch let go of them with `time_left_s` to
+    the deadline (less the margin): flex, at the batch price, where the route sells it and the flex run
+    ends in that time; else online. (The batch's hedge time left room for flex and then online; a hedge
+    starts a poll's lag after it. A flex request the provider refuses is refused at once and its item
+    goes online then, inside the margin.)"""
+    if Lane.FLEX not in lanes_of(entry, settings.provider(entry.provider)):
+        return Lane.ONLINE
+    return Lane.FLEX if route_s(settings, entry, items, lane=Lane.FLEX) <= time_left_s else Lane.ONLINE
 
 
 def lane_summary(accepted: pl.DataFrame) -> list[dict[str, object]]:
@@ -154,12 +180,14 @@ def chooser(settings: Settings, catalog: Catalog, deadline_s: float | None) -> C
     predictions = Predictions(settings.database)
 
     def online_s(entry: CatalogEntry, items: int) -> float:
-        rpm = settings.provider(entry.provider).rpm
-        return Predictions.online_s(items, rpm, entry.typical_latency_ms / 1000) * lanes.time_scale
+        return route_s(settings, entry, items)
+
+    def flex_s(entry: CatalogEntry, items: int) -> float:
+        return route_s(settings, entry, items, lane=Lane.FLEX)
 
     def predict(provider: str, lane: Lane, lines: int) -> float:
         return predictions.completion_s(provider, lane, lines, config=lanes)
 
-    timing = Timing(predict=predict, online_s=online_s, margin_s=lanes.margin_s, flex_slowdown=lanes.flex_slowdown)
+    timing = Timing(predict=predict, online_s=online_s, margin_s=lanes.margin_s, flex_s=flex_s)
     return lambda accepted: choose_lanes(accepted, deadline_s=deadline_s, catalog=catalog, settings=settings,
                                          timing=timing)  # fmt: skip

@@ -8,15 +8,18 @@ how it ended. `completion_s` predicts a new run at `LanesConfig.percentile` of t
   bucket has fewer than `min_observations`, every size of that provider and lane; when those are
   fewer too, the prior (`LanesConfig.batch_prior_s(provider)` for batches, `flex_slowdown` times the
   online estimate for flex, the online estimate for online).
-- censored runs (expired, stuck, hedged, cancelled) only say the run takes *at least* that long, so
-  they count as endless (+inf): a provider whose batches often stick is predicted slow, up to
-  +inf (never within a deadline) when more than 1 - percentile of its runs stuck. Conservative on
-  purpose: a lane is picked for a deadline on this number.
+- censored runs (expired, stuck, hedged, cancelled) only say the run takes *at least* that long:
+  the share of runs done by a time is the Kaplan-Meier estimate, in which a run censored at t counts
+  as not done up to t and as unknown after. A provider whose batches often stick past every completed
+  run is predicted +inf (never within a deadline) when more than 1 - percentile of its runs stuck;
+  a run cancelled after a minute says only that it was not done in a minute. (Counting every
+  censored run as endless made a lane's own hedges, which cancel slow batches, rule the lane out.)
 - failed runs (the provider refused the batch) say nothing about how long a run takes: kept for the
   summary, left out of predictions.
 
 Percentiles are nearest-rank (the smallest value with at least that share of runs at or below it),
-the only definition that stays meaningful with +inf among the values. Predictions are provider
+the only definition that stays meaningful with +inf among the values; without censored runs the
+Kaplan-Meier percentile is exactly that. Predictions are provider
 seconds, without `margin_s`: the caller adds the margin and converts with `LanesConfig.wall_s`.
 
 The table lives in the control-plane database, so every write goes through the control service
@@ -69,6 +72,29 @@ def percentile(values: Sequence[float], p: float) -> float:
         raise ValueError("a percentile needs at least one value")
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p * len(ordered) - 1e-9) - 1)]
+
+
+def censored_percentile(runs: Sequence[tuple[float, bool]], p: float) -> float:
+    """Kaplan-Meier percentile `p` of `runs` (duration, censored): the first completion time by which at
+    least that share of runs is estimated done; +inf when the estimate never gets there. Needs one run."""
+    if not runs:
+        raise ValueError("a percentile needs at least one value")
+    at_risk, undone = len(runs), 1.0
+    ordered = sorted(runs)  # at one time, completions (False) before censored runs (True)
+    i = 0
+    while i < len(ordered):
+        t = ordered[i][0]
+        done = censored = 0
+        while i < len(ordered) and ordered[i][0] == t:
+            censored += ordered[i][1]
+            done += not ordered[i][1]
+            i += 1
+        if done:
+            undone *= 1 - done / at_risk
+            if 1 - undone >= p - 1e-9:
+                return t
+        at_risk -= done + censored
+    return math.inf
 
 
 @dataclass(frozen=True)
@@ -214,11 +240,11 @@ class Predictions:
 
 def predict(runs: Iterable[Observation], lines: int, *, config: LanesConfig) -> float | None:
     """The percentile of `runs` like a run of `lines` (its size bucket, else all sizes); None: too few."""
-    timed = [(size_bucket(r.lines), t) for r in runs if (t := r.timing) is not None]
+    timed = [(size_bucket(r.lines), (r.duration_s, r.outcome in CENSORED)) for r in runs if r.outcome not in UNTIMED]
     bucket = size_bucket(lines)
     for values in ([t for b, t in timed if b == bucket], [t for _, t in timed]):
         if len(values) >= config.min_observations:
-            return percentile(values, config.percentile)
+            return censored_percentile(values, config.percentile)
     return None
 
 

@@ -86,9 +86,9 @@ def sent(engine: BatchRouter, batch_id: str) -> list[batch_lane.Sent]:
     return BatchLane(engine.storage, engine.settings, engine.catalog, info, record=lambda r: None).sent()
 
 
-def assert_charged_once(engine: BatchRouter, batch_id: str) -> pl.DataFrame:
+def assert_charged_once(engine: BatchRouter, batch_id: str, items: int = 12) -> pl.DataFrame:
     got = receipts(engine, batch_id)
-    assert got["item_id"].n_unique() == got.height == 12
+    assert got["item_id"].n_unique() == got.height == items
     assert set(got["status"]) == {"succeeded"}
     (hold,) = engine.ledger.batch_holds(batch_id)
     assert hold.status == "settled"
@@ -153,7 +153,10 @@ def test_a_stuck_provider_batch_is_hedged_online_by_its_deadline(make: Any) -> N
 
     assert final.state == BatchState.COMPLETED
     got = assert_charged_once(engine, view.batch_id)
-    assert set(got["lane"]) == {"online"}  # no line of a stuck batch was ever answered
+    # No line of a stuck batch was ever answered: each went to the fastest lane left, flex where the
+    # route sells it (the batch price), else online.
+    for route, lane in got.select("route", "lane").iter_rows():
+        assert lane == ("flex" if engine.catalog.entry(route).flex and route.startswith("openai:") else "online")
     for s in sent(engine, view.batch_id):
         assert s.state == "hedged" and s.history[-1] in ("cancelling", "cancelled")
     # Every item was answered before the deadline (2 h on the batch's clock).
@@ -162,6 +165,27 @@ def test_a_stuck_provider_batch_is_hedged_online_by_its_deadline(make: Any) -> N
     assert ((got["finished_at"].max() - submitted).total_seconds() * SCALE) <= 2 * 3600
     observed = Predictions(engine.settings.database).observations(lane="batch")
     assert observed and all(o.outcome == "hedged" for o in observed)
+
+
+def test_a_hedge_takes_flex_at_the_batch_price_where_the_route_sells_it(make: Any) -> None:
+    # gpt-5-mini sells flex: a stuck provider batch's lines go there, at the batch price, not online.
+    engine, url = make(simulator(batch_stuck_rate=1.0), batch_prior_p95_s=600, margin_s=300)
+    rows = ["item_id,model,prompt,max_tokens"] + [f"f{i},gpt-5-mini,Summarise note {i}.,32" for i in range(12)]
+    data = ("\n".join(rows) + "\n").encode()
+    view = engine.batches.create(data, filename="m.csv", workspace="acme", actor=CLI, deadline="6h")
+    assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"batch"}
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id)
+    assert set(got["lane"]) == {"flex"}
+    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
+                                                         "cost_usd_micros").iter_rows():  # fmt: skip
+        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="flex")
+    assert all(s.state == "hedged" for s in sent(engine, view.batch_id))
+    (lane,) = batch_lane.lane_status(engine.storage, engine.settings, engine.batches.info(view.batch_id))["lanes"]
+    assert lane["lane"] == "batch" and lane["hedged"] == 12
 
 
 def test_an_expired_provider_batch_keeps_its_answered_lines_and_sends_the_rest_online(make: Any) -> None:

@@ -273,8 +273,8 @@ def test_lanes_load_from_the_file_and_workspaces_override_the_default_deadline(t
 
 def test_lanes_defaults_without_a_config_file() -> None:
     lanes = load_settings().lanes
-    assert (lanes.percentile, lanes.margin_s, lanes.min_observations) == (0.95, 600, 20)
-    assert (lanes.batch_prior_s("openai"), lanes.flex_slowdown) == (4 * 3600, 3.0)
+    assert (lanes.percentile, lanes.margin_s, lanes.min_observations) == (0.9, 600, 20)
+    assert (lanes.batch_prior_s("openai"), lanes.flex_slowdown) == (2 * 3600, 3.0)
     assert (lanes.poll_interval_s, lanes.poll_max_s, lanes.time_scale, lanes.default_deadline) == (30, 600, 1.0, None)
     assert load_settings().default_deadline_s("acme") is None
 

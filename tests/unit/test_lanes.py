@@ -4,14 +4,15 @@ quote's prices by lane (the reserve never depends on the lane)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from batchrouter.core.catalog import Catalog, CatalogEntry
-from batchrouter.core.config import LimitsConfig, ProviderConfig, RoutePolicy, Settings
+from batchrouter.core.config import LimitsConfig, ProviderConfig, RoutePolicy, Settings, load_settings
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.pricing.lanes import Lane, Timing, choose_lanes, lane_price, lanes_of, price_factor, wire_of
+from batchrouter.pricing.lanes import Lane, Timing, choose_lanes, chooser, lane_price, lanes_of, price_factor, wire_of
 from batchrouter.pricing.quote import build_quote
 
 HOUR = 3600.0
@@ -22,6 +23,7 @@ def timing(batch_s: float = 2 * HOUR, online_per_item_s: float = 0.01, margin_s:
         predict=lambda provider, lane, lines: batch_s,
         online_s=lambda entry, items: items * online_per_item_s,
         margin_s=margin_s,
+        flex_s=lambda entry, items: 3 * items * online_per_item_s,
     )
 
 
@@ -105,6 +107,15 @@ def test_a_day_to_spare_sends_items_to_the_batch_api_at_half_price_and_says_when
     assert set(items["hedge_at_s"]) == {24 * HOUR - 600 - 3 * 0.01}
 
 
+def test_a_route_that_sells_flex_hedges_early_enough_to_go_through_flex_then_online(
+    catalog: Catalog, settings: Settings
+) -> None:
+    items = quote(catalog, settings, {"gpt-5-mini": "Hello"}, deadline_s=24 * HOUR, t=timing(margin_s=600))
+    assert set(items["lane"]) == {"batch"}
+    # Room for the flex run (3 x 0.01 s an item here) and then online, before the deadline less the margin.
+    assert set(items["hedge_at_s"]) == {24 * HOUR - 600 - 3 * 0.01 - 3 * 3 * 0.01}
+
+
 def test_a_deadline_the_batch_api_may_miss_takes_flex_where_sold_else_online(
     catalog: Catalog, settings: Settings
 ) -> None:
@@ -146,3 +157,26 @@ def test_the_reserve_is_the_same_on_any_lane_and_the_quote_shows_the_saving(
     # The deadline is one of the quote's terms; a quote without one keeps its old id.
     assert lanes.quote_id != online.quote_id
     assert online.summary()["deadline_s"] is None and summary["deadline_s"] == 24 * HOUR
+
+
+def test_flex_runs_at_the_routes_rate_limit_with_slower_requests(catalog: Catalog, tmp_path: Path) -> None:
+    """Flex shares the online lane's rate limits; only each request is slower (`flex_slowdown` times)."""
+    providers = {"openai": {"kind": "simulator", "rpm": 1}}
+    settings = load_settings(database=str(tmp_path / "br.duckdb"), providers=providers)
+    rows = {"gpt-5-mini": "Hello"}  # 3 items at 1 request a minute: 180 s, plus the model's latency
+    latency_s = catalog.entry("openai:gpt-5-mini").typical_latency_ms / 1000
+    online_s = 180 + latency_s
+    flex_s = 180 + latency_s * settings.lanes.flex_slowdown
+    margin_s = settings.lanes.margin_s
+    buf = io.BytesIO()
+    manifest(rows).write_csv(buf)
+    parsed = read_manifest("m.csv", buf.getvalue(), catalog=catalog, limits=LimitsConfig())
+
+    def lanes_for(deadline_s: float) -> set[str]:
+        q = build_quote(parsed, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1, deadline_s=deadline_s,
+                        lanes=chooser(settings, catalog, deadline_s))  # fmt: skip
+        return set(q.items["lane"])
+
+    # Room to hedge: the deadline less the margin less the online time must hold the flex run.
+    assert lanes_for(margin_s + online_s + flex_s + 1) == {"flex"}
+    assert lanes_for(margin_s + online_s + flex_s - 1) == {"online"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import queue
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,10 +14,18 @@ import pytest
 from predictions_worker import record_many
 
 from batchrouter.core.config import LanesConfig
-from batchrouter.pricing.predictions import LaneSummary, Observation, Predictions, percentile, size_bucket
+from batchrouter.pricing.predictions import (
+    LaneSummary,
+    Observation,
+    Predictions,
+    censored_percentile,
+    percentile,
+    size_bucket,
+)
 
+DAY = 86_400.0
 HOUR = 3600.0
-CONFIG = LanesConfig()  # percentile 0.95, min_observations 20, batch prior 4 h, flex 3x online
+CONFIG = LanesConfig(percentile=0.95, batch_prior_p95_s=4 * 3600)  # min_observations 20, flex 3x online
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +51,7 @@ def test_the_prior_predicts_until_min_observations_runs_are_measured(predictions
     assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 4 * HOUR
     completed(predictions, [60.0] * 19)
     assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 4 * HOUR
-    own = LanesConfig(batch_prior_p95_s_per_provider={"openai": 2 * HOUR})
+    own = LanesConfig(batch_prior_p95_s=4 * HOUR, batch_prior_p95_s_per_provider={"openai": 2 * HOUR})
     assert predictions.completion_s("openai", "batch", 100, config=own) == 2 * HOUR
     assert predictions.completion_s("anthropic", "batch", 100, config=own) == 4 * HOUR
     assert predictions.completion_s("openai", "batch", 100, config=LanesConfig(min_observations=19)) == 60.0
@@ -72,14 +81,28 @@ def test_censored_runs_push_the_prediction_up_to_endless(predictions: Prediction
     minutes = [60.0 * m for m in range(1, 21)]
     completed(predictions, minutes, provider="steady")
     completed(predictions, minutes[1:], provider="sticky")
-    completed(predictions, [30.0], provider="sticky", outcome=outcome, prefix="c")  # gave up after 30 s
+    completed(predictions, [DAY], provider="sticky", outcome=outcome, prefix="c")  # hedged after a day
     completed(predictions, minutes[2:], provider="stuck")
-    completed(predictions, [30.0, 30.0], provider="stuck", outcome=outcome, prefix="c")
+    completed(predictions, [DAY, DAY], provider="stuck", outcome=outcome, prefix="c")
     steady = predictions.completion_s("steady", "batch", 100, config=CONFIG)
     sticky = predictions.completion_s("sticky", "batch", 100, config=CONFIG)
     assert steady == 19 * 60.0
     assert sticky == 20 * 60.0 > steady  # one censored run in twenty: the slowest measured run
     assert predictions.completion_s("stuck", "batch", 100, config=CONFIG) == math.inf  # more than 5% stuck
+
+
+def test_a_run_censored_early_says_only_that_it_was_not_done_by_then(predictions: Predictions) -> None:
+    # Twenty runs of 1..20 minutes, and two cancelled after 30 s (a user's cancel, an early hedge): they
+    # do not make the lane endless, they only leave the risk set after 30 s (Kaplan-Meier).
+    completed(predictions, [60.0 * m for m in range(1, 21)])
+    completed(predictions, [30.0, 30.0], outcome="cancelled", prefix="c")
+    assert predictions.completion_s("openai", "batch", 100, config=CONFIG) == 19 * 60.0
+    # Four hedged at 10.5 min, beside twenty runs of 1..20 minutes: done by 10 min, 10 of 24; the ten left
+    # at risk then share the rest: done by 12 min 1 - (14/24)(9/10)(8/9) = 0.53, by 20 min all of them.
+    completed(predictions, [10.5 * 60.0] * 4, provider="later", outcome="hedged", prefix="h")
+    completed(predictions, [60.0 * m for m in range(1, 21)], provider="later")
+    assert predictions.completion_s("later", "batch", 100, config=LanesConfig(percentile=0.5)) == 12 * 60.0
+    assert predictions.completion_s("later", "batch", 100, config=CONFIG) == 20 * 60.0  # 4 in 24 were not endless
 
 
 @pytest.mark.parametrize(("outcome", "timing"), [("completed", 60.0), ("stuck", math.inf), ("expired", math.inf),
@@ -199,3 +222,13 @@ def test_two_processes_recording_at_once_lose_nothing(tmp_path: Path, monkeypatc
     assert keys == sorted(
         [f"w{w}-{r}" for w in range(PROCESSES) for r in range(RUNS)] + [f"shared-{r}" for r in range(RUNS)]
     )
+
+
+def test_without_censored_runs_the_kaplan_meier_percentile_is_the_nearest_rank() -> None:
+    rng = random.Random(7)
+    for _ in range(200):
+        values = [float(rng.randint(1, 50)) for _ in range(rng.randint(1, 30))]
+        p = rng.choice([0.1, 0.5, 0.9, 0.95, 1.0])
+        assert censored_percentile([(v, False) for v in values], p) == percentile(values, p)
+    assert censored_percentile([(1.0, False), (5.0, True)], 0.95) == math.inf  # never estimated done
+    assert censored_percentile([(5.0, True), (9.0, False)], 0.95) == 9.0  # censored before: left the risk set

@@ -434,8 +434,10 @@ def batch_client_for(
     if config.kind == "simulator" and not (config.base_url or simulator_url):
         # Never the real provider's address with the simulator's key: only a process that started the
         # built-in simulator (a run) knows where it is.
-        raise ConfigError(f"provider {name} is the built-in simulator and has no address here; give it a base_url "
-                          "(a `batchrouter simulate` server) to reach its provider batches from other processes")
+        raise ConfigError(
+            f"provider {name} is the built-in simulator and has no address here; give it a base_url "
+            "(a `batchrouter simulate` server) to reach its provider batches from other processes"
+        )
     adapter = adapter_for(name, config, simulator_url=simulator_url)
     cls: type[BatchClient]
     if isinstance(adapter, AnthropicAdapter):
