@@ -198,15 +198,11 @@ def stage_dispatch(
     cost = [0]
     reported = [0.0]
 
-    flex = set(routed.filter(pl.col("lane") == str(Lane.FLEX))["item_id"]) if "lane" in routed.columns else set()
-
     def report() -> None:
         if on_progress is not None:
             on_progress(counts["succeeded"], counts["failed"], total, cost[0])
 
     def record(result: ItemResult) -> None:
-        if result.item_id in flex and result.lane == Lane.ONLINE:
-            result.lane = str(Lane.FLEX)  # the dispatcher sent it with service_tier "flex"
         checkpoint.add(result)
         counts[result.status] = counts.get(result.status, 0) + 1
         cost[0] += result.cost_usd_micros
@@ -239,8 +235,6 @@ def stage_dispatch(
             cost[0] = int(done["cost_usd_micros"].sum() or 0)
             todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
             online, to_submit, waiting = lane.split(todo)
-            if "lane" in online.columns:  # hedged items the batch lane moved to flex
-                flex.update(online.filter(pl.col("lane") == str(Lane.FLEX))["item_id"].to_list())
             if (online.height or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
                 raise BatchError(
                     f"batch {info.batch_id}'s reservation is {hold_status}; "

@@ -298,6 +298,10 @@ class SimulatorConfig(BaseModel):
     batch_finalizing_s: float = Field(default=30.0, ge=0)
     batch_cancel_s: float = Field(default=60.0, ge=0)
     batch_window_s: float = Field(default=86_400.0, gt=0)
+    # OpenAI's flex tier: each request this many times slower, and this share refused for capacity
+    # (429, not billed; OpenAI's advice is to retry, or to go on at the standard tier).
+    flex_latency_factor: float = Field(default=1.0, ge=1)
+    flex_unavailable_rate: float = Field(default=0.0, ge=0, le=1)
     # Share of batches that stop moving in one of `batch_stuck_states` and never end on their own.
     batch_stuck_rate: float = Field(default=0.0, ge=0, le=1)
     batch_stuck_states: list[BatchStuckState] = Field(default_factory=_stuck_in_progress, min_length=1)

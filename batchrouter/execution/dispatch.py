@@ -339,6 +339,11 @@ class Dispatcher:
             route.tpm.refund(job.estimate_tokens)
             job.rate_limited += 1
             job.last_error = err
+            if (job.request.params or {}).get("service_tier") == "flex":
+                # Flex refused for capacity (or over a limit flex shares): on at the standard tier, as OpenAI
+                # advises; the item's lane becomes online and it is billed at the online price.
+                params = {k: v for k, v in (job.request.params or {}).items() if k != "service_tier"}
+                job.request = replace(job.request, params=params or None)
             if job.rate_limited <= MAX_RATE_LIMITED:
                 route.queue.put_nowait(job)
             else:
@@ -477,6 +482,7 @@ class Dispatcher:
             message = f"{err.message} (after {job.attempts} attempt(s) on {routes})"
         entry = route.entry if route is not None else None
         result = ItemResult(
+            lane="flex" if (job.request.params or {}).get("service_tier") == "flex" else "online",
             item_id=job.item_id,
             status=status,
             route=job.route,

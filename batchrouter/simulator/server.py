@@ -631,7 +631,13 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
             "Rate limit reached; retry after the indicated time",
             _limit_headers(wire, rpm, tpm, wait or 1.0),
         )
-    await asyncio.sleep(_latency(config, state.rng))
+    flex = plan.service_tier == "flex"
+    if flex and config.flex_unavailable_rate and state.rng.random() < config.flex_unavailable_rate:
+        if rpm:
+            rpm.give_back(1)
+        return _error(wire, 429, "resource_unavailable", "Resource unavailable: flex capacity is exhausted; "
+                      "retry later or send the request at the default service tier")  # fmt: skip
+    await asyncio.sleep(_latency(config, state.rng) * (config.flex_latency_factor if flex else 1.0))
     request_id = f"req_{digest.hex()[:24]}"
     id_header = {"request-id": request_id} if wire == "anthropic" else {"x-request-id": request_id}
     headers = {**_limit_headers(wire, rpm, tpm), **id_header}

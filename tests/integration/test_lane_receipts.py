@@ -83,3 +83,28 @@ def test_a_provider_batch_line_s_receipt_finishes_on_batch_router_s_clock_not_th
     # Like every other receipt: started, then finished, and not after the moment the receipt was read.
     assert (got["finished_at"] >= got["started_at"]).all()
     assert got["finished_at"].max() <= looked, "finished_at is on the provider's (accelerated) clock"
+
+
+def test_a_flex_request_refused_for_capacity_goes_on_at_the_standard_tier_and_is_billed_so(settings: Settings) -> None:
+    # The provider refuses flex for half the requests (a 429, not billed): those items are answered at the
+    # standard tier, their receipts say online and charge the online price; the rest stay flex.
+    sim = SimulatorConfig(latency_ms=0, max_output_words=12, seed=5, flex_unavailable_rate=0.5)
+    with running_simulator(sim) as url:
+        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(batch_prior_p95_s=4 * 3600)})
+        engine = BatchRouter(config)
+        engine.ledger.grant("acme", 5 * USD, key="grant")
+        view = engine.batches.create(manifest("gpt-5-mini", n=24), filename="m.csv", workspace="acme", actor=CLI,
+                                     deadline="4h")  # fmt: skip
+        assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"flex"}
+
+        got = run_to_the_end(engine, view.batch_id, url)
+
+    assert set(got["status"]) == {"succeeded"} and got.height == 24
+    lanes = dict(got.group_by("lane").len().iter_rows())
+    assert lanes.get("flex", 0) > 0 and lanes.get("online", 0) > 0
+    for route, lane, tokens_in, tokens_out, cost in got.select("route", "lane", "input_tokens", "output_tokens",
+                                                               "cost_usd_micros").iter_rows():  # fmt: skip
+        tier = "flex" if lane == "flex" else None
+        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier=tier)
+    (hold,) = engine.ledger.batch_holds(view.batch_id)
+    assert hold.captured_usd_micros == got["cost_usd_micros"].sum() <= hold.amount_usd_micros
