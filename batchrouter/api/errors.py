@@ -145,6 +145,10 @@ def on_http_error(request: Request, exc: Exception) -> Response:
 def internal_error(request: Request) -> Response:
     reference = f"err_{uuid.uuid4().hex[:16]}"
     log.error("%s unhandled error on %s %s\n%s", reference, request.method, request.url.path, traceback.format_exc())
+    if dialect_of(request) == "anthropic":
+        error = {"type": "api_error", "message": "unexpected server error", "code": "internal_error",
+                 "reference": reference}  # fmt: skip
+        return JSONResponse({"type": "error", "error": error}, status_code=500)
     body = ErrorResponse(error=ErrorBody(code="internal_error", message="unexpected server error", type="server_error",
                                          reference=reference))  # fmt: skip
     return JSONResponse(body.model_dump(), status_code=500)

@@ -180,3 +180,22 @@ def test_a_bad_request_names_its_index_and_custom_id(api: Server) -> None:
     with pytest.raises(anthropic.BadRequestError) as duplicate:
         sdk.messages.batches.create(requests=twice)  # type: ignore[arg-type]
     assert "requests[1]" in duplicate.value.message and "unique" in duplicate.value.message
+
+
+def test_a_quote_over_the_approval_limit_waits_and_goes_on_once_approved(api: Server) -> None:
+    from batchrouter.access.actors import CLI
+    from batchrouter.engine import BatchRouter
+
+    Ledger(api.settings.database).grant("cautious", 5 * 1_000_000, key="grant-cautious")
+    sdk = client(api, _key(Accounts(api.settings.database), "cautious"))
+    with pytest.raises(anthropic.ConflictError) as refused:
+        sdk.messages.batches.create(requests=TWO_PROVIDERS, extra_headers=ASAP)  # type: ignore[arg-type]
+    body: Any = refused.value.body
+    assert body["error"]["code"] == "awaiting_approval"
+    [waiting] = sdk.messages.batches.list().data
+    assert waiting.processing_status == "in_progress" and waiting.id in body["error"]["message"]
+    assert Ledger(api.settings.database).batch_holds(waiting.id) == []
+    BatchRouter(api.settings).batches.approve(waiting.id, actor=CLI)
+    again = sdk.messages.batches.create(requests=TWO_PROVIDERS, extra_headers=ASAP)  # type: ignore[arg-type]
+    assert again.id == waiting.id
+    assert wait_ended(sdk, again.id).request_counts.succeeded == 2
