@@ -199,3 +199,23 @@ def test_a_quote_over_the_approval_limit_waits_and_goes_on_once_approved(api: Se
     again = sdk.messages.batches.create(requests=TWO_PROVIDERS, extra_headers=ASAP)  # type: ignore[arg-type]
     assert again.id == waiting.id
     assert wait_ended(sdk, again.id).request_counts.succeeded == 2
+
+
+@pytest.fixture
+def fast_clock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """The server with the providers' batch clock (and the lanes' deadlines) running 1440x: 24h in a minute."""
+    monkeypatch.setenv("BATCHROUTER_SIMULATOR__BATCH_TIME_SCALE", "1440")
+    monkeypatch.setenv("BATCHROUTER_LANES__TIME_SCALE", "1440")
+    yield from _api(monkeypatch)
+
+
+def test_the_default_24h_window_runs_on_the_providers_batch_lanes(fast_clock_api: Server) -> None:
+    sdk = client(fast_clock_api)
+    batch = sdk.messages.batches.create(requests=TWO_PROVIDERS[:2])  # type: ignore[arg-type]
+    done = wait_ended(sdk, batch.id)
+    assert done.processing_status == "ended" and done.request_counts.succeeded == 2, (done.model_extra or {})["state"]
+    results = list(sdk.messages.batches.results(batch.id))
+    assert {r.result.type for r in results} == {"succeeded"}
+    quote = (done.model_extra or {})["quote"]
+    assert quote["deadline_s"] == 24 * 3600
+    assert {lane["lane"] for lane in quote["by_lane"]} == {"batch"}  # each route took its cheapest lane: the batch API
