@@ -6,7 +6,8 @@
     run = engine.batches.advance(batch.batch_id)
 
 Its services: `batches` (the lifecycle), `credits`, `keys`, `members`, `webhooks`, `reports`, `files`
-(uploaded and written files) and `openai` (OpenAI's Batch API over `batches`). The
+(uploaded and written files), `openai` (OpenAI's Batch API over `batches`) and `anthropic`
+(Anthropic's Message Batches over `batches`). The
 faces (the CLI, the API, the Dagster code) hold one engine and call its services; they hold no rule.
 """
 
@@ -21,6 +22,7 @@ from batchrouter.batches.service import Batches
 from batchrouter.core.catalog import Catalog, load_catalog
 from batchrouter.core.config import Settings, load_settings
 from batchrouter.core.storage import Storage
+from batchrouter.dropin.anthropic import AnthropicBatches
 from batchrouter.dropin.openai import OpenAIBatches
 from batchrouter.money.credits import Credits
 from batchrouter.money.ledger import Ledger
@@ -40,6 +42,7 @@ class BatchRouter:
         self.reports = Reports(self)
         self.files = Files(self)
         self.openai = OpenAIBatches(self)
+        self.anthropic = AnthropicBatches(self)
 
     @classmethod
     def from_config(cls, path: str | None = None) -> BatchRouter:

@@ -1,7 +1,8 @@
 """Who may call an endpoint: the endpoint table, and the Bearer key dependency.
 
 Every endpoint but the Stripe webhook, signed artifact downloads, /healthz and /openapi.json needs
-`Authorization: Bearer br_...`; each names the key scope and the role action it needs. The rules
+`Authorization: Bearer br_...` (or `x-api-key: br_...`, as Anthropic's SDK sends it); each names the
+key scope and the role action it needs. The rules
 themselves (what a scope or role allows, suspension, key states, the per-key rate limit) are the
 engine's; this module only asks them, once per request, before the body is parsed.
 """
@@ -44,7 +45,8 @@ class Authorise:
         self, request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> Principal:
         engine = request.app.state.engine
-        principal: Principal = engine.keys.authenticate(credentials.credentials if credentials else None)
+        token = credentials.credentials if credentials else request.headers.get("x-api-key")
+        principal: Principal = engine.keys.authenticate(token or None)
         e = self.endpoint
         assert e.scope is not None and e.action is not None
         principal.require(principal.workspace, scope=e.scope, action=e.action, doing=e.summary.lower())

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from batchrouter.api import errors
+from batchrouter.api import anthropic_routes, errors
 from batchrouter.api.access import Endpoint
 from batchrouter.api.bodies import BodyLimit
 from batchrouter.api.executor import Executor
@@ -19,6 +19,7 @@ from batchrouter.api.routes import ENDPOINTS, router
 from batchrouter.core.config import Settings
 from batchrouter.engine import BatchRouter
 
+_FACES = (anthropic_routes,)  # modules that register their routes on `router` when imported
 STOP_WAIT_S = 60.0  # how long a stopping server lets background runs finish
 OPENAPI = Endpoint("GET", "/openapi.json", "This document")
 

@@ -9,6 +9,10 @@ it. Each refusal says `x-should-retry` by its class's `retryable` (that SDK retr
 its own otherwise), and `Retry-After` is at most `RETRY_AFTER_MAX_S`: that SDK ignores a longer one.
 A request in OpenAI's dialect (its Files and Batch API, `request.state.dialect`) gets OpenAI's status
 codes where they differ: 400 for an invalid request, 429 `insufficient_quota` for short credit.
+A request in Anthropic's dialect (its Message Batches) gets Anthropic's error body,
+`{"type": "error", "error": {"type", "message"}}` (BatchRouter's code, param and reference beside),
+Anthropic's error types and its status codes: 400 for an invalid request and for short credit, 529
+`overloaded_error` for a busy server.
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ RETRY_AFTER_MAX_S = 60  # the official OpenAI SDK honours Retry-After up to 120 
 # OpenAI's status where a client of its dialect expects another than BatchRouter's own.
 OPENAI_STATUS = {422: 400}
 OPENAI_CODE_STATUS = {"insufficient_credits": 429}
+ANTHROPIC_STATUS = {402: 400, 422: 400, 503: 529}
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                    529: "overloaded_error"}  # fmt: skip
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "insufficient_quota",
           403: "permission_error", 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
           422: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
@@ -76,19 +84,32 @@ class BodyTooLarge(HTTPException):
 
 
 # -- answers -------------------------------------------------------------------------------------------
+def dialect_of(request: Request) -> str | None:
+    dialect: str | None = getattr(request.state, "dialect", None)
+    return dialect
+
+
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, param: str | None = None
-) -> JSONResponse:
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, *, param: str | None = None,
+    dialect: str | None = None,
+) -> JSONResponse:  # fmt: skip
     reference = f"err_{uuid.uuid4().hex[:16]}"
     log.warning("%s %s %s: %s", reference, status, code, message)
+    if dialect == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        error = {"type": kind, "message": message, "code": code, "param": param, "reference": reference}
+        return JSONResponse({"type": "error", "error": error}, status_code=status, headers=headers)
     body = ErrorResponse(error=ErrorBody(code=code, message=message, type=error_type(status, code), param=param,
                                          reference=reference))  # fmt: skip
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def status_for(request: Request, status: int, code: str) -> int:
-    """The status to answer: BatchRouter's own, or OpenAI's for a request in its dialect."""
-    if getattr(request.state, "dialect", None) != "openai":
+    """The status to answer: BatchRouter's own, or OpenAI's or Anthropic's for a request in its dialect."""
+    dialect = dialect_of(request)
+    if dialect == "anthropic":
+        return ANTHROPIC_STATUS.get(status, status)
+    if dialect != "openai":
         return status
     return OPENAI_CODE_STATUS.get(code, OPENAI_STATUS.get(status, status))
 
@@ -100,7 +121,7 @@ def on_refusal(request: Request, exc: Exception) -> Response:
     if retry_after is not None:
         headers["Retry-After"] = str(min(RETRY_AFTER_MAX_S, max(1, math.ceil(retry_after))))
     return error_response(status_for(request, exc.http_status, exc.code), exc.code, str(exc), headers,
-                          param=exc.param)  # fmt: skip
+                          param=exc.param, dialect=dialect_of(request))  # fmt: skip
 
 
 def on_invalid(request: Request, exc: Exception) -> Response:
@@ -109,20 +130,25 @@ def on_invalid(request: Request, exc: Exception) -> Response:
     where = ".".join(str(p) for p in first["loc"][1:]) or "body"  # the field, not "body"/"query"/"path"
     message = "the body is not valid JSON" if first["type"] == "json_invalid" else first["msg"]
     return error_response(status_for(request, 422, "invalid_request"), "invalid_request", f"{where}: {message}",
-                          {"x-should-retry": "false"}, param=where)  # fmt: skip
+                          {"x-should-retry": "false"}, param=where, dialect=dialect_of(request))  # fmt: skip
 
 
 def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if isinstance(exc, BodyTooLarge):
-        return error_response(exc.status_code, PayloadTooLarge.code, str(exc))
+        return error_response(exc.status_code, PayloadTooLarge.code, str(exc), dialect=dialect_of(request))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}")
+    return error_response(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}",
+                          dialect=dialect_of(request))  # fmt: skip
 
 
 def internal_error(request: Request) -> Response:
     reference = f"err_{uuid.uuid4().hex[:16]}"
     log.error("%s unhandled error on %s %s\n%s", reference, request.method, request.url.path, traceback.format_exc())
+    if dialect_of(request) == "anthropic":
+        error = {"type": "api_error", "message": "unexpected server error", "code": "internal_error",
+                 "reference": reference}  # fmt: skip
+        return JSONResponse({"type": "error", "error": error}, status_code=500)
     body = ErrorResponse(error=ErrorBody(code="internal_error", message="unexpected server error", type="server_error",
                                          reference=reference))  # fmt: skip
     return JSONResponse(body.model_dump(), status_code=500)

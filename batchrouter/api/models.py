@@ -9,7 +9,7 @@ have yet (a batch not yet run has no `receipts`) is null.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -202,3 +202,10 @@ class Webhooks(Out):
 
 class Health(Out):
     ok: bool
+
+
+class CreateMessageBatch(Body):
+    """Anthropic's Message Batch create body; each request is checked by `engine.anthropic` (naming its index)."""
+
+    requests: list[dict[str, Any]] = Field(min_length=1, max_length=100_000,
+                                           description="[{custom_id, params: {Messages API params}}]")  # fmt: skip

@@ -17,12 +17,24 @@ class Page(Generic[T]):
     has_more: bool
 
 
-def page(items: Sequence[T], *, key: Callable[[T], str], after: str | None, limit: int) -> Page[T]:
+def page(
+    items: Sequence[T], *, key: Callable[[T], str], after: str | None, limit: int, before: str | None = None
+) -> Page[T]:
     """The `limit` items following the one whose key is `after` (from the start without it).
 
+    With `before` instead (Anthropic's lists), the `limit` items just before that one; `has_more`
+    then says whether more come before them.
+
     Raises:
-        InvalidRequest: `after` names no item of the list (a cursor must come from an earlier page).
+        InvalidRequest: `after` or `before` names no item of the list (a cursor must come from an earlier page).
     """
+    if before:
+        keys = [key(i) for i in items]
+        if before not in keys:
+            raise InvalidRequest(f"before_id: {before!r} is not in this list; pass the first_id of an earlier page",
+                                 param="before_id")  # fmt: skip
+        end = keys.index(before)
+        return Page(list(items[max(0, end - limit) : end]), has_more=end - limit > 0)
     start = 0
     if after:
         keys = [key(i) for i in items]

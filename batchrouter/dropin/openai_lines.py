@@ -5,13 +5,13 @@
     {"id": "batch_req_...", "custom_id": "...", "response": null,
      "error": {"code": "...", "message": "..."}}                                 (the error file)
 
-Built from `outputs.parquet` and `receipts.parquet`, so every request has exactly one line whatever
-provider or lane answered it. A succeeded request's body is an OpenAI `chat.completion` (or, for a
-`/v1/responses` line, a `response`) made from its output: the choices as the provider gave them, the
-usage the receipt recorded, the model that answered. Each line also carries `batchrouter` (route,
-provider, lane, cost) beside OpenAI's keys. A request never sent (the batch was cancelled or expired)
-is an error line `batch_cancelled` / `batch_expired`; a line refused at intake is an error line with
-its code and the line number.
+Built from `outputs.parquet` and `receipts.parquet` (`answers.answered_rows`), so every request has
+exactly one line whatever provider or lane answered it. A succeeded request's body is an OpenAI
+`chat.completion` (or, for a `/v1/responses` line, a `response`) made from its output: the choices
+as the provider gave them, the usage the receipt recorded, the model that answered. Each line also
+carries `batchrouter` (route, provider, lane, cost) beside OpenAI's keys. A request never sent (the
+batch was cancelled or expired) is an error line `batch_cancelled` / `batch_expired`; a line refused
+at intake is an error line with its code and the line number.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import hashlib
 import json
 from typing import Any
 
-import polars as pl
-
 from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.storage import Storage
+from batchrouter.dropin.answers import answered_rows
 
 
 def line_id(batch_id: str, row: int) -> str:
@@ -80,17 +79,8 @@ def _unsent_code(ended: str) -> str:
 
 def build(storage: Storage, info: BatchInfo, *, ended: str) -> tuple[bytes, bytes]:
     """(output file, error file) of a batch whose receipts are final; `ended` is its BatchRouter state."""
-    outputs = storage.read_parquet(*info.folder("outputs.parquet"))
-    receipts = storage.read_parquet(*info.folder("receipts.parquet")).select(
-        "item_id", "route", "provider", "model", "lane", "input_tokens", "output_tokens", "cached_tokens",
-        "cost_usd_micros", "provider_request_id", "finished_at",
-    )  # fmt: skip
-    manifest = storage.read_parquet(*info.folder("manifest.parquet"))
-    endpoint = manifest.select("row", "endpoint") if "endpoint" in manifest.columns else manifest.select("row")
-    rows = (outputs.drop("metadata").join(receipts, on="item_id", how="left").join(endpoint, on="row", how="left")
-            .unique("row", keep="first").sort("row"))  # fmt: skip
     ok, bad = [], []
-    for r in rows.with_columns(pl.lit(info.batch_id).alias("batch_id")).iter_rows(named=True):
+    for r in answered_rows(storage, info).iter_rows(named=True):
         extra = {"route": r["route"], "provider": r["provider"], "lane": r["lane"],
                  "cost_usd_micros": int(r["cost_usd_micros"] or 0), "line": r["row"]}  # fmt: skip
         line: dict[str, Any] = {"id": line_id(info.batch_id, r["row"]), "custom_id": r["item_id"]}

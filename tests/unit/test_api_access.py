@@ -69,6 +69,12 @@ KEYED_ENDPOINTS: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/webhooks"): ("admin", "webhooks:read"),
     ("POST", "/v1/webhooks"): ("admin", "webhooks:write"),
     ("DELETE", "/v1/webhooks/{endpoint_id}"): ("admin", "webhooks:write"),
+    ("POST", "/v1/messages/batches"): ("batches:write", "batches:write"),
+    ("GET", "/v1/messages/batches"): ("batches:read", "batches:read"),
+    ("GET", "/v1/messages/batches/{batch_id}"): ("batches:read", "batches:read"),
+    ("POST", "/v1/messages/batches/{batch_id}/cancel"): ("batches:write", "batches:write"),
+    ("GET", "/v1/messages/batches/{batch_id}/results"): ("batches:read", "batches:read"),
+    ("DELETE", "/v1/messages/batches/{batch_id}"): ("batches:write", "batches:write"),
 }
 # Endpoints with their own authentication (or none).
 UNKEYED_ENDPOINTS = {
@@ -82,6 +88,7 @@ UNKEYED_ENDPOINTS = {
 # bodies), with the status it then gets: (url, request arguments, status when allowed).
 NO_QUOTE = "q_" + "0" * 24
 NO_FILE = "file-" + "0" * 24
+AV = {"anthropic-version": "2023-06-01"}
 PROBES: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ("POST", "/v1/quotes"): ("/v1/quotes?filename=m.csv", {"content": b""}, 422),
     ("GET", "/v1/quotes/{quote_id}"): (f"/v1/quotes/{NO_QUOTE}", {}, 404),
@@ -108,6 +115,21 @@ PROBES: dict[tuple[str, str], tuple[str, dict[str, Any], int]] = {
     ("GET", "/v1/webhooks"): ("/v1/webhooks", {}, 200),
     ("POST", "/v1/webhooks"): ("/v1/webhooks", {"json": {}}, 422),
     ("DELETE", "/v1/webhooks/{endpoint_id}"): ("/v1/webhooks/no-such-endpoint", {}, 404),
+    # Anthropic's dialect: an invalid request is 400
+    ("POST", "/v1/messages/batches"): ("/v1/messages/batches", {"json": {"requests": []}, "headers": AV}, 400),
+    ("GET", "/v1/messages/batches"): ("/v1/messages/batches", {"headers": AV}, 200),
+    ("GET", "/v1/messages/batches/{batch_id}"): ("/v1/messages/batches/no-such-batch", {"headers": AV}, 404),
+    ("POST", "/v1/messages/batches/{batch_id}/cancel"): (
+        "/v1/messages/batches/no-such-batch/cancel",
+        {"headers": AV},
+        404,
+    ),  # fmt: skip
+    ("GET", "/v1/messages/batches/{batch_id}/results"): (
+        "/v1/messages/batches/no-such-batch/results",
+        {"headers": AV},
+        404,
+    ),  # fmt: skip
+    ("DELETE", "/v1/messages/batches/{batch_id}"): ("/v1/messages/batches/no-such-batch", {"headers": AV}, 404),
 }
 ENDPOINT_IDS = [f"{m} {p}" for m, p in KEYED_ENDPOINTS]
 REFERENCE = re.compile(r"^err_[0-9a-f]{16}$")
