@@ -85,6 +85,10 @@ class Batches:
 
     def list(self, workspace: str) -> list[BatchView]:
         """The workspace's batches, oldest first."""
+        return [self._view(info) for info in self.records(workspace)]
+
+    def records(self, workspace: str) -> builtins.list[BatchInfo]:
+        """The workspace's batch records, oldest first: cheap (no status, quote or ledger is read), for paging."""
         out = []
         for batch_id in self._engine.storage.list(BATCHES):
             try:
@@ -92,8 +96,8 @@ class Batches:
             except BatchError:
                 continue
             if info.workspace == workspace:
-                out.append(self._view(info))
-        return sorted(out, key=lambda v: (v.submitted_at, v.batch_id))
+                out.append(info)
+        return sorted(out, key=lambda i: (i.submitted_at, i.batch_id))
 
     def _view(self, info: BatchInfo, *, created: bool = False) -> BatchView:
         status = batch_status(self._engine.storage, self._engine.settings, info)

@@ -194,9 +194,10 @@ class OpenAIBatches:
 
     def list(self, workspace: str, *, after: str | None = None, limit: int = 20) -> OpenAIBatchPage:
         """The workspace's batches newest first, `limit` after the batch `after`."""
-        views = builtins.list(reversed(self._engine.batches.list(workspace)))
-        chosen = page(views, key=lambda v: v.batch_id, after=after, limit=limit)
-        data = [self.describe(v) for v in chosen.items]
+        # Paged on the batches' records; only the page's batches are described.
+        records = builtins.list(reversed(self._engine.batches.records(workspace)))
+        chosen = page(records, key=lambda i: i.batch_id, after=after, limit=limit)
+        data = [self.describe(self._engine.batches.status(i.batch_id)) for i in chosen.items]
         return OpenAIBatchPage(data=data, first_id=data[0].id if data else None,
                                last_id=data[-1].id if data else None, has_more=chosen.has_more)  # fmt: skip
 

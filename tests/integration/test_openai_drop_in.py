@@ -11,43 +11,20 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
-from openai import OpenAI
-from serving import serve
+from dropin_sdk import ASAP, RUN_DEADLINE_S, USD, Server, jsonl, key_for, lines, request, start_api, wait_done
 
 from batchrouter.access.accounts import Accounts
-from batchrouter.core.config import Settings, load_settings
 from batchrouter.money.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 
-SCOPES = ["batches:read", "batches:write", "credits:read"]
-USD = 1_000_000
-RUN_DEADLINE_S = float(os.environ.get("DROPIN_RUN_DEADLINE_S", "240"))
-FINAL = ("completed", "failed", "expired", "cancelled")
 ROOT = Path(__file__).resolve().parents[2]
 REALFILES = ROOT.parent / "shared" / "realfiles"
-
-
-def request(custom_id: str, model: str, text: str, *, url: str = "/v1/chat/completions") -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "max_tokens": 20}
-    if url == "/v1/responses":
-        body = {"model": model, "input": text, "max_output_tokens": 20}
-    else:
-        body["messages"] = [{"role": "user", "content": text}]
-    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
-
-
-def jsonl(lines: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
 
 TWO_PROVIDERS = jsonl([
     request("a-1", "gpt-4o-mini", "Say this is a test."),
@@ -55,58 +32,11 @@ TWO_PROVIDERS = jsonl([
     request("a-3", "gpt-4o-mini", "Count to three."),
     request("a-4", "no-such-model-9", "This line names a model nobody has."),
 ])  # fmt: skip
-ASAP = {"br_deadline": "asap"}  # every item online at once: the test does not wait on provider batches
-
-
-@dataclass
-class Server:
-    url: str
-    settings: Settings
-    key: str
-    other_key: str
-
-    def client(self, key: str | None = None, **options: Any) -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key=key or self.key, **options)
-
-
-def _key(accounts: Accounts, workspace: str) -> str:
-    accounts.set_member(workspace, f"owner@{workspace}.test", "owner", actor="test")
-    key, _ = accounts.create_key(workspace, name="sdk", scopes=SCOPES, created_by=f"owner@{workspace}.test",
-                                 actor="test")  # fmt: skip
-    return key
-
-
-def _api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    # Workspace "cautious" approves nothing above one micro-dollar by itself.
-    monkeypatch.setenv("BATCHROUTER_WORKSPACES__CAUTIOUS__AUTO_APPROVE_MAX_USD", "0.000001")
-    monkeypatch.setenv("BATCHROUTER_API__RATE_LIMIT_BURST", "100000")
-    monkeypatch.setenv("BATCHROUTER_API__RATE_LIMIT_PER_MINUTE", "100000")
-    monkeypatch.setenv("BATCHROUTER_API__EXECUTOR", "inline")
-    settings = load_settings()
-    accounts = Accounts(settings.database)
-    key, other = _key(accounts, "acme"), _key(accounts, "globex")
-    Ledger(settings.database).grant("acme", 5 * USD, key="grant-acme")
-    Ledger(settings.database).grant("globex", 5 * USD, key="grant-globex")
-    for url in serve(settings):
-        yield Server(url, settings, key, other)
 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    yield from _api(monkeypatch)
-
-
-def wait_done(client: OpenAI, batch_id: str) -> Any:
-    deadline = time.monotonic() + RUN_DEADLINE_S
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in FINAL or time.monotonic() > deadline:
-            return batch
-        time.sleep(0.2)  # poll interval
-
-
-def lines(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    yield from start_api(monkeypatch)
 
 
 # -- the whole round trip ----------------------------------------------------------------------------
@@ -233,7 +163,7 @@ def test_another_workspace_gets_404_for_the_file_and_the_batch(api: Server) -> N
 
 def test_short_credit_is_refused_saying_how_much_is_missing(api: Server) -> None:
     Ledger(api.settings.database).grant("poor", 1, key="grant-poor")
-    client = api.client(_key(Accounts(api.settings.database), "poor"))
+    client = api.client(key_for(Accounts(api.settings.database), "poor"))
     uploaded = client.files.create(file=("big.jsonl", TWO_PROVIDERS), purpose="batch")
     with pytest.raises(openai.RateLimitError) as refused:
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -248,7 +178,7 @@ def test_a_quote_over_the_approval_limit_waits_and_goes_on_once_approved(api: Se
     from batchrouter.engine import BatchRouter
 
     Ledger(api.settings.database).grant("cautious", 5 * USD, key="grant-cautious")
-    client = api.client(_key(Accounts(api.settings.database), "cautious"))
+    client = api.client(key_for(Accounts(api.settings.database), "cautious"))
     uploaded = client.files.create(file=("gated.jsonl", TWO_PROVIDERS), purpose="batch")
     create = {"input_file_id": uploaded.id, "endpoint": "/v1/chat/completions", "completion_window": "24h",
               "metadata": ASAP}  # fmt: skip
@@ -293,7 +223,7 @@ def fast_clock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """The server with the providers' batch clock (and the lanes' deadlines) running 1440x: 24h in a minute."""
     monkeypatch.setenv("BATCHROUTER_SIMULATOR__BATCH_TIME_SCALE", "1440")
     monkeypatch.setenv("BATCHROUTER_LANES__TIME_SCALE", "1440")
-    yield from _api(monkeypatch)
+    yield from start_api(monkeypatch)
 
 
 @pytest.mark.skipif(not REALFILES.is_dir(), reason="the real batch files are not on this machine")
