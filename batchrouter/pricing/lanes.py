@@ -7,7 +7,8 @@
             usually answered in minutes, sometimes only after a day.
 
 A route offers `batch` when its catalog entry has a batch discount and its provider speaks a wire
-with a Batch API (OpenAI's or Anthropic's); `flex` when the entry sells flex on OpenAI's wire.
+with a Batch API (OpenAI's or Anthropic's); `flex` when the entry sells flex on OpenAI's wire. An
+OpenAI-compatible server (vLLM and the like) has neither: online only.
 
 The choice, per route: lanes cheapest first; a lane is taken when its predicted completion (a high
 percentile of what BatchRouter measured, `pricing.predictions`) still leaves time, before the
@@ -56,6 +57,8 @@ def lanes_of(entry: CatalogEntry, config: ProviderConfig) -> list[Lane]:
     """The lanes a route offers, online first."""
     wire = wire_of(entry.provider, config)
     lanes = [Lane.ONLINE]
+    if config.kind == "openai_compatible":  # a self-hosted server speaks OpenAI's online API only
+        return lanes
     if entry.flex and wire == _FLEX_WIRE:
         lanes.append(Lane.FLEX)
     if entry.batch_discount > 0 and wire in _BATCH_WIRES:

@@ -16,7 +16,7 @@ import anthropic
 import httpx
 import pytest
 from anthropic import Anthropic
-from test_openai_drop_in import Server, _api, _key
+from dropin_sdk import Server, key_for, start_api
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.money.ledger import Ledger
@@ -45,7 +45,7 @@ def client(api: Server, key: str | None = None, **options: Any) -> Anthropic:
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    yield from _api(monkeypatch)
+    yield from start_api(monkeypatch)
 
 
 def wait_ended(sdk: Anthropic, batch_id: str) -> Any:
@@ -147,7 +147,7 @@ def test_another_workspace_gets_not_found(api: Server) -> None:
 
 def test_short_credit_is_refused_saying_how_much_is_missing(api: Server) -> None:
     Ledger(api.settings.database).grant("poor", 1, key="grant-poor")
-    sdk = client(api, _key(Accounts(api.settings.database), "poor"))
+    sdk = client(api, key_for(Accounts(api.settings.database), "poor"))
     with pytest.raises(anthropic.BadRequestError) as refused:
         sdk.messages.batches.create(requests=TWO_PROVIDERS)  # type: ignore[arg-type]
     body: Any = refused.value.body
@@ -187,7 +187,7 @@ def test_a_quote_over_the_approval_limit_waits_and_goes_on_once_approved(api: Se
     from batchrouter.engine import BatchRouter
 
     Ledger(api.settings.database).grant("cautious", 5 * 1_000_000, key="grant-cautious")
-    sdk = client(api, _key(Accounts(api.settings.database), "cautious"))
+    sdk = client(api, key_for(Accounts(api.settings.database), "cautious"))
     with pytest.raises(anthropic.ConflictError) as refused:
         sdk.messages.batches.create(requests=TWO_PROVIDERS, extra_headers=ASAP)  # type: ignore[arg-type]
     body: Any = refused.value.body
@@ -206,7 +206,7 @@ def fast_clock_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """The server with the providers' batch clock (and the lanes' deadlines) running 1440x: 24h in a minute."""
     monkeypatch.setenv("BATCHROUTER_SIMULATOR__BATCH_TIME_SCALE", "1440")
     monkeypatch.setenv("BATCHROUTER_LANES__TIME_SCALE", "1440")
-    yield from _api(monkeypatch)
+    yield from start_api(monkeypatch)
 
 
 def test_the_default_24h_window_runs_on_the_providers_batch_lanes(fast_clock_api: Server) -> None:

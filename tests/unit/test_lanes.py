@@ -180,3 +180,9 @@ def test_flex_runs_at_the_routes_rate_limit_with_slower_requests(catalog: Catalo
     # Room to hedge: the deadline less the margin less the online time must hold the flex run.
     assert lanes_for(margin_s + online_s + flex_s + 1) == {"flex"}
     assert lanes_for(margin_s + online_s + flex_s - 1) == {"online"}
+
+
+def test_an_openai_compatible_server_is_online_only_even_for_a_model_with_a_batch_discount(catalog: Catalog) -> None:
+    # A self-hosted server (vLLM and the like) has no Batch API and no flex tier, whatever the model.
+    config = ProviderConfig(kind="openai_compatible", base_url="http://h/v1")
+    assert lanes_of(entry(catalog, "openai:gpt-5-mini"), config) == [Lane.ONLINE]
