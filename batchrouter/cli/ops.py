@@ -82,6 +82,8 @@ def simulate(
     max_output_words: Annotated[int | None, typer.Option()] = None,
     anthropic_token_ratio: Annotated[float | None, typer.Option()] = None,
     prompt_cache_ttl_s: Annotated[float | None, typer.Option()] = None,
+    flex_latency_factor: Annotated[float | None, typer.Option(help="flex requests: N times slower")] = None,
+    flex_unavailable_rate: Annotated[float | None, typer.Option(help="share of flex requests refused (429)")] = None,
     batch_time_scale: Annotated[float | None, typer.Option(help="provider batches' clock: N times faster")] = None,
     batch_validating_s: Annotated[float | None, typer.Option()] = None,
     batch_median_s: Annotated[float | None, typer.Option(help="median provider-batch time (provider s)")] = None,
