@@ -213,6 +213,9 @@ class LanesConfig(BaseModel):
     percentile: float = Field(default=0.9, gt=0, le=1)
     # A lane is chosen for a deadline only when its prediction plus this margin fits before it.
     margin_s: float = Field(default=600.0, ge=0)
+    # A provider batch predicted late at the percentile is still tried, hedged online at its hedge time,
+    # when the share of runs measured done by then saves at least this share of the online price.
+    min_expected_saving: float = Field(default=0.2, gt=0, le=1)
     # Measured times replace the prior once this many observations exist (per provider, lane and size).
     min_observations: int = Field(default=20, ge=1)
     # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h

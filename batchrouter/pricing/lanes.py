@@ -16,6 +16,13 @@ deadline less a margin, to send every item of the route online should the lane f
 hedge. The time a lane must be done by is its `hedge_at_s`; past it, unanswered items move online.
 A batch with no deadline goes online (as soon as possible).
 
+The hedge, not the percentile, is what keeps the deadline. So on a route whose only faster lane is
+online, a provider batch predicted late at the percentile is still tried when it pays in expectation:
+the share of like runs measured done by the hedge time, times the batch discount, is the expected
+saving against online, and at least `lanes.min_expected_saving` of it takes the lane (a 30 minute
+deadline with batches done in minutes most of the time). Where flex is sold, flex costs what a batch
+costs and is not a bet, so a batch there still needs its percentile to fit.
+
 The reservation is not a lane's price: it stays the online price of the most expensive route of the
 item's chain, so a hedged item never needs more credit than was reserved.
 """
@@ -87,6 +94,10 @@ class Timing:
     margin_s: float
     # How long they take on flex: the same rate limits, each request slower (None: as online).
     flex_s: Callable[[CatalogEntry, int], float] | None = None
+    # The share of `lines`-item runs on (provider, lane) measured done within a time (None: no bets),
+    # and the expected saving (a share of the online price) a bet on a late-predicted lane must reach.
+    done_share: Callable[[str, Lane, int, float], float] | None = None
+    min_expected_saving: float = 1.0
 
 
 def choose_lanes(
@@ -130,6 +141,10 @@ def _cheapest(
         predicted = flex_s if lane == Lane.FLEX else timing.predict(entry.provider, lane, items)
         if predicted <= hedge_at:
             return lane, hedge_at
+        if lane == Lane.BATCH and hedge_at > 0 and timing.done_share is not None and Lane.FLEX not in offered:
+            share = timing.done_share(entry.provider, lane, items, hedge_at)
+            if share * (1 - price_factor(entry, lane)) >= timing.min_expected_saving:
+                return lane, hedge_at
     return Lane.ONLINE, None
 
 
@@ -191,6 +206,10 @@ def chooser(settings: Settings, catalog: Catalog, deadline_s: float | None) -> C
     def predict(provider: str, lane: Lane, lines: int) -> float:
         return predictions.completion_s(provider, lane, lines, config=lanes)
 
-    timing = Timing(predict=predict, online_s=online_s, margin_s=lanes.margin_s, flex_s=flex_s)
+    def done_share(provider: str, lane: Lane, lines: int, by_s: float) -> float:
+        return predictions.done_share(provider, lane, lines, by_s, config=lanes)
+
+    timing = Timing(predict=predict, online_s=online_s, margin_s=lanes.margin_s, flex_s=flex_s,
+                    done_share=done_share, min_expected_saving=lanes.min_expected_saving)  # fmt: skip
     return lambda accepted: choose_lanes(accepted, deadline_s=deadline_s, catalog=catalog, settings=settings,
                                          timing=timing)  # fmt: skip

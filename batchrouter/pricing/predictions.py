@@ -97,6 +97,20 @@ def censored_percentile(runs: Sequence[tuple[float, bool]], p: float) -> float:
     return math.inf
 
 
+def censored_done_share(runs: Sequence[tuple[float, bool]], t: float) -> float:
+    """Kaplan-Meier share of `runs` (duration, censored) estimated done by time `t`. Needs one run."""
+    if not runs:
+        raise ValueError("a share needs at least one run")
+    at_risk, undone = len(runs), 1.0
+    for duration, censored in sorted(runs):
+        if duration > t:
+            break
+        if not censored:
+            undone *= 1 - 1 / at_risk
+        at_risk -= 1
+    return 1 - undone
+
+
 @dataclass(frozen=True)
 class Observation:
     """One run of a lane as recorded."""
@@ -219,6 +233,16 @@ class Predictions:
             raise ValueError(f"the {lane} lane's prior starts from the online estimate: pass online_s")
         return online_s * (config.flex_slowdown if lane == "flex" else 1.0)
 
+    def done_share(self, provider: str, lane: Lane, lines: int, by_s: float, *, config: LanesConfig) -> float:
+        """The share of runs like this one (`lines` items on `provider`'s `lane`) done within `by_s`
+        provider seconds: Kaplan-Meier over the measured runs; before enough are measured, the
+        configured percentile when the prior fits in `by_s`, else 0 (nothing known: nothing bet on)."""
+        share = predict_share(self.observations(provider, lane), lines, by_s, config=config)
+        if share is not None:
+            return share
+        prior = config.batch_prior_s(provider) if lane == "batch" else math.inf
+        return config.percentile if prior <= by_s else 0.0
+
     @staticmethod
     def online_s(items: int, rpm: float, latency_s: float) -> float:
         """Seconds for the online lane to answer `items` at `rpm` requests a minute, each taking `latency_s`."""
@@ -240,11 +264,24 @@ class Predictions:
 
 def predict(runs: Iterable[Observation], lines: int, *, config: LanesConfig) -> float | None:
     """The percentile of `runs` like a run of `lines` (its size bucket, else all sizes); None: too few."""
+    values = _like(runs, lines, config=config)
+    return None if values is None else censored_percentile(values, config.percentile)
+
+
+def predict_share(runs: Iterable[Observation], lines: int, by_s: float, *, config: LanesConfig) -> float | None:
+    """The share of `runs` like a run of `lines` done within `by_s`; None: too few runs measured."""
+    values = _like(runs, lines, config=config)
+    return None if values is None else censored_done_share(values, by_s)
+
+
+def _like(runs: Iterable[Observation], lines: int, *, config: LanesConfig) -> list[tuple[float, bool]] | None:
+    """(duration, censored) of the timed runs like a run of `lines`: its size bucket when that has
+    `min_observations`, else every size when those have; None when too few."""
     timed = [(size_bucket(r.lines), (r.duration_s, r.outcome in CENSORED)) for r in runs if r.outcome not in UNTIMED]
     bucket = size_bucket(lines)
     for values in ([t for b, t in timed if b == bucket], [t for _, t in timed]):
         if len(values) >= config.min_observations:
-            return censored_percentile(values, config.percentile)
+            return values
     return None
 
 

@@ -18,12 +18,17 @@ from batchrouter.pricing.quote import build_quote
 HOUR = 3600.0
 
 
-def timing(batch_s: float = 2 * HOUR, online_per_item_s: float = 0.01, margin_s: float = 600.0) -> Timing:
+def timing(
+    batch_s: float = 2 * HOUR, online_per_item_s: float = 0.01, margin_s: float = 600.0, done: float | None = None
+) -> Timing:
+    """Batches predicted at `batch_s`; `done`: the share of batches measured done by any hedge time."""
     return Timing(
         predict=lambda provider, lane, lines: batch_s,
         online_s=lambda entry, items: items * online_per_item_s,
         margin_s=margin_s,
         flex_s=lambda entry, items: 3 * items * online_per_item_s,
+        done_share=None if done is None else lambda provider, lane, lines, by_s: done,
+        min_expected_saving=0.2,
     )
 
 
@@ -123,6 +128,24 @@ def test_a_deadline_the_batch_api_may_miss_takes_flex_where_sold_else_online(
     items = quote(catalog, settings, {"gpt-5-mini": "Hello", "gpt-4o-mini": "Hi"}, deadline_s=HOUR, t=timing())
     lanes = dict(zip(items["model"], items["lane"], strict=False))
     assert lanes == {"gpt-5-mini": "flex", "gpt-4o-mini": "online"}
+
+
+@pytest.mark.parametrize(("done", "lane"), [(0.7, "batch"), (0.4, "batch"), (0.39, "online"), (0.0, "online")])
+def test_a_batch_late_at_the_percentile_is_tried_where_the_expected_saving_pays_for_the_hedge(
+    catalog: Catalog, settings: Settings, done: float, lane: str
+) -> None:
+    # Batches at 2 h at the percentile, a 30 minute deadline: gpt-4o-mini sells no flex, so a batch it
+    # tries ends either answered at half price (the share done by the hedge time) or hedged online. At
+    # least 0.2 of the online price saved in expectation (a share of 0.4 at half price) takes the bet.
+    items = quote(catalog, settings, {"gpt-4o-mini": "Hi"}, deadline_s=1800, t=timing(done=done))
+    assert set(items["lane"]) == {lane}
+    if lane == "batch":  # the hedge still leaves room to answer every item online before the deadline
+        assert set(items["hedge_at_s"]) == {1800 - 600 - 3 * 0.01}
+
+
+def test_where_flex_is_sold_a_late_batch_is_no_bet_flex_costs_the_same(catalog: Catalog, settings: Settings) -> None:
+    items = quote(catalog, settings, {"gpt-5-mini": "Hello"}, deadline_s=HOUR, t=timing(done=0.99))
+    assert set(items["lane"]) == {"flex"}
 
 
 def test_a_deadline_too_short_even_to_hedge_stays_online(catalog: Catalog, settings: Settings) -> None:

@@ -18,6 +18,7 @@ from batchrouter.pricing.predictions import (
     LaneSummary,
     Observation,
     Predictions,
+    censored_done_share,
     censored_percentile,
     percentile,
     size_bucket,
@@ -232,3 +233,32 @@ def test_without_censored_runs_the_kaplan_meier_percentile_is_the_nearest_rank()
         assert censored_percentile([(v, False) for v in values], p) == percentile(values, p)
     assert censored_percentile([(1.0, False), (5.0, True)], 0.95) == math.inf  # never estimated done
     assert censored_percentile([(5.0, True), (9.0, False)], 0.95) == 9.0  # censored before: left the risk set
+
+
+def test_the_share_done_by_a_time_is_kaplan_meier_and_agrees_with_the_percentile() -> None:
+    # Done by t without censoring: the plain share of runs at or below t.
+    assert censored_done_share([(1.0, False), (2.0, False), (3.0, False), (4.0, False)], 2.5) == 0.5
+    # A run hedged at 2 s leaves the risk set: of the three left, one is done by 3 s, another by 4 s.
+    runs = [(1.0, False), (2.0, True), (3.0, False), (5.0, False)]
+    assert censored_done_share(runs, 1.5) == 0.25
+    assert censored_done_share(runs, 3.0) == pytest.approx(1 - 0.75 * 0.5)
+    assert censored_done_share([(1.0, True), (2.0, True)], 10.0) == 0.0  # nothing known done
+    rng = random.Random(11)
+    for _ in range(200):
+        runs = [(float(rng.randint(1, 40)), rng.random() < 0.3) for _ in range(rng.randint(1, 25))]
+        p = rng.choice([0.1, 0.5, 0.9, 0.95])
+        t = censored_percentile(runs, p)
+        if t < math.inf:  # the percentile is the first time by which at least that share is done
+            assert censored_done_share(runs, t) >= p - 1e-9 > censored_done_share(runs, t - 0.5)
+        else:
+            assert censored_done_share(runs, 1e9) < p
+
+
+def test_the_share_done_by_a_time_is_measured_else_the_prior_decides(predictions: Predictions) -> None:
+    config = LanesConfig(percentile=0.9, batch_prior_p95_s=HOUR)
+    # Before min_observations runs: the percentile when the prior fits, else nothing is known (0).
+    assert predictions.done_share("openai", "batch", 100, HOUR, config=config) == 0.9
+    assert predictions.done_share("openai", "batch", 100, HOUR - 1, config=config) == 0.0
+    completed(predictions, [60.0 * m for m in range(1, 21)])  # 1..20 minutes
+    assert predictions.done_share("openai", "batch", 100, 15 * 60.0, config=config) == 0.75
+    assert predictions.done_share("openai", "batch", 100, 60.0 * 30, config=config) == 1.0
