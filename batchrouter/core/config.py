@@ -41,6 +41,7 @@ class Lane(StrEnum):
     ONLINE = "online"
     FLEX = "flex"
     BATCH = "batch"
+    PRIORITY = "priority"
 
 
 LANES: tuple[Lane, ...] = tuple(Lane)

@@ -75,6 +75,13 @@ class Job:
         return self.chain[self.position]
 
 
+def _lane_of(job: Job) -> str:
+    """The lane a job was answered on: its request's tier (flex, priority) else online. A flex job the
+    provider refused goes on at the standard tier without `service_tier`, so it reads online."""
+    tier = (job.request.params or {}).get("service_tier")
+    return tier if tier in ("flex", "priority") else "online"
+
+
 def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
     """Jobs for routed items (the `routed_items` table)."""
     jobs = []
@@ -482,7 +489,7 @@ class Dispatcher:
             message = f"{err.message} (after {job.attempts} attempt(s) on {routes})"
         entry = route.entry if route is not None else None
         result = ItemResult(
-            lane="flex" if (job.request.params or {}).get("service_tier") == "flex" else "online",
+            lane=_lane_of(job),
             item_id=job.item_id,
             status=status,
             route=job.route,

@@ -4,7 +4,13 @@
     flex    OpenAI's `service_tier: "flex"`: batch prices, slower, refused when the provider lacks
             capacity (the item then goes online);
     batch   the provider's own Batch API (OpenAI Batch, Anthropic Message Batches): batch prices,
-            usually answered in minutes, sometimes only after a day.
+            usually answered in minutes, sometimes only after a day;
+    priority OpenAI's `service_tier: "priority"`: the online API, faster, at the priority prices.
+
+An item whose own request names a tier keeps it: `service_tier: "priority"` is on the priority lane
+(priced at the priority prices by `pricing.routing`), `"flex"` on the flex lane (where the route
+sells it; elsewhere intake has dropped the feature). Neither is ever chosen for an item that did not
+ask: priority costs more than online, and the choice below is for the cheapest lane.
 
 A route offers `batch` when its catalog entry has a batch discount and its provider speaks a wire
 with a Batch API (OpenAI's or Anthropic's); `flex` when the entry sells flex on OpenAI's wire. An
@@ -74,8 +80,21 @@ def lanes_of(entry: CatalogEntry, config: ProviderConfig) -> list[Lane]:
 
 
 def price_factor(entry: CatalogEntry, lane: Lane) -> Fraction:
-    """What a lane charges as a share of the online price (flex is sold at batch prices)."""
-    return Fraction(1) if lane == Lane.ONLINE else 1 - Fraction(entry.batch_discount)
+    """What a lane charges as a share of the item's online price (flex is sold at batch prices; a
+    priority item's online price is already the priority price)."""
+    return Fraction(1) if lane in (Lane.ONLINE, Lane.PRIORITY) else 1 - Fraction(entry.batch_discount)
+
+
+# The lane an item's own request names by its features (`intake.request_fields`).
+_REQUESTED: dict[str, Lane] = {"service_tier_priority": Lane.PRIORITY, "service_tier_flex": Lane.FLEX}
+
+
+def requested_lane(features: list[str] | None) -> Lane | None:
+    """The lane an item asked for with `service_tier` (priority or flex), else None (the choice's)."""
+    for feature in features or ():
+        if feature in _REQUESTED:
+            return _REQUESTED[feature]
+    return None
 
 
 def lane_price(online_usd_micros: int, factor: Fraction) -> int:
@@ -108,18 +127,20 @@ def choose_lanes(
     `deadline_s`: seconds from the batch's start to its deadline; None sends everything online.
     """
     rows: list[dict[str, object]] = []
+    if "features" not in accepted.columns:
+        accepted = accepted.with_columns(pl.lit(None, dtype=pl.List(pl.String())).alias("features"))
     for (route,), part in accepted.group_by("route", maintain_order=True):
         entry = catalog.entry(str(route))
-        online_s = timing.online_s(entry, part.height)
+        asked = [requested_lane(f) for f in part["features"].to_list()]
+        free = sum(lane is None for lane in asked)
         lane, hedge_at = Lane.ONLINE, None
-        if deadline_s is not None:
-            lane, hedge_at = _cheapest(
-                entry, settings.provider(entry.provider), part.height, deadline_s, online_s, timing
-            )
-        factor = price_factor(entry, lane)
-        for row, expected in part.select("row", "expected_usd_micros").iter_rows():
-            rows.append({"row": row, "lane": str(lane), "lane_expected_usd_micros": lane_price(int(expected),
-                         factor), "hedge_at_s": hedge_at})  # fmt: skip
+        if deadline_s is not None and free:
+            online_s = timing.online_s(entry, free)
+            lane, hedge_at = _cheapest(entry, settings.provider(entry.provider), free, deadline_s, online_s, timing)
+        for (row, expected), own in zip(part.select("row", "expected_usd_micros").iter_rows(), asked, strict=True):
+            on = own or lane
+            rows.append({"row": row, "lane": str(on), "hedge_at_s": None if own else hedge_at,
+                         "lane_expected_usd_micros": lane_price(int(expected), price_factor(entry, on))})  # fmt: skip
     return pl.DataFrame(rows, schema=LANE_SCHEMA)
 
 

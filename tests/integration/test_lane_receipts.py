@@ -108,3 +108,41 @@ def test_a_flex_request_refused_for_capacity_goes_on_at_the_standard_tier_and_is
         assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier=tier)
     (hold,) = engine.ledger.batch_holds(view.batch_id)
     assert hold.captured_usd_micros == got["cost_usd_micros"].sum() <= hold.amount_usd_micros
+
+
+def test_a_tier_the_request_asks_for_is_its_lane_whatever_the_deadline_would_choose(engine: Any) -> None:
+    # A day to spare sends gpt-5-mini to the provider's Batch API, except the items that name a tier:
+    # priority stays priority (faster, at the priority price), flex stays flex (at the batch price).
+    engine, url = engine
+    import json
+
+    def line(custom_id: str, tier: str | None) -> str:
+        body: dict[str, Any] = {"model": "gpt-5-mini", "max_completion_tokens": 32,
+                                "messages": [{"role": "user", "content": f"Summarise note {custom_id}."}]}  # fmt: skip
+        if tier:
+            body["service_tier"] = tier
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+
+    tiers = {"p0": "priority", "p1": "priority", "f0": "flex", "b0": None, "b1": None, "b2": None}
+    data = ("\n".join(line(c, t) for c, t in tiers.items()) + "\n").encode()
+    view = engine.batches.create(data, filename="m.jsonl", workspace="acme", actor=CLI, deadline="24h")
+    assert view.quote is not None
+    assert {r["lane"]: r["items"] for r in view.quote["by_lane"]} == {"priority": 2, "flex": 1, "batch": 3}
+
+    got = run_to_the_end(engine, view.batch_id, url)
+
+    assert set(got["status"]) == {"succeeded"}
+    lanes = dict(zip(got["item_id"], got["lane"], strict=True))
+    assert lanes == {c: t or "batch" for c, t in tiers.items()}
+    for lane, route, tokens_in, tokens_out, cost, reserve in got.select(
+        "lane", "route", "input_tokens", "output_tokens", "cost_usd_micros", "reserve_usd_micros"
+    ).iter_rows():
+        entry = engine.catalog.entry(route)
+        assert cost == entry.cost_micros(tokens_in, tokens_out, tier=lane) <= reserve
+    fast = got.filter(pl.col("lane") == "priority")
+    priority = fast["cost_usd_micros"].sum()
+    tokens = fast.select("route", "input_tokens", "output_tokens").iter_rows()
+    online = sum(engine.catalog.entry(r).cost_micros(i, o) for r, i, o in tokens)
+    assert priority > online  # the premium was charged, and reserved
+    (hold,) = engine.ledger.batch_holds(view.batch_id)
+    assert hold.captured_usd_micros == got["cost_usd_micros"].sum()

@@ -12,7 +12,17 @@ import pytest
 from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import LimitsConfig, ProviderConfig, RoutePolicy, Settings, load_settings
 from batchrouter.intake.manifest import read_manifest
-from batchrouter.pricing.lanes import Lane, Timing, choose_lanes, chooser, lane_price, lanes_of, price_factor, wire_of
+from batchrouter.pricing.lanes import (
+    Lane,
+    Timing,
+    choose_lanes,
+    chooser,
+    lane_price,
+    lanes_of,
+    price_factor,
+    requested_lane,
+    wire_of,
+)
 from batchrouter.pricing.quote import build_quote
 
 HOUR = 3600.0
@@ -209,3 +219,19 @@ def test_an_openai_compatible_server_is_online_only_even_for_a_model_with_a_batc
     # A self-hosted server (vLLM and the like) has no Batch API and no flex tier, whatever the model.
     config = ProviderConfig(kind="openai_compatible", base_url="http://h/v1")
     assert lanes_of(entry(catalog, "openai:gpt-5-mini"), config) == [Lane.ONLINE]
+
+
+def test_an_item_that_names_a_tier_keeps_it_and_the_others_are_chosen_without_it(catalog: Catalog) -> None:
+    # Three gpt-5-mini items under a day: the one asking priority and the one asking flex keep their
+    # tiers (no hedge time: they are not waiting on a provider); the third is the choice's, a batch,
+    # whose hedge time counts only the items actually on that lane.
+    entry = catalog.entry("openai:gpt-5-mini")
+    accepted = pl.DataFrame({"row": [0, 1, 2], "route": [entry.route] * 3, "expected_usd_micros": [300, 101, 101],
+                             "features": [["service_tier_priority"], ["service_tier_flex", "tools"], []]})  # fmt: skip
+    settings = Settings()
+    got = choose_lanes(accepted, deadline_s=24 * HOUR, catalog=catalog, settings=settings, timing=timing())
+    assert got["lane"].to_list() == ["priority", "flex", "batch"]
+    assert got["lane_expected_usd_micros"].to_list() == [300, 51, 51]  # priority: already its price
+    assert got["hedge_at_s"].to_list() == [None, None, 24 * HOUR - 600 - 0.01 - 3 * 0.01]
+    assert requested_lane(None) is None and requested_lane(["tools"]) is None
+    assert price_factor(entry, Lane.PRIORITY) == 1
