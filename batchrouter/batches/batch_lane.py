@@ -34,11 +34,12 @@ from typing import Any
 
 import polars as pl
 
-from batchrouter.core.batch_info import BatchInfo
+from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import (
     BatchCapacityError,
+    BatchError,
     ConfigError,
     ProviderError,
     RateLimitedError,
@@ -460,6 +461,22 @@ def open_sent(storage: Storage, info: BatchInfo) -> list[dict[str, Any]]:
     names = sorted(n for n in storage.list(*info.folder(FOLDER)) if n.endswith(".json"))
     records = [storage.read_json(*info.folder(FOLDER, n)) for n in names]
     return [r for r in records if Sent(**r).open]
+
+
+def lines_in_flight(storage: Storage) -> dict[str, int]:
+    """Per route, the lines in provider batches still open across every waiting batch (any workspace:
+    a provider's rate limits are its account's). A hedge of theirs would share the route's online
+    rate with a new batch's, so the new batch's hedge time leaves room for them too."""
+    out: dict[str, int] = {}
+    for batch_id in waiting(storage):
+        try:
+            info = load_batch(storage, batch_id)
+            records = open_sent(storage, info) if storage.exists(*info.folder(FOLDER)) else []
+        except (BatchError, StorageError, FileNotFoundError):
+            continue  # ended (its marker or folder gone) while we looked: nothing of it is in flight
+        for record in records:
+            out[record["route"]] = out.get(record["route"], 0) + int(record["lines"])
+    return out
 
 
 def waiting(storage: Storage) -> list[str]:

@@ -115,12 +115,22 @@ def stage_quote(storage: Storage, settings: Settings, catalog: Catalog, info: Ba
     deadline_s = deadline_of(settings, info)
     quote = build_quote(manifest, workspace=info.workspace, catalog=catalog,
                         policy=settings.workspace(info.workspace).policy,
-                        lanes=lanes.chooser(settings, catalog, deadline_s) if deadline_s is not None else None,
+                        lanes=lane_chooser(storage, settings, catalog, deadline_s),
                         deadline_s=deadline_s)  # fmt: skip
     storage.write_parquet(quote.items, *info.folder("quote.parquet"))
     storage.write_json({**quote.summary(), "batch_id": info.batch_id}, *info.folder("quote.json"))
     record_state(storage, info, BatchState.QUOTED, settings.database, "batchrouter", quote_id=quote.quote_id)
     return quote
+
+
+def lane_chooser(
+    storage: Storage, settings: Settings, catalog: Catalog, deadline_s: float | None
+) -> Callable[[pl.DataFrame], pl.DataFrame] | None:
+    """The lane choice under `deadline_s` (None: no deadline, everything online), leaving each route's
+    hedge room for the lines other batches have in flight on it."""
+    if deadline_s is None:
+        return None
+    return lanes.chooser(settings, catalog, deadline_s, in_flight=batch_lane.lines_in_flight(storage))
 
 
 def deadline_of(settings: Settings, info: BatchInfo) -> float | None:

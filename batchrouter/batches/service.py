@@ -39,7 +39,6 @@ from batchrouter.intake.manifest import read_manifest
 from batchrouter.intake.quarantine import quarantine
 from batchrouter.money.ledger import HoldStatus
 from batchrouter.output import delivery
-from batchrouter.pricing import lanes
 from batchrouter.pricing.quote import build_quote
 from batchrouter.pricing.routing import providers_for
 
@@ -124,7 +123,7 @@ class Batches:
         policy = engine.settings.workspace(workspace).policy
         deadline_s = _deadline(deadline)
         deadline_s = engine.settings.default_deadline_s(workspace) if deadline_s is None else deadline_s
-        chooser = lanes.chooser(engine.settings, engine.catalog, deadline_s) if deadline_s is not None else None
+        chooser = lifecycle.lane_chooser(engine.storage, engine.settings, engine.catalog, deadline_s)
         summary = build_quote(manifest, workspace=workspace, catalog=engine.catalog, policy=policy, lanes=chooser,
                               deadline_s=deadline_s).summary()  # fmt: skip
         if keep:

@@ -35,7 +35,7 @@ item's chain, so a hedged item never needs more credit than was reserved.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -207,22 +207,28 @@ def lane_summary(accepted: pl.DataFrame) -> list[dict[str, object]]:
     )
 
 
-def chooser(settings: Settings, catalog: Catalog, deadline_s: float | None) -> Callable[[pl.DataFrame], pl.DataFrame]:
+def chooser(
+    settings: Settings, catalog: Catalog, deadline_s: float | None, *, in_flight: Mapping[str, int] | None = None
+) -> Callable[[pl.DataFrame], pl.DataFrame]:
     """The lane choice a quote makes under `deadline_s`, from what was measured (`pricing.predictions`).
 
     Every figure is on the batch's clock: provider seconds, which pass `lanes.time_scale` times faster
     than the wall in a simulation, so the online lane's wall seconds are scaled to it.
+    `in_flight`: per route, lines other batches have in provider batches (`batch_lane.lines_in_flight`).
+    Their hedges would share the route's rate limit with this batch's, so its hedge leaves time for
+    them as well: many batches due at once never count the route's whole rate each.
     """
     from batchrouter.pricing.predictions import Predictions
 
     lanes = settings.lanes
     predictions = Predictions(settings.database)
+    others = dict(in_flight or {})
 
     def online_s(entry: CatalogEntry, items: int) -> float:
-        return route_s(settings, entry, items)
+        return route_s(settings, entry, items + others.get(entry.route, 0))
 
     def flex_s(entry: CatalogEntry, items: int) -> float:
-        return route_s(settings, entry, items, lane=Lane.FLEX)
+        return route_s(settings, entry, items + others.get(entry.route, 0), lane=Lane.FLEX)
 
     def predict(provider: str, lane: Lane, lines: int) -> float:
         return predictions.completion_s(provider, lane, lines, config=lanes)

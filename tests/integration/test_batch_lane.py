@@ -113,6 +113,9 @@ def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_p
     assert first.pending == 12 and first.settlement is None
     assert {s.provider for s in sent(engine, view.batch_id)} == {"openai", "anthropic"}
     assert view.batch_id in batch_lane.waiting(engine.storage)
+    # Its lines in flight, per route, which the next batch's hedge times leave room for.
+    in_flight = batch_lane.lines_in_flight(engine.storage)
+    assert sorted(in_flight.values()) == [6, 6] and {r.split(":")[0] for r in in_flight} == {"openai", "anthropic"}
 
     final = advance_until_final(engine, view.batch_id, url)
 
@@ -125,7 +128,7 @@ def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_p
                                                          "cost_usd_micros").iter_rows():  # fmt: skip
         entry = engine.catalog.entry(route)
         assert cost == entry.cost_micros(tokens_in, tokens_out, tier="batch") < entry.cost_micros(tokens_in, tokens_out)
-    assert view.batch_id not in batch_lane.waiting(engine.storage)
+    assert view.batch_id not in batch_lane.waiting(engine.storage) and batch_lane.lines_in_flight(engine.storage) == {}
     # What the providers took was measured for the next quotes.
     observed = Predictions(engine.settings.database).observations(lane="batch")
     assert {o.provider for o in observed} == {"openai", "anthropic"}

@@ -235,3 +235,24 @@ def test_an_item_that_names_a_tier_keeps_it_and_the_others_are_chosen_without_it
     assert got["hedge_at_s"].to_list() == [None, None, 24 * HOUR - 600 - 0.01 - 3 * 0.01]
     assert requested_lane(None) is None and requested_lane(["tools"]) is None
     assert price_factor(entry, Lane.PRIORITY) == 1
+
+
+def test_lines_other_batches_have_in_flight_on_a_route_move_its_hedge_earlier(catalog: Catalog, tmp_path: Path) -> None:
+    """Hedges of batches due together share the route's rate: a new batch leaves room for theirs."""
+    providers = {"openai": {"kind": "simulator", "rpm": 60}}  # a request a second
+    settings = load_settings(database=str(tmp_path / "br.duckdb"), providers=providers)
+    buf = io.BytesIO()
+    manifest({"gpt-4o-mini": "Hello"}).write_csv(buf)  # 3 items
+    parsed = read_manifest("m.csv", buf.getvalue(), catalog=catalog, limits=LimitsConfig())
+
+    def hedge_at(in_flight: dict[str, int]) -> float:
+        q = build_quote(parsed, workspace="w", catalog=catalog, policy=RoutePolicy(), workers=1, deadline_s=24 * HOUR,
+                        lanes=chooser(settings, catalog, 24 * HOUR, in_flight=in_flight))  # fmt: skip
+        assert set(q.items["lane"]) == {"batch"}
+        (at,) = set(q.items["hedge_at_s"])
+        return float(at)
+
+    alone = hedge_at({})
+    # 3,600 lines of other batches in flight on this route: an hour more at a request a second.
+    assert alone - hedge_at({"openai:gpt-4o-mini": 3600}) == pytest.approx(3600)
+    assert hedge_at({"anthropic:claude-haiku-4-5": 3600}) == alone  # another route's lines take none of its rate
