@@ -463,10 +463,12 @@ def open_sent(storage: Storage, info: BatchInfo) -> list[dict[str, Any]]:
     return [r for r in records if Sent(**r).open]
 
 
-def lines_in_flight(storage: Storage) -> dict[str, int]:
+def lines_in_flight(storage: Storage, settings: Settings, *, within_s: float) -> dict[str, int]:
     """Per route, the lines in provider batches still open across every waiting batch (any workspace:
-    a provider's rate limits are its account's). A hedge of theirs would share the route's online
-    rate with a new batch's, so the new batch's hedge time leaves room for them too."""
+    a provider's rate limits are its account's) whose hedge time falls within the next `within_s`
+    (the batch's clock). A hedge of theirs would share the route's online rate with a new batch due
+    by then, so the new batch's hedge time leaves room for them too; one hedging later does not."""
+    until = time.time() + settings.lanes.wall_s(within_s)
     out: dict[str, int] = {}
     for batch_id in waiting(storage):
         try:
@@ -474,8 +476,11 @@ def lines_in_flight(storage: Storage) -> dict[str, int]:
             records = open_sent(storage, info) if storage.exists(*info.folder(FOLDER)) else []
         except (BatchError, StorageError, FileNotFoundError):
             continue  # ended (its marker or folder gone) while we looked: nothing of it is in flight
+        started = datetime.fromisoformat(info.submitted_at).timestamp()
         for record in records:
-            out[record["route"]] = out.get(record["route"], 0) + int(record["lines"])
+            hedge_at = record.get("hedge_at_s")
+            if hedge_at is not None and started + settings.lanes.wall_s(float(hedge_at)) <= until:
+                out[record["route"]] = out.get(record["route"], 0) + int(record["lines"])
     return out
 
 

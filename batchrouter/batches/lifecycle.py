@@ -127,10 +127,11 @@ def lane_chooser(
     storage: Storage, settings: Settings, catalog: Catalog, deadline_s: float | None
 ) -> Callable[[pl.DataFrame], pl.DataFrame] | None:
     """The lane choice under `deadline_s` (None: no deadline, everything online), leaving each route's
-    hedge room for the lines other batches have in flight on it."""
+    hedge room for the lines other batches have in flight on it that may hedge before its deadline."""
     if deadline_s is None:
         return None
-    return lanes.chooser(settings, catalog, deadline_s, in_flight=batch_lane.lines_in_flight(storage))
+    in_flight = batch_lane.lines_in_flight(storage, settings, within_s=deadline_s)
+    return lanes.chooser(settings, catalog, deadline_s, in_flight=in_flight)
 
 
 def deadline_of(settings: Settings, info: BatchInfo) -> float | None:

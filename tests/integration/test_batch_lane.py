@@ -114,8 +114,10 @@ def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_p
     assert {s.provider for s in sent(engine, view.batch_id)} == {"openai", "anthropic"}
     assert view.batch_id in batch_lane.waiting(engine.storage)
     # Its lines in flight, per route, which the next batch's hedge times leave room for.
-    in_flight = batch_lane.lines_in_flight(engine.storage)
+    # (Only for a batch due after their hedge time: one due before it would never meet their hedges.)
+    in_flight = batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=24 * 3600)
     assert sorted(in_flight.values()) == [6, 6] and {r.split(":")[0] for r in in_flight} == {"openai", "anthropic"}
+    assert batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=3600) == {}
 
     final = advance_until_final(engine, view.batch_id, url)
 
@@ -128,7 +130,8 @@ def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_p
                                                          "cost_usd_micros").iter_rows():  # fmt: skip
         entry = engine.catalog.entry(route)
         assert cost == entry.cost_micros(tokens_in, tokens_out, tier="batch") < entry.cost_micros(tokens_in, tokens_out)
-    assert view.batch_id not in batch_lane.waiting(engine.storage) and batch_lane.lines_in_flight(engine.storage) == {}
+    assert view.batch_id not in batch_lane.waiting(engine.storage)
+    assert batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=48 * 3600) == {}
     # What the providers took was measured for the next quotes.
     observed = Predictions(engine.settings.database).observations(lane="batch")
     assert {o.provider for o in observed} == {"openai", "anthropic"}
