@@ -54,7 +54,11 @@ def chat_completion(r: dict[str, Any]) -> dict[str, Any]:
     request_id = r.get("provider_request_id") or line_id(r["batch_id"], r["row"])
     return {"id": f"chatcmpl-{hashlib.sha256(request_id.encode()).hexdigest()[:24]}", "object": "chat.completion",
             "created": _created(r), "model": r.get("model") or "", "choices": _choices(r), "usage": _usage(r),
-            "service_tier": None, "system_fingerprint": None}  # fmt: skip
+            "service_tier": _TIERS.get(str(r.get("lane")), "default"), "system_fingerprint": None}  # fmt: skip
+
+
+# The tier OpenAI reports in a completion, by the lane that answered it (batch lines report the default).
+_TIERS = {"flex": "flex", "priority": "priority"}
 
 
 def response_object(r: dict[str, Any]) -> dict[str, Any]:

@@ -67,3 +67,16 @@ def test_files_stay_in_their_workspace_and_go_with_its_data(settings: Settings) 
     assert any(url.endswith("files/acme") for url in report["deleted"])
     with pytest.raises(NotFound):
         engine.files.get(kept.id, workspace="acme")
+
+
+@pytest.mark.parametrize(("lane", "tier"), [("flex", "flex"), ("priority", "priority"), ("online", "default"),
+                                            ("batch", "default"), (None, "default")])  # fmt: skip
+def test_a_completion_line_reports_the_tier_its_lane_answered_at_and_parses_in_the_sdk(lane: str | None,
+                                                                                       tier: str) -> None:  # fmt: skip
+    from batchrouter.dropin.openai_lines import chat_completion
+
+    row = {"batch_id": "b", "row": 0, "model": "gpt-5-mini", "lane": lane, "output_text": "hi", "input_tokens": 3,
+           "output_tokens": 1, "cached_tokens": 0, "finished_at": None}  # fmt: skip
+    body = chat_completion(row)
+    assert body["service_tier"] == tier
+    assert openai.types.chat.ChatCompletion.model_validate(body).service_tier == tier
