@@ -43,6 +43,7 @@ from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy,
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.providers import ProviderAdapter, RefusedError, RequestItem, adapter_for
+from batchrouter.execution.providers.base import CAPACITY_REFUSED
 from batchrouter.intake.manifest import request_messages
 
 # Errors that say the route itself is unusable (bad key, unknown model): try the next route.
@@ -116,6 +117,7 @@ class RouteHealth:
     transient_errors: int = 0
     terminal_errors: int = 0
     rate_limited: int = 0
+    flex_refused: int = 0  # 429s of flex out of capacity (not rate limits): sent on at the standard tier
     timeouts: int = 0
     breaker_trips: int = 0
     moved_to_fallback: int = 0
@@ -133,6 +135,7 @@ class RouteHealth:
             "transient_errors": self.transient_errors,
             "terminal_errors": self.terminal_errors,
             "rate_limited": self.rate_limited,
+            "flex_refused": self.flex_refused,
             "timeouts": self.timeouts,
             "breaker_trips": self.breaker_trips,
             "moved_to_fallback": self.moved_to_fallback,
@@ -339,18 +342,22 @@ class Dispatcher:
         try:
             completion = await self._send(route, job)
         except RateLimitedError as err:
+            route.tpm.refund(job.estimate_tokens)
+            job.rate_limited += 1
+            job.last_error = err
+            if err.code == CAPACITY_REFUSED and (job.request.params or {}).get("service_tier") == "flex":
+                # Flex out of capacity, not a rate limit: the item goes on at once at the standard tier, as
+                # OpenAI advises (its lane becomes online, billed at the online price); the route's pace and
+                # its other items are untouched.
+                route.health.flex_refused += 1
+                params = {k: v for k, v in (job.request.params or {}).items() if k != "service_tier"}
+                job.request = replace(job.request, params=params or None)
+                route.queue.put_nowait(job)
+                return
             route.health.rate_limited += 1
             route.health.rate_limited_at.append(time.monotonic())
             route.adaptive.on_rate_limited(err.retry_after_s)
             route.rpm.drain()
-            route.tpm.refund(job.estimate_tokens)
-            job.rate_limited += 1
-            job.last_error = err
-            if (job.request.params or {}).get("service_tier") == "flex":
-                # Flex refused for capacity (or over a limit flex shares): on at the standard tier, as OpenAI
-                # advises; the item's lane becomes online and it is billed at the online price.
-                params = {k: v for k, v in (job.request.params or {}).items() if k != "service_tier"}
-                job.request = replace(job.request, params=params or None)
             if job.rate_limited <= MAX_RATE_LIMITED:
                 route.queue.put_nowait(job)
             else:

@@ -635,6 +635,8 @@ async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     if flex and config.flex_unavailable_rate and state.rng.random() < config.flex_unavailable_rate:
         if rpm:
             rpm.give_back(1)
+        if tpm:
+            tpm.give_back(estimate)
         return _error(wire, 429, "resource_unavailable", "Resource unavailable: flex capacity is exhausted; "
                       "retry later or send the request at the default service tier")  # fmt: skip
     await asyncio.sleep(_latency(config, state.rng) * (config.flex_latency_factor if flex else 1.0))

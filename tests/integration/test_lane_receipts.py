@@ -108,6 +108,39 @@ def test_a_flex_request_refused_for_capacity_goes_on_at_the_standard_tier_and_is
         assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier=tier)
     (hold,) = engine.ledger.batch_holds(view.batch_id)
     assert hold.captured_usd_micros == got["cost_usd_micros"].sum() <= hold.amount_usd_micros
+    # Each refusal counted as one, apart from rate limits (it never slowed the route down).
+    health = health_of(engine, view.batch_id)
+    assert health["flex_refused"].sum() == lanes["online"] and health["rate_limited"].sum() == 0
+
+
+def health_of(engine: BatchRouter, batch_id: str) -> pl.DataFrame:
+    info = engine.batches.info(batch_id)
+    names = [n for n in engine.storage.list(*info.folder("dispatch")) if n.startswith("health-")]
+    return pl.concat([engine.storage.read_parquet(*info.folder("dispatch", n)) for n in names], how="diagonal_relaxed")
+
+
+def test_a_rate_limit_on_flex_is_waited_out_on_flex_not_sent_on_at_the_online_price(settings: Settings) -> None:
+    # Half the requests are answered twice with a rate limit's 429 first (`[[sim:429*2]]`), none refused
+    # for capacity: the dispatcher waits the limits out and the items stay flex, billed at the batch price.
+    sim = SimulatorConfig(latency_ms=0, max_output_words=12, seed=5)
+    rows = ["item_id,model,prompt,max_tokens"] + [
+        f"i{i},gpt-5-mini,Summarise note {i} in one line.{' [[sim:429*2]]' if i % 2 else ''},32" for i in range(12)
+    ]
+    with running_simulator(sim) as url:
+        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(batch_prior_p95_s=4 * 3600)})
+        engine = BatchRouter(config)
+        engine.ledger.grant("acme", 5 * USD, key="grant")
+        view = engine.batches.create(("\n".join(rows) + "\n").encode(), filename="m.csv", workspace="acme",
+                                     actor=CLI, deadline="4h")  # fmt: skip
+        assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"flex"}
+
+        got = run_to_the_end(engine, view.batch_id, url)
+
+    assert set(got["status"]) == {"succeeded"} and set(got["lane"]) == {"flex"}
+    assert health_of(engine, view.batch_id)["rate_limited"].sum() == 12  # each limit hit, and waited out
+    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
+                                                         "cost_usd_micros").iter_rows():  # fmt: skip
+        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="flex")
 
 
 def test_a_tier_the_request_asks_for_is_its_lane_whatever_the_deadline_would_choose(engine: Any) -> None:

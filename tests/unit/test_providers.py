@@ -352,6 +352,14 @@ def test_429_is_rate_limited_with_retry_after_seconds() -> None:
     assert err.message == "Rate limit reached"
 
 
+def test_a_429_of_flex_out_of_capacity_keeps_its_code_and_other_429s_are_rate_limits() -> None:
+    body = json.dumps({"error": {"message": "Resource unavailable", "type": "resource_unavailable", "param": None,
+                                 "code": "resource_unavailable"}}).encode()  # fmt: skip
+    assert classify(429, headers(), body).code == "resource_unavailable"
+    for other in (openai_error("Rate limit reached", "rate_limit_error"), b"not json", b'{"error": "busy"}'):
+        assert classify(429, headers(), other).code == "rate_limited"
+
+
 def test_429_prefers_retry_after_ms() -> None:
     err = classify(429, headers(retry_after="2", retry_after_ms="1500"), b"{}")
     assert isinstance(err, RateLimitedError)

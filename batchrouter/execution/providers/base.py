@@ -148,11 +148,30 @@ def error_message(body: bytes) -> str:
     return str(err)
 
 
+# A 429 that is not a rate limit: OpenAI's flex tier out of capacity (retry at the standard tier).
+CAPACITY_REFUSED = "resource_unavailable"
+
+
+def error_code(body: bytes) -> str | None:
+    """The provider's own error code (`error.code`, else `error.type`), when its body has one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(err, dict):
+        return None
+    code = err.get("code") or err.get("type")
+    return code if isinstance(code, str) else None
+
+
 def classify(status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-    """The error a non-2xx answer means: rate-limited, transient or terminal, with the provider's words."""
+    """The error a non-2xx answer means: rate-limited, transient or terminal, with the provider's words.
+    A 429 is `rate_limited`, except a capacity refusal, which keeps its code (`CAPACITY_REFUSED`)."""
     message = error_message(body)
     if status == 429:
-        return RateLimitedError("rate_limited", message, status=429, retry_after_s=retry_after_seconds(headers))
+        code = CAPACITY_REFUSED if error_code(body) == CAPACITY_REFUSED else "rate_limited"
+        return RateLimitedError(code, message, status=429, retry_after_s=retry_after_seconds(headers))
     if status in (408, 409, 425) or status >= 500:
         code = "overloaded" if status == 529 else f"http_{status}"
         return TransientError(code, message, status=status)
