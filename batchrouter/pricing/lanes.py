@@ -171,12 +171,14 @@ def _cheapest(
 
 def route_s(settings: Settings, entry: CatalogEntry, items: int, *, lane: Lane = Lane.ONLINE) -> float:
     """Seconds (on the batch's clock) for `items` items of a route sent now on `lane` (online or flex)
-    at its rate limits; a flex request takes `lanes.flex_slowdown` times the route's typical latency."""
+    at its rate limit and its provider's concurrency; a flex request takes `lanes.flex_slowdown` times
+    the route's typical latency, so flex is often bound by the concurrency rather than the rate."""
     from batchrouter.pricing.predictions import Predictions
 
     slowdown = settings.lanes.flex_slowdown if lane == Lane.FLEX else 1.0
     latency_s = entry.typical_latency_ms / 1000 * slowdown
-    return Predictions.online_s(items, settings.provider(entry.provider).rpm, latency_s) * settings.lanes.time_scale
+    provider = settings.provider(entry.provider)
+    return Predictions.online_s(items, provider.rpm, latency_s, provider.max_concurrency) * settings.lanes.time_scale
 
 
 def hedge_lane(settings: Settings, entry: CatalogEntry, items: int, *, time_left_s: float) -> Lane:

@@ -244,11 +244,17 @@ class Predictions:
         return config.percentile if prior <= by_s else 0.0
 
     @staticmethod
-    def online_s(items: int, rpm: float, latency_s: float) -> float:
-        """Seconds for the online lane to answer `items` at `rpm` requests a minute, each taking `latency_s`."""
+    def online_s(items: int, rpm: float, latency_s: float, concurrency: int | None = None) -> float:
+        """Seconds for the online lane to answer `items` at `rpm` requests a minute, each taking `latency_s`,
+        at most `concurrency` in flight at once (None: unbounded): the slower of the two limits, plus the
+        last request's latency."""
         if rpm <= 0:
             raise ValueError(f"rpm must be positive, got {rpm}")
-        return items / (rpm / 60.0) + latency_s
+        if concurrency is not None and concurrency <= 0:
+            raise ValueError(f"concurrency must be positive, got {concurrency}")
+        paced = items / (rpm / 60.0)
+        slots = items * latency_s / concurrency if concurrency else 0.0
+        return max(paced, slots) + latency_s
 
     def summary(self) -> list[LaneSummary]:
         """One row per provider, lane and size bucket with runs, in that order."""

@@ -256,3 +256,15 @@ def test_lines_other_batches_have_in_flight_on_a_route_move_its_hedge_earlier(ca
     # 3,600 lines of other batches in flight on this route: an hour more at a request a second.
     assert alone - hedge_at({"openai:gpt-4o-mini": 3600}) == pytest.approx(3600)
     assert hedge_at({"anthropic:claude-haiku-4-5": 3600}) == alone  # another route's lines take none of its rate
+
+
+def test_a_routes_time_counts_its_providers_concurrency_where_that_binds(catalog: Catalog, tmp_path: Path) -> None:
+    from batchrouter.pricing.lanes import route_s
+
+    entry = catalog.entry("openai:gpt-5-mini")
+    latency_s = entry.typical_latency_ms / 1000
+    one = load_settings(database=str(tmp_path / "a.duckdb"), providers={"openai": {"kind": "simulator",
+                        "rpm": 60_000, "max_concurrency": 1}})  # fmt: skip
+    # One request in flight: 10 items take 10 latencies online, 10 x 3 latencies on flex (3x slower each).
+    assert route_s(one, entry, 10) == pytest.approx(11 * latency_s)
+    assert route_s(one, entry, 10, lane=Lane.FLEX) == pytest.approx(11 * 3 * latency_s)

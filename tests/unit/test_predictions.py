@@ -262,3 +262,13 @@ def test_the_share_done_by_a_time_is_measured_else_the_prior_decides(predictions
     completed(predictions, [60.0 * m for m in range(1, 21)])  # 1..20 minutes
     assert predictions.done_share("openai", "batch", 100, 15 * 60.0, config=config) == 0.75
     assert predictions.done_share("openai", "batch", 100, 60.0 * 30, config=config) == 1.0
+
+
+def test_the_online_estimate_is_bound_by_the_rate_or_the_requests_in_flight_whichever_is_slower() -> None:
+    # 600 items at 6,000 RPM: 6 s by the rate; 2 s each with 256 in flight: 4.7 s; plus the last request.
+    assert Predictions.online_s(600, 6000, 2.0, 256) == pytest.approx(6.0 + 2.0)
+    # 12 s each (flex of a slow model) with 256 in flight: 28 s by the slots, more than the rate's 6 s.
+    assert Predictions.online_s(600, 6000, 12.0, 256) == pytest.approx(600 * 12 / 256 + 12.0)
+    assert Predictions.online_s(600, 6000, 12.0) == pytest.approx(6.0 + 12.0)  # unbounded
+    with pytest.raises(ValueError, match="concurrency"):
+        Predictions.online_s(1, 60, 1.0, 0)
