@@ -279,8 +279,7 @@ class BatchLane:
 
     @property
     def _cancel_wait_s(self) -> float:
-        # Half the deadline's margin: the cancel's time to end, taken from the slack, never from the hedge.
-        return self.lanes.margin_s / 2
+        return self.lanes.cancel_wait_s()
 
     def next_poll_wall(self, polls: int = 0, *, unsent: int = 0) -> float | None:
         """When to look again (wall clock): after the backoff for `polls` looks, or at a hedge time if sooner.

@@ -219,6 +219,9 @@ class LanesConfig(BaseModel):
     min_expected_saving: float = Field(default=0.2, gt=0, le=1)
     # Measured times replace the prior once this many observations exist (per provider, lane and size).
     min_observations: int = Field(default=20, ge=1)
+    # A bet on a late-predicted batch (`min_expected_saving`) may read fewer: its downside is a hedge
+    # at the online price, inside the reservation and the deadline, not a missed deadline.
+    bet_min_observations: int = Field(default=5, ge=1)
     # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h
     # windows, stuck tails), and how many times slower than online each flex request is.
     batch_prior_p95_s: float = Field(default=2 * 3600.0, gt=0)
@@ -250,6 +253,11 @@ class LanesConfig(BaseModel):
             raise ValueError(f"poll_max_s ({self.poll_max_s:g}) must be at least poll_interval_s "
                              f"({self.poll_interval_s:g})")  # fmt: skip
         return self
+
+    def cancel_wait_s(self) -> float:
+        """How long before its hedge time a provider batch is asked to cancel: half the margin, so the
+        cancel can end (and what it answered be kept) inside the slack, never taking from the hedge."""
+        return self.margin_s / 2
 
     def batch_prior_s(self, provider: str) -> float:
         """The prior p95 completion time of `provider`'s batches, before enough are measured."""

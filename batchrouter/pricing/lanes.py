@@ -26,8 +26,10 @@ The hedge, not the percentile, is what keeps the deadline. So on a route whose o
 online, a provider batch predicted late at the percentile is still tried when it pays in expectation:
 the share of like runs measured done by the hedge time, times the batch discount, is the expected
 saving against online, and at least `lanes.min_expected_saving` of it takes the lane (a 30 minute
-deadline with batches done in minutes most of the time). Where flex is sold, flex costs what a batch
-costs and is not a bet, so a batch there still needs its percentile to fit.
+deadline with batches done in minutes most of the time). The share is read at the moment the batch
+would be asked to cancel (its hedge time less `LanesConfig.cancel_wait_s`), since what it answered by
+then is kept, and from fewer runs than a percentile needs (`bet_min_observations`). Where flex is
+sold, flex costs what a batch costs and is not a bet, so a batch there still needs its percentile.
 
 The reservation is not a lane's price: it stays the online price of the most expensive route of the
 item's chain, so a hedged item never needs more credit than was reserved.
@@ -117,6 +119,8 @@ class Timing:
     # and the expected saving (a share of the online price) a bet on a late-predicted lane must reach.
     done_share: Callable[[str, Lane, int, float], float] | None = None
     min_expected_saving: float = 1.0
+    # How long before its hedge time a provider batch is asked to cancel (`LanesConfig.cancel_wait_s`).
+    cancel_wait_s: float = 0.0
 
 
 def choose_lanes(
@@ -162,8 +166,10 @@ def _cheapest(
         predicted = flex_s if lane == Lane.FLEX else timing.predict(entry.provider, lane, items)
         if predicted <= hedge_at:
             return lane, hedge_at
-        if lane == Lane.BATCH and hedge_at > 0 and timing.done_share is not None and Lane.FLEX not in offered:
-            share = timing.done_share(entry.provider, lane, items, hedge_at)
+        # The bet: what a provider batch answered by the time it is asked to cancel is kept.
+        cancel_at = hedge_at - timing.cancel_wait_s
+        if lane == Lane.BATCH and cancel_at > 0 and timing.done_share is not None and Lane.FLEX not in offered:
+            share = timing.done_share(entry.provider, lane, items, cancel_at)
             if share * (1 - price_factor(entry, lane)) >= timing.min_expected_saving:
                 return lane, hedge_at
     return Lane.ONLINE, None
@@ -239,6 +245,7 @@ def chooser(
         return predictions.done_share(provider, lane, lines, by_s, config=lanes)
 
     timing = Timing(predict=predict, online_s=online_s, margin_s=lanes.margin_s, flex_s=flex_s,
-                    done_share=done_share, min_expected_saving=lanes.min_expected_saving)  # fmt: skip
+                    done_share=done_share, min_expected_saving=lanes.min_expected_saving,
+                    cancel_wait_s=lanes.cancel_wait_s())  # fmt: skip
     return lambda accepted: choose_lanes(accepted, deadline_s=deadline_s, catalog=catalog, settings=settings,
                                          timing=timing)  # fmt: skip

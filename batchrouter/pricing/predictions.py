@@ -235,9 +235,11 @@ class Predictions:
 
     def done_share(self, provider: str, lane: Lane, lines: int, by_s: float, *, config: LanesConfig) -> float:
         """The share of runs like this one (`lines` items on `provider`'s `lane`) done within `by_s`
-        provider seconds: Kaplan-Meier over the measured runs; before enough are measured, the
-        configured percentile when the prior fits in `by_s`, else 0 (nothing known: nothing bet on)."""
-        share = predict_share(self.observations(provider, lane), lines, by_s, config=config)
+        provider seconds: Kaplan-Meier over the measured runs (of its size bucket once it has
+        `min_observations`, else of every size once they have `bet_min_observations`); before that,
+        the configured percentile when the prior fits in `by_s`, else 0 (nothing known, nothing bet)."""
+        share = predict_share(self.observations(provider, lane), lines, by_s, config=config,
+                              minimum=config.bet_min_observations)  # fmt: skip
         if share is not None:
             return share
         prior = config.batch_prior_s(provider) if lane == "batch" else math.inf
@@ -274,20 +276,27 @@ def predict(runs: Iterable[Observation], lines: int, *, config: LanesConfig) -> 
     return None if values is None else censored_percentile(values, config.percentile)
 
 
-def predict_share(runs: Iterable[Observation], lines: int, by_s: float, *, config: LanesConfig) -> float | None:
+def predict_share(
+    runs: Iterable[Observation], lines: int, by_s: float, *, config: LanesConfig, minimum: int | None = None
+) -> float | None:
     """The share of `runs` like a run of `lines` done within `by_s`; None: too few runs measured."""
-    values = _like(runs, lines, config=config)
+    values = _like(runs, lines, config=config, minimum=minimum)
     return None if values is None else censored_done_share(values, by_s)
 
 
-def _like(runs: Iterable[Observation], lines: int, *, config: LanesConfig) -> list[tuple[float, bool]] | None:
+def _like(
+    runs: Iterable[Observation], lines: int, *, config: LanesConfig, minimum: int | None = None
+) -> list[tuple[float, bool]] | None:
     """(duration, censored) of the timed runs like a run of `lines`: its size bucket when that has
-    `min_observations`, else every size when those have; None when too few."""
+    `min_observations`, else every size when those have `minimum` (default `min_observations`);
+    None when too few."""
     timed = [(size_bucket(r.lines), (r.duration_s, r.outcome in CENSORED)) for r in runs if r.outcome not in UNTIMED]
     bucket = size_bucket(lines)
-    for values in ([t for b, t in timed if b == bucket], [t for _, t in timed]):
-        if len(values) >= config.min_observations:
-            return values
+    in_bucket = [t for b, t in timed if b == bucket]
+    if len(in_bucket) >= config.min_observations:
+        return in_bucket
+    if len(timed) >= (config.min_observations if minimum is None else minimum):
+        return [t for _, t in timed]
     return None
 
 

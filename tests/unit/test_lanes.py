@@ -268,3 +268,21 @@ def test_a_routes_time_counts_its_providers_concurrency_where_that_binds(catalog
     # One request in flight: 10 items take 10 latencies online, 10 x 3 latencies on flex (3x slower each).
     assert route_s(one, entry, 10) == pytest.approx(11 * latency_s)
     assert route_s(one, entry, 10, lane=Lane.FLEX) == pytest.approx(11 * 3 * latency_s)
+
+
+def test_a_bet_reads_the_share_done_when_the_batch_would_be_asked_to_cancel(
+    catalog: Catalog, settings: Settings
+) -> None:
+    asked: list[float] = []
+
+    def share(provider: str, lane: Lane, lines: int, by_s: float) -> float:
+        asked.append(by_s)
+        return 1.0
+
+    t = Timing(predict=lambda provider, lane, lines: 2 * HOUR, online_s=lambda entry, items: 0.0, margin_s=600,
+               done_share=share, min_expected_saving=0.2, cancel_wait_s=300)  # fmt: skip
+    items = quote(catalog, settings, {"gpt-4o-mini": "Hi"}, deadline_s=1800, t=t)
+    assert set(items["lane"]) == {"batch"} and set(items["hedge_at_s"]) == {1200.0}
+    assert asked == [900.0]  # what is answered by the cancel is kept; after it, nothing
+    # A hedge time inside the cancel's wait leaves nothing to bet on.
+    assert set(quote(catalog, settings, {"gpt-4o-mini": "Hi"}, deadline_s=800, t=t)["lane"]) == {"online"}

@@ -272,3 +272,12 @@ def test_the_online_estimate_is_bound_by_the_rate_or_the_requests_in_flight_whic
     assert Predictions.online_s(600, 6000, 12.0) == pytest.approx(6.0 + 12.0)  # unbounded
     with pytest.raises(ValueError, match="concurrency"):
         Predictions.online_s(1, 60, 1.0, 0)
+
+
+def test_a_bet_reads_the_share_from_fewer_runs_than_a_percentile_needs(predictions: Predictions) -> None:
+    config = LanesConfig(percentile=0.9, batch_prior_p95_s=HOUR, min_observations=20, bet_min_observations=5)
+    completed(predictions, [60.0, 120.0, 180.0, 240.0])  # four runs: too few even for a bet
+    assert predictions.done_share("openai", "batch", 100, 150.0, config=config) == 0.0  # the prior's answer
+    completed(predictions, [300.0], prefix="e")  # five: a share, though the percentile still uses the prior
+    assert predictions.done_share("openai", "batch", 100, 150.0, config=config) == pytest.approx(0.4)
+    assert predictions.completion_s("openai", "batch", 100, config=config) == HOUR
