@@ -95,6 +95,15 @@ class Leases:
             ).fetchone()
         return str(row[0]) if row else None
 
+    @served(read_only=True)
+    def left(self) -> list[tuple[str, str, bool]]:
+        """Every lease held now: (batch id, owner, whether it is unexpired). A run that ended released its
+        own, so one whose owner is dead (`is_dead`) or whose time ran out was left by a run that died."""
+        with self.db.connect() as con:
+            rows = con.execute("SELECT batch_id, owner, expires_at > ? FROM batch_leases ORDER BY batch_id",
+                               [_now()]).fetchall()  # fmt: skip
+        return [(str(batch_id), str(owner), bool(live)) for batch_id, owner, live in rows]
+
 
 _OWNER = re.compile(r" on (?P<host>\S+) pid (?P<pid>\d+) ")
 

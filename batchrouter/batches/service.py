@@ -440,6 +440,27 @@ class Batches:
                 batch_lane.mark_waiting(storage, info, time.time() + ready, polls=polls)
         return out
 
+    def interrupted(self) -> builtins.list[str]:
+        """Batches whose run died before they were done (a process killed mid-dispatch): `advance` goes on.
+
+        Such a run left its lease behind (a run that ends releases it), held by a process of this host
+        that is gone or run out; the batch is still reserved or dispatching, its reservation held. The
+        next `advance` takes the lease over and sends only what the checkpoint has no answer for. A
+        batch waiting on its providers' batches is not listed: `waiting_due` says when it is due.
+        """
+        storage = self._engine.storage
+        out = []
+        for batch_id, owner, live in self._leases.left():
+            if live and not is_dead(owner):
+                continue
+            try:
+                info = load_batch(storage, batch_id)
+            except BatchError:
+                continue  # its folder is gone: nothing to run
+            if current_state(storage, info) in (BatchState.RESERVED, BatchState.DISPATCHING):
+                out.append(batch_id)
+        return out
+
     def next_look_s(self, batch_id: str) -> float | None:
         """Seconds until a batch waiting on its providers is worth advancing again (None: it is not waiting)."""
         info = self.info(batch_id)

@@ -2,11 +2,13 @@
 
 Per route: a token bucket for requests per minute and one for tokens per minute (tokens taken on
 the quote's estimate, input + output cap, and the unused part given back once usage is known), a
-concurrency cap, adaptive slow-down on 429 that honours Retry-After and recovers, jittered
-exponential back-off for transient errors within a per-item attempt budget, a per-request timeout,
-stall detection (no byte for `stall_timeout_s`: cancel and retry), and a circuit breaker that moves
-a failing route's items to the next route of their fallback chain. Limits announced by the
-provider's headers replace configured ones when they are lower.
+concurrency cap (the provider's `max_concurrency`, shared by all its routes: it is how many
+requests the server takes at once, whatever the model), adaptive slow-down on 429 that honours
+Retry-After and recovers, jittered exponential back-off for transient errors within a per-item
+attempt budget, a per-request timeout, stall detection (no byte for `stall_timeout_s`: cancel and
+retry), and a circuit breaker that moves a failing route's items to the next route of their
+fallback chain. Limits announced by the provider's headers replace configured ones when they are
+lower.
 
 Each item ends in exactly one final state, `succeeded` or `failed` (with the last error's code
 and message); the caller records it (see `receipts.Checkpoint`).
@@ -157,7 +159,14 @@ class Route:
     """Runtime state of one route: limits, queue, breaker, health."""
 
     def __init__(
-        self, name: str, entry: CatalogEntry, adapter: ProviderAdapter, provider: ProviderConfig, cfg: DispatchConfig
+        self,
+        name: str,
+        entry: CatalogEntry,
+        adapter: ProviderAdapter,
+        provider: ProviderConfig,
+        cfg: DispatchConfig,
+        *,
+        slots: asyncio.Semaphore | None = None,
     ) -> None:
         from batchrouter.execution.ratelimit import AdaptiveRate, CircuitBreaker, TokenBucket
 
@@ -173,7 +182,8 @@ class Route:
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.rpm = TokenBucket(provider.rpm)
         self.tpm = TokenBucket(provider.tpm)
-        self.slots = asyncio.Semaphore(provider.max_concurrency)
+        # Requests in flight: the provider's slots, shared with its other routes (None given: this route's own).
+        self.slots = slots or asyncio.Semaphore(provider.max_concurrency)
         self.adaptive = AdaptiveRate()
         self.breaker = CircuitBreaker(cfg.breaker_failures, cooldown_s=cfg.breaker_cooldown_s)
         self.health = RouteHealth(name)
@@ -240,6 +250,7 @@ class Dispatcher:
         self.simulator_url = simulator_url
         self.cfg = settings.dispatch
         self.routes: dict[str, Route] = {}
+        self.slots: dict[str, asyncio.Semaphore] = {}  # per provider: its max_concurrency across its routes
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.rng = random.Random(seed)
         self.cancelled = cancelled
@@ -256,7 +267,10 @@ class Dispatcher:
         entry = self.catalog.entry(name)
         provider = self.settings.provider(entry.provider)
         adapter = adapter_for(entry.provider, provider, policy=self.policy, simulator_url=self.simulator_url)
-        route = Route(name, entry, adapter, provider, self.cfg)
+        slots = self.slots.get(entry.provider)
+        if slots is None:
+            slots = self.slots[entry.provider] = asyncio.Semaphore(provider.max_concurrency)
+        route = Route(name, entry, adapter, provider, self.cfg, slots=slots)
         self.routes[name] = route
         if adapter.base_url not in self.sessions:
             self.sessions[adapter.base_url] = self._session()
@@ -264,7 +278,7 @@ class Dispatcher:
         return route
 
     def _session(self) -> aiohttp.ClientSession:
-        # Every route's slots may share one base URL (the simulator): room for all of them at once.
+        # Every provider's slots may share one base URL (the simulator): room for all of them at once.
         connections = sum(self.settings.provider(name).max_concurrency for name in self.settings.provider_names())
         connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=60, ssl=_ssl_context())
         return aiohttp.ClientSession(connector=connector)

@@ -40,6 +40,11 @@ Limits and faults are configurable:
 - per-item faults on demand: a prompt containing `[[sim:KIND]]` gets that fault on every attempt
   (KIND: `500`, `400`, `refuse`, `stall`, `truncate`, `malformed`, `trickle`, `429`), or only on its
   first N attempts with `[[sim:KIND*N]]`.
+
+`GET /_stats` counts what it served: `requests`, `rate_limited`, and the online requests (chat,
+responses, messages) being answered now (`in_flight`) and the most ever answered at once
+(`max_in_flight`), from the request's arrival to its last byte (a stalled request counts until
+its hour is up, as a server still working on it would).
 """
 
 from __future__ import annotations
@@ -119,6 +124,9 @@ class SimulatorState:
     attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     requests: int = 0
     rate_limited: int = 0
+    # Online requests being answered now, and the most there ever were at once (`/_stats`).
+    in_flight: int = 0
+    max_in_flight: int = 0
     buckets: dict[tuple[str, str], Bucket] = field(default_factory=dict)
     prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
     max_output: dict[str, int] = field(default_factory=dict)
@@ -589,6 +597,15 @@ def answer_line(state: SimulatorState, endpoint: str, body: Any, context: Contex
 async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
     state = request.app[STATE]
     state.requests += 1
+    state.in_flight += 1  # one event loop: no lock needed
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await _answer_request(request, state, endpoint)
+    finally:
+        state.in_flight -= 1
+
+
+async def _answer_request(request: web.Request, state: SimulatorState, endpoint: str) -> web.StreamResponse:
     wire = "anthropic" if endpoint == "messages" else "openai"
     key = request.headers.get("authorization", "") or request.headers.get("x-api-key", "")
     if not key.replace("Bearer", "").strip():
@@ -695,7 +712,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response({"requests": state.requests, "rate_limited": state.rate_limited})
+    return web.json_response({"requests": state.requests, "rate_limited": state.rate_limited,
+                              "in_flight": state.in_flight, "max_in_flight": state.max_in_flight})  # fmt: skip
 
 
 def build_app(config: SimulatorConfig | None = None) -> web.Application:

@@ -267,6 +267,30 @@ def test_the_lease_of_a_run_killed_on_this_host_is_taken_over_at_once(engine: Ba
     assert engine.batches.advance(view.batch_id).state == BatchState.COMPLETED
 
 
+def dead_owner() -> str:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"api on {socket.gethostname()} pid {int(gone.stdout)} (killed)"
+
+
+def test_a_batch_whose_run_died_mid_dispatch_is_listed_to_run_again_and_no_other(engine: BatchRouter) -> None:
+    leases = Leases(engine.settings.database)
+    made = [engine.batches.create(MANIFEST + f"4,gpt-4o-mini,batch {n}\n".encode(), filename=f"m{n}.csv",
+                                  workspace="acme", actor=CLI).batch_id for n in range(5)]  # fmt: skip
+    killed, lapsed, running, finished, never_started = made
+    for batch_id in (killed, lapsed, running):
+        record_state(engine.storage, engine.batches.info(batch_id), BatchState.DISPATCHING, None)
+    assert leases.claim(killed, dead_owner(), ttl_s=600) is None  # its process is gone
+    assert leases.claim(lapsed, "dagster on another-host pid 1 (x)", ttl_s=-1) is None  # it stopped renewing
+    assert leases.claim(running, "dagster run 42", ttl_s=600) is None  # alive somewhere
+    assert engine.batches.advance(finished).state == BatchState.COMPLETED
+    assert leases.claim(finished, dead_owner(), ttl_s=600) is None  # died after it was done
+
+    assert engine.batches.interrupted() == sorted([killed, lapsed])
+    assert never_started not in engine.batches.interrupted()  # reserved, handed to a run not yet begun
+    assert engine.batches.advance(killed).state == BatchState.COMPLETED
+    assert engine.batches.interrupted() == [lapsed]
+
+
 def test_a_crash_between_the_reservation_and_its_state_is_recovered_on_the_next_run(engine: BatchRouter) -> None:
     view = engine.batches.submit(MANIFEST, filename="m.csv", workspace="acme")
     info = engine.batches.info(view.batch_id)

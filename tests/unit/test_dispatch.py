@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
@@ -9,8 +10,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from batchrouter.core.catalog import load_catalog
-from batchrouter.core.config import DispatchConfig, ProviderConfig
-from batchrouter.execution.dispatch import GC_YOUNG_THRESHOLD, Route, quiet_collector
+from batchrouter.core.config import DispatchConfig, ModelConfig, ProviderConfig, RoutePolicy, Settings
+from batchrouter.execution.dispatch import GC_YOUNG_THRESHOLD, Dispatcher, Route, quiet_collector
 from batchrouter.execution.providers import AnthropicAdapter, OpenAIAdapter, RateLimits, RequestItem
 
 MINI = "openai:gpt-4o-mini"
@@ -91,3 +92,28 @@ def test_overlapping_dispatches_restore_the_collector_only_when_the_last_ends(
     assert gc.get_threshold()[0] == max(thresholds[0], GC_YOUNG_THRESHOLD)  # the second still runs
     second.__exit__(None, None, None)
     assert gc.get_threshold() == thresholds
+
+
+def test_the_routes_of_one_provider_share_its_max_concurrency() -> None:
+    # One self-hosted server serving two models takes `max_concurrency` requests at once, not that per model.
+    models = [ModelConfig(name=n, provider="gpu", upstream=n, input_usd_per_mtok=0, output_usd_per_mtok=0,
+                          context_window=8192, max_output_tokens=1024, tokenizer="estimate")
+              for n in ("m-a", "m-b")]  # fmt: skip
+    gpu = ProviderConfig(kind="openai_compatible", base_url="http://127.0.0.1:9/v1", max_concurrency=8)
+    settings = Settings(providers={"gpu": gpu}, models=models)
+
+    async def slots() -> tuple[asyncio.Semaphore, ...]:
+        dispatcher = Dispatcher(settings=settings, catalog=load_catalog(models), policy=RoutePolicy(),
+                                on_result=lambda result: None)  # fmt: skip
+        try:
+            return tuple(dispatcher._route(name).slots for name in ("gpu:m-a", "gpu:m-b", MINI))
+        finally:
+            for pump in dispatcher.pumps:
+                pump.cancel()
+            await asyncio.gather(*dispatcher.pumps, return_exceptions=True)
+            for session in dispatcher.sessions.values():
+                await session.close()
+
+    first, second, other = asyncio.run(slots())
+    assert first is second and other is not first
+    assert first._value == 8  # noqa: SLF001 - the semaphore's free slots: the provider's limit, once
