@@ -172,9 +172,7 @@ class BatchLane:
         (`pricing.lanes.hedge_lane`: flex where sold and in time, else online)."""
         if not items.height:
             return items
-        deadline = self.info.deadline_s
-        if deadline is None:
-            deadline = self.settings.default_deadline_s(self.info.workspace)
+        deadline = self.settings.deadline_s(self.info.workspace, self.info.deadline_s)
         parts = []
         for (route,), part in items.group_by("route", maintain_order=True):
             lane = Lane.ONLINE
@@ -573,7 +571,7 @@ def lane_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[s
             {k: r[k] for k in ("key", "provider", "route", "provider_batch_id", "status", "state", "lines")}
             for r in (storage.read_json(*info.folder(FOLDER, n)) for n in names)
         ]
-    deadline = info.deadline_s if info.deadline_s is not None else settings.default_deadline_s(info.workspace)
+    deadline = settings.deadline_s(info.workspace, info.deadline_s)
     if deadline is not None:
         started = datetime.fromisoformat(info.submitted_at).timestamp()
         out["deadline_at"] = (

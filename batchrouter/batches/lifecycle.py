@@ -136,7 +136,7 @@ def lane_chooser(
 
 def deadline_of(settings: Settings, info: BatchInfo) -> float | None:
     """The batch's deadline (seconds after it was submitted): its own, else its workspace's default."""
-    return info.deadline_s if info.deadline_s is not None else settings.default_deadline_s(info.workspace)
+    return settings.deadline_s(info.workspace, info.deadline_s)
 
 
 def load_quote(storage: Storage, info: BatchInfo) -> Quote:

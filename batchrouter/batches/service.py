@@ -31,7 +31,7 @@ from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSu
 from batchrouter.batches.states import ALLOWED, BatchState
 from batchrouter.batches.status import batch_status
 from batchrouter.core.batch_info import BATCHES, BatchInfo, batch_id_for, check_run_tag, load_batch
-from batchrouter.core.durations import parse_duration
+from batchrouter.core.durations import ASAP, parse_deadline
 from batchrouter.core.errors import AwaitingApproval, BatchBusy, BatchError, Forbidden, ManifestError, NotFound
 from batchrouter.execution.checkpoint import Checkpoint
 from batchrouter.intake import drops
@@ -121,8 +121,7 @@ class Batches:
             exc.report = quarantine(engine.storage, workspace=workspace, source_name=name, data=data, error=exc)
             raise
         policy = engine.settings.workspace(workspace).policy
-        deadline_s = _deadline(deadline)
-        deadline_s = engine.settings.default_deadline_s(workspace) if deadline_s is None else deadline_s
+        deadline_s = engine.settings.deadline_s(workspace, _deadline(deadline))
         chooser = lifecycle.lane_chooser(engine.storage, engine.settings, engine.catalog, deadline_s)
         summary = build_quote(manifest, workspace=workspace, catalog=engine.catalog, policy=policy, lanes=chooser,
                               deadline_s=deadline_s).summary()  # fmt: skip
@@ -190,7 +189,8 @@ class Batches:
             filename = self._engine.storage.read_json(QUOTES, workspace, quote_id, "quote.json")["filename"]
             assert filename is not None
             data = self._engine.storage.read_bytes(QUOTES, workspace, quote_id, "source", filename)
-            deadline = kept.deadline_s if deadline is None else deadline  # the terms the customer saw
+            if deadline is None:  # the terms the customer saw: a quote without a deadline was all online
+                deadline = kept.deadline_s if kept.deadline_s is not None else ASAP
         if data is None or filename is None:
             raise BatchError("create a batch from a manifest (data and filename) or from a quote_id")
         run_tag = check_run_tag(run_tag)
@@ -563,4 +563,4 @@ def _progress(on_progress: Callable[[Progress], None] | None) -> Callable[[int, 
 
 
 def _deadline(value: str | float | None) -> float | None:
-    return None if value is None else parse_duration(value, field="deadline")
+    return None if value is None else parse_deadline(value, field="deadline")

@@ -74,7 +74,8 @@ RUN_TAG_HELP = "run the same bytes again on purpose: a new tag is a new batch (t
 RunTagOpt = Annotated[str | None, typer.Option("--run-tag", help=RUN_TAG_HELP, show_default=False)]
 DEADLINE_HELP = (
     "answer every item within this long (90s, 30m, 4h, 24h, 1d): each route takes the cheapest lane "
-    "that makes it, the providers' batch APIs included; default: the workspace's, else at once"
+    "that makes it, the providers' batch APIs included; 'asap': online at once; default: the workspace's, "
+    "else at once"
 )
 DeadlineOpt = Annotated[str | None, typer.Option("--deadline", help=DEADLINE_HELP, show_default=False)]
 

@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from batchrouter.core.amounts import usd_to_micros
-from batchrouter.core.durations import parse_duration
+from batchrouter.core.durations import ASAP, parse_duration
 from batchrouter.core.errors import ConfigError, IdentityError
 from batchrouter.core.identity import canonical_workspace
 
@@ -481,6 +481,13 @@ class Settings(BaseSettings):
         except IdentityError:
             return WorkspaceConfig()
         return self.workspaces.get(name) or WorkspaceConfig()
+
+    def deadline_s(self, workspace: str, own: float | None) -> float | None:
+        """The deadline a batch of `workspace` runs under: its `own` (None: it named none; `ASAP`: none,
+        online at once, whatever the default), else the workspace's default."""
+        if own is None:
+            return self.default_deadline_s(workspace)
+        return None if own == ASAP else own
 
     def default_deadline_s(self, workspace: str) -> float | None:
         """Seconds a batch of `workspace` has when it names no deadline: the workspace's, else lanes'."""

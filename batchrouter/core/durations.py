@@ -6,6 +6,7 @@ A duration is a plain number of seconds (`90`, `1.5`, or the same as text) or nu
 value and what is expected: a unit we do not know (`24 hours`, `1w`), a sign, NaN, infinity, an
 exponent, a unit given twice or out of order (`30m1h`), zero (unless allowed) and durations over
 `MAX_S` (366 days: no deadline or wait here is longer, and a typo such as `240000h` is caught).
+A deadline may also be "asap" (or zero): `ASAP`, every item online at once (`parse_deadline`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import re
 
 from batchrouter.core.errors import DurationError as DurationError
 
+# A deadline of "asap" (or zero): every item online at once, whatever the workspace's default deadline.
+ASAP = 0.0
 UNITS = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
 MAX_S = 366 * 86_400.0
 _NUMBER = r"[0-9]{1,12}(?:\.[0-9]{1,9})?"
@@ -33,6 +36,13 @@ def parse_duration(value: object, *, field: str = "duration", allow_zero: bool =
     if seconds > MAX_S:
         raise DurationError(f"{field} {value!r} is longer than the maximum of {format_duration(MAX_S)}", param=field)
     return seconds
+
+
+def parse_deadline(value: object, *, field: str = "deadline") -> float:
+    """A deadline's seconds: a duration, or `ASAP` for "asap" or zero (no lane waits: online at once)."""
+    if isinstance(value, str) and value.strip().lower() == "asap":
+        return ASAP
+    return parse_duration(value, field=field, allow_zero=True)
 
 
 def _seconds(value: object) -> float | None:

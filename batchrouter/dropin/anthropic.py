@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from batchrouter.access.actors import Actor
 from batchrouter.batches.results import BatchView
 from batchrouter.batches.states import BatchState
-from batchrouter.core.durations import parse_duration
+from batchrouter.core.durations import parse_deadline
 from batchrouter.core.errors import AwaitingApproval, InvalidRequest, NotFound
 from batchrouter.core.paging import page
 from batchrouter.dropin import anthropic_lines
@@ -96,11 +96,10 @@ def _at(iso: str | None) -> str | None:
 
 
 def deadline_option(value: str | None) -> float | None:
-    """`x-batchrouter-deadline`'s seconds (None: "asap"); Anthropic's 24 hours without it."""
+    """`x-batchrouter-deadline`'s seconds (`ASAP` for "asap"); Anthropic's 24 hours without it."""
     if value is None or not value.strip():
         return float(WINDOW_S)
-    wanted = value.strip().lower()
-    return None if wanted == "asap" else parse_duration(wanted, field="x-batchrouter-deadline")
+    return parse_deadline(value.strip().lower(), field="x-batchrouter-deadline")
 
 
 class AnthropicBatches:

@@ -36,7 +36,7 @@ from batchrouter.access.actors import Actor
 from batchrouter.batches.results import BatchView
 from batchrouter.batches.states import BatchState
 from batchrouter.core.batch_info import BatchInfo
-from batchrouter.core.durations import parse_duration
+from batchrouter.core.durations import parse_deadline, parse_duration
 from batchrouter.core.errors import AwaitingApproval, InvalidRequest
 from batchrouter.core.paging import page
 from batchrouter.dropin import openai_lines
@@ -175,7 +175,7 @@ class OpenAIBatches:
         deadline: float | None = _window(completion_window)
         if metadata.get(METADATA_DEADLINE):
             wanted = metadata[METADATA_DEADLINE].strip().lower()
-            deadline = None if wanted == "asap" else parse_duration(wanted, field=f"metadata.{METADATA_DEADLINE}")
+            deadline = parse_deadline(wanted, field=f"metadata.{METADATA_DEADLINE}")
         data = engine.files.content(input_file_id, workspace=workspace)
         view = engine.batches.create(data, filename=f"{input_file_id}.jsonl", workspace=workspace, actor=actor,
                                      run_tag=metadata.get(METADATA_RUN_TAG), deadline=deadline,

@@ -376,3 +376,24 @@ def test_the_providers_of_a_batch_follow_its_workspaces_route_policy(settings: S
 def test_a_batch_with_an_unusable_manifest_names_no_provider(engine: BatchRouter) -> None:
     view = engine.batches.submit(b"not,a\nmanifest", filename="m.csv", workspace="acme")
     assert engine.batches.providers(view.batch_id) == []
+
+
+def test_asap_runs_online_at_once_even_where_the_workspace_has_a_default_deadline(settings: Settings) -> None:
+    rushed = WorkspaceConfig(default_deadline="24h")
+    engine = BatchRouter(settings.model_copy(update={"workspaces": {"acme": rushed}}))
+    engine.ledger.grant("acme", 5 * USD, key="grant")
+
+    def lanes(quote: dict[str, object] | None) -> set[str]:
+        assert quote is not None
+        return {str(r["lane"]) for r in quote["by_lane"]}  # type: ignore[attr-defined]
+
+    # Without a deadline of its own the batch takes the workspace's 24 h, and so the providers' batch APIs.
+    assert lanes(engine.batches.preview(MANIFEST, filename="m.csv", workspace="acme").model_dump()) == {"batch"}
+    asap = engine.batches.preview(MANIFEST, filename="m.csv", workspace="acme", keep=True, deadline="asap")
+    assert lanes(asap.model_dump()) == {"online"} and asap.deadline_s is None
+    # Created from that quote (the terms the customer saw), or directly with "asap": online too.
+    from_quote = engine.batches.create(quote_id=asap.quote_id, workspace="acme", actor=CLI)
+    assert lanes(from_quote.quote) == {"online"}
+    direct = engine.batches.create(MANIFEST, filename="m.csv", workspace="acme", actor=CLI, deadline="asap",
+                                   run_tag="direct")  # fmt: skip
+    assert lanes(direct.quote) == {"online"}

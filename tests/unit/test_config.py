@@ -269,6 +269,9 @@ def test_lanes_load_from_the_file_and_workspaces_override_the_default_deadline(t
     assert settings.default_deadline_s("rush") == 1_800
     assert settings.default_deadline_s("patient") is None  # "none": no deadline, whatever the default
     assert settings.default_deadline_s("anyone-else") == 86_400
+    # A batch's own deadline wins; "asap" (ASAP) means none at all, whatever the default.
+    assert settings.deadline_s("rush", None) == 1_800 and settings.deadline_s("rush", 600.0) == 600.0
+    assert settings.deadline_s("anyone-else", 0.0) is None
 
 
 def test_lanes_defaults_without_a_config_file() -> None:

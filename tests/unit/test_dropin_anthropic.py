@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from batchrouter.core.durations import ASAP
 from batchrouter.core.errors import InvalidRequest
 from batchrouter.core.paging import page
 from batchrouter.dropin.anthropic import deadline_option
@@ -93,7 +94,7 @@ def test_an_errored_result_has_anthropics_error_envelope() -> None:
 
 def test_the_deadline_option_defaults_to_24_hours_and_takes_asap() -> None:
     assert deadline_option(None) == 24 * 3600
-    assert deadline_option("asap") is None
+    assert deadline_option("asap") == ASAP  # online at once, whatever the workspace's default
     assert deadline_option("4h") == 4 * 3600
 
 

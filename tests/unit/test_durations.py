@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from batchrouter.core.durations import DurationError, format_duration, parse_duration
+from batchrouter.core.durations import ASAP, DurationError, format_duration, parse_deadline, parse_duration
 from batchrouter.core.errors import InvalidRequest
 
 
@@ -68,3 +68,10 @@ def test_formatted_durations_read_back_the_same(seconds: float) -> None:
 def test_formatting_writes_the_largest_units_first_and_infinity_as_unbounded() -> None:
     written = [format_duration(s) for s in (0.0, 90.0, 5_400.0, 86_400.0, math.inf)]
     assert written == ["0s", "1m30s", "1h30m", "1d", "unbounded"]
+
+
+def test_a_deadline_is_a_duration_or_asap_and_zero_means_asap() -> None:
+    assert parse_deadline("4h") == 4 * 3600 and parse_deadline(90) == 90
+    assert parse_deadline("asap") == parse_deadline(" ASAP ") == parse_deadline(0) == parse_deadline("0s") == ASAP
+    with pytest.raises(DurationError, match="deadline 'soon' is not a duration"):
+        parse_deadline("soon")
