@@ -412,6 +412,7 @@ class BatchLane:
             return ItemResult(
                 status=ItemStatus.SUCCEEDED, input_tokens=c.input_tokens, output_tokens=c.output_tokens,
                 cached_tokens=c.cached_tokens, cost_usd_micros=cost, cost_source=source if cost else "none",
+                catalog_cost_usd_micros=catalog_cost,
                 provider_request_id=c.request_id or line.request_id,
                 output_sha256=hashlib.sha256(text.encode()).hexdigest(), output_text=text,
                 choices=json.dumps(c.choices, ensure_ascii=False) if c.choices else None,
@@ -424,7 +425,7 @@ class BatchLane:
             cost = entry.cost_micros(*tokens, tier="batch") if any(tokens) else 0
             return ItemResult(
                 status=ItemStatus.FAILED, input_tokens=tokens[0], output_tokens=tokens[1], cached_tokens=0,
-                cost_usd_micros=cost, cost_source="catalog" if cost else "none",
+                cost_usd_micros=cost, cost_source="catalog" if cost else "none", catalog_cost_usd_micros=cost,
                 provider_request_id=line.request_id, output_sha256=None, output_text=None,
                 choices=None, finish_reason=None, error_code=error.code,
                 error_message=f"{error.message} (in provider batch {sent.provider_batch_id})", **common,

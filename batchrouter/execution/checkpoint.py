@@ -42,6 +42,10 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "reserve_usd_micros": pl.Int64(),
     "cost_usd_micros": pl.Int64(),
     "cost_source": pl.String(),
+    # What the catalog says the answer costs (its tokens at the lane's prices), beside what was charged:
+    # they differ where the provider reported its own cost (`cost_source` "provider"); the reporting view
+    # `cost_reconciliation` sums both.
+    "catalog_cost_usd_micros": pl.Int64(),
     "latency_ms": pl.Int64(),
     "started_at": pl.Datetime("us", "UTC"),
     "finished_at": pl.Datetime("us", "UTC"),
@@ -94,6 +98,7 @@ class ItemResult:
     lane: str = "online"
     provider_batch_id: str | None = None
     custom_id: str | None = None
+    catalog_cost_usd_micros: int | None = None
 
 
 def utc(ts: float) -> datetime:

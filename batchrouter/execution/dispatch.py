@@ -390,6 +390,7 @@ class Dispatcher:
                 latency=time.monotonic() - start,
                 cost=cost,
                 cost_source="catalog",
+                catalog_cost=cost,
                 tokens=(err.input_tokens, err.output_tokens),
                 request_id=err.request_id,
             )
@@ -418,14 +419,12 @@ class Dispatcher:
             route.breaker.record_success()
             route.adaptive.on_success()
             route.tpm.refund(max(0, job.estimate_tokens - completion.input_tokens - completion.output_tokens))
-            cost = completion.reported_cost_usd_micros
-            source = "provider"
-            if cost is None:
-                tier = completion.service_tier or (job.request.params or {}).get("service_tier")
-                cost = route.cost_micros(
-                    completion.input_tokens, completion.output_tokens, cached=completion.cached_tokens, tier=tier
-                )
-                source = "catalog"
+            tier = completion.service_tier or (job.request.params or {}).get("service_tier")
+            catalog = route.cost_micros(
+                completion.input_tokens, completion.output_tokens, cached=completion.cached_tokens, tier=tier
+            )
+            reported = completion.reported_cost_usd_micros
+            cost, source = (catalog, "catalog") if reported is None else (reported, "provider")
             self._finish(
                 job,
                 route,
@@ -434,6 +433,7 @@ class Dispatcher:
                 latency=latency,
                 cost=cost,
                 cost_source=source,
+                catalog_cost=catalog,
                 tokens=(completion.input_tokens, completion.output_tokens),
                 completion=completion,
             )
@@ -499,6 +499,7 @@ class Dispatcher:
         latency: float | None,
         cost: int = 0,
         cost_source: str = "none",
+        catalog_cost: int | None = None,
         tokens: tuple[int, int] = (0, 0),
         completion: Any = None,
         request_id: str | None = None,
@@ -524,6 +525,7 @@ class Dispatcher:
             reserve_usd_micros=job.reserve_usd_micros,
             cost_usd_micros=cost,
             cost_source=cost_source if cost else "none",
+            catalog_cost_usd_micros=catalog_cost,
             latency_ms=round(latency * 1000) if latency is not None else None,
             started_at=utc(job.started) if job.started is not None else None,
             finished_at=utc(time.time()),

@@ -65,6 +65,16 @@ SELECT workspace, CAST(date_trunc('day', finished_at) AS DATE) AS day, provider,
 FROM receipts WHERE status IN ('succeeded', 'failed')
 GROUP BY ALL;
 
+CREATE OR REPLACE VIEW cost_reconciliation AS
+SELECT workspace, provider, route, lane, cost_source,
+       count(*) AS items,
+       sum(cost_usd_micros) AS charged_usd_micros,
+       sum(catalog_cost_usd_micros) AS catalog_usd_micros,
+       sum(cost_usd_micros) - sum(catalog_cost_usd_micros) AS drift_usd_micros,
+       (sum(cost_usd_micros) - sum(catalog_cost_usd_micros)) / nullif(sum(catalog_cost_usd_micros), 0) AS drift_share
+FROM receipts WHERE status IN ('succeeded', 'failed') AND catalog_cost_usd_micros IS NOT NULL
+GROUP BY ALL;
+
 CREATE OR REPLACE VIEW ledger_entries AS
 SELECT entry_id, created_at, op, workspace, batch_id, amount_usd_micros, memo, idempotency_key FROM ledger.journal;
 
@@ -102,9 +112,11 @@ def connect(settings: Settings, *, lock_timeout_s: float = 30.0) -> Iterator[duc
         receipts = _glob(storage, con, "batches", "*", "receipts.parquet")
         if receipts:
             # DDL takes no parameters: the path (from config, not from a query) is quoted as a literal.
-            con.execute(
-                f"CREATE VIEW receipts AS SELECT * FROM read_parquet({_literal(receipts)}, union_by_name = true)"
-            )
+            source = f"read_parquet({_literal(receipts)}, union_by_name = true)"
+            # Receipts written before a column existed lack it: it reads as null.
+            have = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            missing = "".join(f", {part}" for part in _receipt_schema_sql().split(", ") if part.split()[-1] not in have)
+            con.execute(f"CREATE VIEW receipts AS SELECT *{missing} FROM {source}")
         else:
             con.execute(f"CREATE VIEW receipts AS SELECT {_receipt_schema_sql()} WHERE false")
         quotes = _glob(storage, con, "batches", "*", "quote.parquet")
@@ -214,7 +226,7 @@ def _explained_kind(sql: str) -> str | None:
 # What `batchrouter sql` may read: these views and nothing else (no API key hashes, webhook secrets or
 # signing keys are in any of them).
 PRODUCT_VIEWS = ("receipts", "quote_items", "usage_daily", "ledger_entries", "postings", "balances", "batches",
-                 "audit_events", "quote_accuracy", "platform_revenue")  # fmt: skip
+                 "audit_events", "quote_accuracy", "cost_reconciliation", "platform_revenue")  # fmt: skip
 PLATFORM_ONLY_VIEWS = ("platform_revenue",)  # no meaning inside one workspace
 _BATCH_DIGEST = 25  # "-" and the 24 hex digits after the workspace in a batch id (lifecycle.batch_id_for)
 

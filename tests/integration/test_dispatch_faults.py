@@ -320,6 +320,9 @@ def test_openrouter_route_reports_the_provider_cost(sim: str) -> None:
     assert result.cost_source == "provider"
     usd = (result.input_tokens * Decimal("0.15") + result.output_tokens * Decimal("0.60")) / 10**6
     assert result.cost_usd_micros == int((usd * 10**6).to_integral_value(rounding=ROUND_CEILING))
+    # Beside it, what the catalog says those tokens cost, for the reconciliation of the two.
+    catalog = load_catalog().entry(MINI_OPENROUTER).cost_micros(result.input_tokens, result.output_tokens)
+    assert result.catalog_cost_usd_micros == catalog
 
 
 def test_direct_route_is_priced_from_the_catalog(sim: str) -> None:
@@ -327,7 +330,7 @@ def test_direct_route_is_priced_from_the_catalog(sim: str) -> None:
     assert result.cost_source == "catalog"
     # gpt-4o-mini: $0.15 in, $0.60 out per million tokens, rounded up to a whole micro-dollar.
     pico = result.input_tokens * 150_000 + result.output_tokens * 600_000
-    assert result.cost_usd_micros == -(-pico // 10**6)
+    assert result.cost_usd_micros == -(-pico // 10**6) == result.catalog_cost_usd_micros
 
 
 def test_429s_from_a_low_rpm_provider_are_absorbed_and_every_item_succeeds(slow_sim: str) -> None:

@@ -330,3 +330,35 @@ def test_rerunning_a_finished_batch_neither_reserves_nor_settles_again(
     assert ops == [("reserve", 1), ("settle", 1)]
     assert ledger.balance(WORKSPACE) == before
     assert ledger.verify()["ok"]
+
+
+def test_cost_reconciliation_sets_each_route_s_charge_beside_the_catalog_s(
+    report: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    got = rows(capsys, "SELECT route, lane, cost_source, items, charged_usd_micros, catalog_usd_micros, "
+                       "drift_usd_micros FROM cost_reconciliation ORDER BY route")  # fmt: skip
+    assert [r["items"] for r in got] == [1, 2] and {r["lane"] for r in got} == {"online"}
+    # Priced by the catalog here (the simulator's providers report no cost): no drift, and the sum is the bill.
+    assert all(r["cost_source"] == "catalog" and r["drift_usd_micros"] == 0 for r in got)
+    assert sum(r["charged_usd_micros"] for r in got) == report["summary"]["cost_usd_micros"]
+    receipts = one(capsys, "SELECT sum(catalog_cost_usd_micros) AS c FROM receipts WHERE status = 'succeeded'")["c"]
+    assert receipts == sum(r["catalog_usd_micros"] for r in got)
+
+
+def test_receipts_written_before_a_column_existed_read_it_as_null(tmp_path: Path) -> None:
+    import polars as pl
+
+    from batchrouter.core.config import load_settings
+    from batchrouter.output.reporting import connect
+
+    settings = load_settings(database=str(tmp_path / "br.duckdb"), storage={"root": str(tmp_path / "bucket")})
+    folder = tmp_path / "bucket" / "batches" / "acme-000000000000000000000001"
+    folder.mkdir(parents=True)
+    old = pl.DataFrame({"item_id": ["1"], "batch_id": ["acme-000000000000000000000001"], "workspace": ["acme"],
+                        "status": ["succeeded"], "cost_usd_micros": [7], "route": ["openai:gpt-4o-mini"]})  # fmt: skip
+    old.write_parquet(folder / "receipts.parquet")
+    with connect(settings) as con:
+        assert con.execute("SELECT catalog_cost_usd_micros, lane, cost_usd_micros FROM receipts").fetchall() == [
+            (None, None, 7)
+        ]
+        assert con.execute("SELECT count(*) FROM cost_reconciliation").fetchone() == (0,)
