@@ -108,7 +108,7 @@ class AnthropicBatches:
         self._engine = engine
 
     def create(
-        self, requests: builtins.list[dict[str, Any]], *, workspace: str, actor: Actor, deadline: str | None = None,
+        self, requests: builtins.list[Any], *, workspace: str, actor: Actor, deadline: str | None = None,
         run_tag: str | None = None, base_url: str = "",
     ) -> MessageBatch:  # fmt: skip
         """Make (or find again) the batch of these requests: quote, route, reserve.
