@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -102,8 +103,9 @@ def _integer(value: Any, at: _Field) -> int:
 
 
 def _number(value: Any, at: _Field) -> float | int:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise at.wrong(value, "a number")
+    # Python's JSON reads NaN and Infinity; Anthropic's API (and JSON) has no such number.
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise at.wrong(value, "a finite number")
     return value
 
 
@@ -138,13 +140,23 @@ _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _REQUEST_KEYS = frozenset({"custom_id", "params"})
 
 
+def _cache_control(value: dict[str, Any], at: _Field) -> None:
+    """Prompt-caching marks are not passed on (the providers cache on their own), but must be well formed."""
+    if "cache_control" in value:
+        _object(value["cache_control"], at / "cache_control", "a cache control ({type: 'ephemeral'})",
+                keys=frozenset({"type", "ttl"}), required=("type",))  # fmt: skip
+
+
 def _block(block: Any, at: _Field, *, text_only: bool = False) -> dict[str, Any]:
     """One Anthropic content block as a chat-completions content part (`text_only`: a system prompt's)."""
     if not isinstance(block, dict):
         raise at.wrong(block, "a content block (an object)")
+    _cache_control(block, at)
     kind = block.get("type")
     if kind == "text":
         _object(block, at, "a text block", keys=_TEXT_KEYS, required=("type", "text"))
+        if block.get("citations") is not None:  # an earlier answer's citations: not passed on, but a list
+            _array(block["citations"], at / "citations", "a list of citations (or null)")
         return {"type": "text", "text": _string(block["text"], at / "text")}
     if kind == "image" and not text_only:
         _object(block, at, "an image block", keys=_IMAGE_KEYS, required=("type", "source"))
@@ -193,6 +205,7 @@ def _tools(tools: Any, at: _Field) -> list[dict[str, Any]]:
     for n, tool in enumerate(_array(tools, at, "a list of tools")):
         here = at / n
         _object(tool, here, "a tool", keys=_TOOL_KEYS, required=("name",))
+        _cache_control(tool, here)
         if "type" in tool and tool["type"] != "custom":
             raise (here / "type").refuse(f"{_shown(tool['type'])}: BatchRouter's drop-in runs custom tools "
                                          "only (a name, description and input_schema); remove the type or the "

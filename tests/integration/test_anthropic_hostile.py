@@ -211,6 +211,9 @@ WRONG: list[st.SearchStrategy[tuple[dict[str, Any], str]]] = [
     not_(lambda v: v in ("text", "image")).map(
         lambda v: at("messages[0].content[0].type", v, messages=_messages([dict(TEXT)]))),
     not_(_str).map(lambda v: at("messages[0].content[0].text", v, messages=_messages([dict(TEXT)]))),
+    not_(_obj).map(lambda v: at("messages[0].content[0].cache_control", v, messages=_messages([dict(TEXT)]))),
+    not_(lambda v: v is None or isinstance(v, list)).map(
+        lambda v: at("messages[0].content[0].citations", v, messages=_messages([dict(TEXT)]))),
     not_(_obj).map(lambda v: at("messages[0].content[0].source", v, messages=_messages([dict(IMAGE)]))),
     not_(lambda v: v in ("base64", "url")).map(
         lambda v: at("messages[0].content[0].source.type", v, messages=_messages([json.loads(json.dumps(IMAGE))]))),
@@ -226,12 +229,15 @@ WRONG: list[st.SearchStrategy[tuple[dict[str, Any], str]]] = [
     not_(lambda v: isinstance(v, list)).map(lambda v: at("stop_sequences", v)),
     not_(_str).map(lambda v: at("stop_sequences[1]", v, stop_sequences=["END", "STOP"])),
     not_(_number).map(lambda v: at("temperature", v)),
+    st.sampled_from([float("nan"), float("inf"), float("-inf")]).map(lambda v: at("temperature", v)),  # no JSON number
     not_(_number).map(lambda v: at("top_p", v)),
     not_(lambda v: isinstance(v, list)).map(lambda v: at("tools", v)),
     not_(_obj).map(lambda v: at("tools[0]", v, tools=[dict(TOOL)])),
     not_(_str).map(lambda v: at("tools[0].name", v, tools=[dict(TOOL)])),
     not_(_str).map(lambda v: at("tools[0].description", v, tools=[dict(TOOL)])),
     not_(_obj).map(lambda v: at("tools[0].input_schema", v, tools=[dict(TOOL)])),
+    not_(_obj).map(lambda v: at("tools[0].cache_control", v, tools=[dict(TOOL)])),
+    st.sampled_from(["web_search_20250305", "bash", 5]).map(lambda v: at("tools[0].type", v, tools=[dict(TOOL)])),
     not_(_obj).map(lambda v: at("tool_choice", v, tools=[TOOL])),
     not_(lambda v: v in ("auto", "any", "tool", "none")).map(
         lambda v: at("tool_choice.type", v, tools=[TOOL], tool_choice={"type": "auto"})),
@@ -257,6 +263,30 @@ def test_a_value_of_the_wrong_type_anywhere_is_a_400_naming_the_request_and_the_
     requests[index] = {"custom_id": f"bad-{index}", "params": params}
     assert_anthropic_400(api.create({"requests": requests}), param=f"requests[{index}].params.{path}",
                          names=f"custom_id 'bad-{index}'")  # fmt: skip
+
+
+# -- the right types, hostile values: the quote rejects the item (an errored result) or the create refuses ----------
+HOSTILE_VALUES = {
+    "max_tokens huge": {"max_tokens": 2**70},
+    "max_tokens negative": {"max_tokens": -5},
+    "temperature negative": {"temperature": -1},
+    "top_p huge": {"top_p": 1e308},
+    "model empty": {"model": ""},
+    "model long": {"model": "m" * 5000},
+    "many stop sequences": {"stop_sequences": ["END"] * 50},
+    "no content": {"messages": [{"role": "user", "content": []}]},
+    "a NUL": {"messages": [{"role": "user", "content": "a\u0000b"}]},
+    "assistant only": {"messages": [{"role": "assistant", "content": "Hi."}]},
+    "empty tool name": {"tools": [{"name": "", "input_schema": {}}]},
+}
+
+
+@pytest.mark.parametrize("params", HOSTILE_VALUES.values(), ids=HOSTILE_VALUES.keys())
+def test_a_hostile_value_of_the_right_type_is_answered_below_500(api: Api, params: dict[str, Any]) -> None:
+    answer = api.create({"requests": [{"custom_id": "h-1", "params": {**valid()["params"], **params}}]})
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 400:
+        assert answer.json()["error"]["type"] == "invalid_request_error"
 
 
 # -- anything at all ----------------------------------------------------------------------------------
