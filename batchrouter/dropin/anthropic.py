@@ -32,13 +32,13 @@ from pydantic import BaseModel, ConfigDict
 from batchrouter.access.actors import Actor
 from batchrouter.batches.results import BatchView
 from batchrouter.batches.states import BatchState
-from batchrouter.core.batch_info import BatchInfo
 from batchrouter.core.durations import parse_duration
 from batchrouter.core.errors import AwaitingApproval, InvalidRequest, NotFound
 from batchrouter.core.paging import page
 from batchrouter.dropin import anthropic_lines
 
 if TYPE_CHECKING:
+    from batchrouter.core.batch_info import BatchInfo
     from batchrouter.engine import BatchRouter
 
 SIDECAR = "anthropic.json"
