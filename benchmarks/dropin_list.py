@@ -1,4 +1,5 @@
-"""`GET /v1/batches` and `GET /v1/batches/{id}` of the OpenAI drop-in over many finished batches.
+"""The drop-ins' lists over many finished batches: OpenAI's `GET /v1/batches` (and a retrieve) and
+Anthropic's `GET /v1/messages/batches`, before and after it paged on the batches' records.
 
 Builds `--batches` batches (default 200) of a few lines each in one workspace, run to completed on the
 built-in simulator in this process (with a second workspace holding as many, which a list must skip),
@@ -6,7 +7,12 @@ then serves the real app under uvicorn on loopback and, through the official `op
 
 - lists the workspace's batches, the first page (20, the default) and every page (`limit=100`,
   auto-paging), twice: the first time after the batches ended, and again;
-- retrieves one finished batch three times (the first retrieve writes its output and error files).
+- retrieves one finished batch three times (the first retrieve writes its output and error files);
+- lists them through the official `anthropic` SDK, the first page (20) and every page (`limit=100`,
+  and the SDK's default 20, auto-paging): "after" with the Anthropic face as it is (paged on the
+  batches' records, only the page described) and "before" with its list swapped for the one it
+  replaced (every batch of the workspace described on every page; `describing_every_batch`
+  below), alternately, and prints the ratio of the best of each.
 
 Each figure is the best of `--rounds` on the same data (the folder is built once and kept while the
 script runs), in seconds.
@@ -27,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,6 +87,67 @@ def serve(folder: Path) -> tuple[str, object, threading.Thread]:
             time.sleep(0.05)
 
 
+def describing_every_batch(
+    self: Any, workspace: str, *, after_id: str | None = None, before_id: str | None = None, limit: int = 20,
+    base_url: str = "",
+) -> Any:  # fmt: skip
+    """`AnthropicBatches.list` as it was before it paged on the records: every batch described, then paged."""
+    from batchrouter.core.errors import InvalidRequest
+    from batchrouter.core.paging import page
+    from batchrouter.dropin.anthropic import MessageBatchPage
+
+    views = [v for v in reversed(self._engine.batches.list(workspace)) if not self._deleted(v.batch_id)]
+    if after_id and before_id:
+        raise InvalidRequest("after_id and before_id: give one of them", param="after_id")
+    chosen = page(views, key=lambda v: v.batch_id, after=after_id, before=before_id, limit=limit)
+    data = [self.describe(v, base_url=base_url) for v in chosen.items]
+    return MessageBatchPage(data=data, has_more=chosen.has_more, first_id=data[0].id if data else None,
+                            last_id=data[-1].id if data else None)  # fmt: skip
+
+
+def anthropic_steps(url: str, key: str, batches: int) -> list[tuple[str, Callable[[], object]]]:
+    """Anthropic's list, first page and every page, before and after (alternately: the same load on both)."""
+    import anthropic
+
+    from batchrouter.dropin.anthropic import AnthropicBatches
+
+    client = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0, timeout=600)
+    client.messages.batches.list(limit=1)  # warm: the client's connection
+    paged = AnthropicBatches.list
+
+    def as_(variant: str, call: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            AnthropicBatches.list = describing_every_batch if variant == "before" else paged  # type: ignore[method-assign]
+            try:
+                return call()
+            finally:
+                AnthropicBatches.list = paged  # type: ignore[method-assign]
+
+        return run
+
+    def first() -> object:
+        return client.messages.batches.list()
+
+    def every(limit: int) -> Callable[[], object]:
+        def run() -> object:
+            found = list(client.messages.batches.list(limit=limit))
+            assert len(found) == batches, len(found)
+            return found
+
+        return run
+
+    steps = []
+    for n in (1, 2):
+        for variant in ("before", "after"):
+            steps.append((f"anthropic first page (20) {variant}, time {n}", as_(variant, first)))
+    for n in (1, 2):
+        for variant in ("before", "after"):
+            steps.append((f"anthropic all {batches} (limit 100) {variant}, time {n}", as_(variant, every(100))))
+    for variant in ("before", "after"):  # the SDK's default auto-paging: 20 a page
+        steps.append((f"anthropic all {batches} (limit 20) {variant}", as_(variant, every(20))))
+    return steps
+
+
 def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
@@ -129,6 +197,7 @@ def main() -> None:
             for n in (1, 2):
                 steps.append((f"list all {args.batches} (limit 100), time {n}",
                               lambda c=client: list(c.batches.list(limit=100))))  # fmt: skip
+            steps.extend(anthropic_steps(url, key, args.batches))
             for name, call in steps:
                 results.setdefault(name, []).append(timed(call))
             assert len(list(client.batches.list(limit=100))) == args.batches
@@ -136,7 +205,11 @@ def main() -> None:
             thread.join(timeout=60)
             control.stop(str(run / "batchrouter.duckdb"))
         for name, values in results.items():
-            print(f"{name:40s} best {min(values):.3f} s   all {', '.join(f'{v:.3f}' for v in values)}")
+            print(f"{name:48s} best {min(values):.3f} s   all {', '.join(f'{v:.3f}' for v in values)}")
+        for what in ("first page (20)", f"all {args.batches} (limit 100)", f"all {args.batches} (limit 20)"):
+            before = min(v for k, vs in results.items() if k.startswith(f"anthropic {what} before") for v in vs)
+            after = min(v for k, vs in results.items() if k.startswith(f"anthropic {what} after") for v in vs)
+            print(f"anthropic {what}: before {before:.3f} s, after {after:.3f} s, before/after {before / after:.1f}x")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

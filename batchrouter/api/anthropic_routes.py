@@ -1,10 +1,11 @@
 """Anthropic's Message Batches API under /v1/messages/batches, in Anthropic's dialect.
 
-Each route first takes the dialect (`anthropic_dialect`: its refusals, even of the key, in
-Anthropic's error shape and status codes) and requires the `anthropic-version` header Anthropic's
-SDK sends, then the key (`x-api-key` or Bearer, the same scopes and roles as every route), then
-calls one `engine.anthropic` method. BatchRouter's options ride in headers, since Anthropic's body
-has none: `x-batchrouter-deadline` ("asap", "4h", ...) and `x-batchrouter-run-tag`.
+Each route speaks the dialect (`dialect="anthropic"`: its refusals, even of the key or of a body that
+is not JSON, in Anthropic's error shape and status codes) and requires the `anthropic-version`
+header Anthropic's SDK sends (`anthropic_version`), then the key (`x-api-key` or Bearer, the same
+scopes and roles as every route), then calls one `engine.anthropic` method. BatchRouter's options
+ride in headers, since Anthropic's body has none: `x-batchrouter-deadline` ("asap", "4h", ...)
+and `x-batchrouter-run-tag`.
 """
 
 from __future__ import annotations
@@ -23,15 +24,14 @@ from batchrouter.dropin.anthropic import DeletedMessageBatch, MessageBatch, Mess
 DEADLINE_HEADER, RUN_TAG_HEADER = "x-batchrouter-deadline", "x-batchrouter-run-tag"
 
 
-def anthropic_dialect(request: Request) -> None:
-    request.state.dialect = "anthropic"
+def anthropic_version(request: Request) -> None:
     if not request.headers.get("anthropic-version"):
         raise InvalidRequest("anthropic-version: header missing; send the API version, e.g. "
                              "'anthropic-version: 2023-06-01' (Anthropic's SDK sends it)",
                              param="anthropic-version")  # fmt: skip
 
 
-Dialect = [Depends(anthropic_dialect)]
+Anthropic: dict[str, Any] = {"dialect": "anthropic", "dependencies": [Depends(anthropic_version)]}
 
 
 def base_url(request: Request) -> str:
@@ -39,7 +39,7 @@ def base_url(request: Request) -> str:
 
 
 @endpoint("POST", "/v1/messages/batches", "Create a message batch", MessageBatch, scope="batches:write",
-          action="batches:write", dependencies=Dialect)  # fmt: skip
+          action="batches:write", **Anthropic)  # fmt: skip
 def create_message_batch(
     body: m.CreateMessageBatch, caller: Caller, engine: Engine, executor: Annotated[Executor, Depends(executor_of)],
     request: Request, response: Response,
@@ -54,7 +54,7 @@ def create_message_batch(
 
 
 @endpoint("GET", "/v1/messages/batches", "List message batches", MessageBatchPage, scope="batches:read",
-          action="batches:read", dependencies=Dialect)  # fmt: skip
+          action="batches:read", **Anthropic)  # fmt: skip
 def list_message_batches(
     caller: Caller, engine: Engine, request: Request,
     after_id: Annotated[str | None, Query(max_length=200)] = None,
@@ -66,13 +66,13 @@ def list_message_batches(
 
 
 @endpoint("GET", "/v1/messages/batches/{batch_id}", "Read a message batch", MessageBatch, scope="batches:read",
-          action="batches:read", dependencies=Dialect)  # fmt: skip
+          action="batches:read", **Anthropic)  # fmt: skip
 def get_message_batch(batch_id: str, caller: Caller, engine: Engine, request: Request) -> Any:
     return engine.anthropic.retrieve(batch_id, workspace=caller.workspace, base_url=base_url(request))
 
 
 @endpoint("POST", "/v1/messages/batches/{batch_id}/cancel", "Cancel a message batch", MessageBatch,
-          scope="batches:write", action="batches:write", dependencies=Dialect)  # fmt: skip
+          scope="batches:write", action="batches:write", **Anthropic)  # fmt: skip
 def cancel_message_batch(batch_id: str, caller: Caller, engine: Engine, request: Request) -> Any:
     return engine.anthropic.cancel(batch_id, actor=caller, workspace=caller.workspace, base_url=base_url(request))
 
@@ -80,12 +80,12 @@ def cancel_message_batch(batch_id: str, caller: Caller, engine: Engine, request:
 @endpoint("GET", "/v1/messages/batches/{batch_id}/results", "Download a message batch's results", None,
           scope="batches:read", action="batches:read", response_class=Response,
           responses={200: {"content": {"application/x-jsonl": {"schema": {"type": "string"}}}}},
-          dependencies=Dialect)  # fmt: skip
+          **Anthropic)  # fmt: skip
 def message_batch_results(batch_id: str, caller: Caller, engine: Engine) -> Any:
     return Response(engine.anthropic.results(batch_id, workspace=caller.workspace), media_type="application/x-jsonl")
 
 
 @endpoint("DELETE", "/v1/messages/batches/{batch_id}", "Delete a message batch", DeletedMessageBatch,
-          scope="batches:write", action="batches:write", dependencies=Dialect)  # fmt: skip
+          scope="batches:write", action="batches:write", **Anthropic)  # fmt: skip
 def delete_message_batch(batch_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.anthropic.delete(batch_id, actor=caller, workspace=caller.workspace)

@@ -12,7 +12,8 @@ codes where they differ: 400 for an invalid request, 429 `insufficient_quota` fo
 A request in Anthropic's dialect (its Message Batches) gets Anthropic's error body,
 `{"type": "error", "error": {"type", "message"}}` (BatchRouter's code, param and reference beside),
 Anthropic's error types and its status codes: 400 for an invalid request and for short credit, 529
-`overloaded_error` for a busy server.
+`overloaded_error` for a busy server. A route declares its dialect (`GuardedRoute.dialect`), so
+even a body FastAPI cannot parse, read before any dependency runs, is refused in it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -126,9 +127,14 @@ def on_refusal(request: Request, exc: Exception) -> Response:
 
 def on_invalid(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    rule = getattr(type(request.scope.get("route")), "dialect", None)
+    if dialect_of(request) is None and callable(rule):
+        request.state.dialect = rule(exc.body)  # a route two dialects share: the body says which
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"][1:]) or "body"  # the field, not "body"/"query"/"path"
-    message = "the body is not valid JSON" if first["type"] == "json_invalid" else first["msg"]
+    if first["type"] == "json_invalid":
+        where, message = "body", "the body is not valid JSON; send a JSON object"
+    else:  # the field, not "body"/"query"/"path"
+        where, message = ".".join(str(p) for p in first["loc"][1:]) or "body", first["msg"]
     return error_response(status_for(request, 422, "invalid_request"), "invalid_request", f"{where}: {message}",
                           {"x-should-retry": "false"}, param=where, dialect=dialect_of(request))  # fmt: skip
 
@@ -154,17 +160,40 @@ def internal_error(request: Request) -> Response:
     return JSONResponse(body.model_dump(), status_code=500)
 
 
+# The dialect a route's refusals speak: a name, or a function of the body read; None: BatchRouter's own.
+DialectRule = str | Callable[[Any], str | None] | None
+_SPEAKING: dict[str | Callable[[Any], str | None], type[GuardedRoute]] = {}
+
+
 class GuardedRoute(APIRoute):
     """A route whose unexpected exceptions answer 500 `internal_error` instead of reaching the server.
 
     (Starlette sends handlers for `Exception` to its outermost middleware, which re-raises after
     answering; the guard keeps the failure inside the request.)
+
+    `dialect` (set by `routes.endpoint`) is the dialect its refusals speak: a name is put on the request
+    before FastAPI reads the body, so a body that is not JSON, or over its limit, is refused in it
+    too; a function of the body (a route two dialects share) is asked when the body is refused.
     """
+
+    dialect: ClassVar[DialectRule] = None
+
+    @classmethod
+    def speaking(cls, dialect: DialectRule) -> type[GuardedRoute]:
+        """The route class whose refusals speak `dialect` (a class attribute: it survives `include_router`)."""
+        if dialect is None:
+            return cls
+        if dialect not in _SPEAKING:
+            held = staticmethod(dialect) if callable(dialect) else dialect  # a function stays a plain function
+            _SPEAKING[dialect] = type(f"{cls.__name__}Speaking", (cls,), {"dialect": held})
+        return _SPEAKING[dialect]
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def guarded(request: Request) -> Response:
+            if isinstance(self.dialect, str):
+                request.state.dialect = self.dialect
             try:
                 return await handler(request)
             except (BatchRouterError, HTTPException, RequestValidationError):

@@ -207,5 +207,6 @@ class Health(Out):
 class CreateMessageBatch(Body):
     """Anthropic's Message Batch create body; each request is checked by `engine.anthropic` (naming its index)."""
 
-    requests: list[dict[str, Any]] = Field(min_length=1, max_length=100_000,
-                                           description="[{custom_id, params: {Messages API params}}]")  # fmt: skip
+    # Any items: the engine checks each one, naming requests[i] and the field at fault.
+    requests: list[Any] = Field(min_length=1, max_length=100_000,
+                                description="[{custom_id, params: {Messages API params}}]")  # fmt: skip

@@ -19,7 +19,7 @@ from batchrouter.access.keys import IssuedKey, RevokedKey
 from batchrouter.api import models as m
 from batchrouter.api.access import Authorise, Caller, Endpoint
 from batchrouter.api.bodies import decoded, read_body
-from batchrouter.api.errors import ErrorResponse, GuardedRoute
+from batchrouter.api.errors import DialectRule, ErrorResponse, GuardedRoute
 from batchrouter.api.executor import Executor
 from batchrouter.api.multipart import Part, parse_form, text_field
 from batchrouter.batches.results import QuoteSummary
@@ -46,9 +46,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def endpoint(
     method: str, path: str, summary: str, model: Any, *, status: int = 200, scope: str | None = None,
-    action: str | None = None, upload: bool = False, raw_body: bool = False, **options: Any,
+    action: str | None = None, upload: bool = False, raw_body: bool = False,
+    dialect: DialectRule = None, **options: Any,
 ) -> Callable[[F], F]:  # fmt: skip
-    """Register a handler for `method path`, in the endpoint table and in the app's routes."""
+    """Register a handler for `method path`, in the endpoint table and in the app's routes.
+
+    `dialect` ("openai", "anthropic", or a function of the body read) is the one its refusals speak
+    (`errors.GuardedRoute`), from before the body is read.
+    """
     e = Endpoint(method, path, summary, scope, action, upload)
     ENDPOINTS.append(e)
 
@@ -56,13 +61,13 @@ def endpoint(
         if raw_body:
             options["openapi_extra"] = {"requestBody": {"required": True, **_BINARY}}
         responses = {**_ERRORS, **options.pop("responses", {})}
-        # Dependencies of its own (the OpenAI dialect) run before the key is checked, so its refusals speak it too.
+        # Dependencies of its own (Anthropic's version header) run before the key is checked.
         dependencies = [*options.pop("dependencies", []), *([Depends(Authorise(e))] if scope else [])]
         router.add_api_route(
             path, handler, methods=[method], summary=summary, response_model=model, status_code=status,
             responses=responses, operation_id=handler.__name__,
             description=e.requirement if scope else None,
-            dependencies=dependencies or None, **options,
+            dependencies=dependencies or None, route_class_override=GuardedRoute.speaking(dialect), **options,
         )  # fmt: skip
         return handler
 
@@ -120,8 +125,15 @@ def get_quote(quote_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.batches.quote(quote_id, workspace=caller.workspace)
 
 
+def batches_dialect(body: Any) -> str | None:
+    """POST /v1/batches is OpenAI's create unless the body is BatchRouter's own (`quote_id`): a body that is not
+    JSON, or not an object, or OpenAI's fields, is refused in OpenAI's dialect."""
+    return None if isinstance(body, dict) and "quote_id" in body else "openai"
+
+
 @endpoint("POST", "/v1/batches", "Create a batch", m.Batch, status=201, scope="batches:write", action="batches:write",
-          responses={200: {"model": m.Batch, "description": "The batch made before from this input"}})  # fmt: skip
+          responses={200: {"model": m.Batch, "description": "The batch made before from this input"}},
+          dialect=batches_dialect)  # fmt: skip
 def create_batch(
     body: m.CreateBatch, caller: Caller, engine: Engine, executor: Annotated[Executor, Depends(executor_of)],
     request: Request, response: Response,
@@ -167,13 +179,6 @@ def cancel_batch(batch_id: str, caller: Caller, engine: Engine) -> Any:
 
 
 # -- files (OpenAI's Files API) ---------------------------------------------------------------------
-def openai_dialect(request: Request) -> None:
-    request.state.dialect = "openai"
-
-
-OpenAIDialect = Depends(openai_dialect)
-
-
 async def file_upload(request: Request) -> dict[str, Part]:
     """The multipart form, within the upload limit."""
     data = await read_body(request)
@@ -186,7 +191,7 @@ async def file_upload(request: Request) -> dict[str, Part]:
                   "file": {"type": "string", "format": "binary"}, "purpose": {"type": "string", "enum": ["batch"]},
                   "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
                   "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000}}}}}}},
-          dependencies=[OpenAIDialect])  # fmt: skip
+          dialect="openai")  # fmt: skip
 def upload_file(caller: Caller, engine: Engine, form: Annotated[dict[str, Part], Depends(file_upload)]) -> Any:
     upload = form.get("file")
     if upload is None or upload.filename is None:
@@ -202,7 +207,7 @@ def upload_file(caller: Caller, engine: Engine, form: Annotated[dict[str, Part],
 
 
 @endpoint("GET", "/v1/files", "List files", m.Files, scope="batches:read", action="batches:read",
-          dependencies=[OpenAIDialect])  # fmt: skip
+          dialect="openai")  # fmt: skip
 def list_files(
     caller: Caller, engine: Engine, purpose: Annotated[str | None, Query(max_length=32)] = None,
     after: Annotated[str | None, Query(max_length=64)] = None,
@@ -214,19 +219,19 @@ def list_files(
 
 
 @endpoint("GET", "/v1/files/{file_id}", "Read a file's object", FileObject, scope="batches:read",
-          action="batches:read", dependencies=[OpenAIDialect])  # fmt: skip
+          action="batches:read", dialect="openai")  # fmt: skip
 def get_file(file_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.files.get(file_id, workspace=caller.workspace)
 
 
 @endpoint("GET", "/v1/files/{file_id}/content", "Download a file", None, scope="batches:read", action="batches:read",
-          response_class=Response, responses={200: _BINARY}, dependencies=[OpenAIDialect])  # fmt: skip
+          response_class=Response, responses={200: _BINARY}, dialect="openai")  # fmt: skip
 def file_content(file_id: str, caller: Caller, engine: Engine) -> Any:
     return Response(engine.files.content(file_id, workspace=caller.workspace), media_type="application/octet-stream")
 
 
 @endpoint("DELETE", "/v1/files/{file_id}", "Delete a file", FileDeleted, scope="batches:write", action="batches:write",
-          dependencies=[OpenAIDialect])  # fmt: skip
+          dialect="openai")  # fmt: skip
 def delete_file(file_id: str, caller: Caller, engine: Engine) -> Any:
     return engine.files.delete(file_id, workspace=caller.workspace)
 

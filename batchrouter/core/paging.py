@@ -18,12 +18,14 @@ class Page(Generic[T]):
 
 
 def page(
-    items: Sequence[T], *, key: Callable[[T], str], after: str | None, limit: int, before: str | None = None
-) -> Page[T]:
+    items: Sequence[T], *, key: Callable[[T], str], after: str | None, limit: int, before: str | None = None,
+    after_name: str = "after",
+) -> Page[T]:  # fmt: skip
     """The `limit` items following the one whose key is `after` (from the start without it).
 
     With `before` instead (Anthropic's lists), the `limit` items just before that one; `has_more`
-    then says whether more come before them.
+    then says whether more come before them. `after_name` is the cursor's name in the request
+    (Anthropic's is `after_id`), for the refusal.
 
     Raises:
         InvalidRequest: `after` or `before` names no item of the list (a cursor must come from an earlier page).
@@ -39,8 +41,8 @@ def page(
     if after:
         keys = [key(i) for i in items]
         if after not in keys:
-            raise InvalidRequest(f"after: {after!r} is not in this list; pass the last_id of an earlier page",
-                                 param="after")  # fmt: skip
+            raise InvalidRequest(f"{after_name}: {after!r} is not in this list; pass the last_id of an earlier "
+                                 "page", param=after_name)  # fmt: skip
         start = keys.index(after) + 1
     chosen = list(items[start : start + limit])
     return Page(chosen, has_more=start + limit < len(items))

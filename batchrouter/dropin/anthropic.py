@@ -38,6 +38,7 @@ from batchrouter.core.paging import page
 from batchrouter.dropin import anthropic_lines
 
 if TYPE_CHECKING:
+    from batchrouter.core.batch_info import BatchInfo
     from batchrouter.engine import BatchRouter
 
 SIDECAR = "anthropic.json"
@@ -107,7 +108,7 @@ class AnthropicBatches:
         self._engine = engine
 
     def create(
-        self, requests: builtins.list[dict[str, Any]], *, workspace: str, actor: Actor, deadline: str | None = None,
+        self, requests: builtins.list[Any], *, workspace: str, actor: Actor, deadline: str | None = None,
         run_tag: str | None = None, base_url: str = "",
     ) -> MessageBatch:  # fmt: skip
         """Make (or find again) the batch of these requests: quote, route, reserve.
@@ -137,7 +138,10 @@ class AnthropicBatches:
         return view
 
     def _deleted(self, batch_id: str) -> bool:
-        path = self._engine.batches.info(batch_id).folder(DELETED)
+        return self._deleted_record(self._engine.batches.info(batch_id))
+
+    def _deleted_record(self, info: BatchInfo) -> bool:
+        path = info.folder(DELETED)
         return self._engine.storage.exists(*path) and bool(self._engine.storage.read_json(*path).get("deleted"))
 
     def retrieve(self, batch_id: str, *, workspace: str, base_url: str = "") -> MessageBatch:
@@ -148,11 +152,14 @@ class AnthropicBatches:
         base_url: str = "",
     ) -> MessageBatchPage:  # fmt: skip
         """The workspace's batches newest first: `limit` after `after_id`, or just before `before_id`."""
-        views = [v for v in reversed(self._engine.batches.list(workspace)) if not self._deleted(v.batch_id)]
         if after_id and before_id:
             raise InvalidRequest("after_id and before_id: give one of them", param="after_id")
-        chosen = page(views, key=lambda v: v.batch_id, after=after_id, before=before_id, limit=limit)
-        data = [self.describe(v, base_url=base_url) for v in chosen.items]
+        # Paged on the batches' records (and their deleted marks); only the page's batches are described.
+        batches = self._engine.batches
+        records = [i for i in reversed(batches.records(workspace)) if not self._deleted_record(i)]
+        chosen = page(records, key=lambda i: i.batch_id, after=after_id, before=before_id, limit=limit,
+                      after_name="after_id")  # fmt: skip
+        data = [self.describe(batches.status(i.batch_id), base_url=base_url) for i in chosen.items]
         return MessageBatchPage(data=data, has_more=chosen.has_more, first_id=data[0].id if data else None,
                                 last_id=data[-1].id if data else None)  # fmt: skip
 

@@ -1,8 +1,9 @@
 """Anthropic's Message Batch requests in, and its results JSONL out.
 
 In: `{"requests": [{"custom_id", "params": {Messages API params}}]}` checked the way Anthropic
-checks it (custom_id 1-64 of `[a-zA-Z0-9_-]`, unique; `model`, `max_tokens`, `messages` present),
-each problem naming `requests[i]` and its custom_id, then written as one OpenAI chat-completions
+checks it (custom_id 1-64 of `[a-zA-Z0-9_-]`, unique; `model`, `max_tokens`, `messages` present;
+every value of the type Anthropic's API takes, no key it does not know), each problem naming
+`requests[i]`, its custom_id and the field (`param` holds the field's path), then written as one OpenAI chat-completions
 batch line per request: the manifest format BatchRouter reads (system first as a system message,
 `stop_sequences` as `stop`, `metadata.user_id` as `user`, image blocks as `image_url` parts).
 
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from batchrouter.core.batch_info import BatchInfo
@@ -45,98 +48,249 @@ def _where(index: int, custom_id: object) -> str:
     return f"requests[{index}]" + (f" (custom_id {custom_id!r})" if isinstance(custom_id, str) else "")
 
 
-def _block(block: Any, where: str) -> Any:
-    """One Anthropic content block as a chat-completions content part."""
+# Every value of a request is read through `_Field`'s typed readers: a value of the wrong type (or a
+# key this face does not know) refuses the create naming its path, never reaches the manifest.
+class _Field:
+    """Where a value sits: `requests[i] (custom_id 'x').params.messages[0]`; `param` omits the custom_id."""
+
+    def __init__(self, index: int, custom_id: object, path: str = "") -> None:
+        self.index, self.custom_id, self.path = index, custom_id, path
+
+    def __truediv__(self, key: str | int) -> _Field:
+        return _Field(self.index, self.custom_id, self.path + (f"[{key}]" if isinstance(key, int) else f".{key}"))
+
+    def __str__(self) -> str:
+        return _where(self.index, self.custom_id) + self.path
+
+    @property
+    def param(self) -> str:
+        return f"requests[{self.index}]{self.path}"
+
+    def refuse(self, what: str) -> InvalidRequest:
+        return InvalidRequest(f"{self}: {what}", param=self.param)
+
+    def wrong(self, value: Any, expected: str) -> InvalidRequest:
+        return self.refuse(f"{expected}, not {_kind(value)}")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A short string as itself, anything else by its kind."""
+    return repr(value) if isinstance(value, str) and len(value) <= 40 else _kind(value)
+
+
+def _string(value: Any, at: _Field) -> str:
+    if not isinstance(value, str):
+        raise at.wrong(value, "a string")
+    return value
+
+
+def _integer(value: Any, at: _Field) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise at.wrong(value, "a whole number")
+    return value
+
+
+def _number(value: Any, at: _Field) -> float | int:
+    # Python's JSON reads NaN and Infinity; Anthropic's API (and JSON) has no such number.
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise at.wrong(value, "a finite number")
+    return value
+
+
+def _array(value: Any, at: _Field, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise at.wrong(value, what)
+    return value
+
+
+def _object(
+    value: Any, at: _Field, what: str, *, keys: frozenset[str], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`value` as an object holding only `keys`, with every one of `required`."""
+    if not isinstance(value, dict):
+        raise at.wrong(value, what)
+    unknown = sorted(set(value) - keys)
+    if unknown:
+        raise (at / unknown[0]).refuse(f"not a field of {what}; it takes {', '.join(sorted(keys))}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise at.refuse(f"{', '.join(missing)} missing; {what} needs {', '.join(required)}")
+    return value
+
+
+_TEXT_KEYS = frozenset({"type", "text", "cache_control", "citations"})
+_IMAGE_KEYS = frozenset({"type", "source", "cache_control"})
+_SOURCE_KEYS = {"base64": frozenset({"type", "media_type", "data"}), "url": frozenset({"type", "url"})}
+_MESSAGE_KEYS = frozenset({"role", "content"})
+_TOOL_KEYS = frozenset({"type", "name", "description", "input_schema", "cache_control"})
+_TOOL_CHOICE_KEYS = frozenset({"type", "name", "disable_parallel_tool_use"})
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+_REQUEST_KEYS = frozenset({"custom_id", "params"})
+
+
+def _cache_control(value: dict[str, Any], at: _Field) -> None:
+    """Prompt-caching marks are not passed on (the providers cache on their own), but must be well formed."""
+    if "cache_control" in value:
+        _object(value["cache_control"], at / "cache_control", "a cache control ({type: 'ephemeral'})",
+                keys=frozenset({"type", "ttl"}), required=("type",))  # fmt: skip
+
+
+def _block(block: Any, at: _Field, *, text_only: bool = False) -> dict[str, Any]:
+    """One Anthropic content block as a chat-completions content part (`text_only`: a system prompt's)."""
     if not isinstance(block, dict):
-        raise InvalidRequest(f"{where}: a content block must be an object", param="requests")
+        raise at.wrong(block, "a content block (an object)")
+    _cache_control(block, at)
     kind = block.get("type")
     if kind == "text":
-        return {"type": "text", "text": block.get("text", "")}
-    if kind == "image":
-        source = block.get("source") or {}
-        if source.get("type") == "base64":
-            url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
-        elif source.get("type") == "url":
-            url = str(source.get("url", ""))
+        _object(block, at, "a text block", keys=_TEXT_KEYS, required=("type", "text"))
+        if block.get("citations") is not None:  # an earlier answer's citations: not passed on, but a list
+            _array(block["citations"], at / "citations", "a list of citations (or null)")
+        return {"type": "text", "text": _string(block["text"], at / "text")}
+    if kind == "image" and not text_only:
+        _object(block, at, "an image block", keys=_IMAGE_KEYS, required=("type", "source"))
+        source_at = at / "source"
+        source = block["source"]
+        style = source.get("type") if isinstance(source, dict) else None
+        if not isinstance(style, str) or style not in _SOURCE_KEYS:
+            if isinstance(source, dict):
+                raise (source_at / "type").refuse(f"{_shown(style)} is not an image source BatchRouter's drop-in "
+                                                  "runs; use 'base64' or 'url'")  # fmt: skip
+            raise source_at.wrong(source, "an image source object ({type: 'base64' | 'url', ...})")
+        if style == "base64":
+            _object(source, source_at, "a base64 image source", keys=_SOURCE_KEYS["base64"],
+                    required=("type", "media_type", "data"))  # fmt: skip
+            media_type = _string(source["media_type"], source_at / "media_type")
+            url = f"data:{media_type};base64,{_string(source['data'], source_at / 'data')}"
         else:
-            raise InvalidRequest(f"{where}: image source type {source.get('type')!r}; use 'base64' or 'url'",
-                                 param="requests")  # fmt: skip
+            _object(source, source_at, "a url image source", keys=_SOURCE_KEYS["url"], required=("type", "url"))
+            url = _string(source["url"], source_at / "url")
         return {"type": "image_url", "image_url": {"url": url}}
-    raise InvalidRequest(f"{where}: content block type {kind!r} is not one BatchRouter's drop-in runs; send "
-                         "'text' and 'image' blocks", param="requests")  # fmt: skip
+    allowed = "'text' blocks" if text_only else "'text' and 'image' blocks"
+    raise (at / "type").refuse(f"content block type {_shown(kind)} is not one BatchRouter's drop-in runs here; send "
+                               f"{allowed}")  # fmt: skip
 
 
-def _content(content: Any, where: str) -> Any:
+def _content(content: Any, at: _Field, *, text_only: bool = False) -> Any:
     if isinstance(content, str):
         return content
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{where}: content must be a string or a list of content blocks", param="requests")
-    parts = [_block(b, where) for b in content]
+    blocks = _array(content, at, "a string or a list of content blocks")
+    parts = [_block(b, at / n, text_only=text_only) for n, b in enumerate(blocks)]
     if all(p["type"] == "text" for p in parts):
         return "".join(p["text"] for p in parts)
     return parts
 
 
-def _tools(tools: Any, where: str) -> list[dict[str, Any]]:
-    if not isinstance(tools, list):
-        raise InvalidRequest(f"{where}.params.tools: a list of tools", param="requests")
-    return [{"type": "function", "function": {"name": t.get("name"), "description": t.get("description", ""),
-                                              "parameters": t.get("input_schema", {})}}
-            for t in tools if isinstance(t, dict)]  # fmt: skip
+def _message(message: Any, at: _Field) -> dict[str, Any]:
+    _object(message, at, "a message", keys=_MESSAGE_KEYS, required=("role", "content"))
+    role = message["role"]
+    if role not in ("user", "assistant"):
+        raise (at / "role").refuse(f"'user' or 'assistant', not {_shown(role)}")
+    return {"role": role, "content": _content(message["content"], at / "content")}
 
 
-def _tool_choice(choice: Any) -> Any:
-    kind = choice.get("type") if isinstance(choice, dict) else choice
-    if kind == "tool" and isinstance(choice, dict):
-        return {"type": "function", "function": {"name": choice.get("name")}}
-    return {"auto": "auto", "any": "required", "none": "none"}.get(str(kind), "auto")
+def _tools(tools: Any, at: _Field) -> list[dict[str, Any]]:
+    out = []
+    for n, tool in enumerate(_array(tools, at, "a list of tools")):
+        here = at / n
+        _object(tool, here, "a tool", keys=_TOOL_KEYS, required=("name",))
+        _cache_control(tool, here)
+        if "type" in tool and tool["type"] != "custom":
+            raise (here / "type").refuse(f"{_shown(tool['type'])}: BatchRouter's drop-in runs custom tools "
+                                         "only (a name, description and input_schema); remove the type or the "
+                                         "tool")  # fmt: skip
+        schema = tool.get("input_schema", {})
+        if not isinstance(schema, dict):
+            raise (here / "input_schema").wrong(schema, "a JSON schema (an object)")
+        out.append({"type": "function", "function": {"name": _string(tool["name"], here / "name"),
+                                                       "description": _string(tool.get("description", ""),
+                                                                              here / "description"),
+                                                       "parameters": schema}})  # fmt: skip
+    return out
 
 
-def chat_body(params: dict[str, Any], where: str) -> dict[str, Any]:
-    """A Messages API request as a chat-completions body (the manifest's line body)."""
+def _tool_choice(choice: Any, at: _Field) -> Any:
+    _object(choice, at, "a tool choice ({type: 'auto' | 'any' | 'tool' | 'none'})", keys=_TOOL_CHOICE_KEYS,
+            required=("type",))  # fmt: skip
+    if "disable_parallel_tool_use" in choice and not isinstance(choice["disable_parallel_tool_use"], bool):
+        raise (at / "disable_parallel_tool_use").wrong(choice["disable_parallel_tool_use"], "a boolean")
+    kind = choice["type"]
+    if kind == "tool":
+        _object(choice, at, "a tool choice of type 'tool'", keys=_TOOL_CHOICE_KEYS, required=("type", "name"))
+        return {"type": "function", "function": {"name": _string(choice["name"], at / "name")}}
+    if not isinstance(kind, str) or kind not in _TOOL_CHOICES:
+        raise (at / "type").refuse(f"'auto', 'any', 'tool' or 'none', not {_shown(kind)}")
+    return _TOOL_CHOICES[kind]
+
+
+def _stop_sequences(value: Any, at: _Field) -> list[str]:
+    return [_string(s, at / n) for n, s in enumerate(_array(value, at, "a list of strings"))]
+
+
+def _user(metadata: Any, at: _Field) -> str | None:
+    _object(metadata, at, "an object ({user_id})", keys=frozenset({"user_id"}))
+    user = metadata.get("user_id")
+    return None if user is None else _string(user, at / "user_id")
+
+
+# How each passed param is read: its reader, given the value and where it is.
+_READERS: dict[str, Callable[[Any, _Field], Any]] = {
+    "model": _string, "max_tokens": _integer, "temperature": _number, "top_p": _number,
+    "stop_sequences": _stop_sequences, "tools": _tools, "tool_choice": _tool_choice,
+}  # fmt: skip
+
+
+def chat_body(params: dict[str, Any], at: _Field) -> dict[str, Any]:
+    """A Messages API request as a chat-completions body (the manifest's line body), every value's type checked."""
     missing = [k for k in REQUIRED if k not in params]
     if missing:
-        raise InvalidRequest(f"{where}.params: {', '.join(missing)} missing; a Messages request needs "
-                             f"{', '.join(REQUIRED)}", param="requests")  # fmt: skip
+        raise at.refuse(f"{', '.join(missing)} missing; a Messages request needs {', '.join(REQUIRED)}")
     unknown = sorted(set(params) - set(PASSED) - IGNORED - {"messages", "system", "metadata"})
     if unknown:
-        raise InvalidRequest(f"{where}.params.{unknown[0]}: not a param BatchRouter's drop-in passes on; remove it "
-                             f"(it runs {', '.join(sorted({*PASSED, 'messages', 'system', 'metadata'}))})",
-                             param="requests")  # fmt: skip
-    if params.get("stream"):
-        raise InvalidRequest(f"{where}.params.stream: a batch request cannot stream; remove it", param="requests")
-    if not isinstance(params["messages"], list) or not params["messages"]:
-        raise InvalidRequest(f"{where}.params.messages: a non-empty list of messages", param="requests")
+        runs = ", ".join(sorted({*PASSED, "messages", "system", "metadata"}))
+        raise (at / unknown[0]).refuse(f"not a param BatchRouter's drop-in passes on; remove it (it runs {runs})")
+    if "stream" in params and params["stream"] is not False:
+        raise (at / "stream").refuse("a batch request cannot stream; remove it (or send false)")
+    read = {key: _READERS[key](params[key], at / key) for key in PASSED if key in params}
+    given = _array(params["messages"], at / "messages", "a non-empty list of messages")
+    if not given:
+        raise (at / "messages").refuse("a non-empty list of messages, not an empty one")
     messages: list[dict[str, Any]] = []
-    if params.get("system"):
-        messages.append({"role": "system", "content": _content(params["system"], f"{where}.params.system")})
-    for n, message in enumerate(params["messages"]):
-        at = f"{where}.params.messages[{n}]"
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise InvalidRequest(f"{at}: a message is an object whose role is 'user' or 'assistant'", param="requests")
-        messages.append({"role": message["role"], "content": _content(message.get("content"), at)})
+    if "system" in params:
+        system = _content(params["system"], at / "system", text_only=True)
+        if system:
+            messages.append({"role": "system", "content": system})
+    messages.extend(_message(message, at / "messages" / n) for n, message in enumerate(given))
     body: dict[str, Any] = {"messages": messages}
     for key, name in PASSED.items():
-        if key in params:
-            body[name] = params[key]
-    if "tools" in params:
-        body["tools"] = _tools(params["tools"], where)
-    if "tool_choice" in params:
-        body["tool_choice"] = _tool_choice(params["tool_choice"])
-    user = (params.get("metadata") or {}).get("user_id") if isinstance(params.get("metadata"), dict) else None
-    if user:
-        body["user"] = str(user)
+        if key in read:
+            body[name] = read[key]
+    if "metadata" in params:
+        user = _user(params["metadata"], at / "metadata")
+        if user:
+            body["user"] = user
     return body
 
 
-def manifest(requests: list[dict[str, Any]]) -> bytes:
+def manifest(requests: list[Any]) -> bytes:
     """The create body's requests as BatchRouter's JSONL manifest (the same requests: the same bytes).
 
     Raises:
-        InvalidRequest: no requests, too many, or one is malformed (named by its index and custom_id).
+        InvalidRequest: no requests, too many, or one is malformed (named by its index, custom_id and field).
     """
-    if not requests:
-        raise InvalidRequest("requests: give at least one request", param="requests")
+    if not isinstance(requests, list) or not requests:
+        raise InvalidRequest("requests: give a list of at least one request", param="requests")
     if len(requests) > MAX_REQUESTS:
         raise InvalidRequest(f"requests: {len(requests)} requests; a batch holds at most {MAX_REQUESTS:,}",
                              param="requests")  # fmt: skip
@@ -144,19 +298,18 @@ def manifest(requests: list[dict[str, Any]]) -> bytes:
     lines = []
     for index, request in enumerate(requests):
         custom_id = request.get("custom_id") if isinstance(request, dict) else None
-        where = _where(index, custom_id)
+        at = _Field(index, custom_id)
+        _object(request, at, "a request ({custom_id, params})", keys=_REQUEST_KEYS)
         if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
-            raise InvalidRequest(f"{where}.custom_id: 1 to 64 characters of letters, digits, '_' and '-'",
-                                 param="requests")  # fmt: skip
+            raise (at / "custom_id").refuse("1 to 64 characters of letters, digits, '_' and '-'")
         if custom_id in seen:
-            raise InvalidRequest(f"{where}.custom_id: also used by requests[{seen[custom_id]}]; custom_ids must be "
-                                 "unique within a batch", param="requests")  # fmt: skip
+            raise (at / "custom_id").refuse(f"also used by requests[{seen[custom_id]}]; custom_ids must be unique "
+                                            "within a batch")  # fmt: skip
         seen[custom_id] = index
         params = request.get("params")
         if not isinstance(params, dict):
-            raise InvalidRequest(f"{where}.params: the Messages API params of the request (an object)",
-                                 param="requests")  # fmt: skip
-        body = chat_body(params, where)
+            raise (at / "params").wrong(params, "the Messages API params of the request (an object)")
+        body = chat_body(params, at / "params")
         line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
         lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
     return "".join(lines).encode()

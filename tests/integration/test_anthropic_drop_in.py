@@ -110,6 +110,52 @@ def test_list_pages_newest_first_with_after_id_and_before_id(api: Server) -> Non
         wait_ended(sdk, batch_id)
 
 
+def test_every_page_holds_exactly_the_batches_described_one_by_one_newest_first_without_deleted_ones(
+    api: Server,
+) -> None:
+    sdk, other = client(api), client(api, api.other_key)
+    made = [sdk.messages.batches.create(requests=[request(f"q-{n}", "gpt-4o-mini", f"Say {n}.")],
+                                        extra_headers=ASAP).id for n in range(6)]  # fmt: skip
+    other.messages.batches.create(requests=[request("g-1", "gpt-4o-mini", "Hi.")], extra_headers=ASAP)
+    for batch_id in made:
+        wait_ended(sdk, batch_id)  # ended batches: each description stays the same from page to page
+    for gone in (made[2], made[5]):  # one in the middle, and the newest
+        sdk.messages.batches.delete(gone)
+    headers = {"x-api-key": api.key, "anthropic-version": "2023-06-01"}
+
+    def get(path: str, **query: Any) -> Any:
+        answer = httpx.get(f"{api.url}/v1/messages/batches{path}", params=query, headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    # What every page must hold: each batch as its own retrieve describes it, newest first.
+    described = sorted((get(f"/{b}") for b in made if b not in (made[2], made[5])),
+                       key=lambda b: (b["submitted_at"], b["id"]), reverse=True)  # fmt: skip
+    ids = [b["id"] for b in described]
+    for limit in (1, 2, 3, 20):
+        forward, after = [], None
+        while True:
+            found = get("", limit=limit, **({"after_id": after} if after else {}))
+            start = ids.index(after) + 1 if after else 0
+            assert found["data"] == described[start : start + limit]
+            assert (found["first_id"], found["last_id"]) == (found["data"][0]["id"], found["data"][-1]["id"])
+            assert found["has_more"] is (start + limit < len(ids))
+            forward.append(found)
+            if not found["has_more"]:
+                break
+            after = found["last_id"]
+        assert [b["id"] for page in forward for b in page["data"]] == ids
+        before = forward[-1]["first_id"]
+        while before != ids[0]:
+            found = get("", limit=limit, before_id=before)
+            end = ids.index(before)
+            assert found["data"] == described[max(0, end - limit) : end]
+            assert found["has_more"] is (end - limit > 0)
+            before = found["first_id"]
+    refused = httpx.get(f"{api.url}/v1/messages/batches", params={"after_id": made[2]}, headers=headers, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "after_id"  # a deleted batch's id
+
+
 def test_a_canceled_batch_ends_with_canceled_results_and_can_then_be_deleted(api: Server) -> None:
     sdk = client(api)
     # The default 24h deadline puts the items on the providers' batch lane: the batch waits there until cancelled.

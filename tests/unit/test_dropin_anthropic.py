@@ -103,3 +103,36 @@ def test_before_pages_back_to_the_items_just_before() -> None:
     back = page(items, key=str, after=None, before="b", limit=2)
     assert (back.items, back.has_more) == (["d", "c"], True)
     assert page(items, key=str, after=None, before="c", limit=5).items == ["e", "d"]
+
+
+def test_tools_and_tool_choice_become_functions_and_openais_choice() -> None:
+    tool = {"name": "weather", "description": "The weather", "input_schema": {"type": "object"},
+            "cache_control": {"type": "ephemeral"}}  # fmt: skip
+    for choice, expected in [({"type": "any"}, "required"), ({"type": "auto"}, "auto"), ({"type": "none"}, "none"),
+                             ({"type": "tool", "name": "weather"}, {"type": "function",
+                                                                    "function": {"name": "weather"}})]:  # fmt: skip
+        [line] = lines(manifest([one(tools=[tool], tool_choice=choice)]))
+        assert line["body"]["tool_choice"] == expected
+        assert line["body"]["tools"] == [{"type": "function", "function": {
+            "name": "weather", "description": "The weather", "parameters": {"type": "object"}}}]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"max_tokens": "10"}, "requests[0].params.max_tokens"), ({"max_tokens": True}, "requests[0].params.max_tokens"),
+     ({"temperature": float("nan")}, "requests[0].params.temperature"),
+     ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+      "requests[0].params.messages[0].content[0].text"),
+     ({"messages": [{"role": "user", "content": [{"type": "image", "source": "abc"}]}]},
+      "requests[0].params.messages[0].content[0].source"),
+     ({"system": [{"type": "image", "source": {"type": "url", "url": "u"}}]}, "requests[0].params.system[0].type"),
+     ({"tools": [{"name": "w"}, 7]}, "requests[0].params.tools[1]"),
+     ({"tool_choice": "auto"}, "requests[0].params.tool_choice"),
+     ({"metadata": {"user_id": 7}}, "requests[0].params.metadata.user_id"),
+     ({"metadata": {"user": "u"}}, "requests[0].params.metadata.user")],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_is_refused_naming_its_path(params: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        manifest([one(**params)])
+    assert refused.value.param == param
+    assert str(refused.value).startswith("requests[0] (custom_id 'r-1').params.")
