@@ -38,8 +38,9 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+# The body holds the whole batch, as a manifest does: the upload limit applies, not the JSON body's.
 @endpoint("POST", "/v1/messages/batches", "Create a message batch", MessageBatch, scope="batches:write",
-          action="batches:write", **Anthropic)  # fmt: skip
+          action="batches:write", upload=True, **Anthropic)  # fmt: skip
 def create_message_batch(
     body: m.CreateMessageBatch, caller: Caller, engine: Engine, executor: Annotated[Executor, Depends(executor_of)],
     request: Request, response: Response,

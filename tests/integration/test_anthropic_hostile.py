@@ -50,7 +50,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     root = tmp_path_factory.mktemp("anthropic-hostile")
     config = load_settings(database=str(root / "batchrouter.duckdb"), storage={"root": str(root / "bucket")},
                            api={"rate_limit_per_minute": 1_000_000, "rate_limit_burst": 1_000_000,
-                                "max_body_bytes": MAX_BODY})  # fmt: skip
+                                "max_upload_bytes": MAX_BODY, "max_body_bytes": MAX_BODY // 4})  # fmt: skip
     accounts = Accounts(config.database)
     accounts.set_member("acme", "owner@acme.test", "owner", actor="test")
     key, _ = accounts.create_key("acme", name="k", scopes=["batches:read", "batches:write"],
@@ -134,6 +134,15 @@ def test_a_body_over_the_limit_is_refused_in_anthropics_shape(api: Api) -> None:
     answer = api.create({"requests": [valid(), {"custom_id": "big", "params": {"x": "y" * MAX_BODY}}]})
     assert answer.status_code == 413, answer.text
     assert answer.json()["type"] == "error" and answer.json()["error"]["type"] == "request_too_large"
+
+
+def test_a_create_is_a_whole_batch_so_the_upload_limit_applies_not_the_json_bodys(api: Api) -> None:
+    # Over the JSON body limit (a quarter of the upload limit here) and under the upload limit: taken.
+    requests = [valid(f"r-{i}") for i in range(3)]
+    requests[0]["params"]["messages"][0]["content"] = "Name a colour. " + "x" * (MAX_BODY // 2)
+    answer = api.create({"requests": requests})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["request_counts"]["processing"] + answer.json()["request_counts"]["succeeded"] == 3
 
 
 def test_openais_create_refuses_a_body_that_is_not_json_in_openais_shape(api: Api) -> None:
