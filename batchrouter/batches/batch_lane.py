@@ -243,7 +243,7 @@ class BatchLane:
         Returns the lines still waiting on a provider. `cancel_all`: the batch was cancelled; every
         provider batch in flight is cancelled and its lines answered so far are not waited for.
         """
-        now = self.clock_s()
+        now, wait_s = self.clock_s(), self.lanes.cancel_wait_s()
         for sent in self.sent():
             if sent.state == "submitting":
                 self._forget(sent)  # a run died while sending it: its lines are sent again (same key) this round
@@ -266,7 +266,7 @@ class BatchLane:
             self._update(sent, batch)
             if batch.ended:
                 self._collect(client, sent, batch)
-            elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(self._cancel_wait_s) or inf)):
+            elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
             elif cancel_all:
                 sent.release_at_s = now  # cancelled by the user: nothing more is waited for
@@ -274,10 +274,6 @@ class BatchLane:
                 sent.released = True  # cancelled by the user: this round ends its unanswered lines
             self._save(sent)
         return sum(s.lines for s in self.sent() if s.holds(now))
-
-    @property
-    def _cancel_wait_s(self) -> float:
-        return self.lanes.cancel_wait_s()
 
     def next_poll_wall(self, polls: int = 0, *, unsent: int = 0) -> float | None:
         """When to look again (wall clock): after the backoff for `polls` looks, or at a hedge time if sooner.
@@ -290,7 +286,7 @@ class BatchLane:
         times = [time.time() + self.lanes.wall_s(self.lanes.poll_delay_s(polls))]
         started = datetime.fromisoformat(self.info.submitted_at).timestamp()
         for s in holding:
-            at = s.release_at_s if s.state == "hedged" else s.cancel_at(self._cancel_wait_s)
+            at = s.release_at_s if s.state == "hedged" else s.cancel_at(self.lanes.cancel_wait_s())
             if at is not None:
                 times.append(started + self.lanes.wall_s(at))
         return min(times)
@@ -307,7 +303,7 @@ class BatchLane:
                 if sent.state == "hedged" and not sent.collected and not sent.released:
                     return True  # its time to end is up: a run sends its unanswered lines online
                 continue
-            due = sent.release_at_s if sent.state == "hedged" else sent.cancel_at(self._cancel_wait_s)
+            due = sent.release_at_s if sent.state == "hedged" else sent.cancel_at(self.lanes.cancel_wait_s())
             if sent.provider_batch_id is None or (due is not None and now >= due):
                 return True
             try:

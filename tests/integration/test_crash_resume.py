@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from processes import kill_group
 
 from batchrouter.cli import main
 from batchrouter.core.batch_info import batch_id_for
@@ -54,15 +55,6 @@ def grant_credits() -> None:
 
 def run_command(manifest: Path) -> list[str]:
     return [sys.executable, "-m", "batchrouter.cli", "run", str(manifest), "--workspace", WORKSPACE, "--json"]
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the run and the simulator it started (same session, same process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
 
 
 def test_killed_run_resumes_without_losing_or_repeating_an_item(tmp_path: Path) -> None:

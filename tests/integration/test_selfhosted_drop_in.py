@@ -26,6 +26,7 @@ import polars as pl
 import pytest
 from dropin_sdk import ASAP, RUN_DEADLINE_S, USD, Server, jsonl, key_for, lines, request, start_api, wait_done
 from openai import OpenAI
+from processes import kill_group
 
 from batchrouter.access.accounts import Accounts
 from batchrouter.core.config import SimulatorConfig
@@ -181,14 +182,6 @@ def start_serve(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[b
         time.sleep(0.05)  # poll interval, not synchronisation: the deadline above bounds the wait
 
 
-def kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-
-
 def chunk_rows(folder: Path) -> pl.DataFrame:
     paths = sorted((folder / "dispatch" / "chunks").glob("*.parquet"))
     if not paths:
@@ -228,7 +221,7 @@ def test_a_server_killed_mid_batch_resumes_it_on_restart_answering_and_charging_
                 assert time.monotonic() < deadline, "no line was recorded while others were in flight"
                 time.sleep(0.01)  # poll interval, not synchronisation: the loop waits on the records
         finally:
-            kill(first)
+            kill_group(first)
         assert first.returncode == -signal.SIGKILL
         while stats(gpu)["in_flight"]:  # the server finishes what the dead process sent (answers nobody reads)
             assert time.monotonic() < deadline, "the server still had requests in flight long after the kill"
@@ -246,7 +239,7 @@ def test_a_server_killed_mid_batch_resumes_it_on_restart_answering_and_charging_
             assert done.output_file_id is not None and done.error_file_id is None
             output = lines(client.files.content(done.output_file_id).read())
         finally:
-            kill(second)
+            kill_group(second)
         sent_after = stats(gpu)["requests"] - sent_before
 
     assert done.request_counts is not None and done.request_counts.completed == lines_n
