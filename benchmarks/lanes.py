@@ -436,7 +436,8 @@ def report_provider_batches(engine: BatchRouter, runs: list[Run], scale: float, 
     for run in runs:
         for s in provider_batches(engine, run.batch_id):
             duration = (s.ended_at - s.created_at) if s.ended_at and s.created_at else None
-            rows.append({"cls": run.manifest.cls, "provider": s.provider, "lines": s.lines, "state": s.state,
+            state = "resubmitted" if s.resubmit else s.state  # cancelled stuck, its lines in a fresh batch
+            rows.append({"cls": run.manifest.cls, "provider": s.provider, "lines": s.lines, "state": state,
                          "last": s.history[-1] if s.history else s.status, "duration_min":
                          duration / 60 if duration is not None else None, "hedge_at_min":
                          s.hedge_at_s / 60 if s.hedge_at_s is not None else None})  # fmt: skip
@@ -451,7 +452,7 @@ def report_provider_batches(engine: BatchRouter, runs: list[Run], scale: float, 
     )
     for cls, provider, state, last, n, lines, longest in summary.iter_rows():
         longest_s = f"{longest:7.1f} min" if longest is not None else "      -    "
-        log(f"  {cls:5s} {provider:10s} {state:8s} last status {last:11s} {n:3d} batches {lines:7,d} lines  "
+        log(f"  {cls:5s} {provider:10s} {state:11s} last status {last:11s} {n:3d} batches {lines:7,d} lines  "
             f"longest {longest_s}")  # fmt: skip
 
 

@@ -14,6 +14,10 @@ still in flight and:
 - hedges: once the batch's clock passes a provider batch's `hedge_at_s` (the last moment its items
   can still be sent online before the deadline), it is cancelled and its unanswered lines go online.
   A line answered before that is never sent again.
+- resubmits: a provider batch far behind the runs measured (stuck, most often), while a fresh one
+  would still be done before the hedge (`Predictions.resubmit_gain`, `lanes.resubmit_min_gain`), is
+  cancelled early and its unanswered lines go in a fresh provider batch (the next `generation`), at the
+  batch price; at most `lanes.max_resubmits` times, after which the hedge above is what is left.
 
 A line answered by a provider batch is priced at the batch discount (`CatalogEntry.cost_micros`,
 tier "batch"), never above the reservation, which is the online price. What the provider measured
@@ -84,6 +88,8 @@ class Sent:
     collected: bool = False
     error: str | None = None
     history: list[str] = field(default_factory=list)  # provider statuses seen, in order
+    generation: int = 0  # how many provider batches its lines were in before this one
+    resubmit: bool = False  # hedged to send its unanswered lines in a fresh provider batch, not online
 
     @property
     def open(self) -> bool:
@@ -155,10 +161,16 @@ class BatchLane:
         held: set[str] = set()
         released: set[str] = set()
         now = self.clock_s()
+        latest: dict[str, Sent] = {}  # each line's provider batch of the highest generation
         for sent in self.sent():
             ids = set(self.lines(sent)["item_id"].to_list())
             (held if sent.holds(now) else released).update(ids)
+            for item_id in ids:
+                if item_id not in latest or sent.generation > latest[item_id].generation:
+                    latest[item_id] = sent
         released -= held
+        again = {i for i in released if latest[i].resubmit}  # let go to go in a fresh provider batch
+        released -= again
         waiting = batch.filter(pl.col("item_id").is_in(list(held)))
         back = batch.filter(pl.col("item_id").is_in(list(released)))
         fresh = batch.filter(~pl.col("item_id").is_in(list(held | released)))
@@ -189,7 +201,11 @@ class BatchLane:
         provider's capacity (OpenAI's enqueued tokens per model) stay unsent, for the next round.
         """
         refused: set[str] = set()
-        for (route,), part in items.group_by("route", maintain_order=True):
+        generations = self._generations()
+        items = items.with_columns(
+            pl.col("item_id").replace_strict(generations, default=0, return_dtype=pl.Int64).alias("_generation")
+        )
+        for (route, generation), part in items.group_by("route", "_generation", maintain_order=True):
             entry = self.catalog.entry(str(route))
             hedge_at = part["hedge_at_s"].min()
             lines = [
@@ -206,9 +222,13 @@ class BatchLane:
                 # The key is the chunk's content: a run killed between the provider making the batch and
                 # our record of it sends the same chunk again under the same key, and the client finds
                 # the batch it made instead of making a second one.
-                digest = hashlib.sha256(f"{route}\n{','.join(x.custom_id for x in chunk)}".encode()).hexdigest()
+                # A resubmitted chunk's key names its generation (a first one's stays as it always was).
+                content = f"{route}\n{','.join(x.custom_id for x in chunk)}" + (
+                    f"\n#{generation}" if generation else ""
+                )
+                digest = hashlib.sha256(content.encode()).hexdigest()
                 sent = Sent(key=f"{self.info.batch_id}-{digest[:16]}", route=str(route), provider=entry.provider,
-                            lines=len(chunk), submitted_at=time.time(), state="submitting",
+                            lines=len(chunk), submitted_at=time.time(), state="submitting", generation=int(generation),
                             hedge_at_s=float(hedge_at) if hedge_at is not None else None)  # type: ignore[arg-type]  # fmt: skip
                 ids = [by_custom[x.custom_id] for x in chunk]
                 frame = pl.DataFrame({"custom_id": [x.custom_id for x in chunk], "item_id": ids,
@@ -268,6 +288,10 @@ class BatchLane:
                 self._collect(client, sent, batch)
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
+            elif sent.state == "in_flight" and self._resubmit_pays(sent, now):
+                # Given the cancel's wait to end (what it answered is kept), then sent again in a fresh batch.
+                sent.resubmit = True
+                self._hedge(client, sent, release_at_s=now + wait_s)
             elif cancel_all:
                 sent.release_at_s = now  # cancelled by the user: nothing more is waited for
             if sent.state == "hedged" and not sent.holds(now):
@@ -319,11 +343,39 @@ class BatchLane:
                 continue
             except ProviderError:
                 continue
-            if batch.ended:
+            if batch.ended or self._resubmit_pays(sent, now):
                 return True
         return False
 
     # -- inside -----------------------------------------------------------------------------------------
+
+    def _generations(self) -> dict[str, int]:
+        """Per line already sent, the generation a fresh provider batch of it is: one past its latest."""
+        out: dict[str, int] = {}
+        for sent in self.sent():
+            if sent.state == "submitting":
+                continue
+            for item_id in self.lines(sent)["item_id"].to_list():
+                out[item_id] = max(out.get(item_id, 0), sent.generation + 1)
+        return out
+
+    def _resubmit_pays(self, sent: Sent, now_s: float) -> bool:
+        """Whether an in-flight provider batch is so far behind the runs measured that a fresh one, sent once
+        its cancel has had `cancel_wait_s` to end, is `lanes.resubmit_min_gain` likelier to be done before
+        its cancel time (the lines' hedge less the wait) than this one is before its own."""
+        if sent.generation >= self.lanes.max_resubmits or sent.hedge_at_s is None or sent.created_at is None:
+            return False
+        wait_s = self.lanes.cancel_wait_s()
+        started = datetime.fromisoformat(self.info.submitted_at).timestamp()
+        sent_at_s = (sent.submitted_at - started) * self.lanes.time_scale  # on the batch's clock
+        fresh_s = sent.hedge_at_s - wait_s - (now_s + wait_s)
+        if fresh_s <= 0:
+            return False
+        gain = Predictions(self.settings.database).resubmit_gain(
+            sent.provider, Lane.BATCH, sent.lines, elapsed_s=now_s - sent_at_s,
+            cancel_by_s=sent.hedge_at_s - wait_s - sent_at_s, fresh_s=fresh_s, config=self.lanes,
+        )  # fmt: skip
+        return gain is not None and gain >= self.lanes.resubmit_min_gain
 
     def _forget(self, sent: Sent) -> None:
         for name in (f"{sent.key}.json", f"{sent.key}.parquet"):
@@ -565,7 +617,8 @@ def lane_status(storage: Storage, settings: Settings, info: BatchInfo) -> dict[s
     if storage.exists(*info.folder(FOLDER)):
         names = sorted(n for n in storage.list(*info.folder(FOLDER)) if n.endswith(".json"))
         out["provider_batches"] = [
-            {k: r[k] for k in ("key", "provider", "route", "provider_batch_id", "status", "state", "lines")}
+            {k: r[k] for k in ("key", "provider", "route", "provider_batch_id", "status", "lines")}
+            | {"state": "resubmitted" if r.get("resubmit") else r["state"], "generation": r.get("generation", 0)}
             for r in (storage.read_json(*info.folder(FOLDER, n)) for n in names)
         ]
     deadline = settings.deadline_s(info.workspace, info.deadline_s)

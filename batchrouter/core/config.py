@@ -222,6 +222,12 @@ class LanesConfig(BaseModel):
     # A bet on a late-predicted batch (`min_expected_saving`) may read fewer: its downside is a hedge
     # at the online price, inside the reservation and the deadline, not a missed deadline.
     bet_min_observations: int = Field(default=5, ge=1)
+    # A provider batch far behind the runs measured (stuck, most often) is cancelled and its unanswered
+    # lines sent again in a fresh provider batch, still at the batch price, when a fresh one is at least
+    # this much likelier (a share of runs) to be done before its hedge than the late one still is; at
+    # most `max_resubmits` times per line, from `bet_min_observations` runs measured.
+    resubmit_min_gain: float = Field(default=0.5, gt=0, le=1)
+    max_resubmits: int = Field(default=2, ge=0)
     # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h
     # windows, stuck tails), and how many times slower than online each flex request is.
     batch_prior_p95_s: float = Field(default=2 * 3600.0, gt=0)

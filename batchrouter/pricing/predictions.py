@@ -111,6 +111,17 @@ def censored_done_share(runs: Sequence[tuple[float, bool]], t: float) -> float:
     return 1 - undone
 
 
+def resubmit_share_gain(
+    runs: Sequence[tuple[float, bool]], elapsed_s: float, cancel_by_s: float, fresh_s: float
+) -> float:
+    """Kaplan-Meier share of `runs` done within `fresh_s` (a fresh run), less the share of those not done by
+    `elapsed_s` that were done by `cancel_by_s` (the late run, had it been left to run). A run late past
+    every measured completion is given no chance of ending: what was measured never did that."""
+    by_now = censored_done_share(runs, elapsed_s)
+    late = 0.0 if by_now >= 1 - 1e-12 else (censored_done_share(runs, cancel_by_s) - by_now) / (1 - by_now)
+    return censored_done_share(runs, fresh_s) - max(late, 0.0)
+
+
 @dataclass(frozen=True)
 class Observation:
     """One run of a lane as recorded."""
@@ -244,6 +255,23 @@ class Predictions:
             return share
         prior = config.batch_prior_s(provider) if lane == "batch" else math.inf
         return config.percentile if prior <= by_s else 0.0
+
+    def resubmit_gain(
+        self,
+        provider: str,
+        lane: Lane,
+        lines: int,
+        *,
+        elapsed_s: float,
+        cancel_by_s: float,
+        fresh_s: float,
+        config: LanesConfig,
+    ) -> float | None:
+        """How much likelier a fresh run of `lines` items is to be done within `fresh_s` than a run not done
+        after `elapsed_s` is to be done by `cancel_by_s` (both after its own start), from the runs measured
+        (`resubmit_share_gain`); None: too few runs (`bet_min_observations`) to tell."""
+        runs = _like(self.observations(provider, lane), lines, config=config, minimum=config.bet_min_observations)
+        return None if runs is None else resubmit_share_gain(runs, elapsed_s, cancel_by_s, fresh_s)
 
     @staticmethod
     def online_s(items: int, rpm: float, latency_s: float, concurrency: int | None = None) -> float:

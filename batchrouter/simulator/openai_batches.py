@@ -501,7 +501,7 @@ async def _create_batch(request: web.Request) -> web.Response:
         window="24h",
         metadata=metadata,
         created=now,
-        timeline=pb.draw_timeline(state.config, f"openai:{store.counter}"),
+        timeline=pb.draw_timeline(state.config, f"openai:{len(store.batches) + 1}"),  # the n-th batch made
         model=model or (requests[0]["body"].get("model") if requests else None),
         lines=lines,
         errors=errors,

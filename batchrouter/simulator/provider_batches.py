@@ -65,7 +65,8 @@ class Timeline:
 
 
 def draw_timeline(config: SimulatorConfig, key: str) -> Timeline:
-    """The timeline of the batch named `key`, drawn from the simulator's seed."""
+    """The timeline of the batch named `key` (`<provider>:<n>`, the provider's n-th batch made), drawn from
+    the simulator's seed."""
     rng = random.Random(f"{config.seed}:{key}")
     validate = config.batch_validating_s * rng.uniform(0.5, 1.5)
     run = rng.lognormvariate(math.log(config.batch_median_s), config.batch_sigma) if config.batch_sigma else 0.0

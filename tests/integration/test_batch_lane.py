@@ -199,6 +199,75 @@ def test_a_hedge_takes_flex_at_the_batch_price_where_the_route_sells_it(make: An
     assert lane["lane"] == "batch" and lane["hedged"] == lanes["flex"]
 
 
+def stuck_then_healthy_seed(base: SimulatorConfig, providers: tuple[str, ...], *, ends_by_s: float) -> int:
+    """A simulator seed whose first provider batch of each provider sticks and whose second ends by `ends_by_s`
+    (the simulator draws each batch's timeline from its seed and the provider's batch counter)."""
+    from batchrouter.simulator.provider_batches import draw_timeline
+
+    for seed in range(10_000):
+        sim = base.model_copy(update={"seed": seed})
+        first = [draw_timeline(sim, f"{p}:1") for p in providers]
+        second = [draw_timeline(sim, f"{p}:2") for p in providers]
+        if all(t.stuck_in for t in first) and all(
+            t.stuck_in is None and t.validate + t.run + t.finalize < ends_by_s for t in second
+        ):
+            return seed
+    raise AssertionError("no seed found")
+
+
+def test_a_stuck_provider_batch_with_time_to_spare_is_sent_again_in_a_fresh_one_at_the_batch_price(
+    make: Any,
+) -> None:
+    # Ten batches of each provider were measured done in under 50 provider minutes. The first provider batch
+    # of each provider sticks in progress; the second ends in under 42 minutes. With a day to the deadline,
+    # waiting for the stuck one until its hedge would send its lines online (or to flex) near the end: a
+    # fresh provider batch, at the batch price, is far likelier to be done in time.
+    base = simulator(batch_stuck_rate=0.5)
+    sim = base.model_copy(update={"seed": stuck_then_healthy_seed(base, ("openai", "anthropic"), ends_by_s=2500)})
+    engine, url = make(sim)
+    predictions = Predictions(engine.settings.database)
+    for provider in ("openai", "anthropic"):
+        for n in range(10):
+            predictions.record(provider, "batch", 6, 3000.0, "completed", key=f"earlier-{provider}-{n}")
+    view = engine.batches.create(manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+    assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"batch"}
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id)
+    assert set(got["lane"]) == {"batch"}  # nothing went online nor to flex
+    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
+                                                         "cost_usd_micros").iter_rows():  # fmt: skip
+        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="batch")
+    records = sent(engine, view.batch_id)
+    for provider in ("openai", "anthropic"):
+        (stuck,) = [s for s in records if s.provider == provider and s.generation == 0]
+        (fresh,) = [s for s in records if s.provider == provider and s.generation == 1]
+        assert stuck.resubmit and stuck.state == "hedged" and "cancelling" in stuck.history
+        assert fresh.state == "ended" and fresh.history[-1] == "completed" and not fresh.resubmit
+        assert fresh.key != stuck.key and fresh.provider_batch_id != stuck.provider_batch_id
+        # Each receipt names the batch that answered it, one of the two. The fresh batch holds every line the
+        # stuck one had not answered, and also those it answered when its cancel was not yet seen ending
+        # at the release (a race of the machine's load; the first answer is kept, charged once).
+        mine = got.filter(pl.col("provider") == provider)
+        by_batch = dict(mine.group_by("provider_batch_id").len().iter_rows())
+        assert set(by_batch) <= {stuck.provider_batch_id, fresh.provider_batch_id}
+        assert by_batch.get(fresh.provider_batch_id, 0) > 0
+        assert 6 - by_batch.get(stuck.provider_batch_id, 0) <= fresh.lines <= 6
+    shown = batch_lane.lane_status(engine.storage, engine.settings, engine.batches.info(view.batch_id))
+    states = sorted((b["state"], b["generation"]) for b in shown["provider_batches"])
+    assert states == [("ended", 1)] * 2 + [("resubmitted", 0)] * 2
+    # The stuck runs were measured as censored (they took at least that long); the providers hold two each.
+    observed = {o.key: o.outcome for o in predictions.observations(lane="batch") if not o.key.startswith("earlier")}
+    assert sorted(observed.values()) == ["completed", "completed", "hedged", "hedged"]
+    import httpx
+
+    headers = {"authorization": "Bearer sim-key", "x-api-key": "sim-key", "anthropic-version": "2023-06-01"}
+    assert len(httpx.get(f"{url}/batches", headers=headers).json()["data"]) == 2
+    assert len(httpx.get(f"{url}/messages/batches", headers=headers).json()["data"]) == 2
+
+
 def test_an_expired_provider_batch_keeps_its_answered_lines_and_sends_the_rest_online(make: Any) -> None:
     # A 30-minute window and lines answered over about an hour: each batch expires half done.
     sim = simulator(batch_window_s=1800, batch_median_s=3600, batch_sigma=0.0, batch_validating_s=0)

@@ -21,6 +21,7 @@ from batchrouter.pricing.predictions import (
     censored_done_share,
     censored_percentile,
     percentile,
+    resubmit_share_gain,
     size_bucket,
 )
 
@@ -262,6 +263,32 @@ def test_the_share_done_by_a_time_is_measured_else_the_prior_decides(predictions
     completed(predictions, [60.0 * m for m in range(1, 21)])  # 1..20 minutes
     assert predictions.done_share("openai", "batch", 100, 15 * 60.0, config=config) == 0.75
     assert predictions.done_share("openai", "batch", 100, 60.0 * 30, config=config) == 1.0
+
+
+def test_a_run_late_past_every_measured_completion_is_worth_resubmitting_a_slow_one_is_not() -> None:
+    healthy = [(60.0 * m, False) for m in range(1, 11)]  # done in 1..10 minutes
+    # Past every run measured: no chance it ends, a fresh one is done in time for sure.
+    assert resubmit_share_gain(healthy, 900.0, 80_000.0, 40_000.0) == 1.0
+    # A fresh one with too little time left is worth only the share done in that time.
+    assert resubmit_share_gain(healthy, 900.0, 80_000.0, 300.0) == pytest.approx(0.5)
+    # Behind the median but not past the measured: of the runs not done by 5 min, all were done by the cancel.
+    assert resubmit_share_gain(healthy, 300.0, 80_000.0, 40_000.0) == pytest.approx(0.0)
+    # Stuck runs measured (hedged, censored at 20 h) among runs done in minutes: past the last completion
+    # nothing more ends, so the gain is the share of fresh runs done in time.
+    stuck = healthy[:8] + [(72_000.0, True), (72_000.0, True)]
+    assert resubmit_share_gain(stuck, 900.0, 80_000.0, 40_000.0) == pytest.approx(0.8)
+    # Early on, the late run is as likely as a fresh one: nothing to gain.
+    assert resubmit_share_gain(stuck, 30.0, 80_000.0, 40_000.0) <= 0.0
+
+
+def test_the_resubmit_gain_needs_bet_min_observations_runs(predictions: Predictions) -> None:
+    config = LanesConfig(percentile=0.9, batch_prior_p95_s=HOUR, bet_min_observations=5)
+    completed(predictions, [60.0, 120.0, 180.0, 240.0])
+    assert predictions.resubmit_gain("openai", "batch", 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
+                                     config=config) is None  # fmt: skip
+    completed(predictions, [300.0], prefix="c")
+    assert predictions.resubmit_gain("openai", "batch", 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
+                                     config=config) == 1.0  # fmt: skip
 
 
 def test_the_online_estimate_is_bound_by_the_rate_or_the_requests_in_flight_whichever_is_slower() -> None:
