@@ -56,7 +56,7 @@ from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.dispatch import Job
 from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
 from batchrouter.pricing.lanes import Lane, hedge_lane
-from batchrouter.pricing.predictions import Outcome, Predictions
+from batchrouter.pricing.predictions import Observation, Outcome, Predictions
 
 FOLDER = "provider_batches"
 # A provider batch's end as a prediction's observation.
@@ -128,6 +128,8 @@ class BatchLane:
         self.simulator_url = simulator_url
         self.record, self.flush = record, flush
         self.lanes = settings.lanes
+        # Each provider batch's lines, read once: a key names its content (`submit`), so they never change.
+        self._lines: dict[str, pl.DataFrame] = {}
 
     # -- the batch's records --------------------------------------------------------------------------
 
@@ -139,7 +141,9 @@ class BatchLane:
         self.storage.write_json(asdict(sent), *self.info.folder(FOLDER, f"{sent.key}.json"))
 
     def lines(self, sent: Sent) -> pl.DataFrame:
-        return self.storage.read_parquet(*self.info.folder(FOLDER, f"{sent.key}.parquet"))
+        if sent.key not in self._lines:
+            self._lines[sent.key] = self.storage.read_parquet(*self.info.folder(FOLDER, f"{sent.key}.parquet"))
+        return self._lines[sent.key]
 
     def clock_s(self) -> float:
         """Seconds since the batch was submitted, on BatchRouter's clock (`lanes.time_scale` in simulations)."""
@@ -264,6 +268,7 @@ class BatchLane:
         provider batch in flight is cancelled and its lines answered so far are not waited for.
         """
         now, wait_s = self.clock_s(), self.lanes.cancel_wait_s()
+        measured: dict[str, list[Observation]] = {}
         for sent in self.sent():
             if sent.state == "submitting":
                 self._forget(sent)  # a run died while sending it: its lines are sent again (same key) this round
@@ -288,7 +293,7 @@ class BatchLane:
                 self._collect(client, sent, batch)
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
-            elif sent.state == "in_flight" and self._resubmit_pays(sent, now):
+            elif sent.state == "in_flight" and self._resubmit_pays(sent, now, measured):
                 # Given the cancel's wait to end (what it answered is kept), then sent again in a fresh batch.
                 sent.resubmit = True
                 self._hedge(client, sent, release_at_s=now + wait_s)
@@ -322,6 +327,7 @@ class BatchLane:
         if unsent_of(self.storage, self.info.batch_id):
             return True  # only a run can send what was held back for capacity
         now = self.clock_s()
+        measured: dict[str, list[Observation]] = {}
         for sent in self.sent():
             if not sent.holds(now):
                 if sent.state == "hedged" and not sent.collected and not sent.released:
@@ -343,7 +349,7 @@ class BatchLane:
                 continue
             except ProviderError:
                 continue
-            if batch.ended or self._resubmit_pays(sent, now):
+            if batch.ended or self._resubmit_pays(sent, now, measured):
                 return True
         return False
 
@@ -359,10 +365,12 @@ class BatchLane:
                 out[item_id] = max(out.get(item_id, 0), sent.generation + 1)
         return out
 
-    def _resubmit_pays(self, sent: Sent, now_s: float) -> bool:
+    def _resubmit_pays(self, sent: Sent, now_s: float, measured: dict[str, list[Observation]]) -> bool:
         """Whether an in-flight provider batch is so far behind the runs measured that a fresh one, sent once
         its cancel has had `cancel_wait_s` to end, is `lanes.resubmit_min_gain` likelier to be done before
-        its cancel time (the lines' hedge less the wait) than this one is before its own."""
+        its cancel time (the lines' hedge less the wait) than this one is before its own.
+
+        `measured`: the batch-lane runs read so far in this round, by provider (filled here, read once)."""
         if sent.generation >= self.lanes.max_resubmits or sent.hedge_at_s is None or sent.created_at is None:
             return False
         wait_s = self.lanes.cancel_wait_s()
@@ -371,8 +379,10 @@ class BatchLane:
         fresh_s = sent.hedge_at_s - wait_s - (now_s + wait_s)
         if fresh_s <= 0:
             return False
-        gain = Predictions(self.settings.database).resubmit_gain(
-            sent.provider, Lane.BATCH, sent.lines, elapsed_s=now_s - sent_at_s,
+        if sent.provider not in measured:
+            measured[sent.provider] = Predictions(self.settings.database).observations(sent.provider, Lane.BATCH)
+        gain = Predictions.resubmit_gain(
+            measured[sent.provider], sent.lines, elapsed_s=now_s - sent_at_s,
             cancel_by_s=sent.hedge_at_s - wait_s - sent_at_s, fresh_s=fresh_s, config=self.lanes,
         )  # fmt: skip
         return gain is not None and gain >= self.lanes.resubmit_min_gain

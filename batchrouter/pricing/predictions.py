@@ -256,10 +256,9 @@ class Predictions:
         prior = config.batch_prior_s(provider) if lane == "batch" else math.inf
         return config.percentile if prior <= by_s else 0.0
 
+    @staticmethod
     def resubmit_gain(
-        self,
-        provider: str,
-        lane: Lane,
+        measured: list[Observation],
         lines: int,
         *,
         elapsed_s: float,
@@ -268,9 +267,10 @@ class Predictions:
         config: LanesConfig,
     ) -> float | None:
         """How much likelier a fresh run of `lines` items is to be done within `fresh_s` than a run not done
-        after `elapsed_s` is to be done by `cancel_by_s` (both after its own start), from the runs measured
-        (`resubmit_share_gain`); None: too few runs (`bet_min_observations`) to tell."""
-        runs = _like(self.observations(provider, lane), lines, config=config, minimum=config.bet_min_observations)
+        after `elapsed_s` is to be done by `cancel_by_s` (both after its own start), from `measured` (one
+        provider's runs of the lane, `observations()`) by `resubmit_share_gain`; None: too few runs like it
+        (`bet_min_observations`) to tell."""
+        runs = _like(measured, lines, config=config, minimum=config.bet_min_observations)
         return None if runs is None else resubmit_share_gain(runs, elapsed_s, cancel_by_s, fresh_s)
 
     @staticmethod

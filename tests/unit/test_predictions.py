@@ -284,10 +284,12 @@ def test_a_run_late_past_every_measured_completion_is_worth_resubmitting_a_slow_
 def test_the_resubmit_gain_needs_bet_min_observations_runs(predictions: Predictions) -> None:
     config = LanesConfig(percentile=0.9, batch_prior_p95_s=HOUR, bet_min_observations=5)
     completed(predictions, [60.0, 120.0, 180.0, 240.0])
-    assert predictions.resubmit_gain("openai", "batch", 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
+    runs = predictions.observations("openai", "batch")
+    assert Predictions.resubmit_gain(runs, 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
                                      config=config) is None  # fmt: skip
     completed(predictions, [300.0], prefix="c")
-    assert predictions.resubmit_gain("openai", "batch", 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
+    runs = predictions.observations("openai", "batch")
+    assert Predictions.resubmit_gain(runs, 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
                                      config=config) == 1.0  # fmt: skip
 
 
