@@ -55,7 +55,7 @@ from batchrouter.core.storage import Storage
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.dispatch import Job
 from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
-from batchrouter.pricing.lanes import Lane, hedge_lane
+from batchrouter.pricing.lanes import Lane, dispatch_tokens, hedge_lane
 from batchrouter.pricing.predictions import Observation, Outcome, Predictions
 
 FOLDER = "provider_batches"
@@ -194,7 +194,8 @@ class BatchLane:
             lane = Lane.ONLINE
             if deadline is not None:
                 time_left = deadline - self.lanes.margin_s - now_s
-                lane = hedge_lane(self.settings, self.catalog.entry(str(route)), part.height, time_left_s=time_left)
+                entry, tokens = self.catalog.entry(str(route)), int(dispatch_tokens(part).sum())
+                lane = hedge_lane(self.settings, entry, part.height, tokens=tokens, time_left_s=time_left)
             parts.append(part.with_columns(pl.lit(str(lane)).alias("lane")))
         return pl.concat(parts, how="vertical_relaxed")
 

@@ -110,11 +110,11 @@ class Timing:
 
     # Predicted completion of `lines` items on (provider, lane): a high percentile of what was measured.
     predict: Callable[[str, Lane, int], float]
-    # How long `items` items of a route take online at its limits.
-    online_s: Callable[[CatalogEntry, int], float]
+    # How long `items` items of a route, `tokens` in all (input plus output cap), take online at its limits.
+    online_s: Callable[[CatalogEntry, int, int], float]
     margin_s: float
     # How long they take on flex: the same rate limits, each request slower (None: as online).
-    flex_s: Callable[[CatalogEntry, int], float] | None = None
+    flex_s: Callable[[CatalogEntry, int, int], float] | None = None
     # The share of `lines`-item runs on (provider, lane) measured done within a time (None: no bets),
     # and the expected saving (a share of the online price) a bet on a late-predicted lane must reach.
     done_share: Callable[[str, Lane, int, float], float] | None = None
@@ -126,7 +126,8 @@ class Timing:
 def choose_lanes(
     accepted: pl.DataFrame, *, deadline_s: float | None, catalog: Catalog, settings: Settings, timing: Timing
 ) -> pl.DataFrame:
-    """Each accepted item's lane (LANE_SCHEMA), from `row`, `route`, `expected_usd_micros`.
+    """Each accepted item's lane (LANE_SCHEMA), from `row`, `route`, `expected_usd_micros` and, for the
+    token rate's share of the time online, `input_tokens` and `output_cap` (absent: no tokens).
 
     `deadline_s`: seconds from the batch's start to its deadline; None sends everything online.
     """
@@ -139,8 +140,11 @@ def choose_lanes(
         free = sum(lane is None for lane in asked)
         lane, hedge_at = Lane.ONLINE, None
         if deadline_s is not None and free:
-            online_s = timing.online_s(entry, free)
-            lane, hedge_at = _cheapest(entry, settings.provider(entry.provider), free, deadline_s, online_s, timing)
+            tokens = sum(t for t, own in zip(dispatch_tokens(part).to_list(), asked, strict=True) if own is None)
+            online_s = timing.online_s(entry, free, tokens)
+            lane, hedge_at = _cheapest(
+                entry, settings.provider(entry.provider), (free, tokens), deadline_s, online_s, timing
+            )
         for (row, expected), own in zip(part.select("row", "expected_usd_micros").iter_rows(), asked, strict=True):
             on = own or lane
             rows.append({"row": row, "lane": str(on), "hedge_at_s": None if own else hedge_at,
@@ -148,16 +152,37 @@ def choose_lanes(
     return pl.DataFrame(rows, schema=LANE_SCHEMA)
 
 
+def dispatch_tokens(items: pl.DataFrame) -> pl.Series:
+    """Per item, the tokens the online dispatcher takes from its route's token bucket for it: the input
+    plus the output cap for each of its `n` choices (`execution.dispatch.Job.estimate_tokens`)."""
+
+    def column(name: str, missing: int) -> pl.Expr:
+        return pl.col(name).fill_null(missing) if name in items.columns else pl.lit(missing)
+
+    tokens = column("input_tokens", 0) + column("output_cap", 0) * column("n", 1)
+    return items.with_columns(tokens.alias("_dispatch_tokens"))["_dispatch_tokens"]
+
+
 def _cheapest(
-    entry: CatalogEntry, config: ProviderConfig, items: int, deadline_s: float, online_s: float, timing: Timing
+    entry: CatalogEntry,
+    config: ProviderConfig,
+    size: tuple[int, int],
+    deadline_s: float,
+    online_s: float,
+    timing: Timing,
 ) -> tuple[Lane, float | None]:
     """The cheapest lane that finishes in time with room to hedge, and when it must be done by.
+
+    `size`: the route's items and their tokens (`dispatch_tokens`).
 
     The hedge runs down the lanes: a provider batch behind at its hedge time moves to flex where the
     route sells it (and from flex, online), so a batch's hedge time leaves room for both.
     """
+    items, tokens = size
     offered = sorted(lanes_of(entry, config), key=lambda lane: (price_factor(entry, lane), lane != Lane.BATCH))
-    flex_s = (timing.flex_s(entry, items) if timing.flex_s is not None else online_s) if Lane.FLEX in offered else 0.0
+    flex_s = 0.0
+    if Lane.FLEX in offered:
+        flex_s = timing.flex_s(entry, items, tokens) if timing.flex_s is not None else online_s
     for lane in offered:
         if lane == Lane.ONLINE:
             break
@@ -175,27 +200,32 @@ def _cheapest(
     return Lane.ONLINE, None
 
 
-def route_s(settings: Settings, entry: CatalogEntry, items: int, *, lane: Lane = Lane.ONLINE) -> float:
-    """Seconds (on the batch's clock) for `items` items of a route sent now on `lane` (online or flex)
-    at its rate limit and its provider's concurrency; a flex request takes `lanes.flex_slowdown` times
-    the route's typical latency, so flex is often bound by the concurrency rather than the rate."""
+def route_s(settings: Settings, entry: CatalogEntry, items: int, *, tokens: int = 0, lane: Lane = Lane.ONLINE) -> float:
+    """Seconds (on the batch's clock) for `items` items of a route, `tokens` in all (`dispatch_tokens`),
+    sent now on `lane` (online or flex) at its request and token rate limits and its provider's
+    concurrency; a flex request takes `lanes.flex_slowdown` times the route's typical latency, so flex is
+    often bound by the concurrency rather than the rate."""
     from batchrouter.pricing.predictions import Predictions
 
     slowdown = settings.lanes.flex_slowdown if lane == Lane.FLEX else 1.0
     latency_s = entry.typical_latency_ms / 1000 * slowdown
     provider = settings.provider(entry.provider)
-    return Predictions.online_s(items, provider.rpm, latency_s, provider.max_concurrency) * settings.lanes.time_scale
+    seconds = Predictions.online_s(
+        items, provider.rpm, latency_s, provider.max_concurrency, tokens=tokens, tpm=provider.tpm
+    )
+    return seconds * settings.lanes.time_scale
 
 
-def hedge_lane(settings: Settings, entry: CatalogEntry, items: int, *, time_left_s: float) -> Lane:
-    """The lane a route's `items` take when their provider batch let go of them with `time_left_s` to
-    the deadline (less the margin): flex, at the batch price, where the route sells it and the flex run
-    ends in that time; else online. (The batch's hedge time left room for flex and then online; a hedge
-    starts a poll's lag after it. A flex request the provider refuses is refused at once and its item
-    goes online then, inside the margin.)"""
+def hedge_lane(settings: Settings, entry: CatalogEntry, items: int, *, tokens: int, time_left_s: float) -> Lane:
+    """The lane a route's `items` (`tokens` in all, `dispatch_tokens`) take when their provider batch let
+    go of them with `time_left_s` to the deadline (less the margin): flex, at the batch price, where the
+    route sells it and the flex run ends in that time; else online. (The batch's hedge time left room
+    for flex and then online; a hedge starts a poll's lag after it. A flex request the provider refuses
+    is refused at once and its item goes online then, inside the margin.)"""
     if Lane.FLEX not in lanes_of(entry, settings.provider(entry.provider)):
         return Lane.ONLINE
-    return Lane.FLEX if route_s(settings, entry, items, lane=Lane.FLEX) <= time_left_s else Lane.ONLINE
+    flex_s = route_s(settings, entry, items, tokens=tokens, lane=Lane.FLEX)
+    return Lane.FLEX if flex_s <= time_left_s else Lane.ONLINE
 
 
 def lane_summary(accepted: pl.DataFrame) -> list[dict[str, object]]:
@@ -224,7 +254,8 @@ def chooser(
     than the wall in a simulation, so the online lane's wall seconds are scaled to it.
     `in_flight`: per route, lines other batches have in provider batches (`batch_lane.lines_in_flight`).
     Their hedges would share the route's rate limit with this batch's, so its hedge leaves time for
-    them as well: many batches due at once never count the route's whole rate each.
+    them as well: many batches due at once never count the route's whole rate each. Their tokens are
+    not recorded; each is counted at this batch's tokens per item on the route.
     """
     from batchrouter.pricing.predictions import Predictions
 
@@ -232,11 +263,17 @@ def chooser(
     predictions = Predictions(settings.database)
     others = dict(in_flight or {})
 
-    def online_s(entry: CatalogEntry, items: int) -> float:
-        return route_s(settings, entry, items + others.get(entry.route, 0))
+    def with_others(entry: CatalogEntry, items: int, tokens: int) -> tuple[int, int]:
+        more = others.get(entry.route, 0)
+        return items + more, tokens + (-(-tokens * more // items) if items else 0)
 
-    def flex_s(entry: CatalogEntry, items: int) -> float:
-        return route_s(settings, entry, items + others.get(entry.route, 0), lane=Lane.FLEX)
+    def online_s(entry: CatalogEntry, items: int, tokens: int) -> float:
+        items, tokens = with_others(entry, items, tokens)
+        return route_s(settings, entry, items, tokens=tokens)
+
+    def flex_s(entry: CatalogEntry, items: int, tokens: int) -> float:
+        items, tokens = with_others(entry, items, tokens)
+        return route_s(settings, entry, items, tokens=tokens, lane=Lane.FLEX)
 
     def predict(provider: str, lane: Lane, lines: int) -> float:
         return predictions.completion_s(provider, lane, lines, config=lanes)

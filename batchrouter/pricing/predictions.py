@@ -274,17 +274,29 @@ class Predictions:
         return None if runs is None else resubmit_share_gain(runs, elapsed_s, cancel_by_s, fresh_s)
 
     @staticmethod
-    def online_s(items: int, rpm: float, latency_s: float, concurrency: int | None = None) -> float:
+    def online_s(
+        items: int,
+        rpm: float,
+        latency_s: float,
+        concurrency: int | None = None,
+        *,
+        tokens: int = 0,
+        tpm: float | None = None,
+    ) -> float:
         """Seconds for the online lane to answer `items` at `rpm` requests a minute, each taking `latency_s`,
-        at most `concurrency` in flight at once (None: unbounded): the slower of the two limits, plus the
-        last request's latency."""
+        at most `concurrency` in flight at once (None: unbounded), and `tokens` (what the dispatcher takes
+        from the token bucket: input plus the output cap) at `tpm` tokens a minute (None: unbounded): the
+        slowest of the three limits, plus the last request's latency."""
         if rpm <= 0:
             raise ValueError(f"rpm must be positive, got {rpm}")
         if concurrency is not None and concurrency <= 0:
             raise ValueError(f"concurrency must be positive, got {concurrency}")
+        if tpm is not None and tpm <= 0:
+            raise ValueError(f"tpm must be positive, got {tpm}")
         paced = items / (rpm / 60.0)
+        metered = tokens / (tpm / 60.0) if tpm else 0.0
         slots = items * latency_s / concurrency if concurrency else 0.0
-        return max(paced, slots) + latency_s
+        return max(paced, metered, slots) + latency_s
 
     def summary(self) -> list[LaneSummary]:
         """One row per provider, lane and size bucket with runs, in that order."""

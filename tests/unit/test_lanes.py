@@ -34,9 +34,9 @@ def timing(
     """Batches predicted at `batch_s`; `done`: the share of batches measured done by any hedge time."""
     return Timing(
         predict=lambda provider, lane, lines: batch_s,
-        online_s=lambda entry, items: items * online_per_item_s,
+        online_s=lambda entry, items, tokens: items * online_per_item_s,
         margin_s=margin_s,
-        flex_s=lambda entry, items: 3 * items * online_per_item_s,
+        flex_s=lambda entry, items, tokens: 3 * items * online_per_item_s,
         done_share=None if done is None else lambda provider, lane, lines, by_s: done,
         min_expected_saving=0.2,
     )
@@ -270,6 +270,36 @@ def test_a_routes_time_counts_its_providers_concurrency_where_that_binds(catalog
     assert route_s(one, entry, 10, lane=Lane.FLEX) == pytest.approx(11 * 3 * latency_s)
 
 
+def test_a_routes_time_counts_its_token_rate_where_that_binds(catalog: Catalog, tmp_path: Path) -> None:
+    from batchrouter.pricing.lanes import route_s
+
+    entry = catalog.entry("openai:gpt-4o-mini")
+    latency_s = entry.typical_latency_ms / 1000
+    config = {"kind": "simulator", "rpm": 60_000, "tpm": 600_000, "max_concurrency": 10_000}
+    settings = load_settings(database=str(tmp_path / "a.duckdb"), providers={"openai": config})
+    # 100 items a second by the rate; 6 M tokens at 10,000 a second take 600 s: the tokens bind.
+    assert route_s(settings, entry, 1000, tokens=6_000_000) == pytest.approx(600 + latency_s)
+    assert route_s(settings, entry, 1000, tokens=1000) == pytest.approx(1000 / 1000 + latency_s)  # the rate binds
+
+
+def test_long_prompts_bound_by_the_token_rate_leave_less_time_before_the_hedge(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    from batchrouter.pricing.lanes import chooser
+
+    def hedge_at(input_tokens: int) -> float:
+        config = {"kind": "simulator", "rpm": 60_000, "tpm": 60_000}
+        settings = load_settings(database=str(tmp_path / "a.duckdb"), providers={"openai": config})
+        choose = chooser(settings, catalog, 24 * HOUR)
+        items = pl.DataFrame({"row": [0, 1], "route": ["openai:gpt-4o-mini"] * 2, "expected_usd_micros": [10, 10],
+                              "input_tokens": [input_tokens] * 2, "output_cap": [1000, 1000]})  # fmt: skip
+        return float(choose(items)["hedge_at_s"][0])
+
+    # Two items of 1,000 output tokens each plus their input, at 1,000 tokens a second: 50,001 input
+    # tokens each take 100 s more than 1 does, and the hedge comes that much sooner.
+    assert hedge_at(1) - hedge_at(50_001) == pytest.approx(100.0, abs=0.01)
+
+
 def test_a_bet_reads_the_share_done_when_the_batch_would_be_asked_to_cancel(
     catalog: Catalog, settings: Settings
 ) -> None:
@@ -279,7 +309,7 @@ def test_a_bet_reads_the_share_done_when_the_batch_would_be_asked_to_cancel(
         asked.append(by_s)
         return 1.0
 
-    t = Timing(predict=lambda provider, lane, lines: 2 * HOUR, online_s=lambda entry, items: 0.0, margin_s=600,
+    t = Timing(predict=lambda provider, lane, lines: 2 * HOUR, online_s=lambda entry, items, tokens: 0.0, margin_s=600,
                done_share=share, min_expected_saving=0.2, cancel_wait_s=300)  # fmt: skip
     items = quote(catalog, settings, {"gpt-4o-mini": "Hi"}, deadline_s=1800, t=t)
     assert set(items["lane"]) == {"batch"} and set(items["hedge_at_s"]) == {1200.0}
