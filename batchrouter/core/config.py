@@ -225,7 +225,8 @@ class LanesConfig(BaseModel):
     # A provider batch far behind the runs measured (stuck, most often) is cancelled and its unanswered
     # lines sent again in a fresh provider batch, still at the batch price, when a fresh one is at least
     # this much likelier (a share of runs) to be done before its hedge than the late one still is; at
-    # most `max_resubmits` times per line, from `bet_min_observations` runs measured.
+    # most `max_resubmits` times per line, from `bet_min_observations` runs measured, as many of them
+    # lasting twice the late one's age (`predictions.resubmit_share_gain`).
     resubmit_min_gain: float = Field(default=0.5, gt=0, le=1)
     max_resubmits: int = Field(default=2, ge=0)
     # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h

@@ -112,11 +112,18 @@ def censored_done_share(runs: Sequence[tuple[float, bool]], t: float) -> float:
 
 
 def resubmit_share_gain(
-    runs: Sequence[tuple[float, bool]], elapsed_s: float, cancel_by_s: float, fresh_s: float
-) -> float:
+    runs: Sequence[tuple[float, bool]], elapsed_s: float, cancel_by_s: float, fresh_s: float, *, min_past: int = 1
+) -> float | None:
     """Kaplan-Meier share of `runs` done within `fresh_s` (a fresh run), less the share of those not done by
-    `elapsed_s` that were done by `cancel_by_s` (the late run, had it been left to run). A run late past
-    every measured completion is given no chance of ending: what was measured never did that."""
+    `elapsed_s` that were done by `cancel_by_s` (the late run, had it been left to run).
+
+    None (nothing to tell) unless at least `min_past` runs lasted twice `elapsed_s` or longer (done then,
+    or still running when they ended): a run is judged late only against runs measured well past its
+    age. Without them a long tail looks like a stuck run, and a run cancelled to be sent again ends
+    censored just past its age, so counting those would let each resubmission justify the next.
+    With them, a run late past every measured completion is given no chance of ending."""
+    if sum(1 for duration, _ in runs if duration >= 2 * elapsed_s) < min_past:
+        return None
     by_now = censored_done_share(runs, elapsed_s)
     late = 0.0 if by_now >= 1 - 1e-12 else (censored_done_share(runs, cancel_by_s) - by_now) / (1 - by_now)
     return censored_done_share(runs, fresh_s) - max(late, 0.0)
@@ -269,9 +276,11 @@ class Predictions:
         """How much likelier a fresh run of `lines` items is to be done within `fresh_s` than a run not done
         after `elapsed_s` is to be done by `cancel_by_s` (both after its own start), from `measured` (one
         provider's runs of the lane, `observations()`) by `resubmit_share_gain`; None: too few runs like it
-        (`bet_min_observations`) to tell."""
+        (`bet_min_observations`), or too few of them lasting twice the run's age, to tell."""
         runs = _like(measured, lines, config=config, minimum=config.bet_min_observations)
-        return None if runs is None else resubmit_share_gain(runs, elapsed_s, cancel_by_s, fresh_s)
+        if runs is None:
+            return None
+        return resubmit_share_gain(runs, elapsed_s, cancel_by_s, fresh_s, min_past=config.bet_min_observations)
 
     @staticmethod
     def online_s(

@@ -267,30 +267,50 @@ def test_the_share_done_by_a_time_is_measured_else_the_prior_decides(predictions
 
 def test_a_run_late_past_every_measured_completion_is_worth_resubmitting_a_slow_one_is_not() -> None:
     healthy = [(60.0 * m, False) for m in range(1, 11)]  # done in 1..10 minutes
-    # Past every run measured: no chance it ends, a fresh one is done in time for sure.
-    assert resubmit_share_gain(healthy, 900.0, 80_000.0, 40_000.0) == 1.0
-    # A fresh one with too little time left is worth only the share done in that time.
-    assert resubmit_share_gain(healthy, 900.0, 80_000.0, 300.0) == pytest.approx(0.5)
+    # Nothing measured lasted twice its age: a long tail and a stuck run look alike, nothing to tell.
+    assert resubmit_share_gain(healthy, 900.0, 80_000.0, 40_000.0) is None
     # Behind the median but not past the measured: of the runs not done by 5 min, all were done by the cancel.
     assert resubmit_share_gain(healthy, 300.0, 80_000.0, 40_000.0) == pytest.approx(0.0)
+    assert resubmit_share_gain(healthy, 300.0, 80_000.0, 40_000.0, min_past=2) is None  # only 10 min lasted 2x5
     # Stuck runs measured (hedged, censored at 20 h) among runs done in minutes: past the last completion
-    # nothing more ends, so the gain is the share of fresh runs done in time.
+    # nothing more ends, so the gain is the share of fresh runs done in time (8 of 10).
     stuck = healthy[:8] + [(72_000.0, True), (72_000.0, True)]
-    assert resubmit_share_gain(stuck, 900.0, 80_000.0, 40_000.0) == pytest.approx(0.8)
+    assert resubmit_share_gain(stuck, 900.0, 80_000.0, 40_000.0, min_past=2) == pytest.approx(0.8)
+    assert resubmit_share_gain(stuck, 900.0, 80_000.0, 40_000.0, min_past=3) is None
+    # ... with too little time left, it is worth only the share a fresh one has done in that time.
+    assert resubmit_share_gain(stuck, 900.0, 80_000.0, 300.0, min_past=2) == pytest.approx(0.5)
     # Early on, the late run is as likely as a fresh one: nothing to gain.
-    assert resubmit_share_gain(stuck, 30.0, 80_000.0, 40_000.0) <= 0.0
+    gain = resubmit_share_gain(stuck, 30.0, 80_000.0, 40_000.0, min_past=2)
+    assert gain is not None and gain <= 0.0
 
 
-def test_the_resubmit_gain_needs_bet_min_observations_runs(predictions: Predictions) -> None:
+def test_runs_cancelled_to_be_sent_again_do_not_make_the_next_run_look_late() -> None:
+    # A long tail: most runs done in minutes, some in hours. Runs cancelled at 30 minutes to be sent
+    # again end censored just past that age; they say nothing of how runs that old end.
+    tail = [(60.0 * m, False) for m in range(1, 21)] + [(3 * 3600.0, False), (5 * 3600.0, False)]
+    resubmitted = [(1800.0 + 300.0 + s, True) for s in range(8)]
+    assert resubmit_share_gain(tail[:20] + resubmitted, 1800.0, 80_000.0, 40_000.0, min_past=2) is None
+    # With the long runs measured, the late run is likely to end: nothing to gain by sending it again.
+    gain = resubmit_share_gain(tail + resubmitted, 1800.0, 80_000.0, 40_000.0, min_past=2)
+    assert gain is not None and gain <= 0.0
+
+
+def test_the_resubmit_gain_needs_bet_min_observations_runs_and_as_many_past_twice_the_age(
+    predictions: Predictions,
+) -> None:
     config = LanesConfig(percentile=0.9, batch_prior_p95_s=HOUR, bet_min_observations=5)
+
+    def gain() -> float | None:
+        runs = predictions.observations("openai", "batch")
+        return Predictions.resubmit_gain(runs, 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2, config=config)
+
     completed(predictions, [60.0, 120.0, 180.0, 240.0])
-    runs = predictions.observations("openai", "batch")
-    assert Predictions.resubmit_gain(runs, 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
-                                     config=config) is None  # fmt: skip
-    completed(predictions, [300.0], prefix="c")
-    runs = predictions.observations("openai", "batch")
-    assert Predictions.resubmit_gain(runs, 100, elapsed_s=900.0, cancel_by_s=DAY, fresh_s=DAY / 2,
-                                     config=config) == 1.0  # fmt: skip
+    assert gain() is None  # 4 runs
+    completed(predictions, [72_000.0] * 4, outcome="cancelled", prefix="stuck")  # hedged at 20 h, never done
+    assert gain() is None  # 8 runs, but only 4 of them lasted 1,800 s
+    completed(predictions, [72_000.0], outcome="cancelled", prefix="more")
+    # Of 9 runs, the 4 done were done in minutes: a fresh run is done in time 4 times in 9, this one never.
+    assert gain() == pytest.approx(4 / 9)
 
 
 def test_the_online_estimate_is_bound_by_the_rate_or_the_requests_in_flight_whichever_is_slower() -> None:
