@@ -55,7 +55,7 @@ from batchrouter.core.storage import Storage
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.dispatch import Job
 from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
-from batchrouter.pricing.lanes import Lane, dispatch_tokens, hedge_lane
+from batchrouter.pricing.lanes import Lane, hedge_lane, rate_tokens
 from batchrouter.pricing.predictions import Observation, Outcome, Predictions
 
 FOLDER = "provider_batches"
@@ -128,7 +128,8 @@ class BatchLane:
         self.simulator_url = simulator_url
         self.record, self.flush = record, flush
         self.lanes = settings.lanes
-        # Each provider batch's lines, read once: a key names its content (`submit`), so they never change.
+        # Each provider batch's lines, read once: a key names its custom ids (`submit`), and the rest of
+        # its lines follows from them (a custom id is a manifest row), so they never change.
         self._lines: dict[str, pl.DataFrame] = {}
 
     # -- the batch's records --------------------------------------------------------------------------
@@ -194,7 +195,8 @@ class BatchLane:
             lane = Lane.ONLINE
             if deadline is not None:
                 time_left = deadline - self.lanes.margin_s - now_s
-                entry, tokens = self.catalog.entry(str(route)), int(dispatch_tokens(part).sum())
+                entry = self.catalog.entry(str(route))
+                tokens = int(rate_tokens(part, entry).sum())
                 lane = hedge_lane(self.settings, entry, part.height, tokens=tokens, time_left_s=time_left)
             parts.append(part.with_columns(pl.lit(str(lane)).alias("lane")))
         return pl.concat(parts, how="vertical_relaxed")
@@ -240,6 +242,7 @@ class BatchLane:
                                       "reserve_usd_micros": [jobs[i].reserve_usd_micros for i in ids],
                                       "input_sha256": [jobs[i].input_sha256 for i in ids]})  # fmt: skip
                 self.storage.write_parquet(frame, *self.info.folder(FOLDER, f"{sent.key}.parquet"))
+                self._lines[sent.key] = frame
                 self._save(sent)
                 try:
                     batch = _run(client, client.submit(chunk, metadata=self._metadata(sent), completion_window="24h"))
@@ -292,12 +295,15 @@ class BatchLane:
             self._update(sent, batch)
             if batch.ended:
                 self._collect(client, sent, batch)
+                measured.pop(sent.provider, None)  # it was measured: the next one's gain counts it
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
+                measured.pop(sent.provider, None)
             elif sent.state == "in_flight" and self._resubmit_pays(sent, now, measured):
                 # Given the cancel's wait to end (what it answered is kept), then sent again in a fresh batch.
                 sent.resubmit = True
                 self._hedge(client, sent, release_at_s=now + wait_s)
+                measured.pop(sent.provider, None)
             elif cancel_all:
                 sent.release_at_s = now  # cancelled by the user: nothing more is waited for
             if sent.state == "hedged" and not sent.holds(now):

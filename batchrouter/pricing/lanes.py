@@ -127,7 +127,7 @@ def choose_lanes(
     accepted: pl.DataFrame, *, deadline_s: float | None, catalog: Catalog, settings: Settings, timing: Timing
 ) -> pl.DataFrame:
     """Each accepted item's lane (LANE_SCHEMA), from `row`, `route`, `expected_usd_micros` and, for the
-    token rate's share of the time online, `input_tokens` and `output_cap` (absent: no tokens).
+    token rate's share of the time online (`rate_tokens`), `input_tokens` and `output_cap`.
 
     `deadline_s`: seconds from the batch's start to its deadline; None sends everything online.
     """
@@ -140,7 +140,7 @@ def choose_lanes(
         free = sum(lane is None for lane in asked)
         lane, hedge_at = Lane.ONLINE, None
         if deadline_s is not None and free:
-            tokens = sum(t for t, own in zip(dispatch_tokens(part).to_list(), asked, strict=True) if own is None)
+            tokens = sum(t for t, own in zip(rate_tokens(part, entry).to_list(), asked, strict=True) if own is None)
             online_s = timing.online_s(entry, free, tokens)
             lane, hedge_at = _cheapest(
                 entry, settings.provider(entry.provider), (free, tokens), deadline_s, online_s, timing
@@ -152,15 +152,18 @@ def choose_lanes(
     return pl.DataFrame(rows, schema=LANE_SCHEMA)
 
 
-def dispatch_tokens(items: pl.DataFrame) -> pl.Series:
-    """Per item, the tokens the online dispatcher takes from its route's token bucket for it: the input
-    plus the output cap for each of its `n` choices (`execution.dispatch.Job.estimate_tokens`)."""
+def rate_tokens(items: pl.DataFrame, entry: CatalogEntry) -> pl.Series:
+    """Per item of `entry`'s route, what it spends of the route's token rate online: its input plus, for
+    each of its `n` choices, the output expected of the route (`expected_output_tokens`) within its cap.
+    (The dispatcher takes the whole cap from the bucket when it sends a request and gives back what the
+    answer did not use, `execution.dispatch`; over a run the rate pays for what the answers used.)"""
 
     def column(name: str, missing: int) -> pl.Expr:
         return pl.col(name).fill_null(missing) if name in items.columns else pl.lit(missing)
 
-    tokens = column("input_tokens", 0) + column("output_cap", 0) * column("n", 1)
-    return items.with_columns(tokens.alias("_dispatch_tokens"))["_dispatch_tokens"]
+    output = pl.min_horizontal(column("output_cap", entry.expected_output_tokens), pl.lit(entry.expected_output_tokens))
+    tokens = column("input_tokens", 0) + output * column("n", 1)
+    return items.with_columns(tokens.cast(pl.Int64).alias("_rate_tokens"))["_rate_tokens"]
 
 
 def _cheapest(
@@ -173,7 +176,7 @@ def _cheapest(
 ) -> tuple[Lane, float | None]:
     """The cheapest lane that finishes in time with room to hedge, and when it must be done by.
 
-    `size`: the route's items and their tokens (`dispatch_tokens`).
+    `size`: the route's items and their tokens (`rate_tokens`).
 
     The hedge runs down the lanes: a provider batch behind at its hedge time moves to flex where the
     route sells it (and from flex, online), so a batch's hedge time leaves room for both.
@@ -201,7 +204,7 @@ def _cheapest(
 
 
 def route_s(settings: Settings, entry: CatalogEntry, items: int, *, tokens: int = 0, lane: Lane = Lane.ONLINE) -> float:
-    """Seconds (on the batch's clock) for `items` items of a route, `tokens` in all (`dispatch_tokens`),
+    """Seconds (on the batch's clock) for `items` items of a route, `tokens` in all (`rate_tokens`),
     sent now on `lane` (online or flex) at its request and token rate limits and its provider's
     concurrency; a flex request takes `lanes.flex_slowdown` times the route's typical latency, so flex is
     often bound by the concurrency rather than the rate."""
@@ -217,7 +220,7 @@ def route_s(settings: Settings, entry: CatalogEntry, items: int, *, tokens: int 
 
 
 def hedge_lane(settings: Settings, entry: CatalogEntry, items: int, *, tokens: int, time_left_s: float) -> Lane:
-    """The lane a route's `items` (`tokens` in all, `dispatch_tokens`) take when their provider batch let
+    """The lane a route's `items` (`tokens` in all, `rate_tokens`) take when their provider batch let
     go of them with `time_left_s` to the deadline (less the margin): flex, at the batch price, where the
     route sells it and the flex run ends in that time; else online. (The batch's hedge time left room
     for flex and then online; a hedge starts a poll's lag after it. A flex request the provider refuses

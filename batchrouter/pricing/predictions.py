@@ -120,7 +120,8 @@ def resubmit_share_gain(
     None (nothing to tell) unless at least `min_past` runs lasted twice `elapsed_s` or longer (done then,
     or still running when they ended): a run is judged late only against runs measured well past its
     age. Without them a long tail looks like a stuck run, and a run cancelled to be sent again ends
-    censored just past its age, so counting those would let each resubmission justify the next.
+    censored just past its age, so counting those would let each resubmission justify the next of
+    that age.
     With them, a run late past every measured completion is given no chance of ending."""
     if sum(1 for duration, _ in runs if duration >= 2 * elapsed_s) < min_past:
         return None
@@ -293,9 +294,9 @@ class Predictions:
         tpm: float | None = None,
     ) -> float:
         """Seconds for the online lane to answer `items` at `rpm` requests a minute, each taking `latency_s`,
-        at most `concurrency` in flight at once (None: unbounded), and `tokens` (what the dispatcher takes
-        from the token bucket: input plus the output cap) at `tpm` tokens a minute (None: unbounded): the
-        slowest of the three limits, plus the last request's latency."""
+        at most `concurrency` in flight at once (None: unbounded), and `tokens` in all (`lanes.rate_tokens`)
+        at `tpm` tokens a minute (None: unbounded): the slowest of the three limits, plus the last
+        request's latency."""
         if rpm <= 0:
             raise ValueError(f"rpm must be positive, got {rpm}")
         if concurrency is not None and concurrency <= 0:

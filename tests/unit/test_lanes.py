@@ -17,6 +17,7 @@ from batchrouter.pricing.lanes import (
     Timing,
     choose_lanes,
     chooser,
+    hedge_lane,
     lane_price,
     lanes_of,
     price_factor,
@@ -235,6 +236,36 @@ def test_an_item_that_names_a_tier_keeps_it_and_the_others_are_chosen_without_it
     assert got["hedge_at_s"].to_list() == [None, None, 24 * HOUR - 600 - 0.01 - 3 * 0.01]
     assert requested_lane(None) is None and requested_lane(["tools"]) is None
     assert price_factor(entry, Lane.PRIORITY) == 1
+
+
+def test_the_token_rate_counts_the_items_left_to_the_choice_at_their_expected_output(catalog: Catalog) -> None:
+    # Three gpt-5-mini items; the first asks priority and is not the choice's. The other two spend the
+    # route's token rate on their input and, for each choice, the output expected of the route within
+    # their cap (the dispatcher gives back the unused cap).
+    entry = catalog.entry("openai:gpt-5-mini")
+    expected = entry.expected_output_tokens
+    accepted = pl.DataFrame({"row": [0, 1, 2], "route": [entry.route] * 3, "expected_usd_micros": [300, 101, 101],
+                             "features": [["service_tier_priority"], [], []], "input_tokens": [10_000, 70, 50],
+                             "output_cap": [4096, expected + 500, expected // 2], "n": [1, 2, None]})  # fmt: skip
+    asked: list[tuple[int, int]] = []
+
+    def online_s(entry: CatalogEntry, items: int, tokens: int) -> float:
+        asked.append((items, tokens))
+        return 0.0
+
+    t = Timing(predict=lambda provider, lane, lines: HOUR, online_s=online_s, margin_s=600)
+    choose_lanes(accepted, deadline_s=24 * HOUR, catalog=catalog, settings=Settings(), timing=t)
+    assert asked == [(2, 70 + 2 * expected + 50 + expected // 2)]
+
+
+def test_a_hedge_goes_to_flex_only_when_the_token_rate_lets_flex_end_in_time(catalog: Catalog, tmp_path: Path) -> None:
+    entry = catalog.entry("openai:gpt-5-mini")
+    config = {"kind": "simulator", "rpm": 60_000, "tpm": 60_000, "max_concurrency": 10_000}  # 1,000 tokens a second
+    settings = load_settings(database=str(tmp_path / "a.duckdb"), providers={"openai": config})
+    # 10 items by the request rate: well under a minute either way; 600,000 tokens take 600 s.
+    assert hedge_lane(settings, entry, 10, tokens=1_000, time_left_s=300) == Lane.FLEX
+    assert hedge_lane(settings, entry, 10, tokens=600_000, time_left_s=300) == Lane.ONLINE
+    assert hedge_lane(settings, entry, 10, tokens=600_000, time_left_s=700) == Lane.FLEX
 
 
 def test_lines_other_batches_have_in_flight_on_a_route_move_its_hedge_earlier(catalog: Catalog, tmp_path: Path) -> None:
