@@ -131,6 +131,9 @@ class BatchLane:
         # Each provider batch's lines, read once: a key names its custom ids (`submit`), and the rest of
         # its lines follows from them (a custom id is a manifest row), so they never change.
         self._lines: dict[str, pl.DataFrame] = {}
+        # The batch-lane runs measured, by provider, read once a round (`refresh`, `ready`) and again
+        # only after this lane measured one of its own (`_observe`).
+        self._measured: dict[str, list[Observation]] = {}
 
     # -- the batch's records --------------------------------------------------------------------------
 
@@ -272,7 +275,7 @@ class BatchLane:
         provider batch in flight is cancelled and its lines answered so far are not waited for.
         """
         now, wait_s = self.clock_s(), self.lanes.cancel_wait_s()
-        measured: dict[str, list[Observation]] = {}
+        self._measured.clear()
         for sent in self.sent():
             if sent.state == "submitting":
                 self._forget(sent)  # a run died while sending it: its lines are sent again (same key) this round
@@ -295,15 +298,12 @@ class BatchLane:
             self._update(sent, batch)
             if batch.ended:
                 self._collect(client, sent, batch)
-                measured.pop(sent.provider, None)  # it was measured: the next one's gain counts it
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
-                measured.pop(sent.provider, None)
-            elif sent.state == "in_flight" and self._resubmit_pays(sent, now, measured):
+            elif sent.state == "in_flight" and self._resubmit_pays(sent, now):
                 # Given the cancel's wait to end (what it answered is kept), then sent again in a fresh batch.
                 sent.resubmit = True
                 self._hedge(client, sent, release_at_s=now + wait_s)
-                measured.pop(sent.provider, None)
             elif cancel_all:
                 sent.release_at_s = now  # cancelled by the user: nothing more is waited for
             if sent.state == "hedged" and not sent.holds(now):
@@ -334,7 +334,7 @@ class BatchLane:
         if unsent_of(self.storage, self.info.batch_id):
             return True  # only a run can send what was held back for capacity
         now = self.clock_s()
-        measured: dict[str, list[Observation]] = {}
+        self._measured.clear()
         for sent in self.sent():
             if not sent.holds(now):
                 if sent.state == "hedged" and not sent.collected and not sent.released:
@@ -356,7 +356,7 @@ class BatchLane:
                 continue
             except ProviderError:
                 continue
-            if batch.ended or self._resubmit_pays(sent, now, measured):
+            if batch.ended or self._resubmit_pays(sent, now):
                 return True
         return False
 
@@ -372,12 +372,10 @@ class BatchLane:
                 out[item_id] = max(out.get(item_id, 0), sent.generation + 1)
         return out
 
-    def _resubmit_pays(self, sent: Sent, now_s: float, measured: dict[str, list[Observation]]) -> bool:
+    def _resubmit_pays(self, sent: Sent, now_s: float) -> bool:
         """Whether an in-flight provider batch is so far behind the runs measured that a fresh one, sent once
         its cancel has had `cancel_wait_s` to end, is `lanes.resubmit_min_gain` likelier to be done before
-        its cancel time (the lines' hedge less the wait) than this one is before its own.
-
-        `measured`: the batch-lane runs read so far in this round, by provider (filled here, read once)."""
+        its cancel time (the lines' hedge less the wait) than this one is before its own."""
         if sent.generation >= self.lanes.max_resubmits or sent.hedge_at_s is None or sent.created_at is None:
             return False
         wait_s = self.lanes.cancel_wait_s()
@@ -386,10 +384,10 @@ class BatchLane:
         fresh_s = sent.hedge_at_s - wait_s - (now_s + wait_s)
         if fresh_s <= 0:
             return False
-        if sent.provider not in measured:
-            measured[sent.provider] = Predictions(self.settings.database).observations(sent.provider, Lane.BATCH)
+        if sent.provider not in self._measured:
+            self._measured[sent.provider] = Predictions(self.settings.database).observations(sent.provider, Lane.BATCH)
         gain = Predictions.resubmit_gain(
-            measured[sent.provider], sent.lines, elapsed_s=now_s - sent_at_s,
+            self._measured[sent.provider], sent.lines, elapsed_s=now_s - sent_at_s,
             cancel_by_s=sent.hedge_at_s - wait_s - sent_at_s, fresh_s=fresh_s, config=self.lanes,
         )  # fmt: skip
         return gain is not None and gain >= self.lanes.resubmit_min_gain
@@ -507,6 +505,7 @@ class BatchLane:
         Predictions(self.settings.database).record(
             sent.provider, Lane.BATCH, sent.lines, duration, outcome, key=sent.provider_batch_id
         )
+        self._measured.pop(sent.provider, None)  # read again: the next provider batch's gain counts this run
 
 
 def _run(client: BatchClient, call: Any) -> Any:

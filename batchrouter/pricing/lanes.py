@@ -110,7 +110,7 @@ class Timing:
 
     # Predicted completion of `lines` items on (provider, lane): a high percentile of what was measured.
     predict: Callable[[str, Lane, int], float]
-    # How long `items` items of a route, `tokens` in all (input plus output cap), take online at its limits.
+    # How long `items` items of a route, `tokens` in all (`rate_tokens`), take online at its limits.
     online_s: Callable[[CatalogEntry, int, int], float]
     margin_s: float
     # How long they take on flex: the same rate limits, each request slower (None: as online).

@@ -319,7 +319,7 @@ def test_the_online_estimate_is_bound_by_the_rate_or_the_requests_in_flight_whic
     # 12 s each (flex of a slow model) with 256 in flight: 28 s by the slots, more than the rate's 6 s.
     assert Predictions.online_s(600, 6000, 12.0, 256) == pytest.approx(600 * 12 / 256 + 12.0)
     assert Predictions.online_s(600, 6000, 12.0) == pytest.approx(6.0 + 12.0)  # unbounded
-    # 600 items of 5,000 tokens (input and output cap) at 1 M TPM: 180 s by the tokens, more than the rate.
+    # 600 items of 5,000 tokens each at 1 M TPM: 180 s by the tokens, more than the rate's 6 s.
     assert Predictions.online_s(600, 6000, 2.0, 256, tokens=3_000_000, tpm=1_000_000) == pytest.approx(180 + 2.0)
     with pytest.raises(ValueError, match="tpm"):
         Predictions.online_s(1, 60, 1.0, tokens=5, tpm=0)
