@@ -3,7 +3,7 @@
 Assets, sensors and schedules ask for `batchrouter: BatchRouterResource` and call `batchrouter.engine()`.
 `ConfiguredBatchRouter` is the installation's engine (config file + environment; secrets through
 `dg.EnvVar`); `SimulatedBatchRouter` is an engine over one folder (bucket + ledger) whose providers all
-point at a provider simulator it starts on loopback for the duration of the run or sensor tick.
+point at the folder's own built-in provider simulator (`simulator.shared`), which runs and sensor ticks share.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import PrivateAttr
 
 from batchrouter.core.config import ProviderConfig, Settings, SimulatorConfig, load_settings
 from batchrouter.engine import BatchRouter
-from batchrouter.simulator import running_simulator
+from batchrouter.simulator import shared as shared_simulator
 
 # Resource field -> the environment variable the engine reads it from (batchrouter/core/config.py,
 # batchrouter/access/vault.py). Each is optional: unset means the engine's documented default
@@ -99,38 +99,30 @@ class ConfiguredBatchRouter(BatchRouterResource):
 class SimulatedBatchRouter(BatchRouterResource):
     """An engine over `root` (bucket at root/bucket, ledger root/batchrouter.duckdb) and a simulator.
 
-    Every provider points at one provider simulator started on loopback while the run or tick lasts,
-    so a test can count its requests; `latency_ms` is its per-request latency.
+    Every provider is the built-in simulator, without an address: the folder's own shared simulator
+    (`simulator.shared`) serves them, so provider batches a run makes are there for the next sensor
+    tick; `latency_ms` is its per-request latency.
     """
 
     root: str
     latency_ms: float = 5.0
     _engine: BatchRouter | None = PrivateAttr(default=None)
 
-    def settings(self, simulator_url: str | None = None) -> Settings:
-        providers: dict[str, Any] = {}
-        if simulator_url is not None:
-            base = load_settings(None)
-            providers = {
-                name: ProviderConfig(kind="simulator", wire=base.provider(name).wire, base_url=simulator_url)
-                for name in base.provider_names()
-            }
+    def settings(self) -> Settings:
+        base = load_settings(None)
         return load_settings(
             None,
             storage={"root": str(Path(self.root) / "bucket")},
             database=str(Path(self.root) / "batchrouter.duckdb"),
             simulator=SimulatorConfig(latency_ms=self.latency_ms),
-            providers=providers,
+            providers={name: ProviderConfig(kind="simulator", wire=base.provider(name).wire)
+                       for name in base.provider_names()},  # fmt: skip
         )
 
-    @contextmanager
-    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[SimulatedBatchRouter]:
-        with running_simulator(SimulatorConfig(latency_ms=self.latency_ms)) as url:
-            self._engine = BatchRouter(self.settings(url))
-            try:
-                yield self
-            finally:
-                self._engine = None
+    def simulator_url(self) -> str:
+        """Where this folder's simulator answers (it starts if none runs), to count its requests."""
+        settings = self.settings()
+        return shared_simulator.url_for(settings.database, settings.simulator)
 
     def engine(self) -> BatchRouter:
         if self._engine is None:

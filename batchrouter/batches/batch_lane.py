@@ -57,6 +57,7 @@ from batchrouter.execution.dispatch import Job
 from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
 from batchrouter.pricing.lanes import Lane, hedge_lane, rate_tokens
 from batchrouter.pricing.predictions import Observation, Outcome, Predictions
+from batchrouter.simulator import shared as shared_simulator
 
 FOLDER = "provider_batches"
 # A provider batch's end as a prediction's observation.
@@ -347,7 +348,7 @@ class BatchLane:
                 client = self._client(sent.provider, retry_timeout_s=10.0, max_retry_after_s=5.0)
                 batch = _run(client, client.poll(sent.provider_batch_id))
             except ConfigError:
-                return True  # only a run can reach it (a simulator started by the run)
+                return True  # not reachable from here as configured: a run finds out, and says so
             except RateLimitedError as exc:
                 return float(exc.retry_after_s or self.lanes.poll_interval_s)
             except TerminalError as exc:
@@ -401,7 +402,11 @@ class BatchLane:
         return {"batchrouter_batch": self.info.batch_id, "batchrouter_key": sent.key}
 
     def _client(self, provider: str, **options: Any) -> BatchClient:
-        return batch_client_for(provider, self.settings.provider(provider), simulator_url=self.simulator_url,
+        config = self.settings.provider(provider)
+        if self.simulator_url is None and config.kind == "simulator" and not config.base_url:
+            # The built-in simulator is the deployment's, not this process's: its batches outlive a run.
+            self.simulator_url = shared_simulator.url_for(self.settings.database, self.settings.simulator)
+        return batch_client_for(provider, config, simulator_url=self.simulator_url,
                                 simulator=self.settings.simulator, **options)  # fmt: skip
 
     def _update(self, sent: Sent, batch: ProviderBatch) -> None:
@@ -529,21 +534,33 @@ def lines_in_flight(storage: Storage, settings: Settings, *, within_s: float) ->
     """Per route, the lines in provider batches still open across every waiting batch (any workspace:
     a provider's rate limits are its account's) whose hedge time falls within the next `within_s`
     (the batch's clock). A hedge of theirs would share the route's online rate with a new batch due
-    by then, so the new batch's hedge time leaves room for them too; one hedging later does not."""
+    by then, so the new batch's hedge time leaves room for them too; one hedging later does not.
+
+    Read from the waiting markers, which the run that last changed a batch's provider batches wrote
+    (`hedges_in_flight`): one small file per waiting batch, whatever its number of provider batches."""
     until = time.time() + settings.lanes.wall_s(within_s)
     out: dict[str, int] = {}
     for batch_id in waiting(storage):
-        try:
-            info = load_batch(storage, batch_id)
-            records = open_sent(storage, info) if storage.exists(*info.folder(FOLDER)) else []
-        except (BatchError, StorageError, FileNotFoundError):
-            continue  # ended (its marker or folder gone) while we looked: nothing of it is in flight
-        started = datetime.fromisoformat(info.submitted_at).timestamp()
-        for record in records:
-            hedge_at = record.get("hedge_at_s")
-            if hedge_at is not None and started + settings.lanes.wall_s(float(hedge_at)) <= until:
-                out[record["route"]] = out.get(record["route"], 0) + int(record["lines"])
+        marker = _marker(storage, batch_id)
+        hedges = marker.get("in_flight")
+        if hedges is None:  # a marker an older version wrote: read the batch's own records
+            try:
+                hedges = hedges_in_flight(storage, settings, load_batch(storage, batch_id))
+            except (BatchError, StorageError, FileNotFoundError):
+                continue  # ended (its marker or folder gone) while we looked: nothing of it is in flight
+        for route, lines, hedge_at in hedges:
+            if hedge_at <= until:
+                out[route] = out.get(route, 0) + int(lines)
     return out
+
+
+def hedges_in_flight(storage: Storage, settings: Settings, info: BatchInfo) -> list[tuple[str, int, float]]:
+    """The batch's provider batches still open that have a hedge time: (route, lines, hedge time on the wall)."""
+    if not storage.exists(*info.folder(FOLDER)):
+        return []
+    started = datetime.fromisoformat(info.submitted_at).timestamp()
+    return [(str(r["route"]), int(r["lines"]), started + settings.lanes.wall_s(float(r["hedge_at_s"])))
+            for r in open_sent(storage, info) if r.get("hedge_at_s") is not None]  # fmt: skip
 
 
 def waiting(storage: Storage) -> list[str]:
@@ -552,19 +569,29 @@ def waiting(storage: Storage) -> list[str]:
 
 
 def mark_waiting(
-    storage: Storage, info: BatchInfo, next_poll_at: float | None, *, polls: int = 0, unsent: int | None = None
+    storage: Storage,
+    info: BatchInfo,
+    next_poll_at: float | None,
+    *,
+    polls: int = 0,
+    unsent: int | None = None,
+    in_flight: list[tuple[str, int, float]] | None = None,
 ) -> None:
     """Say when the sensor should next look at the batch (None: it waits on no provider any more).
 
-    `unsent`: batch-lane items held back for the provider's capacity, which only a run can send
-    (kept from the last marker when not given)."""
+    `unsent`: batch-lane items held back for the provider's capacity, which only a run can send;
+    `in_flight`: its open provider batches' lines and hedge times (`hedges_in_flight`), which only a
+    run changes. Each is kept from the last marker when not given."""
     if next_poll_at is None:
         forget_waiting(storage, info.batch_id)
         return
-    if unsent is None:
-        unsent = unsent_of(storage, info.batch_id)
-    storage.write_json({"batch_id": info.batch_id, "next_poll_at": next_poll_at, "polls": polls, "unsent": unsent},
-                       WAITING, f"{info.batch_id}.json")  # fmt: skip
+    last = _marker(storage, info.batch_id) if unsent is None or in_flight is None else {}
+    marker: dict[str, Any] = {"batch_id": info.batch_id, "next_poll_at": next_poll_at, "polls": polls,
+                              "unsent": int(last.get("unsent", 0)) if unsent is None else unsent}  # fmt: skip
+    hedges = last.get("in_flight") if in_flight is None else [list(h) for h in in_flight]
+    if hedges is not None:
+        marker["in_flight"] = hedges
+    storage.write_json(marker, WAITING, f"{info.batch_id}.json")
 
 
 def _marker(storage: Storage, batch_id: str) -> dict[str, Any]:

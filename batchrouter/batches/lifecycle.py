@@ -11,7 +11,6 @@ import hashlib
 import posixpath
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -42,7 +41,7 @@ from batchrouter.output.receipts import FINAL_STATES, build_outputs
 from batchrouter.pricing import lanes
 from batchrouter.pricing.lanes import Lane
 from batchrouter.pricing.quote import Quote, build_quote, reject_restricted, routed_items, with_lane_columns
-from batchrouter.simulator import running_simulator
+from batchrouter.simulator import shared as shared_simulator
 
 HEARTBEAT_S = 10.0
 # A progress display redraws about ten times a second; a report per result costs CPU at the rate limit.
@@ -232,57 +231,57 @@ def stage_dispatch(
     health: list[dict[str, Any]] = []
     started, cpu_started = time.monotonic(), time.process_time()
     try:
-        with ExitStack() as stack:
-            url = simulator_url
-            if url is None and _needs_simulator(settings, catalog, _routes_to_reach(storage, info, routed, checkpoint)):
-                url = stack.enter_context(running_simulator(settings.simulator))
-            lane = BatchLane(storage, settings, catalog, info, simulator_url=url, record=record, flush=checkpoint.flush)
-            if storage.exists(*info.folder(batch_lane.FOLDER)):
-                lane.refresh(cancel_all=cancelled())  # collect what ended, hedge what is late
-                checkpoint.flush()
-            done = checkpoint.load()
-            counts["succeeded"] = int((done["status"] == ItemStatus.SUCCEEDED).sum())
-            counts["failed"] = int((done["status"] == ItemStatus.FAILED).sum())
-            cost[0] = int(done["cost_usd_micros"].sum() or 0)
-            todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
-            online, to_submit, waiting = lane.split(todo)
-            if (online.height or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
-                raise BatchError(
-                    f"batch {info.batch_id}'s reservation is {hold_status}; "
-                    f"{online.height + to_submit.height} items cannot be sent without one"
-                )
-            # A reserved round with nothing left to send (a run died after dispatching) still passes through
-            # dispatching, so settling it may end the batch.
-            state = current_state(storage, info)
-            if (online.height or to_submit.height or state == BatchState.RESERVED) and not cancelled():
-                record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
-                             remaining=online.height + to_submit.height + waiting, **counts)  # fmt: skip
-            if to_submit.height and not cancelled():
-                # Lines a provider refused go online now; lines held back for capacity wait for the next round.
-                refused = lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
-                online = pl.concat([online, to_submit.filter(pl.col("item_id").is_in(list(refused)))],
-                                   how="vertical_relaxed")  # fmt: skip
-            elif to_submit.height:
-                # Cancelled before its provider batches were made: the dispatcher ends these lines cancelled,
-                # unsent, so the batch can settle (left unsubmitted, they would keep it open for ever).
-                online = pl.concat([online, to_submit], how="vertical_relaxed")
-            jobs = _jobs(online)
-            dispatcher = Dispatcher(
-                settings=settings,
-                catalog=catalog,
-                policy=settings.workspace(info.workspace).policy,
-                on_result=record,
-                simulator_url=url,
-                cancelled=cancelled,
+        url = simulator_url
+        if url is None and _needs_simulator(settings, catalog, _routes_to_reach(storage, info, routed, checkpoint)):
+            url = shared_simulator.url_for(settings.database, settings.simulator)
+        lane = BatchLane(storage, settings, catalog, info, simulator_url=url, record=record, flush=checkpoint.flush)
+        if storage.exists(*info.folder(batch_lane.FOLDER)):
+            lane.refresh(cancel_all=cancelled())  # collect what ended, hedge what is late
+            checkpoint.flush()
+        done = checkpoint.load()
+        counts["succeeded"] = int((done["status"] == ItemStatus.SUCCEEDED).sum())
+        counts["failed"] = int((done["status"] == ItemStatus.FAILED).sum())
+        cost[0] = int(done["cost_usd_micros"].sum() or 0)
+        todo = routed.filter(~pl.col("item_id").is_in(done["item_id"].implode())) if routed.height else routed
+        online, to_submit, waiting = lane.split(todo)
+        if (online.height or to_submit.height) and hold_status != HoldStatus.HELD and not cancelled():
+            raise BatchError(
+                f"batch {info.batch_id}'s reservation is {hold_status}; "
+                f"{online.height + to_submit.height} items cannot be sent without one"
             )
-            asyncio.run(dispatcher.run(jobs))
-            health = [r.health.row() for r in dispatcher.routes.values()]
-            in_flight, unsent = lane.waiting_items(todo) if not cancelled() else (0, 0)
-            held = in_flight + unsent
-            # Held back for capacity round after round: each look waits longer (as polls do).
-            polls = batch_lane.looks_of(storage, info.batch_id) + 1 if unsent else 0
-            batch_lane.mark_waiting(storage, info, lane.next_poll_wall(polls, unsent=unsent) if held else None,
-                                    polls=polls, unsent=unsent)  # fmt: skip
+        # A reserved round with nothing left to send (a run died after dispatching) still passes through
+        # dispatching, so settling it may end the batch.
+        state = current_state(storage, info)
+        if (online.height or to_submit.height or state == BatchState.RESERVED) and not cancelled():
+            record_state(storage, info, BatchState.DISPATCHING, settings.database, "batchrouter", items=total,
+                         remaining=online.height + to_submit.height + waiting, **counts)  # fmt: skip
+        if to_submit.height and not cancelled():
+            # Lines a provider refused go online now; lines held back for capacity wait for the next round.
+            refused = lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
+            online = pl.concat([online, to_submit.filter(pl.col("item_id").is_in(list(refused)))],
+                               how="vertical_relaxed")  # fmt: skip
+        elif to_submit.height:
+            # Cancelled before its provider batches were made: the dispatcher ends these lines cancelled,
+            # unsent, so the batch can settle (left unsubmitted, they would keep it open for ever).
+            online = pl.concat([online, to_submit], how="vertical_relaxed")
+        jobs = _jobs(online)
+        dispatcher = Dispatcher(
+            settings=settings,
+            catalog=catalog,
+            policy=settings.workspace(info.workspace).policy,
+            on_result=record,
+            simulator_url=url,
+            cancelled=cancelled,
+        )
+        asyncio.run(dispatcher.run(jobs))
+        health = [r.health.row() for r in dispatcher.routes.values()]
+        in_flight, unsent = lane.waiting_items(todo) if not cancelled() else (0, 0)
+        held = in_flight + unsent
+        # Held back for capacity round after round: each look waits longer (as polls do).
+        polls = batch_lane.looks_of(storage, info.batch_id) + 1 if unsent else 0
+        hedges = batch_lane.hedges_in_flight(storage, settings, info) if held else None
+        batch_lane.mark_waiting(storage, info, lane.next_poll_wall(polls, unsent=unsent) if held else None,
+                                polls=polls, unsent=unsent, in_flight=hedges)  # fmt: skip
     finally:
         checkpoint.flush()
     report()  # the last results, which the throttle may have held back

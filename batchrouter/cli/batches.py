@@ -95,7 +95,7 @@ def run(ctx: typer.Context, manifest: ManifestArg, workspace: WorkspaceOpt, json
             summary = batches.advance(batch_id, actor=CLI, on_progress=progress).to_json()
     print_json(summary, indent=2) if json else show(run_view(summary))
     if summary["state"] == BatchState.WAITING_ON_PROVIDER:
-        leave(EXIT_OK)  # on its way: running the command again collects what the providers answered
+        return  # exit 0, on its way: running the command again collects what the providers answered
     nothing_to_do = summary["items"] == summary["rejected"] == 0
     leave(EXIT_OK if summary["succeeded"] > 0 or nothing_to_do else EXIT_NOTHING_ACCEPTED)
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import hmac
 import http.client
@@ -48,7 +47,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -61,7 +59,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import duckdb
 
-from batchrouter.core import db, retry
+from batchrouter.core import db, detached, retry
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.errors import ControlError as ControlError
 from batchrouter.core.errors import ServiceUnavailable as ServiceUnavailable
@@ -535,30 +533,21 @@ def serve(
 
 
 def _acquire_lock(database: str, *, wait_s: float) -> int | None:
-    fd = os.open(lock_path(database), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         for attempt in retry.until(on=BlockingIOError, timeout_s=wait_s, first_s=0.05, max_s=0.05, factor=1.0):
             with attempt:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = detached.try_lock(lock_path(database))
+                if fd is None:
+                    raise BlockingIOError(f"{lock_path(database)} is locked")
+                return fd
     except BlockingIOError:
-        os.close(fd)
         return None
-    return fd
+    raise AssertionError("retry.until runs at least one attempt")  # pragma: no cover
 
 
 def owner_running(database: str | Path) -> bool:
     """Whether some process holds the owner lock of `database` (a probe: it never blocks)."""
-    path = lock_path(database)
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops the probe's own lock
-    return False
+    return detached.locked(lock_path(database))
 
 
 def _write_discovery(database: str, info: dict[str, Any]) -> None:
@@ -663,12 +652,10 @@ class Client:
             if now < self._next_start:
                 return
             db.prepare_parent(self.database)
-            fd = os.open(lock_path(self.database), os.O_RDWR | os.O_CREAT, 0o600)
+            fd = detached.try_lock(lock_path(self.database))
+            if fd is None:
+                return  # an owner runs, or is starting: its lock is taken
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return  # an owner runs, or is starting: its lock is taken
                 self._next_start = now + 5.0
                 start_detached(self.database, lock_fd=fd)
             finally:
@@ -687,22 +674,10 @@ _ENTRY = (
 
 
 def start_detached(database: str, *, lock_fd: int) -> None:
-    """Start `python -m batchrouter.core.control serve DATABASE` in a new session with stdio on /dev/null.
-
-    The caller has taken the owner lock on `lock_fd`; the owner inherits it, so from the caller's
-    decision to the owner's exit the lock stays held and no second owner is started. A throw-away
-    intermediate process starts the owner and exits at once, so the owner is nobody's child (no
-    zombie in the caller) and outlives the process that needed it.
-    """
+    """Start `python -m batchrouter.core.control serve DATABASE` detached (`detached.start`), holding the lock."""
     idle = _env_seconds("BATCHROUTER_CONTROL_IDLE_S", DEFAULT_IDLE_S)
-    command = [sys.executable, "-c", _ENTRY, "serve", database, "--idle-s", f"{idle:g}",
-               "--lock-fd", str(lock_fd)]  # fmt: skip
-    launcher = (
-        "import subprocess, sys; fd = int(sys.argv[-1]); subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, "
-        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,))"
-    )
-    subprocess.run([sys.executable, "-c", launcher, *command], check=False, timeout=60, pass_fds=(lock_fd,),
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    detached.start([sys.executable, "-c", _ENTRY, "serve", database, "--idle-s", f"{idle:g}",
+                    "--lock-fd", str(lock_fd)], lock_fd=lock_fd)  # fmt: skip
 
 
 def _http(info: dict[str, Any], path: str, data: bytes) -> tuple[int, dict[str, Any]]:

@@ -38,8 +38,9 @@ def build_outputs(
         pl.col("row").alias("_row"),
     )
     lane = pl.col("lane") if "lane" in quote_items.columns else pl.lit(None, pl.String)
+    reserve = pl.col("reserve_usd_micros") if "reserve_usd_micros" in quote_items.columns else pl.lit(None, pl.Int64)
     base = quote_items.select(pl.col("row").alias("_row"), "item_id", pl.col("status").alias("_quoted"),
-                              lane.alias("_lane"))  # fmt: skip
+                              lane.alias("_lane"), reserve.alias("_reserve"))  # fmt: skip
     meta = manifest_items.select(pl.col("row").alias("_row"), "metadata")
     accepted = base.filter(pl.col("_quoted") == "accepted").join(results, on="item_id", how="left")
     merged = pl.concat([accepted.drop("_quoted"), rejected], how="diagonal_relaxed").join(meta, on="_row", how="left")
@@ -52,7 +53,9 @@ def build_outputs(
     for name, dtype in RESULT_SCHEMA.items():
         if name not in merged.columns:
             merged = merged.with_columns(pl.lit(None, dtype).alias(name))
-    # An item still waiting shows the lane it was quoted on; an answered one the lane that answered it.
+    # An item still waiting shows the lane it was quoted on and what is reserved for it; an answered one the
+    # lane that answered it and its own reserve.
     merged = merged.with_columns(pl.col("cost_usd_micros").fill_null(0), pl.col("attempts").fill_null(0),
-                                 pl.coalesce("lane", "_lane").alias("lane"))  # fmt: skip
+                                 pl.coalesce("lane", "_lane").alias("lane"),
+                                 pl.coalesce("reserve_usd_micros", "_reserve").alias("reserve_usd_micros"))  # fmt: skip
     return merged.select(OUTPUT_COLUMNS), merged.select(RECEIPT_COLUMNS)

@@ -41,6 +41,7 @@ class StoredBatch:
     timeline: pb.Timeline
     lines: list[pb.Line]
     cancel_at: float | None = None
+    seen_ended: bool = False  # its end has been shown to a client (see `unseen`)
 
 
 @dataclass
@@ -108,6 +109,7 @@ def _public(request: web.Request, batch: StoredBatch, now: float | None = None) 
     store, state = request.app[STORE], request.app[STATE]
     progress = _progress(state, batch, store.clock.now() if now is None else now)
     status = _status(progress)
+    batch.seen_ended = batch.seen_ended or status == "ended"
     counts = {"processing": len(batch.lines), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
     ended_at = None
     if status == "ended":
@@ -279,6 +281,11 @@ async def _bills(request: web.Request) -> web.Response:
         progress = _progress(state, batch, now)
         rows.append(pb.bill(batch.id, _status(progress), batch.lines, progress.answered))
     return web.json_response({"data": rows})
+
+
+def unseen(app: web.Application) -> int:
+    """Batches whose end no client has seen yet (still running, or ended since the last look)."""
+    return sum(1 for batch in app[STORE].batches.values() if not batch.seen_ended)
 
 
 def add_routes(app: web.Application) -> None:

@@ -79,6 +79,7 @@ class StoredBatch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     files_written: bool = False
+    seen_ended: bool = False  # its end has been shown to a client (see `unseen`)
 
 
 @dataclass
@@ -172,6 +173,7 @@ def _write_files(store: Store, state: SimulatorState, batch: StoredBatch, progre
 def _public_batch(store: Store, state: SimulatorState, batch: StoredBatch, now: float | None = None) -> dict[str, Any]:
     progress = _progress(state, batch, store.clock.now() if now is None else now)
     _write_files(store, state, batch, progress)
+    batch.seen_ended = batch.seen_ended or progress.phase in pb.ENDED
     at = {phase: int(moment) for phase, moment in progress.events.items()}
     done = batch.lines[: progress.answered]
     succeeded = sum(1 for line in done if line.status == 200)
@@ -565,6 +567,11 @@ async def _bills(request: web.Request) -> web.Response:
         progress = _progress(state, batch, now)
         rows.append(pb.bill(batch.id, progress.phase, batch.lines, progress.answered))
     return web.json_response({"data": rows})
+
+
+def unseen(app: web.Application) -> int:
+    """Batches whose end no client has seen yet (still running, or ended since the last look)."""
+    return sum(1 for batch in app[STORE].batches.values() if not batch.seen_ended)
 
 
 def add_routes(app: web.Application) -> None:

@@ -118,6 +118,11 @@ def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_p
     in_flight = batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=24 * 3600)
     assert sorted(in_flight.values()) == [6, 6] and {r.split(":")[0] for r in in_flight} == {"openai", "anthropic"}
     assert batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=3600) == {}
+    # A marker an older version wrote has no counts: they are read from the batch's records instead.
+    marker = engine.storage.read_json(batch_lane.WAITING, f"{view.batch_id}.json")
+    assert sorted(lines for _, lines, _ in marker.pop("in_flight")) == [6, 6]
+    engine.storage.write_json(marker, batch_lane.WAITING, f"{view.batch_id}.json")
+    assert batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=24 * 3600) == in_flight
 
     final = advance_until_final(engine, view.batch_id, url)
 

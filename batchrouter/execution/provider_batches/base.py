@@ -432,11 +432,11 @@ def batch_client_for(
     from batchrouter.execution.providers import AnthropicAdapter, OpenAIAdapter, adapter_for
 
     if config.kind == "simulator" and not (config.base_url or simulator_url):
-        # Never the real provider's address with the simulator's key: only a process that started the
-        # built-in simulator (a run) knows where it is.
+        # Never the real provider's address with the simulator's key: the caller says where the built-in
+        # simulator is (the batch lane asks `simulator.shared`, which starts it when none runs).
         raise ConfigError(
-            f"provider {name} is the built-in simulator and has no address here; give it a base_url "
-            "(a `batchrouter simulate` server) to reach its provider batches from other processes"
+            f"provider {name} is the built-in simulator and no address for it was given; give it a base_url "
+            "(a `batchrouter simulate` server) or pass the built-in simulator's URL"
         )
     adapter = adapter_for(name, config, simulator_url=simulator_url)
     cls: type[BatchClient]

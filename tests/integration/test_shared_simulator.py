@@ -1,0 +1,164 @@
+"""The built-in simulator outlives a run: provider batches one process made are there for the next.
+
+Found with the official SDKs against `batchrouter serve` (issue 11): each run started a simulator of
+its own and stopped it at the end, so the next run, the sensor or the API's executor asked a fresh
+simulator for the batch, was told it did not exist, and sent its lines online at twice the price.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+
+from batchrouter.core import detached
+from batchrouter.core.catalog import load_catalog
+from batchrouter.core.config import SimulatorConfig
+from batchrouter.simulator import shared
+
+pytestmark = pytest.mark.integration
+
+SCALE = "1440"  # a day of provider time in a wall minute
+DEADLINE_S = 180.0  # wall seconds for the batch to end, on a loaded machine
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batchrouter.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)  # fmt: skip
+
+
+def lock_files(database: str) -> list[Path]:
+    return sorted(Path(database).parent.glob(f"{Path(database).name}.simulator-*.lock"))
+
+
+def test_provider_batches_one_run_made_are_collected_by_the_next_run_at_the_batch_price(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "BATCHROUTER_SIMULATOR__BATCH_TIME_SCALE": SCALE,
+           "BATCHROUTER_SIMULATOR__LATENCY_MS": "0", "BATCHROUTER_SIMULATOR__BATCH_MEDIAN_S": "600",
+           "BATCHROUTER_SIMULATOR__BATCH_SIGMA": "0.3", "BATCHROUTER_LANES__TIME_SCALE": SCALE}  # fmt: skip
+    database = env["BATCHROUTER_DATABASE"]
+    rows = ["item_id,model,prompt,max_tokens"] + [f"i{i},gpt-4o-mini,Summarise note {i} in one line.,32"
+                                                  for i in range(8)]  # fmt: skip
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    assert cli("credits", "grant", "--workspace", "acme", "--usd", "5", "--key", "g1", env=env).returncode == 0
+
+    first = cli("run", str(manifest), "--workspace", "acme", "--deadline", "24h", "--json", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads(first.stdout)["state"] == "waiting_on_provider"
+    # The run has ended; its simulator has not: one process, holding the provider batch.
+    (lock,) = lock_files(database)
+    assert detached.locked(lock)
+
+    deadline = time.monotonic() + DEADLINE_S
+    while True:  # each look is a new process, as a user running the command again
+        again = cli("run", str(manifest), "--workspace", "acme", "--deadline", "24h", "--json", env=env)
+        assert again.returncode == 0, again.stderr
+        summary: dict[str, Any] = json.loads(again.stdout)
+        if summary["state"] != "waiting_on_provider":
+            break
+        assert time.monotonic() < deadline, f"still waiting after {DEADLINE_S:g} s: {summary}"
+        time.sleep(0.5)  # the loop's pace, not synchronisation: the deadline above bounds it
+
+    assert summary["state"] == "completed" and summary["succeeded"] == 8
+    receipts = pl.read_parquet(Path(env["BATCHROUTER_STORAGE__ROOT"]).rglob("receipts.parquet").__next__())
+    assert set(receipts["lane"]) == {"batch"}, "a batch line went online: the next run did not find the batch"
+    catalog = load_catalog()
+    for route, tokens_in, tokens_out, cost in receipts.select("route", "input_tokens", "output_tokens",
+                                                              "cost_usd_micros").iter_rows():  # fmt: skip
+        assert cost == catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="batch")
+    # Every run used the same simulator, which made exactly one provider batch.
+    assert lock_files(database) == [lock]
+    url = json.loads(lock.with_suffix(".json").read_text())["url"]
+    made = httpx.get(f"{url}/_batches/openai", timeout=10).json()["data"]
+    assert len(made) == 1
+    assert shared.stop(database) == 1 and not detached.locked(lock)
+
+
+def test_one_simulator_serves_every_process_and_another_starts_for_other_settings(tmp_path: Path) -> None:
+    database = str(tmp_path / "db.duckdb")
+    config = SimulatorConfig(latency_ms=0)
+    probe = ("import sys; from batchrouter.simulator import shared; from batchrouter.core.config import "
+             "SimulatorConfig; print(shared.url_for(sys.argv[1], SimulatorConfig(latency_ms=0)))")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", probe, database], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    urls = {proc.communicate(timeout=120)[0].strip() for proc in procs}
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(urls) == 1 and urls == {shared.url_for(database, config)}
+
+    other = shared.url_for(database, SimulatorConfig(latency_ms=0, seed=9))
+    assert other not in urls and len(lock_files(database)) == 2
+    assert shared.stop(database) == 2
+    assert not any(detached.locked(lock) for lock in lock_files(database))
+
+
+def test_a_simulator_that_died_is_replaced_by_a_new_one(tmp_path: Path) -> None:
+    database = str(tmp_path / "db.duckdb")
+    config = SimulatorConfig(latency_ms=0)
+    shared.url_for(database, config)
+    (lock,) = lock_files(database)
+    info = json.loads(lock.with_suffix(".json").read_text())
+    os.kill(int(info["pid"]), 9)  # its discovery file stays behind, naming a port nobody answers
+    deadline = time.monotonic() + 60
+    while detached.locked(lock):
+        assert time.monotonic() < deadline, "the killed simulator still holds its lock"
+        time.sleep(0.05)
+
+    second = shared.url_for(database, config)
+
+    assert httpx.get(second.removesuffix("/v1") + "/_stats", timeout=10).status_code == 200
+    assert json.loads(lock.with_suffix(".json").read_text())["pid"] != info["pid"] and detached.locked(lock)
+    assert shared.stop(database) == 1
+
+
+def test_an_idle_simulator_exits_once_the_end_of_every_batch_it_holds_has_been_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHROUTER_SIMULATOR_IDLE_S", "1")
+    database = str(tmp_path / "db.duckdb")
+    config = SimulatorConfig(latency_ms=0, batch_time_scale=1440, batch_median_s=600, batch_sigma=0)
+    url = shared.url_for(database, config)
+    (lock,) = lock_files(database)
+    request = {"custom_id": "a", "params": {"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+                                            "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    made = httpx.post(f"{url}/messages/batches", json={"requests": [request]}, headers=headers, timeout=30).json()
+    log = lock.with_suffix(".log")
+
+    # Looked at until it ends (what the sensor does); `test_when_a_simulator_stops` has the unseen case.
+    deadline = time.monotonic() + 120
+    while True:
+        got = httpx.get(f"{url}/messages/batches/{made['id']}", headers=headers, timeout=30).json()
+        if got["processing_status"] == "ended":
+            break
+        assert time.monotonic() < deadline, f"the batch did not end: {got}"
+        time.sleep(0.2)  # the loop's pace; the deadline above bounds it
+    assert got["request_counts"]["succeeded"] == 1
+
+    deadline = time.monotonic() + 120
+    while detached.locked(lock):  # seen: nothing holds it once it has been idle for a second
+        assert time.monotonic() < deadline, f"the idle simulator did not exit: {log.read_text()}"
+        time.sleep(0.1)
+    assert "idle for 1 s with no provider batch left to show" in log.read_text()
+    assert not lock.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize(
+    ("quiet_s", "unseen", "named", "stops"),
+    [
+        (0.5, 0, True, False),  # busy
+        (2.0, 0, True, True),  # idle, nothing to show
+        (2.0, 3, True, False),  # idle, but batches whose end nobody has seen
+        (shared.HOLD_S + 1, 3, True, True),  # nobody has asked for a week
+        (0.5, 0, False, True),  # its discovery file was removed or names another process
+    ],
+)
+def test_when_a_simulator_stops(quiet_s: float, unseen: int, named: bool, stops: bool) -> None:
+    assert (shared.stop_reason(quiet_s=quiet_s, idle_s=1.0, unseen=unseen, named=named) is not None) == stops
