@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from batchrouter.core import private_files
 from batchrouter.core.control import served
 from batchrouter.core.db import Database, canonical_path, prepare_parent
 from batchrouter.core.errors import VaultError as VaultError
@@ -48,17 +49,8 @@ def _file_keys(database: str) -> list[str]:
     path = key_file(database)
     if not path.exists():
         prepare_parent(path)
-        fresh = Fernet.generate_key().decode()
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(fresh + "\n")
-        try:
-            os.link(tmp, path)  # atomic and exclusive: of processes racing here, one key wins
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
+        # Of processes and threads racing here, one key wins and every one reads it.
+        private_files.create(path, (Fernet.generate_key().decode() + "\n").encode())
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -164,9 +156,4 @@ def rotate(database: str) -> dict[str, int]:
 
 
 def _write_keys(database: str, keys: list[str]) -> None:
-    path = key_file(database)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(keys) + "\n")
-    os.replace(tmp, path)
+    private_files.replace(key_file(database), ("\n".join(keys) + "\n").encode())

@@ -7,7 +7,9 @@ providers' batches is advanced again by the server's poller (`poll`), as the pro
 does under Dagster: whenever `engine.batches.waiting_due()` lists it, including after a restart.
 A batch whose run died with the server (killed mid-dispatch) is started again by the poller when
 the server is back (`engine.batches.interrupted()`), in a thread of its own: it goes on from its
-checkpoint, sending only the lines nobody recorded an answer for.
+checkpoint, sending only the lines nobody recorded an answer for. So does a run that raised (its
+answers are kept, its settlement not yet done): the poller runs it again after `RETRY_FIRST_S`,
+doubling the wait up to `RETRY_MAX_S`, until a run of it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from batchrouter.engine import BatchRouter
 
 log = logging.getLogger("batchrouter.api")
+RETRY_FIRST_S = 5.0
+RETRY_MAX_S = 300.0
 
 
 class Executor:
@@ -32,6 +36,8 @@ class Executor:
         self._runs_lock = threading.Lock()  # requests start runs, and so does the poller
         self.stopping = threading.Event()
         self.poller: threading.Thread | None = None
+        # Batches whose last run here raised: (runs that raised in a row, when to run it again).
+        self.failed: dict[str, tuple[int, float]] = {}
 
     def start_polling(self, every_s: float = 5.0) -> None:
         """Inline: advance batches waiting on provider batches when due, and those whose run died (a thread)."""
@@ -44,6 +50,7 @@ class Executor:
         self._resume()  # at once: a restart goes on with what the last server left half done
         while not self.stopping.wait(every_s):
             self._resume()
+            self._retry_failed()
             try:
                 due = self.engine.batches.waiting_due()
             except Exception:  # noqa: BLE001 - the poller must outlive one bad look; the log says what it was
@@ -62,6 +69,15 @@ class Executor:
         for batch_id in cut_short:
             if self._run(batch_id, unless_running=True):
                 log.info("batch %s: its run died before it was done; running it again from its checkpoint", batch_id)
+
+    def _retry_failed(self) -> None:
+        """Run again the batches whose run raised, once their wait is over."""
+        now = time.monotonic()
+        with self._runs_lock:
+            due = [batch_id for batch_id, (_, at) in self.failed.items() if at <= now]
+        for batch_id in due:
+            if self._run(batch_id, unless_running=True):
+                log.info("batch %s: running it again after its run failed", batch_id)
 
     def start(self, batch_id: str) -> BatchView:
         """Hand a newly reserved batch to the executor; returns its status as it then is."""
@@ -92,5 +108,13 @@ class Executor:
     def _advance(self, batch_id: str) -> None:
         try:
             self.engine.batches.advance(batch_id)
-        except Exception:  # a thread has nobody to answer: the log and the batch's status say what happened
-            log.exception("background run of batch %s failed; the sweeper will release its reservation", batch_id)
+        except Exception:  # a thread has nobody to answer: the log says what happened, the poller tries again
+            with self._runs_lock:
+                times = self.failed.get(batch_id, (0, 0.0))[0] + 1
+                wait_s = min(RETRY_FIRST_S * 2 ** (times - 1), RETRY_MAX_S)
+                self.failed[batch_id] = (times, time.monotonic() + wait_s)
+            log.exception("background run of batch %s failed (%d in a row); running it again in %g s from its "
+                          "checkpoint", batch_id, times, wait_s)  # fmt: skip
+        else:
+            with self._runs_lock:
+                self.failed.pop(batch_id, None)

@@ -48,6 +48,7 @@ from batchrouter.core.errors import (
     ProviderError,
     RateLimitedError,
     RefusedError,
+    ServiceUnavailable,
     StorageError,
     TerminalError,
 )
@@ -91,6 +92,7 @@ class Sent:
     history: list[str] = field(default_factory=list)  # provider statuses seen, in order
     generation: int = 0  # how many provider batches its lines were in before this one
     resubmit: bool = False  # hedged to send its unanswered lines in a fresh provider batch, not online
+    simulator: str | None = None  # the built-in simulator that holds it (`simulator.shared` key), if one does
 
     @property
     def open(self) -> bool:
@@ -229,6 +231,8 @@ class BatchLane:
             except ConfigError:
                 refused.update(part["item_id"].to_list())  # no batch API here after all: online at once
                 continue
+            shared = self._on_shared_simulator(entry.provider)
+            simulator = shared_simulator.key(self.settings.simulator) if shared else None
             for chunk in client.plan(lines):
                 # The key is the chunk's content: a run killed between the provider making the batch and
                 # our record of it sends the same chunk again under the same key, and the client finds
@@ -240,7 +244,8 @@ class BatchLane:
                 digest = hashlib.sha256(content.encode()).hexdigest()
                 sent = Sent(key=f"{self.info.batch_id}-{digest[:16]}", route=str(route), provider=entry.provider,
                             lines=len(chunk), submitted_at=time.time(), state="submitting", generation=int(generation),
-                            hedge_at_s=float(hedge_at) if hedge_at is not None else None)  # type: ignore[arg-type]  # fmt: skip
+                            hedge_at_s=float(hedge_at) if hedge_at is not None else None,  # type: ignore[arg-type]
+                            simulator=simulator)  # fmt: skip
                 ids = [by_custom[x.custom_id] for x in chunk]
                 frame = pl.DataFrame({"custom_id": [x.custom_id for x in chunk], "item_id": ids,
                                       "reserve_usd_micros": [jobs[i].reserve_usd_micros for i in ids],
@@ -286,8 +291,8 @@ class BatchLane:
             if sent.state == "hedged" and not sent.holds(now) and not sent.released:
                 sent.released = True  # its time to end is up: this round sends its unanswered lines online
                 self._save(sent)
-            client = self._client(sent.provider)
             try:
+                client = self._client(sent.provider, sent=sent)
                 batch = _run(client, client.poll(sent.provider_batch_id))
             except TerminalError as exc:
                 if exc.code == "not_found":  # the provider no longer knows it: its lines go online
@@ -345,10 +350,10 @@ class BatchLane:
             if sent.provider_batch_id is None or (due is not None and now >= due):
                 return True
             try:
-                client = self._client(sent.provider, retry_timeout_s=10.0, max_retry_after_s=5.0)
+                client = self._client(sent.provider, sent=sent, retry_timeout_s=10.0, max_retry_after_s=5.0)
                 batch = _run(client, client.poll(sent.provider_batch_id))
-            except ConfigError:
-                return True  # not reachable from here as configured: a run finds out, and says so
+            except (ConfigError, ServiceUnavailable):
+                return True  # not reachable from here as configured (or now): a run finds out, and says so
             except RateLimitedError as exc:
                 return float(exc.retry_after_s or self.lanes.poll_interval_s)
             except TerminalError as exc:
@@ -401,13 +406,30 @@ class BatchLane:
     def _metadata(self, sent: Sent) -> dict[str, str]:
         return {"batchrouter_batch": self.info.batch_id, "batchrouter_key": sent.key}
 
-    def _client(self, provider: str, **options: Any) -> BatchClient:
+    def _client(self, provider: str, *, sent: Sent | None = None, **options: Any) -> BatchClient:
+        """The batch client of `provider`; for a provider batch already made (`sent`), of where it is.
+
+        The built-in simulator is the deployment's, not this process's (its batches outlive a run): a new
+        provider batch goes to the one of the current `[simulator]` settings, started if none runs; one
+        already made is asked of the simulator that holds it, never started: if that one is gone, so
+        is the batch (TerminalError not_found)."""
         config = self.settings.provider(provider)
-        if self.simulator_url is None and config.kind == "simulator" and not config.base_url:
-            # The built-in simulator is the deployment's, not this process's: its batches outlive a run.
-            self.simulator_url = shared_simulator.url_for(self.settings.database, self.settings.simulator)
-        return batch_client_for(provider, config, simulator_url=self.simulator_url,
-                                simulator=self.settings.simulator, **options)  # fmt: skip
+        url = self.simulator_url
+        if url is None and self._on_shared_simulator(provider):
+            if sent is not None and sent.simulator is not None:
+                url = shared_simulator.running_url(self.settings.database, sent.simulator)
+                if url is None:
+                    raise TerminalError("not_found", f"the built-in simulator {sent.simulator} that held provider "
+                                        f"batch {sent.provider_batch_id} is no longer running")  # fmt: skip
+            else:
+                url = shared_simulator.url_for(self.settings.database, self.settings.simulator)
+        return batch_client_for(provider, config, simulator_url=url, simulator=self.settings.simulator,
+                                **options)  # fmt: skip
+
+    def _on_shared_simulator(self, provider: str) -> bool:
+        """Whether `provider`'s batches go to the deployment's built-in simulator (no address given)."""
+        config = self.settings.provider(provider)
+        return self.simulator_url is None and config.kind == "simulator" and not config.base_url
 
     def _update(self, sent: Sent, batch: ProviderBatch) -> None:
         sent.provider_batch_id = batch.provider_batch_id

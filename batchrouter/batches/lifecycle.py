@@ -234,7 +234,9 @@ def stage_dispatch(
         url = simulator_url
         if url is None and _needs_simulator(settings, catalog, _routes_to_reach(storage, info, routed, checkpoint)):
             url = shared_simulator.url_for(settings.database, settings.simulator)
-        lane = BatchLane(storage, settings, catalog, info, simulator_url=url, record=record, flush=checkpoint.flush)
+        # The lane finds the simulator that holds each provider batch itself (`BatchLane._client`).
+        lane = BatchLane(storage, settings, catalog, info, simulator_url=simulator_url, record=record,
+                         flush=checkpoint.flush)  # fmt: skip
         if storage.exists(*info.folder(batch_lane.FOLDER)):
             lane.refresh(cancel_all=cancelled())  # collect what ended, hedge what is late
             checkpoint.flush()

@@ -59,7 +59,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import duckdb
 
-from batchrouter.core import db, detached, retry
+from batchrouter.core import db, detached, private_files, retry
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.core.errors import ControlError as ControlError
 from batchrouter.core.errors import ServiceUnavailable as ServiceUnavailable
@@ -551,12 +551,7 @@ def owner_running(database: str | Path) -> bool:
 
 
 def _write_discovery(database: str, info: dict[str, Any]) -> None:
-    target = discovery_path(database)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(info, fh)
-    os.replace(tmp, target)
+    private_files.replace(discovery_path(database), json.dumps(info).encode())
 
 
 def _read_discovery(database: str) -> dict[str, Any] | None:

@@ -37,9 +37,10 @@ def try_lock(path: str | Path) -> int | None:
 
 def locked(path: str | Path) -> bool:
     """Whether some process holds the lock on `path` (a probe: it never blocks)."""
-    if not Path(path).exists():
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
         return False
-    fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -28,9 +28,9 @@ import posixpath
 import re
 import secrets
 import time
-import uuid
 from urllib.parse import quote
 
+from batchrouter.core import private_files
 from batchrouter.core.batch_info import BATCHES
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import LinkError as LinkError
@@ -88,19 +88,8 @@ def _local_secret(storage: Storage) -> bytes:
     except FileNotFoundError:
         pass
     os.makedirs(posixpath.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(32))
-    try:
-        # A hard link creates the name only if absent: of two processes racing, both end up reading the winner's.
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    else:
+    if private_files.create(path, secrets.token_bytes(32)):  # of writers racing, all read the winner's
         log.warning("no link secret in the environment: created the development secret %s", path)
-    finally:
-        os.unlink(tmp)
     with open(path, "rb") as f:
         return f.read()
 

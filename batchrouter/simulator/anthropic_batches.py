@@ -41,7 +41,7 @@ class StoredBatch:
     timeline: pb.Timeline
     lines: list[pb.Line]
     cancel_at: float | None = None
-    seen_ended: bool = False  # its end has been shown to a client (see `unseen`)
+    collected: bool = False  # a client has read its results since it ended (see `unseen`)
 
 
 @dataclass
@@ -109,7 +109,6 @@ def _public(request: web.Request, batch: StoredBatch, now: float | None = None) 
     store, state = request.app[STORE], request.app[STATE]
     progress = _progress(state, batch, store.clock.now() if now is None else now)
     status = _status(progress)
-    batch.seen_ended = batch.seen_ended or status == "ended"
     counts = {"processing": len(batch.lines), "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
     ended_at = None
     if status == "ended":
@@ -253,6 +252,7 @@ async def _results_file(request: web.Request) -> web.Response:
             400, "invalid_request_error", f"Batch {batch.id} is still {_status(progress)}; results come once it ends."
         )
     data = "".join(json.dumps(row) + "\n" for row in _results(batch, progress))
+    batch.collected = True
     return web.Response(text=data, content_type="application/binary")
 
 
@@ -284,8 +284,8 @@ async def _bills(request: web.Request) -> web.Response:
 
 
 def unseen(app: web.Application) -> int:
-    """Batches whose end no client has seen yet (still running, or ended since the last look)."""
-    return sum(1 for batch in app[STORE].batches.values() if not batch.seen_ended)
+    """Batches whose results no client has read yet (still running, or ended and not collected)."""
+    return sum(1 for batch in app[STORE].batches.values() if not batch.collected)
 
 
 def add_routes(app: web.Application) -> None:

@@ -79,7 +79,7 @@ class StoredBatch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     files_written: bool = False
-    seen_ended: bool = False  # its end has been shown to a client (see `unseen`)
+    collected: bool = False  # a client has read its results since it ended (see `unseen`)
 
 
 @dataclass
@@ -173,7 +173,6 @@ def _write_files(store: Store, state: SimulatorState, batch: StoredBatch, progre
 def _public_batch(store: Store, state: SimulatorState, batch: StoredBatch, now: float | None = None) -> dict[str, Any]:
     progress = _progress(state, batch, store.clock.now() if now is None else now)
     _write_files(store, state, batch, progress)
-    batch.seen_ended = batch.seen_ended or progress.phase in pb.ENDED
     at = {phase: int(moment) for phase, moment in progress.events.items()}
     done = batch.lines[: progress.answered]
     succeeded = sum(1 for line in done if line.status == 200)
@@ -323,6 +322,9 @@ async def _file_content(request: web.Request) -> web.Response:
     found = _live_file(request.app[STORE], request.match_info["file_id"])
     if found is None:
         return _fail(404, f"No such File object: {request.match_info['file_id']}", "id")
+    for batch in request.app[STORE].batches.values():
+        if found.id in (batch.output_file_id, batch.error_file_id):
+            batch.collected = True
     return web.Response(body=found.data, content_type="application/octet-stream")
 
 
@@ -520,7 +522,10 @@ async def _get_batch(request: web.Request) -> web.Response:
     batch = store.batches.get(request.match_info["batch_id"])
     if batch is None:
         return _fail(404, f"No batch found with id '{request.match_info['batch_id']}'.", "batch_id")
-    return web.json_response(_public_batch(store, request.app[STATE], batch))
+    shown = _public_batch(store, request.app[STATE], batch)
+    if shown["status"] in pb.ENDED and not (batch.output_file_id or batch.error_file_id):
+        batch.collected = True  # ended with nothing to read (failed, or cancelled before any line): retrieved
+    return web.json_response(shown)
 
 
 async def _list_batches(request: web.Request) -> web.Response:
@@ -570,8 +575,8 @@ async def _bills(request: web.Request) -> web.Response:
 
 
 def unseen(app: web.Application) -> int:
-    """Batches whose end no client has seen yet (still running, or ended since the last look)."""
-    return sum(1 for batch in app[STORE].batches.values() if not batch.seen_ended)
+    """Batches whose results no client has read yet (still running, or ended and not collected)."""
+    return sum(1 for batch in app[STORE].batches.values() if not batch.collected)
 
 
 def add_routes(app: web.Application) -> None:

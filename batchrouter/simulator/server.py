@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import re
 import socket
@@ -713,7 +714,8 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response({"requests": state.requests, "rate_limited": state.rate_limited,
-                              "in_flight": state.in_flight, "max_in_flight": state.max_in_flight})  # fmt: skip
+                              "in_flight": state.in_flight, "max_in_flight": state.max_in_flight,
+                              "pid": os.getpid()})  # fmt: skip
 
 
 def build_app(config: SimulatorConfig | None = None) -> web.Application:

@@ -52,8 +52,9 @@ def wait_ended(sdk: Anthropic, batch_id: str) -> Any:
     deadline = time.monotonic() + RUN_DEADLINE_S
     while True:
         batch = sdk.messages.batches.retrieve(batch_id)
-        if batch.processing_status == "ended" or time.monotonic() > deadline:
+        if batch.processing_status == "ended":
             return batch
+        assert time.monotonic() < deadline, f"batch {batch_id} is still {batch.processing_status} after the deadline"
         time.sleep(0.2)  # poll interval
 
 

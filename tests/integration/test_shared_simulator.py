@@ -19,9 +19,13 @@ import httpx
 import polars as pl
 import pytest
 
+from batchrouter.access.actors import CLI
+from batchrouter.batches import batch_lane
+from batchrouter.batches.states import BatchState
 from batchrouter.core import detached
 from batchrouter.core.catalog import load_catalog
-from batchrouter.core.config import SimulatorConfig
+from batchrouter.core.config import LanesConfig, Settings, SimulatorConfig
+from batchrouter.engine import BatchRouter
 from batchrouter.simulator import shared
 
 pytestmark = pytest.mark.integration
@@ -118,7 +122,7 @@ def test_a_simulator_that_died_is_replaced_by_a_new_one(tmp_path: Path) -> None:
     assert shared.stop(database) == 1
 
 
-def test_an_idle_simulator_exits_once_the_end_of_every_batch_it_holds_has_been_seen(
+def test_an_idle_simulator_stays_until_every_batch_s_results_are_read_then_exits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BATCHROUTER_SIMULATOR_IDLE_S", "1")
@@ -132,7 +136,9 @@ def test_an_idle_simulator_exits_once_the_end_of_every_batch_it_holds_has_been_s
     made = httpx.post(f"{url}/messages/batches", json={"requests": [request]}, headers=headers, timeout=30).json()
     log = lock.with_suffix(".log")
 
-    # Looked at until it ends (what the sensor does); `test_when_a_simulator_stops` has the unseen case.
+    def holding() -> int:
+        return int(httpx.get(url.removesuffix("/v1") + "/_shared", timeout=30).json()["unseen"])
+
     deadline = time.monotonic() + 120
     while True:
         got = httpx.get(f"{url}/messages/batches/{made['id']}", headers=headers, timeout=30).json()
@@ -140,14 +146,42 @@ def test_an_idle_simulator_exits_once_the_end_of_every_batch_it_holds_has_been_s
             break
         assert time.monotonic() < deadline, f"the batch did not end: {got}"
         time.sleep(0.2)  # the loop's pace; the deadline above bounds it
-    assert got["request_counts"]["succeeded"] == 1
+    # Ended, retrieved and listed (as another run's submit lists the newest batch): still held for its results.
+    listed = httpx.get(f"{url}/messages/batches", params={"limit": 1}, headers=headers, timeout=30).json()
+    assert [b["id"] for b in listed["data"]] == [made["id"]]
+    assert holding() == 1
+
+    results = httpx.get(got["results_url"], headers=headers, timeout=30)
+    assert results.status_code == 200 and '"succeeded"' in results.text
+    assert holding() == 0
 
     deadline = time.monotonic() + 120
-    while detached.locked(lock):  # seen: nothing holds it once it has been idle for a second
+    while detached.locked(lock):  # read: nothing holds it once it has been idle for a second
         assert time.monotonic() < deadline, f"the idle simulator did not exit: {log.read_text()}"
         time.sleep(0.1)
-    assert "idle for 1 s with no provider batch left to show" in log.read_text()
+    assert "idle for 1 s with every provider batch's results read" in log.read_text()
     assert not lock.with_suffix(".json").exists()
+
+
+def test_a_discovery_file_left_by_a_dead_simulator_is_not_trusted_even_if_its_port_answers(tmp_path: Path) -> None:
+    config = SimulatorConfig(latency_ms=0)
+    dead, alive = str(tmp_path / "a.duckdb"), str(tmp_path / "b.duckdb")
+    shared.url_for(dead, config)
+    other = shared.url_for(alive, config)
+    (lock,) = lock_files(dead)
+    info = json.loads(lock.with_suffix(".json").read_text())
+    os.kill(int(info["pid"]), 9)
+    deadline = time.monotonic() + 60
+    while detached.locked(lock):
+        assert time.monotonic() < deadline, "the killed simulator still holds its lock"
+        time.sleep(0.05)
+    # Its file now names a port another simulator answers on (as a reused port would).
+    lock.with_suffix(".json").write_text(json.dumps({**info, "url": other.removesuffix("/v1")}))
+
+    assert shared.running_url(dead, shared.key(config)) is None
+    fresh = shared.url_for(dead, config)
+    assert fresh != other and detached.locked(lock)
+    assert shared.stop(dead) == 1 and shared.stop(alive) == 1
 
 
 @pytest.mark.parametrize(
@@ -162,3 +196,32 @@ def test_an_idle_simulator_exits_once_the_end_of_every_batch_it_holds_has_been_s
 )
 def test_when_a_simulator_stops(quiet_s: float, unseen: int, named: bool, stops: bool) -> None:
     assert (shared.stop_reason(quiet_s=quiet_s, idle_s=1.0, unseen=unseen, named=named) is not None) == stops
+
+
+def test_a_batch_made_before_the_simulator_settings_changed_is_collected_from_the_simulator_that_holds_it(
+    settings: Settings,
+) -> None:
+    def engine_with(seed: int) -> BatchRouter:
+        sim = SimulatorConfig(latency_ms=0, max_output_words=12, seed=seed, batch_time_scale=1440,
+                              batch_median_s=600, batch_sigma=0.3)  # fmt: skip
+        return BatchRouter(settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(time_scale=1440)}))
+
+    before = engine_with(seed=1)
+    before.ledger.grant("acme", 5_000_000, key="grant")
+    rows = ["item_id,model,prompt,max_tokens"] + [f"i{i},gpt-4o-mini,Summarise note {i}.,32" for i in range(4)]
+    view = before.batches.create(("\n".join(rows) + "\n").encode(), filename="m.csv", workspace="acme", actor=CLI,
+                                 deadline="24h")  # fmt: skip
+    assert before.batches.advance(view.batch_id, actor=CLI).state == BatchState.WAITING_ON_PROVIDER
+
+    after = engine_with(seed=2)  # the operator changed [simulator]: new batches go to another simulator
+    deadline = time.monotonic() + DEADLINE_S
+    while (final := after.batches.advance(view.batch_id, actor=CLI)).state == BatchState.WAITING_ON_PROVIDER:
+        assert time.monotonic() < deadline, f"still waiting after {DEADLINE_S:g} s"
+        time.sleep(0.5)  # the loop's pace; the deadline above bounds it
+
+    assert final.state == BatchState.COMPLETED and final.succeeded == 4
+    receipts = after.storage.read_parquet(*after.batches.info(view.batch_id).folder("receipts.parquet"))
+    assert set(receipts["lane"]) == {"batch"}, "the provider batch was looked for in the new simulator"
+    records = batch_lane.BatchLane(after.storage, after.settings, after.catalog, after.batches.info(view.batch_id),
+                                   record=lambda result: None).sent()  # fmt: skip
+    assert {r.simulator for r in records} == {shared.key(before.settings.simulator)}
