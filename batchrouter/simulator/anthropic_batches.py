@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +42,7 @@ class StoredBatch:
     timeline: pb.Timeline
     lines: list[pb.Line]
     cancel_at: float | None = None
-    collected: bool = False  # a client has read its results since it ended (see `unseen`)
+    collected_at: float | None = None  # when a client read its results (monotonic; see `unseen`, `prune`)
 
 
 @dataclass
@@ -252,7 +253,7 @@ async def _results_file(request: web.Request) -> web.Response:
             400, "invalid_request_error", f"Batch {batch.id} is still {_status(progress)}; results come once it ends."
         )
     data = "".join(json.dumps(row) + "\n" for row in _results(batch, progress))
-    batch.collected = True
+    batch.collected_at = time.monotonic()
     return web.Response(text=data, content_type="application/binary")
 
 
@@ -285,7 +286,16 @@ async def _bills(request: web.Request) -> web.Response:
 
 def unseen(app: web.Application) -> int:
     """Batches whose results no client has read yet (still running, or ended and not collected)."""
-    return sum(1 for batch in app[STORE].batches.values() if not batch.collected)
+    return sum(1 for batch in app[STORE].batches.values() if batch.collected_at is None)
+
+
+def prune(app: web.Application, *, read_before: float) -> int:
+    """Forget the batches whose results were read before `read_before` (monotonic)."""
+    store = app[STORE]
+    gone = [b for b in store.batches.values() if b.collected_at is not None and b.collected_at < read_before]
+    for batch in gone:
+        del store.batches[batch.id]
+    return len(gone)
 
 
 def add_routes(app: web.Application) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,7 @@ class StoredBatch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     files_written: bool = False
-    collected: bool = False  # a client has read its results since it ended (see `unseen`)
+    collected_at: float | None = None  # when a client read its results (monotonic; see `unseen`, `prune`)
 
 
 @dataclass
@@ -324,7 +325,7 @@ async def _file_content(request: web.Request) -> web.Response:
         return _fail(404, f"No such File object: {request.match_info['file_id']}", "id")
     for batch in request.app[STORE].batches.values():
         if found.id in (batch.output_file_id, batch.error_file_id):
-            batch.collected = True
+            batch.collected_at = time.monotonic()
     return web.Response(body=found.data, content_type="application/octet-stream")
 
 
@@ -523,8 +524,8 @@ async def _get_batch(request: web.Request) -> web.Response:
     if batch is None:
         return _fail(404, f"No batch found with id '{request.match_info['batch_id']}'.", "batch_id")
     shown = _public_batch(store, request.app[STATE], batch)
-    if shown["status"] in pb.ENDED and not (batch.output_file_id or batch.error_file_id):
-        batch.collected = True  # ended with nothing to read (failed, or cancelled before any line): retrieved
+    if shown["status"] in pb.ENDED and not (batch.output_file_id or batch.error_file_id) and not batch.collected_at:
+        batch.collected_at = time.monotonic()  # ended with nothing to read (failed, or cancelled at once): retrieved
     return web.json_response(shown)
 
 
@@ -576,7 +577,19 @@ async def _bills(request: web.Request) -> web.Response:
 
 def unseen(app: web.Application) -> int:
     """Batches whose results no client has read yet (still running, or ended and not collected)."""
-    return sum(1 for batch in app[STORE].batches.values() if not batch.collected)
+    return sum(1 for batch in app[STORE].batches.values() if batch.collected_at is None)
+
+
+def prune(app: web.Application, *, read_before: float) -> int:
+    """Forget the batches whose results were read before `read_before` (monotonic), with their files."""
+    store = app[STORE]
+    gone = [b for b in store.batches.values() if b.collected_at is not None and b.collected_at < read_before]
+    for batch in gone:
+        del store.batches[batch.id]
+        for file_id in (batch.input_file_id, batch.output_file_id, batch.error_file_id):
+            if file_id is not None:
+                store.files.pop(file_id, None)
+    return len(gone)
 
 
 def add_routes(app: web.Application) -> None:

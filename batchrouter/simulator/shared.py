@@ -13,6 +13,7 @@ The first run that needs it starts it detached (`core.detached`). It stays while
 any provider batch's results have not been read (running, or ended and not collected), and exits once
 it has been `BATCHROUTER_SIMULATOR_IDLE_S` seconds (default 300; 0 never) without a request with none
 such, or a week without any request, or when its discovery file is gone or names another process.
+A batch whose results were read is forgotten a day later (`KEEP_S`), so a busy process stays small.
 Each provider batch's record names the simulator that holds it (`Sent.simulator`, the key), so
 changed `[simulator]` settings start another simulator for new batches while the old one still
 answers for its own. Its state lives in memory, like a provider's: a machine restart loses the
@@ -45,6 +46,7 @@ from batchrouter.core.errors import ConfigError, ServiceUnavailable
 
 DEFAULT_IDLE_S = 300.0
 MAX_STARTS = 3  # a simulator that exits at start is tried again this many times per caller, then reported
+KEEP_S = 86_400.0  # a batch whose results were read is forgotten this long after (memory stays bounded)
 HOLD_S = 7 * 86_400.0  # a stuck batch nobody asks about any more does not hold the process for ever
 START_TIMEOUT_S = 60.0
 
@@ -175,6 +177,13 @@ def _unseen(app: web.Application) -> int:
     return openai_batches.unseen(app) + anthropic_batches.unseen(app)
 
 
+def _prune(app: web.Application, *, keep_s: float) -> int:
+    from batchrouter.simulator import anthropic_batches, openai_batches
+
+    read_before = time.monotonic() - keep_s
+    return openai_batches.prune(app, read_before=read_before) + anthropic_batches.prune(app, read_before=read_before)
+
+
 def _names_another(target: Path, pid: int) -> bool:
     """Whether the discovery file is gone or names another process (a read that fails otherwise says nothing)."""
     try:
@@ -237,6 +246,7 @@ async def _serve(database: str, config: SimulatorConfig, *, idle_s: float | None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=min(1.0, idle_s or 1.0))
         unnamed = unnamed + 1 if _names_another(target, pid) else 0
+        _prune(app, keep_s=KEEP_S)
         reason = "asked to stop" if stop.is_set() else stop_reason(
             quiet_s=time.monotonic() - last[0], idle_s=idle_s, unseen=_unseen(app), named=unnamed < 3)  # fmt: skip
     log.info("stopping: %s", reason)

@@ -7,6 +7,7 @@ simulator for the batch, was told it did not exist, and sent its lines online at
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -225,3 +226,38 @@ def test_a_batch_made_before_the_simulator_settings_changed_is_collected_from_th
     records = batch_lane.BatchLane(after.storage, after.settings, after.catalog, after.batches.info(view.batch_id),
                                    record=lambda result: None).sent()  # fmt: skip
     assert {r.simulator for r in records} == {shared.key(before.settings.simulator)}
+
+
+def test_batches_whose_results_were_read_long_ago_are_forgotten_the_others_kept() -> None:
+    # The long-lived simulator's memory stays bounded: `_prune` drops what was read `KEEP_S` ago.
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from batchrouter.simulator import build_app
+
+    async def scenario() -> tuple[int, int, list[str], int]:
+        app = build_app(SimulatorConfig(latency_ms=0, batch_time_scale=1440, batch_median_s=60, batch_sigma=0))
+        headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+        request = {"custom_id": "a", "params": {"model": "claude-sonnet-4-20250514", "max_tokens": 16,
+                                                "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+        async with TestClient(TestServer(app)) as client:
+            ids = []
+            for _ in range(2):
+                made = await client.post("/v1/messages/batches", json={"requests": [request]}, headers=headers)
+                ids.append((await made.json())["id"])
+            deadline = time.monotonic() + 120
+            while True:
+                got = await (await client.get(f"/v1/messages/batches/{ids[0]}", headers=headers)).json()
+                if got["processing_status"] == "ended":
+                    break
+                assert time.monotonic() < deadline, f"the batch did not end: {got}"
+                await asyncio.sleep(0.1)  # the loop's pace; the deadline above bounds it
+            assert (await client.get(f"/v1/messages/batches/{ids[0]}/results", headers=headers)).status == 200
+            kept_now = shared._prune(app, keep_s=3600)  # read a moment ago: kept
+            dropped = shared._prune(app, keep_s=0)  # read before now: forgotten; the unread one stays
+            listed = await (await client.get("/v1/messages/batches", headers=headers)).json()
+            missing = await client.get(f"/v1/messages/batches/{ids[0]}", headers=headers)
+            return kept_now, dropped, [b["id"] for b in listed["data"]], missing.status
+
+    kept_now, dropped, listed, missing = asyncio.run(scenario())
+    assert (kept_now, dropped, missing) == (0, 1, 404)
+    assert len(listed) == 1
