@@ -18,6 +18,9 @@ still in flight and:
   would still be done before the hedge (`Predictions.resubmit_gain`, `lanes.resubmit_min_gain`), is
   cancelled early and its unanswered lines go in a fresh provider batch (the next `generation`), at the
   batch price; at most `lanes.max_resubmits` times, after which the hedge above is what is left.
+  One whose answered count rose and then stopped (`stalled`: no runs measured needed, so a new
+  deployment's first stuck batch too) is resubmitted the same way while a fresh one is predicted done
+  before the hedge. Every look records the count (`provider_batches/progress/<key>.json`).
 
 A line answered by a provider batch is priced at the batch discount (`CatalogEntry.cost_micros`,
 tier "batch"), never above the reservation, which is the online price. What the provider measured
@@ -64,6 +67,7 @@ FOLDER = "provider_batches"
 # A provider batch's end as a prediction's observation.
 _OUTCOME: dict[str, Outcome] = {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}
 WAITING = "waiting_on_provider"  # batches/../ markers: <batch_id> -> when the sensor next polls it
+PROGRESS = "progress"  # provider_batches/progress/<key>.json: a provider batch's answered count, as looks saw it
 
 
 @dataclass
@@ -110,6 +114,24 @@ class Sent:
         """When a hedge asks the provider to cancel: `wait_s` before the hedge time, so the cancel can end
         (and its answered lines be collected at the batch price) before the rest must go online."""
         return None if self.hedge_at_s is None else self.hedge_at_s - wait_s
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A provider batch's progress as looks saw it: lines answered, and when a look first saw that many."""
+
+    answered: int = 0
+    moved_at_s: float | None = None  # on the batch's clock; None: no look saw a line answered yet
+
+
+def stalled(seen: Seen, *, sent_at_s: float, now_s: float, factor: float, min_s: float) -> bool:
+    """Whether a provider batch's answered count rose and then stopped: it has not moved for `factor` times
+    as long as it took to get there (from `sent_at_s`), nor for `min_s`. A count that never rose (still
+    validating, or a provider that counts only at the end, as Anthropic does) tells nothing."""
+    if seen.moved_at_s is None or seen.answered <= 0:
+        return False
+    quiet, took = now_s - seen.moved_at_s, seen.moved_at_s - sent_at_s
+    return quiet >= max(factor * took, min_s)
 
 
 class BatchLane:
@@ -302,11 +324,12 @@ class BatchLane:
             except ProviderError:
                 continue  # unreachable for now: asked again next round
             self._update(sent, batch)
+            seen = self._seen(sent, batch, now)
             if batch.ended:
                 self._collect(client, sent, batch)
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
-            elif sent.state == "in_flight" and self._resubmit_pays(sent, now):
+            elif sent.state == "in_flight" and (self._resubmit_pays(sent, now) or self._stalled(sent, seen, now)):
                 # Given the cancel's wait to end (what it answered is kept), then sent again in a fresh batch.
                 sent.resubmit = True
                 self._hedge(client, sent, release_at_s=now + wait_s)
@@ -335,8 +358,9 @@ class BatchLane:
 
     def ready(self) -> bool | float:
         """Whether an advance has something to do now: a provider batch ended, is gone, or is past its hedge
-        time. Polls without writing anything (a run may hold the batch); a provider that asks us to slow
-        down gives the seconds to wait instead."""
+        time, or stalled. Polls without writing the batch's records (a run may hold the batch), only the
+        looks' own progress counts (`_seen`); a provider that asks us to slow down gives the seconds to wait
+        instead."""
         if unsent_of(self.storage, self.info.batch_id):
             return True  # only a run can send what was held back for capacity
         now = self.clock_s()
@@ -362,7 +386,7 @@ class BatchLane:
                 continue
             except ProviderError:
                 continue
-            if batch.ended or self._resubmit_pays(sent, now):
+            if batch.ended or self._resubmit_pays(sent, now) or self._stalled(sent, self._seen(sent, batch, now), now):
                 return True
         return False
 
@@ -385,8 +409,7 @@ class BatchLane:
         if sent.generation >= self.lanes.max_resubmits or sent.hedge_at_s is None or sent.created_at is None:
             return False
         wait_s = self.lanes.cancel_wait_s()
-        started = datetime.fromisoformat(self.info.submitted_at).timestamp()
-        sent_at_s = (sent.submitted_at - started) * self.lanes.time_scale  # on the batch's clock
+        sent_at_s = self._sent_at_s(sent)
         fresh_s = sent.hedge_at_s - wait_s - (now_s + wait_s)
         if fresh_s <= 0:
             return False
@@ -398,10 +421,53 @@ class BatchLane:
         )  # fmt: skip
         return gain is not None and gain >= self.lanes.resubmit_min_gain
 
+    def _stalled(self, sent: Sent, seen: Seen, now_s: float) -> bool:
+        """Whether an in-flight provider batch stalled (`stalled`, by `lanes.stall_factor` and `stall_min_s`)
+        while a fresh one of its unanswered lines, sent once its cancel has had `cancel_wait_s` to end, is
+        predicted done (`Predictions.completion_s`: the runs measured, else the prior) before its cancel
+        time. One that answered every line and does not end (stuck finalizing) is cancelled to end it: the
+        cancel returns every answer."""
+        if sent.state != "in_flight" or sent.generation >= self.lanes.max_resubmits or sent.hedge_at_s is None:
+            return False
+        if not stalled(seen, sent_at_s=self._sent_at_s(sent), now_s=now_s, factor=self.lanes.stall_factor,
+                       min_s=self.lanes.stall_min_s):  # fmt: skip
+            return False
+        left = sent.lines - seen.answered
+        if left <= 0:
+            return True
+        wait_s = self.lanes.cancel_wait_s()
+        fresh_s = sent.hedge_at_s - wait_s - (now_s + wait_s)
+        needed = Predictions(self.settings.database).completion_s(sent.provider, Lane.BATCH, left, config=self.lanes)
+        return fresh_s >= needed
+
+    def _seen(self, sent: Sent, batch: ProviderBatch, now_s: float) -> Seen:
+        """The provider batch's progress as looks saw it, with this look's. Its own small file, which every
+        look writes when the count rose, the sensor's too (it writes nothing of the batch's records): the
+        count only rises, so two looks racing lose at most a moment of when it last moved."""
+        parts = self.info.folder(FOLDER, PROGRESS, f"{sent.key}.json")
+        try:
+            seen = Seen(**self.storage.read_json(*parts)) if self.storage.exists(*parts) else Seen()
+        except StorageError:
+            seen = Seen()
+        answered = batch.succeeded + batch.failed
+        if answered > seen.answered:
+            seen = Seen(answered, now_s)
+            self.storage.write_json(asdict(seen), *parts)
+        return seen
+
+    def _sent_at_s(self, sent: Sent) -> float:
+        """When the provider batch was sent, on the batch's clock."""
+        started = datetime.fromisoformat(self.info.submitted_at).timestamp()
+        return (sent.submitted_at - started) * self.lanes.time_scale
+
     def _forget(self, sent: Sent) -> None:
-        for name in (f"{sent.key}.json", f"{sent.key}.parquet"):
-            if self.storage.exists(*self.info.folder(FOLDER, name)):
-                self.storage.fs.rm(self.storage.path(*self.info.folder(FOLDER, name)))
+        for parts in (
+            (FOLDER, f"{sent.key}.json"),
+            (FOLDER, f"{sent.key}.parquet"),
+            (FOLDER, PROGRESS, f"{sent.key}.json"),
+        ):
+            if self.storage.exists(*self.info.folder(*parts)):
+                self.storage.fs.rm(self.storage.path(*self.info.folder(*parts)))
 
     def _metadata(self, sent: Sent) -> dict[str, str]:
         return {"batchrouter_batch": self.info.batch_id, "batchrouter_key": sent.key}

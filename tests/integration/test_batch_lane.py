@@ -277,6 +277,100 @@ def test_a_stuck_provider_batch_with_time_to_spare_is_sent_again_in_a_fresh_one_
     assert len(httpx.get(f"{url}/messages/batches", headers=headers).json()["data"]) == 2
 
 
+def stalls_then_healthy_seed(base: SimulatorConfig, *, lines: int, ends_by_s: float) -> int:
+    """A simulator seed whose first OpenAI batch of `lines` answers some of them and then stops in progress,
+    and whose second ends by `ends_by_s`."""
+    from batchrouter.simulator.provider_batches import draw_timeline
+
+    for seed in range(10_000):
+        sim = base.model_copy(update={"seed": seed})
+        first, second = draw_timeline(sim, "openai:1"), draw_timeline(sim, "openai:2")
+        stops = first.stuck_in == "in_progress" and 0 < first.answered(lines, first.stuck_at) < lines
+        if stops and second.stuck_in is None and second.validate + second.run + second.finalize < ends_by_s:
+            return seed
+    raise AssertionError("no seed found")
+
+
+def openai_manifest(n: int = 6) -> bytes:
+    rows = ["item_id,model,prompt,max_tokens"] + [
+        f"g{i},gpt-4o-mini,Summarise note {i} in one line.,32" for i in range(n)
+    ]
+    return ("\n".join(rows) + "\n").encode()
+
+
+def assert_stalled_batch_went_again_at_the_batch_price(engine: BatchRouter, batch_id: str) -> None:
+    """Every line answered by a provider batch at the batch price, once; the stuck one cancelled no sooner
+    than the stall rule allows, after it had answered some lines; the fresh one completed."""
+    got = assert_charged_once(engine, batch_id, items=6)
+    assert set(got["lane"]) == {"batch"}
+    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
+                                                         "cost_usd_micros").iter_rows():  # fmt: skip
+        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="batch")
+    records = sent(engine, batch_id)
+    (stuck,) = [s for s in records if s.generation == 0]
+    (fresh,) = [s for s in records if s.generation == 1]
+    assert stuck.resubmit and stuck.state == "hedged" and "cancelling" in stuck.history
+    assert fresh.state == "ended" and fresh.history[-1] == "completed"
+    info = engine.batches.info(batch_id)
+    seen = engine.storage.read_json(*info.folder(batch_lane.FOLDER, batch_lane.PROGRESS, f"{stuck.key}.json"))
+    assert 0 < seen["answered"] < 6
+    lanes = engine.settings.lanes
+    started = pl.Series([info.submitted_at]).str.to_datetime(time_zone="UTC")[0].timestamp()
+    sent_at, resent_at = ((s.submitted_at - started) * lanes.time_scale for s in (stuck, fresh))
+    # Not moved for three times as long as it took to get there, and an hour at least, before it was let go.
+    quiet_needed = max(lanes.stall_factor * (seen["moved_at_s"] - sent_at), lanes.stall_min_s)
+    assert resent_at - seen["moved_at_s"] >= quiet_needed
+    assert stuck.hedge_at_s is not None and resent_at < stuck.hedge_at_s - 3600  # long before its hedge
+    # The providers hold two batches; the first was measured as censored, the second as completed.
+    observed = sorted(o.outcome for o in Predictions(engine.settings.database).observations(lane="batch"))
+    assert observed == ["completed", "hedged"]
+
+
+def test_a_provider_batch_whose_count_stops_is_sent_again_at_the_batch_price_with_no_runs_measured(
+    make: Any,
+) -> None:
+    # A new deployment (no provider batch measured yet). The first OpenAI batch answers some lines and then
+    # stops in progress; its own pace says it is stuck, and a fresh one (the prior: 2 h) fits before the
+    # hedge of a 6 h deadline. Waiting for the hedge would send its lines online near the end.
+    base = simulator(batch_stuck_rate=0.5)
+    engine, url = make(base.model_copy(update={"seed": stalls_then_healthy_seed(base, lines=6, ends_by_s=2500)}))
+    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="6h")
+    assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"batch"}
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    assert_stalled_batch_went_again_at_the_batch_price(engine, view.batch_id)
+
+
+def test_the_sensor_sees_a_stalled_provider_batch_from_its_own_looks_and_a_run_sends_it_again(make: Any) -> None:
+    # Only the sensor's looks see the count rise and stop (no run in between): they record it, and list the
+    # batch once it stalled; the run they start sends its unanswered lines in a fresh provider batch.
+    base = simulator(batch_stuck_rate=0.5)
+    engine, url = make(base.model_copy(update={"seed": stalls_then_healthy_seed(base, lines=6, ends_by_s=2500)}))
+    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="6h")
+    assert engine.batches.advance(view.batch_id, actor=CLI, simulator_url=url).state == BatchState.WAITING_ON_PROVIDER
+    info = engine.batches.info(view.batch_id)
+    assert batch_lane.waiting(engine.storage) == [view.batch_id]
+    lane = BatchLane(engine.storage, engine.settings, engine.catalog, info, record=lambda r: None)
+    (stuck,) = lane.sent()
+
+    deadline = time.monotonic() + DEADLINE_S
+    while view.batch_id not in engine.batches.waiting_due():
+        assert time.monotonic() < deadline, "the sensor never listed the stalled batch"
+        time.sleep(0.1)  # the sensor's tick, not synchronisation: the deadline above bounds it
+    listed_at = lane.clock_s()
+
+    (unchanged,) = lane.sent()
+    assert unchanged == stuck  # the looks wrote nothing of the batch's own records
+    seen = engine.storage.read_json(*info.folder(batch_lane.FOLDER, batch_lane.PROGRESS, f"{stuck.key}.json"))
+    assert 0 < seen["answered"] < 6 and listed_at - seen["moved_at_s"] >= engine.settings.lanes.stall_min_s
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    assert_stalled_batch_went_again_at_the_batch_price(engine, view.batch_id)
+
+
 def test_an_expired_provider_batch_keeps_its_answered_lines_and_sends_the_rest_online(make: Any) -> None:
     # A 30-minute window and lines answered over about an hour: each batch expires half done.
     sim = simulator(batch_window_s=1800, batch_median_s=3600, batch_sigma=0.0, batch_validating_s=0)
