@@ -32,6 +32,7 @@ the class is an X too (a face may catch the generic refusal). The README's "Erro
     ├── DatabaseBusy                           database_busy                503  retryable
     ├── ControlError                           control_error                500
     │   └── ServiceUnavailable                 control_unavailable          503  retryable
+    │       └── SimulatorUnavailable           simulator_unavailable        503  retryable
     ├── VaultError                             vault_error                  500
     ├── SummaryError                           summary_error                500
     ├── QueryError                             query_error                  400
@@ -236,6 +237,12 @@ class ServiceUnavailable(ControlError):
     code = "control_unavailable"
     http_status = 503
     retryable = True
+
+
+class SimulatorUnavailable(ServiceUnavailable):
+    """The built-in provider simulator could not be started or stopped (its log says why)."""
+
+    code = "simulator_unavailable"
 
 
 class VaultError(BatchRouterError):

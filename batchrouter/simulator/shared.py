@@ -42,7 +42,7 @@ from aiohttp import web
 
 from batchrouter.core import db, detached, private_files, retry
 from batchrouter.core.config import SimulatorConfig
-from batchrouter.core.errors import ConfigError, ServiceUnavailable
+from batchrouter.core.errors import ConfigError, SimulatorUnavailable
 
 DEFAULT_IDLE_S = 300.0
 MAX_STARTS = 3  # a simulator that exits at start is tried again this many times per caller, then reported
@@ -97,6 +97,7 @@ def url_for(database: str, config: SimulatorConfig, *, timeout_s: float = START_
     lock = _path(database, config_key, "lock")
     starts = 0
     started = False
+    began = time.monotonic()
     try:
         for attempt in retry.until(on=LookupError, timeout_s=timeout_s, first_s=0.02, max_s=0.25, factor=1.5):
             with attempt:
@@ -111,12 +112,14 @@ def url_for(database: str, config: SimulatorConfig, *, timeout_s: float = START_
                         os.close(fd)
                 elif started and not detached.locked(lock):
                     started = False  # it exited at start (see its log); the next try starts another
+                    if starts >= MAX_STARTS:
+                        break  # each one exited: waiting longer starts nothing
                 raise LookupError(f"no simulator answers yet ({_path(database, config_key, 'log')})")
     except LookupError:
         pass
-    raise ServiceUnavailable(
-        f"the built-in provider simulator for {database} did not start within {timeout_s:g} s "
-        f"({starts} tries); see {_path(database, config_key, 'log')}, or give the simulator providers a "
+    raise SimulatorUnavailable(
+        f"the built-in provider simulator for {database} did not start ({starts} tries in "
+        f"{time.monotonic() - began:.0f} s); see {_path(database, config_key, 'log')}, or give the simulator providers a "
         "base_url (a `batchrouter simulate` server)"
     )
 
@@ -155,7 +158,7 @@ def stop(database: str | Path, *, timeout_s: float = 30.0) -> int:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(info["pid"]), signal.SIGTERM)
             if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"the simulator of {database} ({lock}) did not stop within {timeout_s:g} s")
+                raise SimulatorUnavailable(f"the simulator of {database} ({lock}) did not stop within {timeout_s:g} s")
             time.sleep(0.05)
     return stopped
 

@@ -23,7 +23,7 @@ import pytest
 from batchrouter.access.actors import CLI
 from batchrouter.batches import batch_lane
 from batchrouter.batches.states import BatchState
-from batchrouter.core import detached
+from batchrouter.core import detached, errors
 from batchrouter.core.catalog import load_catalog
 from batchrouter.core.config import LanesConfig, Settings, SimulatorConfig
 from batchrouter.engine import BatchRouter
@@ -121,6 +121,26 @@ def test_a_simulator_that_died_is_replaced_by_a_new_one(tmp_path: Path) -> None:
     assert httpx.get(second.removesuffix("/v1") + "/_stats", timeout=10).status_code == 200
     assert json.loads(lock.with_suffix(".json").read_text())["pid"] != info["pid"] and detached.locked(lock)
     assert shared.stop(database) == 1
+
+
+def test_a_simulator_that_cannot_start_is_an_error_of_its_own_naming_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = str(tmp_path / "db.duckdb")
+    started: list[list[str]] = []
+
+    def exits_at_once(database: str, config: SimulatorConfig, lock_fd: int, idle: float) -> list[str]:
+        started.append([database])
+        return [sys.executable, "-c", "raise SystemExit(3)"]  # as a child that cannot bind or import would
+
+    monkeypatch.setattr(shared, "_command", exits_at_once)
+
+    with pytest.raises(errors.SimulatorUnavailable) as raised:
+        shared.url_for(database, SimulatorConfig(latency_ms=0), timeout_s=120)
+
+    assert raised.value.code == "simulator_unavailable" and raised.value.retryable
+    assert f"{database}.simulator-" in str(raised.value) and ".log" in str(raised.value)
+    assert len(started) == shared.MAX_STARTS  # tried again, a bounded number of times
 
 
 def test_an_idle_simulator_stays_until_every_batch_s_results_are_read_then_exits(
