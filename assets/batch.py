@@ -34,6 +34,7 @@ import dagster as dg
 from assets.metadata import table, usd
 from batchrouter.access.actors import DAGSTER
 from batchrouter.batches import lifecycle
+from batchrouter.batches.leases import owner_name
 from batchrouter.batches.results import BatchView, Progress, QuoteSummary, RunSummary
 from batchrouter.batches.states import BatchState
 from batchrouter.core.errors import BatchRouterError
@@ -41,6 +42,9 @@ from pipelines.partitions import batches
 from pipelines.resources import BatchRouterResource
 
 STATE_TAG = "batchrouter/state"
+# The run worker doing the step (host and pid: `leases.owner_name`), so `dead_run_sensor` can tell a run
+# whose worker was killed, which the default run launcher leaves started for ever.
+WORKER_TAG = "batchrouter/worker"
 # The batch cannot go on until someone acts: the run fails (and a run-failure alert fires).
 FAILS_THE_RUN = frozenset(
     {BatchState.INSUFFICIENT_CREDITS, BatchState.FAILED, BatchState.EXPIRED, BatchState.UNUSABLE_MANIFEST}
@@ -86,6 +90,7 @@ with warnings.catch_warnings():
 def batch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -> Iterator[Any]:
     """Advance the batch: quote, reserve, dispatch, write outputs and receipts, settle."""
     engine, batch_id = batchrouter.engine(), context.partition_key
+    context.instance.add_run_tags(context.run.run_id, {WORKER_TAG: worker_name(context.run.run_id)})
     run: RunSummary | None = None
     refusal: BatchRouterError | None = None
     try:
@@ -107,11 +112,18 @@ def batch(context: dg.AssetExecutionContext, batchrouter: BatchRouterResource) -
         raise dg.Failure(description=f"batch {batch_id} is {view.state}: {reason}", allow_retries=False)
 
 
+def worker_name(run_id: str) -> str:
+    """The `WORKER_TAG` of run `run_id` done in this process: it names the run, so a retry (which copies
+    its parent's tags) is not taken for its parent until its own step has named itself."""
+    return owner_name(f"dagster run {run_id}")
+
+
 def _quote(summary: dict[str, Any], view: BatchView, refusal: BatchRouterError | None) -> Iterator[Any]:
     quote = QuoteSummary.model_validate(summary)
     yield dg.MaterializeResult(
         asset_key="quote",
-        metadata=_lanes(quote, view) | {
+        metadata=_lanes(quote, view)
+        | {
             "accepted": quote.accepted,
             "rejected": quote.rejected,
             "reserve": usd(quote.reserve_usd_micros),

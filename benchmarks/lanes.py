@@ -361,7 +361,13 @@ def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
                 ((pl.col("delivered_wall") - run.submitted_wall) * scale).alias("delivered_batch_s"),
             )
         )
-        frames.append(frame)
+        # The same answers at the lanes quoted, each line rounded up to the micro-dollar as it is charged:
+        # the floor the lanes allow, rounding included (a half-price line is ceil(x / 2), not ceil(x) / 2).
+        at_quoted = [engine.catalog.entry(r).cost_micros(int(i), int(o), cached=int(c or 0),
+                                                         tier=None if lane in (None, "online") else lane) if r else 0
+                     for r, i, o, c, lane in frame.select("route", "input_tokens", "output_tokens", "cached_tokens",
+                                                          "quoted_lane").iter_rows()]  # fmt: skip
+        frames.append(frame.with_columns(pl.Series("quoted_price_usd_micros", at_quoted, pl.Int64)))
     return pl.concat(frames, how="vertical_relaxed")
 
 
@@ -568,6 +574,12 @@ def main() -> None:
             for (lane,), part in items.group_by("quoted_lane")
         )
         log(f"  lower bound from the lanes quoted (no hedge, batch/flex at half price): {floor / same_tokens:.4f}")
+        charged_floor = int(items["quoted_price_usd_micros"].sum())
+        log(f"  ... each line at its quoted lane's price, rounded up to the micro-dollar as charged: "
+            f"{usd(charged_floor)}, ratio {charged_floor / same_tokens:.4f}; above it: "
+            f"{cost / charged_floor - 1:+.2%}")  # fmt: skip
+        figures.update(floor=floor / same_tokens, charged_floor_usd_micros=charged_floor,
+                       ratio_charged_floor=charged_floor / same_tokens)  # fmt: skip
         log("by class and lane (quoted -> answered):")
         report_lanes(items, log)
         hedged = items.filter((pl.col("quoted_lane") != "online") & (pl.col("answered_lane") == "online"))

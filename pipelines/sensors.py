@@ -1,6 +1,7 @@
 """Sensors: a dropped manifest starts a run; an approval resumes a batch held at the approval gate; a
 provider batch that ended (or must be hedged) resumes a batch waiting on its providers; a due webhook
-delivery starts a drain of the outbox.
+delivery starts a drain of the outbox; a batch run whose worker died is marked failed, so the instance's
+run retries run it again from its checkpoint.
 
 A batch's run is tagged `batchrouter/provider.<name>` for each provider its items may be sent to, so the
 instance's per-provider run limits (`concurrency.runs.tag_concurrency_limits` in pipelines/dagster.yaml)
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from assets.batch import STATE_TAG
+from assets.batch import STATE_TAG, WORKER_TAG
+from batchrouter.batches.leases import is_dead
 from batchrouter.core.errors import BatchRouterError
 from batchrouter.intake import drops
 from pipelines.jobs import batch_job, webhook_outbox_job
@@ -80,11 +82,41 @@ def provider_batch_sensor(context: dg.SensorEvaluationContext, batchrouter: Batc
     engine = batchrouter.engine()
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(run_key=f"{batch_id}:provider:{time.time_ns()}", partition_key=batch_id,
-                          tags=provider_tags(engine, batch_id))  # fmt: skip
+            dg.RunRequest(
+                run_key=f"{batch_id}:provider:{time.time_ns()}",
+                partition_key=batch_id,
+                tags=provider_tags(engine, batch_id),
+            )  # fmt: skip
             for batch_id in engine.batches.waiting_due()
         ]
     )
+
+
+@dg.sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
+def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Batch runs whose run worker died (killed, out of memory, the machine restarted): marked failed.
+
+    The default run launcher cannot check a worker's health, so such a run would stay started for ever,
+    holding its providers' run limits (pipelines/dagster.yaml) and its batch with them. Once it is
+    marked failed, the instance's run retries (`run_retries`) start it again, and the new run goes on
+    from the batch's checkpoint, sending only what has no answer yet and settling once. A run whose
+    worker is on another host, or has not named itself yet (`WORKER_TAG`), is left alone."""
+    started = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=batch_job.name, statuses=[dg.DagsterRunStatus.STARTED])
+    )
+    dead = [run for run in started if _worker_died(run)]
+    for run in dead:
+        context.instance.report_run_failed(
+            run, message=f"its run worker ({run.tags[WORKER_TAG]}) is gone; the run retries go on from the checkpoint"
+        )
+        context.log.warning(f"run {run.run_id}: its worker died; marked failed")
+    return dg.SkipReason(f"{len(dead)} dead batch runs marked failed" if dead else "no batch run's worker has died")
+
+
+def _worker_died(run: dg.DagsterRun) -> bool:
+    """The run's own worker (a tag copied from the run it retries names that run) is known to be gone."""
+    worker = run.tags.get(WORKER_TAG, "")
+    return f"dagster run {run.run_id} " in worker and is_dead(worker)
 
 
 # Named rather than passed: a sensor given a plain job that needs resources is copied by Definitions

@@ -87,15 +87,16 @@ class DagsterDev:
 
 
 @pytest.fixture
-def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
     """A TOML config in tmp: its own bucket and ledger. The isolation fixture's environment overrides
-    are removed so the config file is what the server and this test both read."""
+    are removed so the config file is what the server and this test both read. A test parametrising
+    `config` indirectly gives more lines of the `[simulator]` table."""
     monkeypatch.delenv("BATCHROUTER_STORAGE__ROOT", raising=False)
     monkeypatch.delenv("BATCHROUTER_DATABASE", raising=False)
     path = tmp_path / "batchrouter.toml"
     path.write_text(
         f'database = "{tmp_path / "ledger.duckdb"}"\n\n[storage]\nroot = "{tmp_path / "bucket"}"\n\n'
-        "[simulator]\nlatency_ms = 5\n"
+        "[simulator]\nlatency_ms = 5\n" + getattr(request, "param", "")
     )
     monkeypatch.setenv("BATCHROUTER_CONFIG", str(path))
     return path
@@ -154,7 +155,10 @@ def test_dagster_dev_with_the_projects_dagster_yaml_starts_without_warnings(dags
     dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
     dagster_dev.wait_until("the daemon's first sensor tick", START_DEADLINE_S, lambda: _sensor_ticked(dagster_dev.port))
 
-    warnings = [line for line in dagster_dev.log_tail().splitlines() if "warning" in line.lower()]
+    # Run retries (pipelines/dagster.yaml) start the daemon's event-log consumer, which says once, on a
+    # new instance, that it reads run failures from now on: what a new instance should do.
+    warnings = [line for line in dagster_dev.log_tail().splitlines() if "warning" in line.lower()
+                and not ("EventLogConsumerDaemon" in line and "No cursor for event type" in line)]  # fmt: skip
     assert warnings == []
     assert "telemetry" not in dagster_dev.log_tail().lower()
 
@@ -250,3 +254,69 @@ def test_two_batches_on_one_provider_run_one_after_the_other_under_its_run_limit
     # The limit of one run per provider: the later run started only once the earlier one had ended.
     earlier, later = sorted(runs, key=lambda r: r["startTime"])
     assert later["startTime"] >= earlier["endTime"]
+
+
+DEAD_RUN_TIMES = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) { ... on Runs { results { runId status tags { key value } } } }
+}
+"""
+
+
+@pytest.mark.parametrize("config", ["rpm = 120\n"], indirect=True)  # 2 requests a second: a run to kill
+def test_a_batch_run_whose_worker_is_killed_is_run_again_from_its_checkpoint_and_charged_once(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    from assets.batch import WORKER_TAG
+
+    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-killed"]) == 0
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+    items = 60
+    data = ("item_id,model,prompt\n" + "".join(f"k{i},gpt-4o-mini,Hello {i}\n" for i in range(items))).encode()
+    batch_id = batch_id_for(WS, hashlib.sha256(data).hexdigest())
+    drop = tmp_path / "bucket" / "manifests" / WS / "killed.csv"
+    drop.parent.mkdir(parents=True)
+    drop.with_name(".killed.csv.part").write_bytes(data)
+    drop.with_name(".killed.csv.part").rename(drop)
+    chunks = tmp_path / "bucket" / "batches" / batch_id / "dispatch" / "chunks"
+    run_filter = {"filter": {"pipelineName": "batch_job", "tags": [{"key": "dagster/partition", "value": batch_id}]}}
+
+    def runs() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = graphql(dagster_dev.port, DEAD_RUN_TIMES, run_filter)["runsOrError"]["results"]
+        return found
+
+    def worker_with_answers() -> str | None:
+        """The worker of the run dispatching, once some answers are in its checkpoint."""
+        for run in runs():
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            if run["status"] == "STARTED" and WORKER_TAG in tags and chunks.is_dir() and any(chunks.glob("*.parquet")):
+                return tags[WORKER_TAG]
+        return None
+
+    worker = dagster_dev.wait_until("a run with answers in its checkpoint", RUN_DEADLINE_S, worker_with_answers)
+    os.kill(int(worker.split(" pid ")[1].split()[0]), signal.SIGKILL)
+    before = {p.name: set(pl.read_parquet(p)["item_id"]) for p in chunks.glob("*.parquet")}
+
+    def retried_to_success() -> list[dict[str, Any]] | None:
+        found = runs()
+        return found if any(r["status"] == "SUCCESS" for r in found) else None
+
+    found = dagster_dev.wait_until("a retry of the killed run to succeed", RUN_DEADLINE_S, retried_to_success)
+
+    by_status = {r["status"]: r for r in found}
+    assert sorted(r["status"] for r in found) == ["FAILURE", "SUCCESS"], dagster_dev.log_tail()
+    retry_tags = {t["key"]: t["value"] for t in by_status["SUCCESS"]["tags"]}
+    assert retry_tags["dagster/parent_run_id"] == by_status["FAILURE"]["runId"]  # Dagster's own run retry
+    assert retry_tags["batchrouter/state"] == "completed"
+    folder = tmp_path / "bucket" / "batches" / batch_id
+    receipts = pl.read_parquet(folder / "receipts.parquet")
+    assert receipts.height == receipts["item_id"].n_unique() == items and set(receipts["status"]) == {"succeeded"}
+    # What the killed run had recorded was kept, and not one of those items was sent again.
+    after = {p.name: set(pl.read_parquet(p)["item_id"]) for p in chunks.glob("*.parquet")}
+    assert before.items() <= after.items()
+    answered_before = set().union(*before.values())
+    assert answered_before and all(not (ids & answered_before) for name, ids in after.items() if name not in before)
+    ledger = Ledger(str(tmp_path / "ledger.duckdb"))
+    assert ledger.balance(WS).spent_usd_micros == receipts["cost_usd_micros"].sum() > 0
+    assert ledger.balance(WS).held_usd_micros == 0
+    assert ledger.verify()["ok"]
