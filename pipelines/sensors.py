@@ -94,17 +94,27 @@ def provider_batch_sensor(context: dg.SensorEvaluationContext, batchrouter: Batc
 
 @dg.sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=15)
 def dead_run_sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    """Batch runs whose run worker died (killed, out of memory, the machine restarted): marked failed.
+    """Batch runs left started by a deployment that died with them (`dagster dev` or its code server
+    killed, the machine restarted): marked failed.
 
-    The default run launcher cannot check a worker's health, so such a run would stay started for ever,
-    holding its providers' run limits (pipelines/dagster.yaml) and its batch with them. Once it is
-    marked failed, the instance's run retries (`run_retries`) start it again, and the new run goes on
-    from the batch's checkpoint, sending only what has no answer yet and settling once. A run whose
-    worker is on another host, or has not named itself yet (`WORKER_TAG`), is left alone."""
+    The code server marks failed a run whose worker dies while it runs; when the code server goes too,
+    nothing does (the default run launcher cannot check a worker's health), and the run would stay
+    started for ever, holding its providers' run limits (pipelines/dagster.yaml) and its batch with them.
+    Once it is marked failed, the instance's run retries (`run_retries`) start it again, and the new run
+    goes on from the batch's checkpoint, sending only what has no recorded answer and settling once. A
+    run whose worker is on another host, or has not named itself yet (`WORKER_TAG`), is left alone."""
     started = context.instance.get_runs(
         filters=dg.RunsFilter(job_name=batch_job.name, statuses=[dg.DagsterRunStatus.STARTED])
     )
-    dead = [run for run in started if _worker_died(run)]
+    dead = []
+    for run in started:
+        if not _worker_died(run):
+            continue
+        # Read again: a run that ended between the list and the look (its worker then exits) stays ended.
+        now = context.instance.get_run_by_id(run.run_id)
+        if now is None or now.status != dg.DagsterRunStatus.STARTED:
+            continue
+        dead.append(now)
     for run in dead:
         context.instance.report_run_failed(
             run, message=f"its run worker ({run.tags[WORKER_TAG]}) is gone; the run retries go on from the checkpoint"

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from math import inf
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -324,15 +324,20 @@ class BatchLane:
             except ProviderError:
                 continue  # unreachable for now: asked again next round
             self._update(sent, batch)
-            seen = self._seen(sent, batch, now)
+            stall = self._stall(sent, self._seen(sent, batch, self.clock_s()), now)
             if batch.ended:
                 self._collect(client, sent, batch)
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
                 self._hedge(client, sent, release_at_s=now if cancel_all else (sent.hedge_at_s or now))
-            elif sent.state == "in_flight" and (self._resubmit_pays(sent, now) or self._stalled(sent, seen, now)):
+            elif sent.state == "in_flight" and (self._resubmit_pays(sent, now) or stall == "resubmit"):
                 # Given the cancel's wait to end (what it answered is kept), then sent again in a fresh batch.
                 sent.resubmit = True
                 self._hedge(client, sent, release_at_s=now + wait_s)
+            elif stall == "end":
+                # Every line answered, and it does not end (stuck finalizing): a cancel ends it with every
+                # answer. Its lines stay with it until their hedge time, as any hedge's, so a slow cancel
+                # never has them sent twice.
+                self._hedge(client, sent, release_at_s=sent.hedge_at_s or now)
             elif cancel_all:
                 sent.release_at_s = now  # cancelled by the user: nothing more is waited for
             if sent.state == "hedged" and not sent.holds(now):
@@ -386,7 +391,9 @@ class BatchLane:
                 continue
             except ProviderError:
                 continue
-            if batch.ended or self._resubmit_pays(sent, now) or self._stalled(sent, self._seen(sent, batch, now), now):
+            if batch.ended or self._resubmit_pays(sent, now):
+                return True
+            if self._stall(sent, self._seen(sent, batch, self.clock_s()), now) is not None:
                 return True
         return False
 
@@ -421,38 +428,51 @@ class BatchLane:
         )  # fmt: skip
         return gain is not None and gain >= self.lanes.resubmit_min_gain
 
-    def _stalled(self, sent: Sent, seen: Seen, now_s: float) -> bool:
-        """Whether an in-flight provider batch stalled (`stalled`, by `lanes.stall_factor` and `stall_min_s`)
-        while a fresh one of its unanswered lines, sent once its cancel has had `cancel_wait_s` to end, is
-        predicted done (`Predictions.completion_s`: the runs measured, else the prior) before its cancel
-        time. One that answered every line and does not end (stuck finalizing) is cancelled to end it: the
-        cancel returns every answer."""
-        if sent.state != "in_flight" or sent.generation >= self.lanes.max_resubmits or sent.hedge_at_s is None:
-            return False
+    def _stall(self, sent: Sent, seen: Seen, now_s: float) -> Literal["resubmit", "end"] | None:
+        """What to do with an in-flight provider batch that stalled (`stalled`, by `lanes.stall_factor` and
+        `stall_min_s`), whatever runs were measured (a batch's own pace needs none):
+        - "resubmit": a fresh one of its unanswered lines, sent once its cancel has had `cancel_wait_s` to
+          end, is predicted done (`Predictions.completion_s`: the runs measured, else the prior) before
+          its cancel time;
+        - "end": it answered every line and does not end (stuck finalizing): a cancel ends it;
+        - None: it has not stalled, or nothing would be gained (no time for a fresh one, no resubmits left).
+        """
+        if sent.state != "in_flight" or sent.hedge_at_s is None:
+            return None
         if not stalled(seen, sent_at_s=self._sent_at_s(sent), now_s=now_s, factor=self.lanes.stall_factor,
                        min_s=self.lanes.stall_min_s):  # fmt: skip
-            return False
+            return None
         left = sent.lines - seen.answered
         if left <= 0:
-            return True
+            return "end"
+        if sent.generation >= self.lanes.max_resubmits:
+            return None
         wait_s = self.lanes.cancel_wait_s()
         fresh_s = sent.hedge_at_s - wait_s - (now_s + wait_s)
         needed = Predictions(self.settings.database).completion_s(sent.provider, Lane.BATCH, left, config=self.lanes)
-        return fresh_s >= needed
+        return "resubmit" if fresh_s >= needed else None
 
     def _seen(self, sent: Sent, batch: ProviderBatch, now_s: float) -> Seen:
-        """The provider batch's progress as looks saw it, with this look's. Its own small file, which every
-        look writes when the count rose, the sensor's too (it writes nothing of the batch's records): the
-        count only rises, so two looks racing lose at most a moment of when it last moved."""
+        """The provider batch's progress as looks saw it, with this look's (at `now_s`). Its own small file,
+        which every look writes when the count rose, the sensor's too (it writes nothing of the batch's
+        records): the count only rises, so two looks racing lose at most a moment of when it last moved.
+        A file that cannot be read or written counts as no look before this one: it delays a stall, never
+        makes one."""
         parts = self.info.folder(FOLDER, PROGRESS, f"{sent.key}.json")
         try:
-            seen = Seen(**self.storage.read_json(*parts)) if self.storage.exists(*parts) else Seen()
-        except StorageError:
+            raw = self.storage.read_json(*parts) if self.storage.exists(*parts) else {}
+            seen = Seen(
+                int(raw.get("answered", 0)), None if raw.get("moved_at_s") is None else float(raw["moved_at_s"])
+            )
+        except (StorageError, OSError, ValueError, TypeError, AttributeError):
             seen = Seen()
         answered = batch.succeeded + batch.failed
         if answered > seen.answered:
             seen = Seen(answered, now_s)
-            self.storage.write_json(asdict(seen), *parts)
+            try:
+                self.storage.write_json(asdict(seen), *parts)
+            except (StorageError, OSError):
+                pass  # the next look records it
         return seen
 
     def _sent_at_s(self, sent: Sent) -> float:

@@ -229,9 +229,9 @@ class LanesConfig(BaseModel):
     # lasting twice the late one's age (`predictions.resubmit_share_gain`).
     resubmit_min_gain: float = Field(default=0.5, gt=0, le=1)
     max_resubmits: int = Field(default=2, ge=0)
-    # With no runs measured, a provider batch's own pace tells it stuck: its answered count rose, then has
-    # not moved for `stall_factor` times as long as it took to get there, nor for `stall_min_s`; it is
-    # resubmitted the same way while a fresh one is predicted done before its hedge.
+    # A provider batch's own pace tells it stuck too, with no runs measured needed: its answered count rose,
+    # then has not moved for `stall_factor` times as long as it took to get there, nor for `stall_min_s`;
+    # it is resubmitted the same way while a fresh one is predicted done before its hedge.
     stall_factor: float = Field(default=3.0, ge=1)
     stall_min_s: float = Field(default=3600.0, ge=0)
     # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h

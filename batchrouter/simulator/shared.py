@@ -119,8 +119,8 @@ def url_for(database: str, config: SimulatorConfig, *, timeout_s: float = START_
         pass
     raise SimulatorUnavailable(
         f"the built-in provider simulator for {database} did not start ({starts} tries in "
-        f"{time.monotonic() - began:.0f} s); see {_path(database, config_key, 'log')}, or give the simulator providers a "
-        "base_url (a `batchrouter simulate` server)"
+        f"{time.monotonic() - began:.0f} s); see {_path(database, config_key, 'log')}, or give the simulator "
+        "providers a base_url (a `batchrouter simulate` server)"
     )
 
 

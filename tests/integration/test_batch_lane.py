@@ -331,10 +331,10 @@ def test_a_provider_batch_whose_count_stops_is_sent_again_at_the_batch_price_wit
 ) -> None:
     # A new deployment (no provider batch measured yet). The first OpenAI batch answers some lines and then
     # stops in progress; its own pace says it is stuck, and a fresh one (the prior: 2 h) fits before the
-    # hedge of a 6 h deadline. Waiting for the hedge would send its lines online near the end.
+    # hedge of a 24 h deadline. Waiting for the hedge would send its lines online near the end.
     base = simulator(batch_stuck_rate=0.5)
     engine, url = make(base.model_copy(update={"seed": stalls_then_healthy_seed(base, lines=6, ends_by_s=2500)}))
-    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="6h")
+    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
     assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"batch"}
 
     final = advance_until_final(engine, view.batch_id, url)
@@ -348,7 +348,7 @@ def test_the_sensor_sees_a_stalled_provider_batch_from_its_own_looks_and_a_run_s
     # batch once it stalled; the run they start sends its unanswered lines in a fresh provider batch.
     base = simulator(batch_stuck_rate=0.5)
     engine, url = make(base.model_copy(update={"seed": stalls_then_healthy_seed(base, lines=6, ends_by_s=2500)}))
-    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="6h")
+    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
     assert engine.batches.advance(view.batch_id, actor=CLI, simulator_url=url).state == BatchState.WAITING_ON_PROVIDER
     info = engine.batches.info(view.batch_id)
     assert batch_lane.waiting(engine.storage) == [view.batch_id]
@@ -369,6 +369,29 @@ def test_the_sensor_sees_a_stalled_provider_batch_from_its_own_looks_and_a_run_s
 
     assert final.state == BatchState.COMPLETED
     assert_stalled_batch_went_again_at_the_batch_price(engine, view.batch_id)
+
+
+def test_a_provider_batch_stuck_finalizing_with_every_line_answered_is_cancelled_early_and_nothing_sent_again(
+    make: Any,
+) -> None:
+    # Every line answered, then it never ends: a cancel ends it with every answer, long before its hedge,
+    # and no fresh provider batch is made (its lines wait for the cancel, not sent twice).
+    engine, url = make(simulator(batch_stuck_rate=1.0, batch_stuck_states=["finalizing"]))
+    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id, items=6)
+    assert set(got["lane"]) == {"batch"}
+    (stuck,) = sent(engine, view.batch_id)
+    assert stuck.state == "hedged" and not stuck.resubmit and stuck.collected
+    assert stuck.history[-3:] == ["finalizing", "cancelling", "cancelled"]
+    assert set(got["provider_batch_id"]) == {stuck.provider_batch_id}
+    info = engine.batches.info(view.batch_id)
+    started = pl.Series([info.submitted_at]).str.to_datetime(time_zone="UTC")[0].timestamp()
+    done_s = (got["finished_at"].max().timestamp() - started) * SCALE
+    assert stuck.hedge_at_s is not None and done_s < stuck.hedge_at_s - 3600  # not left to its hedge
 
 
 def test_an_expired_provider_batch_keeps_its_answered_lines_and_sends_the_rest_online(make: Any) -> None:

@@ -63,8 +63,29 @@ query Runs($filter: RunsFilter) {
 
 
 class DagsterDev:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
+    def __init__(self, home: Path, env: dict[str, str], log: Path) -> None:
+        self.home, self.env, self.log = home, env, log
+        self.proc, self.port = self._start()
+
+    def _start(self) -> tuple[subprocess.Popen[bytes], int]:
+        port = _free_port()
+        with self.log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                cwd=REPO,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return proc, port
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL the whole deployment (webserver, daemon, code server, run workers) at once, as a machine
+        that lost power would, then start it again on the same instance."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc, self.port = self._start()
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
@@ -107,22 +128,12 @@ def dagster_dev(config: Path, tmp_path: Path) -> Iterator[DagsterDev]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "pipelines" / "dagster.yaml", home / "dagster.yaml")  # as `make dev` does
-    port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "BATCHROUTER_CONFIG": str(config), "PYTHONWARNINGS": DEV_WARNINGS}
-    log = tmp_path / "dagster-dev.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    dev = DagsterDev(home, env, tmp_path / "dagster-dev.log")
     try:
-        yield DagsterDev(proc, port, log)
+        yield dev
     finally:
-        _stop_group(proc)
+        _stop_group(dev.proc)
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -263,60 +274,102 @@ query Runs($filter: RunsFilter) {
 """
 
 
-@pytest.mark.parametrize("config", ["rpm = 120\n"], indirect=True)  # 2 requests a second: a run to kill
-def test_a_batch_run_whose_worker_is_killed_is_run_again_from_its_checkpoint_and_charged_once(
-    dagster_dev: DagsterDev, tmp_path: Path
-) -> None:
+def drop_and_wait_for_answers(dagster_dev: DagsterDev, tmp_path: Path, name: str, items: int) -> tuple[str, str]:
+    """Drop a manifest of `items` and wait until its run has answers in its checkpoint: (batch id, the
+    run's worker as it tagged itself)."""
     from assets.batch import WORKER_TAG
 
-    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-killed"]) == 0
-    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
-    items = 60
     data = ("item_id,model,prompt\n" + "".join(f"k{i},gpt-4o-mini,Hello {i}\n" for i in range(items))).encode()
     batch_id = batch_id_for(WS, hashlib.sha256(data).hexdigest())
-    drop = tmp_path / "bucket" / "manifests" / WS / "killed.csv"
+    drop = tmp_path / "bucket" / "manifests" / WS / f"{name}.csv"
     drop.parent.mkdir(parents=True)
-    drop.with_name(".killed.csv.part").write_bytes(data)
-    drop.with_name(".killed.csv.part").rename(drop)
+    drop.with_name(f".{name}.csv.part").write_bytes(data)
+    drop.with_name(f".{name}.csv.part").rename(drop)
     chunks = tmp_path / "bucket" / "batches" / batch_id / "dispatch" / "chunks"
-    run_filter = {"filter": {"pipelineName": "batch_job", "tags": [{"key": "dagster/partition", "value": batch_id}]}}
-
-    def runs() -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = graphql(dagster_dev.port, DEAD_RUN_TIMES, run_filter)["runsOrError"]["results"]
-        return found
 
     def worker_with_answers() -> str | None:
-        """The worker of the run dispatching, once some answers are in its checkpoint."""
-        for run in runs():
+        for run in batch_runs(dagster_dev, batch_id):
             tags = {t["key"]: t["value"] for t in run["tags"]}
             if run["status"] == "STARTED" and WORKER_TAG in tags and chunks.is_dir() and any(chunks.glob("*.parquet")):
                 return tags[WORKER_TAG]
         return None
 
-    worker = dagster_dev.wait_until("a run with answers in its checkpoint", RUN_DEADLINE_S, worker_with_answers)
-    os.kill(int(worker.split(" pid ")[1].split()[0]), signal.SIGKILL)
-    before = {p.name: set(pl.read_parquet(p)["item_id"]) for p in chunks.glob("*.parquet")}
+    worker: str = dagster_dev.wait_until("a run with answers in its checkpoint", RUN_DEADLINE_S, worker_with_answers)
+    return batch_id, worker
+
+
+def batch_runs(dagster_dev: DagsterDev, batch_id: str) -> list[dict[str, Any]]:
+    run_filter = {"filter": {"pipelineName": "batch_job", "tags": [{"key": "dagster/partition", "value": batch_id}]}}
+    found: list[dict[str, Any]] = graphql(dagster_dev.port, DEAD_RUN_TIMES, run_filter)["runsOrError"]["results"]
+    return found
+
+
+def chunk_items(tmp_path: Path, batch_id: str) -> dict[str, set[str]]:
+    chunks = tmp_path / "bucket" / "batches" / batch_id / "dispatch" / "chunks"
+    return {p.name: set(pl.read_parquet(p)["item_id"]) for p in chunks.glob("*.parquet")}
+
+
+def assert_retried_to_success_and_charged_once(
+    dagster_dev: DagsterDev, tmp_path: Path, batch_id: str, items: int, before: dict[str, set[str]]
+) -> dict[str, dict[str, Any]]:
+    """The killed run failed, one retry of it (Dagster's run retries) succeeded; every item answered once,
+    nothing recorded before the kill sent again, and the ledger charged exactly the receipts."""
 
     def retried_to_success() -> list[dict[str, Any]] | None:
-        found = runs()
+        found = batch_runs(dagster_dev, batch_id)
         return found if any(r["status"] == "SUCCESS" for r in found) else None
 
     found = dagster_dev.wait_until("a retry of the killed run to succeed", RUN_DEADLINE_S, retried_to_success)
-
     by_status = {r["status"]: r for r in found}
     assert sorted(r["status"] for r in found) == ["FAILURE", "SUCCESS"], dagster_dev.log_tail()
     retry_tags = {t["key"]: t["value"] for t in by_status["SUCCESS"]["tags"]}
     assert retry_tags["dagster/parent_run_id"] == by_status["FAILURE"]["runId"]  # Dagster's own run retry
     assert retry_tags["batchrouter/state"] == "completed"
-    folder = tmp_path / "bucket" / "batches" / batch_id
-    receipts = pl.read_parquet(folder / "receipts.parquet")
+    receipts = pl.read_parquet(tmp_path / "bucket" / "batches" / batch_id / "receipts.parquet")
     assert receipts.height == receipts["item_id"].n_unique() == items and set(receipts["status"]) == {"succeeded"}
-    # What the killed run had recorded was kept, and not one of those items was sent again.
-    after = {p.name: set(pl.read_parquet(p)["item_id"]) for p in chunks.glob("*.parquet")}
-    assert before.items() <= after.items()
+    after = chunk_items(tmp_path, batch_id)
+    assert before.items() <= after.items()  # what the killed run had recorded was kept...
     answered_before = set().union(*before.values())
     assert answered_before and all(not (ids & answered_before) for name, ids in after.items() if name not in before)
-    ledger = Ledger(str(tmp_path / "ledger.duckdb"))
+    ledger = Ledger(str(tmp_path / "ledger.duckdb"))  # ... and not one of those items was sent again
     assert ledger.balance(WS).spent_usd_micros == receipts["cost_usd_micros"].sum() > 0
     assert ledger.balance(WS).held_usd_micros == 0
     assert ledger.verify()["ok"]
+    return by_status
+
+
+@pytest.mark.parametrize("config", ["rpm = 120\n"], indirect=True)  # 2 requests a second: a run to kill
+def test_a_batch_run_whose_worker_is_killed_is_run_again_from_its_checkpoint_and_charged_once(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    # The code server sees its run worker die and fails the run; the instance's run retries run it again.
+    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-killed"]) == 0
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+    batch_id, worker = drop_and_wait_for_answers(dagster_dev, tmp_path, "killed", 60)
+
+    os.kill(int(worker.split(" pid ")[1].split()[0]), signal.SIGKILL)
+    before = chunk_items(tmp_path, batch_id)
+
+    assert_retried_to_success_and_charged_once(dagster_dev, tmp_path, batch_id, 60, before)
+
+
+@pytest.mark.parametrize("config", ["rpm = 120\n"], indirect=True)
+def test_a_batch_run_left_started_by_a_crashed_deployment_is_failed_by_the_sensor_and_run_again(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    # Everything dies at once, the code server too: nothing but dead_run_sensor can tell the run is over.
+    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-crash"]) == 0
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+    batch_id, worker = drop_and_wait_for_answers(dagster_dev, tmp_path, "crashed", 60)
+
+    dagster_dev.crash_and_restart()
+    before = chunk_items(tmp_path, batch_id)
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
+
+    by_status = assert_retried_to_success_and_charged_once(dagster_dev, tmp_path, batch_id, 60, before)
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
+        events = instance.all_logs(by_status["FAILURE"]["runId"])
+    failures = [e.dagster_event.message for e in events if e.dagster_event and e.dagster_event.is_run_failure]
+    assert failures == [f"its run worker ({worker}) is gone; the run retries go on from the checkpoint"]
