@@ -12,6 +12,7 @@ import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from datetime import datetime
 from typing import Any
 
 import polars as pl
@@ -28,7 +29,7 @@ from batchrouter.core.batch_info import (
     now_iso,
 )
 from batchrouter.core.catalog import Catalog
-from batchrouter.core.config import Settings
+from batchrouter.core.config import LanesConfig, Settings
 from batchrouter.core.errors import BatchError, ManifestError
 from batchrouter.core.identity import IdentityError, canonical_workspace
 from batchrouter.core.storage import Storage, route_slug
@@ -259,14 +260,14 @@ def stage_dispatch(
                          remaining=online.height + to_submit.height + waiting, **counts)  # fmt: skip
         if to_submit.height and not cancelled():
             # Lines a provider refused go online now; lines held back for capacity wait for the next round.
-            refused = lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit)})
+            refused = lane.submit(to_submit, {job.item_id: job for job in _jobs(to_submit, info, settings.lanes)})
             online = pl.concat([online, to_submit.filter(pl.col("item_id").is_in(list(refused)))],
                                how="vertical_relaxed")  # fmt: skip
         elif to_submit.height:
             # Cancelled before its provider batches were made: the dispatcher ends these lines cancelled,
             # unsent, so the batch can settle (left unsubmitted, they would keep it open for ever).
             online = pl.concat([online, to_submit], how="vertical_relaxed")
-        jobs = _jobs(online)
+        jobs = _jobs(online, info, settings.lanes)
         dispatcher = Dispatcher(
             settings=settings,
             catalog=catalog,
@@ -315,16 +316,21 @@ def _routes_to_reach(storage: Storage, info: BatchInfo, routed: pl.DataFrame, ch
     return routes
 
 
-def _jobs(items: pl.DataFrame) -> list[Job]:
-    """The dispatcher's jobs for routed items; a flex-lane item asks for `service_tier: "flex"`."""
+def _jobs(items: pl.DataFrame, info: BatchInfo, config: LanesConfig) -> list[Job]:
+    """The dispatcher's jobs for routed items; a flex-lane item asks for `service_tier: "flex"`, and one
+    refused for capacity asks again on flex until its hedge time (on the wall), if it has one."""
     if not items.height:
         return []
     jobs = jobs_from_routed(items)
     if "lane" in items.columns:
-        flex = set(items.filter(pl.col("lane") == str(Lane.FLEX))["item_id"].to_list())
+        started = datetime.fromisoformat(info.submitted_at).timestamp()
+        hedge = pl.col("hedge_at_s") if "hedge_at_s" in items.columns else pl.lit(None, dtype=pl.Float64)
+        flex = dict(items.filter(pl.col("lane") == str(Lane.FLEX)).select("item_id", hedge).iter_rows())
         for job in jobs:
             if job.item_id in flex:
                 job.request = replace(job.request, params={**(job.request.params or {}), "service_tier": "flex"})
+                hedge_at = flex[job.item_id]
+                job.flex_until = None if hedge_at is None else started + config.wall_s(float(hedge_at))
     return jobs
 
 

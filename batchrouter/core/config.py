@@ -198,6 +198,9 @@ class DispatchConfig(BaseModel):
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     stale_after_minutes: float = Field(default=30.0, gt=0)
+    # A flex request refused for capacity is asked again on flex this many times (with the back-off above)
+    # while its hedge time allows, then sent on at the standard tier.
+    flex_retries: int = Field(default=4, ge=0)
 
 
 class LanesConfig(BaseModel):

@@ -72,6 +72,11 @@ class Job:
     started: float | None = None
     last_error: ProviderError | None = None
     tried: list[str] = field(default_factory=list)
+    # A flex request refused for capacity is asked again on flex, after a back-off, `flex_retries` times at
+    # most and until this wall-clock time (its lane's hedge time: the standard tier still ends it by the
+    # deadline); None: at once at the standard tier.
+    flex_until: float | None = None
+    flex_refusals: int = 0
 
     @property
     def route(self) -> str:
@@ -119,7 +124,7 @@ class RouteHealth:
     transient_errors: int = 0
     terminal_errors: int = 0
     rate_limited: int = 0
-    flex_refused: int = 0  # 429s of flex out of capacity (not rate limits): sent on at the standard tier
+    flex_refused: int = 0  # 429s of flex out of capacity (not rate limits): asked again, or at the standard tier
     timeouts: int = 0
     breaker_trips: int = 0
     moved_to_fallback: int = 0
@@ -360,10 +365,17 @@ class Dispatcher:
             job.rate_limited += 1
             job.last_error = err
             if err.code == CAPACITY_REFUSED and (job.request.params or {}).get("service_tier") == "flex":
-                # Flex out of capacity, not a rate limit: the item goes on at once at the standard tier, as
-                # OpenAI advises (its lane becomes online, billed at the online price); the route's pace and
-                # its other items are untouched.
+                # Flex out of capacity, not a rate limit (the route's pace and its other items are untouched):
+                # asked again on flex after a back-off while its hedge time allows, as OpenAI advises, else
+                # on at the standard tier (its lane becomes online, billed at the online price).
                 route.health.flex_refused += 1
+                job.flex_refusals += 1
+                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (job.flex_refusals - 1))
+                delay *= self.rng.uniform(0.5, 1.5)
+                again = job.flex_refusals <= self.cfg.flex_retries
+                if again and job.flex_until is not None and time.time() + delay < job.flex_until:
+                    self._enqueue(job, delay)
+                    return
                 params = {k: v for k, v in (job.request.params or {}).items() if k != "service_tier"}
                 job.request = replace(job.request, params=params or None)
                 route.queue.put_nowait(job)

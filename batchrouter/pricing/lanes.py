@@ -2,7 +2,7 @@
 
     online  the provider's API at list price, as fast as its rate limits allow (the dispatcher);
     flex    OpenAI's `service_tier: "flex"`: batch prices, slower, refused when the provider lacks
-            capacity (the item then goes online);
+            capacity (the item is asked again on flex while its hedge time allows, then goes online);
     batch   the provider's own Batch API (OpenAI Batch, Anthropic Message Batches): batch prices,
             usually answered in minutes, sometimes only after a day;
     priority OpenAI's `service_tier: "priority"`: the online API, faster, at the priority prices.
@@ -224,7 +224,7 @@ def hedge_lane(settings: Settings, entry: CatalogEntry, items: int, *, tokens: i
     go of them with `time_left_s` to the deadline (less the margin): flex, at the batch price, where the
     route sells it and the flex run ends in that time; else online. (The batch's hedge time left room
     for flex and then online; a hedge starts a poll's lag after it. A flex request the provider refuses
-    is refused at once and its item goes online then, inside the margin.)"""
+    is refused at once and, its hedge time being past, its item goes online then, inside the margin.)"""
     if Lane.FLEX not in lanes_of(entry, settings.provider(entry.provider)):
         return Lane.ONLINE
     flex_s = route_s(settings, entry, items, tokens=tokens, lane=Lane.FLEX)

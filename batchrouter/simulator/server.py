@@ -38,8 +38,8 @@ Limits and faults are configurable:
 - faults, each with a probability: 5xx (529 `overloaded_error` on Anthropic), stalls that never
   answer, truncated bodies, malformed JSON, slow trickle of the body;
 - per-item faults on demand: a prompt containing `[[sim:KIND]]` gets that fault on every attempt
-  (KIND: `500`, `400`, `refuse`, `stall`, `truncate`, `malformed`, `trickle`, `429`), or only on its
-  first N attempts with `[[sim:KIND*N]]`.
+  (KIND: `500`, `400`, `refuse`, `stall`, `truncate`, `malformed`, `trickle`, `429`, and `flexbusy`: a
+  flex request refused for capacity), or only on its first N attempts with `[[sim:KIND*N]]`.
 
 `GET /_stats` counts what it served: `requests`, `rate_limited`, and the online requests (chat,
 responses, messages) being answered now (`in_flight`) and the most ever answered at once
@@ -650,7 +650,8 @@ async def _answer_request(request: web.Request, state: SimulatorState, endpoint:
             _limit_headers(wire, rpm, tpm, wait or 1.0),
         )
     flex = plan.service_tier == "flex"
-    if flex and config.flex_unavailable_rate and state.rng.random() < config.flex_unavailable_rate:
+    busy = fault == "flexbusy" or (config.flex_unavailable_rate and state.rng.random() < config.flex_unavailable_rate)
+    if flex and busy:
         if rpm:
             rpm.give_back(1)
         if tpm:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -112,6 +114,45 @@ def dispatch(
 def only(results: list[ItemResult]) -> ItemResult:
     assert len(results) == 1
     return results[0]
+
+
+# -- flex refused for capacity ----------------------------------------------------------------------
+
+FLEX = "openai:gpt-5-mini"  # sells flex
+
+
+def flex_job(prompt: str, *, flex_until: float | None) -> Job:
+    made = job(prompt, [FLEX])
+    made.model = "gpt-5-mini"
+    made.request = replace(made.request, params={"service_tier": "flex"}, temperature=None)  # gpt-5: default only
+    made.flex_until = flex_until
+    return made
+
+
+@pytest.mark.parametrize(
+    ("marker", "time_left_s", "lane", "refused"),
+    [
+        ("[[sim:flexbusy*2]]", 600.0, "flex", 2),  # asked again on flex, answered there at the batch price
+        ("[[sim:flexbusy*2]]", None, "online", 1),  # no hedge time: at once at the standard tier
+        ("[[sim:flexbusy*2]]", -1.0, "online", 1),  # its hedge time has passed: the same
+        ("[[sim:flexbusy]]", 600.0, "online", 4),  # refused each time: the standard tier after 3 more tries
+    ],
+)
+def test_a_flex_request_refused_for_capacity_is_asked_again_on_flex_while_its_hedge_time_allows(
+    sim: str, marker: str, time_left_s: float | None, lane: str, refused: int
+) -> None:
+    until = None if time_left_s is None else time.time() + time_left_s
+    results, dispatcher = dispatch(sim, [flex_job(f"Summarise this {marker}", flex_until=until)],
+                                   dispatch_cfg={"flex_retries": 3})  # fmt: skip
+    result = only(results)
+    assert result.status == "succeeded" and result.lane == lane
+    assert result.attempts == refused + 1
+    entry = load_catalog().entry(FLEX)
+    tier = "flex" if lane == "flex" else None
+    assert result.cost_usd_micros == entry.cost_micros(result.input_tokens, result.output_tokens,
+                                                       cached=result.cached_tokens, tier=tier)  # fmt: skip
+    health = dispatcher.routes[FLEX].health
+    assert (health.flex_refused, health.rate_limited) == (refused, 0)
 
 
 # -- faults that recover ----------------------------------------------------------------------------

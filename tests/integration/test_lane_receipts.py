@@ -85,23 +85,32 @@ def test_a_provider_batch_line_s_receipt_finishes_on_batch_router_s_clock_not_th
     assert got["finished_at"].max() <= looked, "finished_at is on the provider's (accelerated) clock"
 
 
-def test_a_flex_request_refused_for_capacity_goes_on_at_the_standard_tier_and_is_billed_so(settings: Settings) -> None:
-    # The provider refuses flex for half the requests (a 429, not billed): those items are answered at the
-    # standard tier, their receipts say online and charge the online price; the rest stay flex.
-    sim = SimulatorConfig(latency_ms=0, max_output_words=12, seed=5, flex_unavailable_rate=0.5)
+def test_a_flex_request_refused_for_capacity_is_asked_again_then_goes_on_at_the_standard_tier_and_billed_so(
+    settings: Settings,
+) -> None:
+    # Half the items are refused flex capacity once (a 429, not billed): asked again on flex, they are
+    # answered there at the batch price. The other half are refused every time: after `flex_retries` more
+    # tries they are answered at the standard tier, their receipts say online and charge the online price.
+    rows = ["item_id,model,prompt,max_tokens"] + [
+        f"i{i},gpt-5-mini,Summarise note {i} in one line. [[sim:flexbusy{'' if i % 2 else '*1'}]],32" for i in range(24)
+    ]
+    sim = SimulatorConfig(latency_ms=0, max_output_words=12, seed=5)
     with running_simulator(sim) as url:
-        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(batch_prior_p95_s=4 * 3600)})
+        dispatch = settings.dispatch.model_copy(update={"backoff_base_s": 0.01, "backoff_max_s": 0.05})
+        config = settings.model_copy(update={"simulator": sim, "lanes": LanesConfig(batch_prior_p95_s=4 * 3600),
+                                             "dispatch": dispatch})  # fmt: skip
         engine = BatchRouter(config)
         engine.ledger.grant("acme", 5 * USD, key="grant")
-        view = engine.batches.create(manifest("gpt-5-mini", n=24), filename="m.csv", workspace="acme", actor=CLI,
-                                     deadline="4h")  # fmt: skip
+        view = engine.batches.create(("\n".join(rows) + "\n").encode(), filename="m.csv", workspace="acme",
+                                     actor=CLI, deadline="4h")  # fmt: skip
         assert view.quote is not None and {r["lane"] for r in view.quote["by_lane"]} == {"flex"}
 
         got = run_to_the_end(engine, view.batch_id, url)
 
     assert set(got["status"]) == {"succeeded"} and got.height == 24
-    lanes = dict(got.group_by("lane").len().iter_rows())
-    assert lanes.get("flex", 0) > 0 and lanes.get("online", 0) > 0
+    by_lane = {lane: sorted(ids) for lane, ids in got.group_by("lane").agg("item_id").iter_rows()}
+    assert by_lane == {"flex": sorted(f"i{i}" for i in range(0, 24, 2)),
+                       "online": sorted(f"i{i}" for i in range(1, 24, 2))}  # fmt: skip
     for route, lane, tokens_in, tokens_out, cost in got.select("route", "lane", "input_tokens", "output_tokens",
                                                                "cost_usd_micros").iter_rows():  # fmt: skip
         tier = "flex" if lane == "flex" else None
@@ -110,7 +119,8 @@ def test_a_flex_request_refused_for_capacity_goes_on_at_the_standard_tier_and_is
     assert hold.captured_usd_micros == got["cost_usd_micros"].sum() <= hold.amount_usd_micros
     # Each refusal counted as one, apart from rate limits (it never slowed the route down).
     health = health_of(engine, view.batch_id)
-    assert health["flex_refused"].sum() == lanes["online"] and health["rate_limited"].sum() == 0
+    retries = engine.settings.dispatch.flex_retries
+    assert health["flex_refused"].sum() == 12 * 1 + 12 * (1 + retries) and health["rate_limited"].sum() == 0
 
 
 def health_of(engine: BatchRouter, batch_id: str) -> pl.DataFrame:
