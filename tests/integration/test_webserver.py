@@ -275,9 +275,12 @@ query Runs($filter: RunsFilter) {
 
 
 def drop_and_wait_for_answers(dagster_dev: DagsterDev, tmp_path: Path, name: str, items: int) -> tuple[str, str]:
-    """Drop a manifest of `items` and wait until its run has answers in its checkpoint: (batch id, the
-    run's worker as it tagged itself)."""
+    """Grant credit, drop a manifest of `items` and wait until its run has answers in its checkpoint:
+    (batch id, the run's worker as it tagged itself)."""
     from assets.batch import WORKER_TAG
+
+    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", f"webserver-{name}"]) == 0
+    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
 
     data = ("item_id,model,prompt\n" + "".join(f"k{i},gpt-4o-mini,Hello {i}\n" for i in range(items))).encode()
     batch_id = batch_id_for(WS, hashlib.sha256(data).hexdigest())
@@ -343,8 +346,6 @@ def test_a_batch_run_whose_worker_is_killed_is_run_again_from_its_checkpoint_and
     dagster_dev: DagsterDev, tmp_path: Path
 ) -> None:
     # The code server sees its run worker die and fails the run; the instance's run retries run it again.
-    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-killed"]) == 0
-    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
     batch_id, worker = drop_and_wait_for_answers(dagster_dev, tmp_path, "killed", 60)
 
     os.kill(int(worker.split(" pid ")[1].split()[0]), signal.SIGKILL)
@@ -358,8 +359,6 @@ def test_a_batch_run_left_started_by_a_crashed_deployment_is_failed_by_the_senso
     dagster_dev: DagsterDev, tmp_path: Path
 ) -> None:
     # Everything dies at once, the code server too: nothing but dead_run_sensor can tell the run is over.
-    assert cli.main(["credits", "grant", "--workspace", WS, "--usd", "2", "--key", "webserver-crash"]) == 0
-    dagster_dev.wait_until("loaded code location", START_DEADLINE_S, lambda: _location_loaded(dagster_dev.port))
     batch_id, worker = drop_and_wait_for_answers(dagster_dev, tmp_path, "crashed", 60)
 
     dagster_dev.crash_and_restart()
