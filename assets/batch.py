@@ -122,8 +122,7 @@ def _quote(summary: dict[str, Any], view: BatchView, refusal: BatchRouterError |
     quote = QuoteSummary.model_validate(summary)
     yield dg.MaterializeResult(
         asset_key="quote",
-        metadata=_lanes(quote, view)
-        | {
+        metadata=_lanes(quote, view) | {
             "accepted": quote.accepted,
             "rejected": quote.rejected,
             "reserve": usd(quote.reserve_usd_micros),

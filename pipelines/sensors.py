@@ -82,11 +82,8 @@ def provider_batch_sensor(context: dg.SensorEvaluationContext, batchrouter: Batc
     engine = batchrouter.engine()
     return dg.SensorResult(
         run_requests=[
-            dg.RunRequest(
-                run_key=f"{batch_id}:provider:{time.time_ns()}",
-                partition_key=batch_id,
-                tags=provider_tags(engine, batch_id),
-            )  # fmt: skip
+            dg.RunRequest(run_key=f"{batch_id}:provider:{time.time_ns()}", partition_key=batch_id,
+                          tags=provider_tags(engine, batch_id))  # fmt: skip
             for batch_id in engine.batches.waiting_due()
         ]
     )

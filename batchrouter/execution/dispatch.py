@@ -370,8 +370,7 @@ class Dispatcher:
                 # on at the standard tier (its lane becomes online, billed at the online price).
                 route.health.flex_refused += 1
                 job.flex_refusals += 1
-                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (job.flex_refusals - 1))
-                delay *= self.rng.uniform(0.5, 1.5)
+                delay = self._backoff(job.flex_refusals)
                 again = job.flex_refusals <= self.cfg.flex_retries
                 if again and job.flex_until is not None and time.time() + delay < job.flex_until:
                     self._enqueue(job, delay)
@@ -486,10 +485,14 @@ class Dispatcher:
         if route.breaker.is_open:
             route.health.breaker_trips = route.breaker.trips
         if job.failures_here < self.cfg.max_attempts:
-            delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (job.failures_here - 1))
-            self._enqueue(job, delay * self.rng.uniform(0.5, 1.5))
+            self._enqueue(job, self._backoff(job.failures_here))
         else:
             self._next_route(job)
+
+    def _backoff(self, tries: int) -> float:
+        """Seconds to wait before asking again after `tries` failed tries: jittered, doubling to a cap."""
+        delay = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (tries - 1))
+        return float(delay * self.rng.uniform(0.5, 1.5))
 
     def _next_route(self, job: Job) -> None:
         job.tried.append(job.route)
