@@ -315,13 +315,9 @@ def warm_up(engine: BatchRouter, url: str, batches: int, log: Any) -> None:
 # -- the figures -------------------------------------------------------------------------------------
 
 
-def online_price(engine: BatchRouter, got: pl.DataFrame) -> int:
-    """The online price of exactly these receipts' tokens on their routes."""
-    total = 0
-    for route, i, o, c in got.select("route", "input_tokens", "output_tokens", "cached_tokens").iter_rows():
-        if route is not None:
-            total += engine.catalog.entry(route).cost_micros(int(i), int(o), cached=int(c or 0))
-    return total
+def micros(pico: int) -> int:
+    """A total in pico-dollars rounded up to the micro-dollar, once (as a checkpoint chunk is charged)."""
+    return -(-int(pico) // 10**6)
 
 
 def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
@@ -332,13 +328,13 @@ def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
             continue
         got = receipts(engine, run.batch_id)
         quoted = quote_items(engine, run.batch_id).select("item_id", pl.col("lane").alias("quoted_lane"))
-        online = [engine.catalog.entry(r).cost_micros(int(i), int(o), cached=int(c or 0)) if r else 0
+        online = [engine.catalog.entry(r).cost_pico(int(i), int(o), cached=int(c or 0)) if r else 0
                   for r, i, o, c in got.select("route", "input_tokens", "output_tokens",
                                                "cached_tokens").iter_rows()]  # fmt: skip
         delivered = pl.DataFrame({"item_id": list(run.delivered), "delivered_wall": list(run.delivered.values())},
                                  schema={"item_id": pl.String, "delivered_wall": pl.Float64})  # fmt: skip
         frame = (
-            got.with_columns(pl.Series("online_price_usd_micros", online, pl.Int64))
+            got.with_columns(pl.Series("online_price_usd_pico", online, pl.Int64))
             .join(quoted, on="item_id", how="left")
             .join(delivered, on="item_id", how="left")
             .with_columns(
@@ -348,7 +344,7 @@ def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
                 pl.when(
                     (pl.col("quoted_lane") == "flex")
                     & (pl.col("lane") == "online")
-                    & (pl.col("cost_usd_micros") < pl.col("online_price_usd_micros"))
+                    & (pl.col("cost_usd_micros") * 10**6 < pl.col("online_price_usd_pico") * 3 // 4)
                 )
                 .then(pl.lit("flex"))
                 .otherwise(pl.col("lane"))
@@ -361,13 +357,12 @@ def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
                 ((pl.col("delivered_wall") - run.submitted_wall) * scale).alias("delivered_batch_s"),
             )
         )
-        # The same answers at the lanes quoted, each line rounded up to the micro-dollar as it is charged:
-        # the floor the lanes allow, rounding included (a half-price line is ceil(x / 2), not ceil(x) / 2).
-        at_quoted = [engine.catalog.entry(r).cost_micros(int(i), int(o), cached=int(c or 0),
+        # The same answers at the lanes quoted, exact: the floor the lanes allow.
+        at_quoted = [engine.catalog.entry(r).cost_pico(int(i), int(o), cached=int(c or 0),
                                                          tier=None if lane in (None, "online") else lane) if r else 0
                      for r, i, o, c, lane in frame.select("route", "input_tokens", "output_tokens", "cached_tokens",
                                                           "quoted_lane").iter_rows()]  # fmt: skip
-        frames.append(frame.with_columns(pl.Series("quoted_price_usd_micros", at_quoted, pl.Int64)))
+        frames.append(frame.with_columns(pl.Series("quoted_price_usd_pico", at_quoted, pl.Int64)))
     return pl.concat(frames, how="vertical_relaxed")
 
 
@@ -409,7 +404,7 @@ def report_lanes(items: pl.DataFrame, log: Any) -> None:
         .agg(
             pl.len().alias("items"),
             pl.col("cost_usd_micros").sum().alias("cost"),
-            pl.col("online_price_usd_micros").sum().alias("online"),
+            (pl.col("online_price_usd_pico").sum() / 10**6).alias("online"),
         )
         .sort("cls", "quoted_lane", "answered_lane")
     )
@@ -552,34 +547,32 @@ def main() -> None:
             log(f"ERROR {error}")
         items = collect(engine, runs, args.scale)
         cost = int(items["cost_usd_micros"].sum())
-        same_tokens = int(items["online_price_usd_micros"].sum())
+        same_tokens = micros(items["online_price_usd_pico"].sum())
         log("")
         log("cost")
         log(f"  lanes, settled (sum of receipts):             {usd(cost)}")
-        log(f"  the same tokens at the online price:          {usd(same_tokens)}   ratio {cost / same_tokens:.4f}")
+        log(f"  the same tokens at the online price, exact:   {usd(same_tokens)}   ratio {cost / same_tokens:.5f}")
         figures.update(cost_usd_micros=cost, same_tokens_online_usd_micros=same_tokens,
                        ratio_same_tokens=cost / same_tokens)  # fmt: skip
         if base:
             online_items = collect(engine, base, args.scale)
             measured = int(online_items["cost_usd_micros"].sum())
-            log(f"  all online, measured (same manifests):        {usd(measured)}   ratio {cost / measured:.4f}  "
+            log(f"  all online, measured (same manifests):        {usd(measured)}   ratio {cost / measured:.5f}  "
                 f"(goal <= 0.50)")  # fmt: skip
             log(f"    its lanes: {dict(online_items.group_by('lane').len().iter_rows())}; tokens in/out "
                 f"{online_items['input_tokens'].sum():,}/{online_items['output_tokens'].sum():,} against the lanes "
                 f"run's {items['input_tokens'].sum():,}/{items['output_tokens'].sum():,}")  # fmt: skip
             figures.update(online_measured_usd_micros=measured, ratio=cost / measured)
-        # What the quotes alone allow: online-quoted items at the online price, the rest at the batch discount.
-        floor = sum(
-            int(part["online_price_usd_micros"].sum()) * (1.0 if lane == "online" else 0.5)
-            for (lane,), part in items.group_by("quoted_lane")
-        )
-        log(f"  lower bound from the lanes quoted (no hedge, batch/flex at half price): {floor / same_tokens:.4f}")
-        charged_floor = int(items["quoted_price_usd_micros"].sum())
-        log(f"  ... each line at its quoted lane's price, rounded up to the micro-dollar as charged: "
-            f"{usd(charged_floor)}, ratio {charged_floor / same_tokens:.4f}; above it: "
-            f"{cost / charged_floor - 1:+.2%}")  # fmt: skip
-        figures.update(floor=floor / same_tokens, charged_floor_usd_micros=charged_floor,
-                       ratio_charged_floor=charged_floor / same_tokens)  # fmt: skip
+        # What the quotes alone allow: each answer at its quoted lane's price (no hedge), exact.
+        floor = micros(items["quoted_price_usd_pico"].sum())
+        log(f"  the same answers at the lanes quoted, exact:  {usd(floor)}   ratio {floor / same_tokens:.5f}; "
+            f"settled above it: {cost - floor:,} micro-dollars ({cost / floor - 1:+.4%}), over "
+            f"{items.height:,} lines")  # fmt: skip
+        figures.update(floor_usd_micros=floor, ratio_floor=floor / same_tokens)
+        # Each line rounded up on its own, as charged before a chunk was rounded once.
+        per_line = int((-(-items["cost_usd_pico"] // 10**6)).sum())
+        log(f"  these lines each rounded up, as before:       {usd(per_line)}   ratio {per_line / same_tokens:.5f}")
+        figures.update(per_line_usd_micros=per_line)
         log("by class and lane (quoted -> answered):")
         report_lanes(items, log)
         hedged = items.filter((pl.col("quoted_lane") != "online") & (pl.col("answered_lane") == "online"))

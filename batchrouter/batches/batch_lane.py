@@ -22,7 +22,7 @@ still in flight and:
   deployment's first stuck batch too) is resubmitted the same way while a fresh one is predicted done
   before the hedge. Every look records the count (`provider_batches/progress/<key>.json`).
 
-A line answered by a provider batch is priced at the batch discount (`CatalogEntry.cost_micros`,
+A line answered by a provider batch is priced at the batch discount (`CatalogEntry.cost_pico`,
 tier "batch"), never above the reservation, which is the online price. What the provider measured
 for each ended batch (its own timestamps) goes to `pricing.predictions`, which the next quotes use.
 """
@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from batchrouter.core.amounts import PICO_PER_MICRO
 from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
@@ -581,14 +582,15 @@ class BatchLane:
         if line.completion is not None:
             c = line.completion
             # What the provider says it billed, where it says (as online); else the catalog at the batch price.
-            catalog_cost = entry.cost_micros(c.input_tokens, c.output_tokens, cached=c.cached_tokens, tier="batch")
+            pico = entry.cost_pico(c.input_tokens, c.output_tokens, cached=c.cached_tokens, tier="batch")
+            catalog_cost = -(-pico // PICO_PER_MICRO)
             cost = catalog_cost if c.reported_cost_usd_micros is None else c.reported_cost_usd_micros
             source = "catalog" if c.reported_cost_usd_micros is None else "provider"
             text = c.text
             return ItemResult(
                 status=ItemStatus.SUCCEEDED, input_tokens=c.input_tokens, output_tokens=c.output_tokens,
                 cached_tokens=c.cached_tokens, cost_usd_micros=cost, cost_source=source if cost else "none",
-                catalog_cost_usd_micros=catalog_cost,
+                catalog_cost_usd_micros=catalog_cost, cost_usd_pico=pico if source == "catalog" else None,
                 provider_request_id=c.request_id or line.request_id,
                 output_sha256=hashlib.sha256(text.encode()).hexdigest(), output_text=text,
                 choices=json.dumps(c.choices, ensure_ascii=False) if c.choices else None,
@@ -598,10 +600,12 @@ class BatchLane:
         if isinstance(error, TerminalError) and error.code not in ("batch_expired", "batch_cancelled"):
             # A refusal is billed (its tokens, at the batch price), as online; other terminal errors are not.
             tokens = (error.input_tokens, error.output_tokens) if isinstance(error, RefusedError) else (0, 0)
-            cost = entry.cost_micros(*tokens, tier="batch") if any(tokens) else 0
+            pico = entry.cost_pico(*tokens, tier="batch")
+            cost = -(-pico // PICO_PER_MICRO)
             return ItemResult(
                 status=ItemStatus.FAILED, input_tokens=tokens[0], output_tokens=tokens[1], cached_tokens=0,
-                cost_usd_micros=cost, cost_source="catalog" if cost else "none", catalog_cost_usd_micros=cost,
+                cost_usd_micros=cost, cost_usd_pico=pico, cost_source="catalog" if cost else "none",
+                catalog_cost_usd_micros=cost,
                 provider_request_id=line.request_id, output_sha256=None, output_text=None,
                 choices=None, finish_reason=None, error_code=error.code,
                 error_message=f"{error.message} (in provider batch {sent.provider_batch_id})", **common,

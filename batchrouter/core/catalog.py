@@ -26,11 +26,11 @@ from typing import Any, get_args
 
 import polars as pl
 
+from batchrouter.core.amounts import PICO_PER_MICRO
 from batchrouter.core.config import Endpoint, ImageRule, ModelConfig, Tokenizer
 from batchrouter.core.errors import CatalogError
 
 PICO_PER_USD = 10**12
-PICO_PER_MICRO = 10**6
 
 # Where a route's data policy is not given, assume the worst: it may train on inputs, and it keeps them
 # (retention unknown, never counted as zero), so `deny_training` and `zero_retention` exclude it.
@@ -101,7 +101,11 @@ class CatalogEntry:
         return f"{self.provider}:{self.upstream}"
 
     def cost_micros(self, input_tokens: int, output_tokens: int, *, cached: int = 0, tier: str | None = None) -> int:
-        """What the provider bills for one answer, by the catalog, rounded up to the micro-dollar.
+        """`cost_pico` rounded up to the micro-dollar: the most one answer is charged (`amounts.charge_lines`)."""
+        return -(-self.cost_pico(input_tokens, output_tokens, cached=cached, tier=tier) // PICO_PER_MICRO)
+
+    def cost_pico(self, input_tokens: int, output_tokens: int, *, cached: int = 0, tier: str | None = None) -> int:
+        """What the provider bills for one answer, by the catalog, exact in pico-dollars.
 
         Cached input at the cached price; `tier` "priority" at the priority prices; "flex" (where sold)
         and "batch" (a provider Batch API line) at the batch discount.
@@ -115,7 +119,7 @@ class CatalogEntry:
         pico = (input_tokens - cached) * price_in + cached * (price_cached or 0) + output_tokens * price_out
         if (tier == "flex" and self.flex) or tier == "batch":
             pico = pico * int((1 - self.batch_discount) * 1000) // 1000
-        return -(-pico // PICO_PER_MICRO)
+        return pico
 
     @property
     def zero_retention(self) -> bool:

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 import polars as pl
 
+from batchrouter.core.amounts import PICO_PER_MICRO, charge_lines
 from batchrouter.core.storage import Storage
 
 
@@ -40,7 +41,11 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "output_tokens": pl.Int64(),
     "cached_tokens": pl.Int64(),
     "reserve_usd_micros": pl.Int64(),
+    # What the item is charged. Its exact cost, in pico-dollars: a chunk's lines are charged their exact
+    # total rounded up once (`amounts.charge_lines`), so each line's charge is its exact cost rounded down
+    # or up. Null in chunks written before the column existed (their charges were each rounded up).
     "cost_usd_micros": pl.Int64(),
+    "cost_usd_pico": pl.Int64(),
     "cost_source": pl.String(),
     # What the catalog says the answer costs (its tokens at the lane's prices), beside what was charged:
     # they differ where the provider reported its own cost (`cost_source` "provider"); the reporting view
@@ -99,6 +104,8 @@ class ItemResult:
     provider_batch_id: str | None = None
     custom_id: str | None = None
     catalog_cost_usd_micros: int | None = None
+    # Exact, where it is finer than a micro-dollar (a cost by the catalog); None: `cost_usd_micros` is exact.
+    cost_usd_pico: int | None = None
 
 
 def utc(ts: float) -> datetime:
@@ -139,7 +146,18 @@ class Checkpoint:
             return
         # Column by column: `asdict` deep-copies every value of every row, the flush's main cost at the rate limit.
         rows = self.pending
-        frame = pl.DataFrame({name: [getattr(r, name) for r in rows] for name in RESULT_SCHEMA}, schema=RESULT_SCHEMA)
+        columns = {name: [getattr(r, name) for r in rows] for name in RESULT_SCHEMA}
+        # The chunk is the group its lines are charged in: what it records is what settlement captures.
+        exact = [r.cost_usd_micros * PICO_PER_MICRO if r.cost_usd_pico is None else r.cost_usd_pico for r in rows]
+        charged = charge_lines(exact)
+        columns["cost_usd_pico"] = exact
+        columns["cost_usd_micros"] = charged
+        # A cost by the catalog is the catalog's figure, as charged; a provider's own figure is reconciled
+        # with the catalog's, each line rounded up.
+        columns["catalog_cost_usd_micros"] = [
+            c if r.cost_source == "catalog" else r.catalog_cost_usd_micros for r, c in zip(rows, charged, strict=True)
+        ]
+        frame = pl.DataFrame(columns, schema=RESULT_SCHEMA)
         # Sortable names: time then a random suffix, so two writers never collide.
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         self.storage.write_parquet(frame, *self.folder, name)

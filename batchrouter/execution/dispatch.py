@@ -40,6 +40,7 @@ import polars as pl
 from multidict import CIMultiDict
 from yarl import URL
 
+from batchrouter.core.amounts import PICO_PER_MICRO
 from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
@@ -229,9 +230,9 @@ class Route:
                     if self.health.limits_learned_at is None:
                         self.health.limits_learned_at = time.monotonic()
 
-    def cost_micros(self, completion_in: int, completion_out: int, *, cached: int = 0, tier: str | None = None) -> int:
-        """What the provider bills, by the catalog (`CatalogEntry.cost_micros`)."""
-        return self.entry.cost_micros(completion_in, completion_out, cached=cached, tier=tier)
+    def cost_pico(self, completion_in: int, completion_out: int, *, cached: int = 0, tier: str | None = None) -> int:
+        """What the provider bills, by the catalog, exact (`CatalogEntry.cost_pico`)."""
+        return self.entry.cost_pico(completion_in, completion_out, cached=cached, tier=tier)
 
 
 class Dispatcher:
@@ -390,7 +391,7 @@ class Dispatcher:
         except RefusedError as err:
             route.health.terminal_errors += 1
             route.breaker.record_success()  # the route works; the model declined this item
-            cost = route.cost_micros(
+            pico = route.cost_pico(
                 err.input_tokens, err.output_tokens, tier=(job.request.params or {}).get("service_tier")
             )
             self._finish(
@@ -399,9 +400,10 @@ class Dispatcher:
                 ItemStatus.FAILED,
                 err,
                 latency=time.monotonic() - start,
-                cost=cost,
+                cost=-(-pico // PICO_PER_MICRO),
+                cost_pico=pico,
                 cost_source="catalog",
-                catalog_cost=cost,
+                catalog_cost=-(-pico // PICO_PER_MICRO),
                 tokens=(err.input_tokens, err.output_tokens),
                 request_id=err.request_id,
             )
@@ -431,19 +433,20 @@ class Dispatcher:
             route.adaptive.on_success()
             route.tpm.refund(max(0, job.estimate_tokens - completion.input_tokens - completion.output_tokens))
             tier = completion.service_tier or (job.request.params or {}).get("service_tier")
-            catalog = route.cost_micros(
+            pico = route.cost_pico(
                 completion.input_tokens, completion.output_tokens, cached=completion.cached_tokens, tier=tier
             )
+            catalog = -(-pico // PICO_PER_MICRO)
             reported = completion.reported_cost_usd_micros
-            cost, source = (catalog, "catalog") if reported is None else (reported, "provider")
             self._finish(
                 job,
                 route,
                 ItemStatus.SUCCEEDED,
                 None,
                 latency=latency,
-                cost=cost,
-                cost_source=source,
+                cost=catalog if reported is None else reported,
+                cost_pico=pico if reported is None else None,
+                cost_source="catalog" if reported is None else "provider",
                 catalog_cost=catalog,
                 tokens=(completion.input_tokens, completion.output_tokens),
                 completion=completion,
@@ -513,6 +516,7 @@ class Dispatcher:
         *,
         latency: float | None,
         cost: int = 0,
+        cost_pico: int | None = None,
         cost_source: str = "none",
         catalog_cost: int | None = None,
         tokens: tuple[int, int] = (0, 0),
@@ -539,6 +543,7 @@ class Dispatcher:
             cached_tokens=completion.cached_tokens if completion is not None else 0,
             reserve_usd_micros=job.reserve_usd_micros,
             cost_usd_micros=cost,
+            cost_usd_pico=cost_pico,
             cost_source=cost_source if cost else "none",
             catalog_cost_usd_micros=catalog_cost,
             latency_ms=round(latency * 1000) if latency is not None else None,

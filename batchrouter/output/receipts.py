@@ -12,7 +12,7 @@ FINAL_STATES = (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.REJECTED)
 
 RECEIPT_COLUMNS = (
     "item_id", "batch_id", "workspace", "route", "provider", "model", "status", "attempts", "input_tokens",
-    "output_tokens", "cached_tokens", "reserve_usd_micros", "cost_usd_micros", "cost_source",
+    "output_tokens", "cached_tokens", "reserve_usd_micros", "cost_usd_micros", "cost_usd_pico", "cost_source",
     "catalog_cost_usd_micros", "latency_ms",
     "started_at", "finished_at", "provider_request_id", "input_sha256", "output_sha256", "lane", "provider_batch_id",
     "custom_id",

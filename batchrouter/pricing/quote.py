@@ -28,7 +28,8 @@ from typing import Any
 
 import polars as pl
 
-from batchrouter.core.catalog import PICO_PER_MICRO, Catalog
+from batchrouter.core.amounts import PICO_PER_MICRO
+from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import RoutePolicy
 from batchrouter.intake import guards, images, tokens
 from batchrouter.intake.manifest import Manifest

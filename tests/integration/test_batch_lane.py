@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from charges import assert_charged_by_catalog
 
 from batchrouter.access.actors import CLI
 from batchrouter.batches import batch_lane
@@ -131,10 +132,10 @@ def test_a_batch_with_a_day_to_spare_runs_on_both_providers_batch_apis_at_half_p
     assert set(got["lane"]) == {"batch"}
     assert got["provider_batch_id"].null_count() == 0 and got["custom_id"].null_count() == 0
     # Each line at the batch price: the catalog's cost of its tokens at the batch discount.
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "batch")
     for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
                                                          "cost_usd_micros").iter_rows():  # fmt: skip
-        entry = engine.catalog.entry(route)
-        assert cost == entry.cost_micros(tokens_in, tokens_out, tier="batch") < entry.cost_micros(tokens_in, tokens_out)
+        assert cost < engine.catalog.entry(route).cost_micros(tokens_in, tokens_out)  # below the online price
     assert view.batch_id not in batch_lane.waiting(engine.storage)
     assert batch_lane.lines_in_flight(engine.storage, engine.settings, within_s=48 * 3600) == {}
     # What the providers took was measured for the next quotes.
@@ -196,9 +197,7 @@ def test_a_hedge_takes_flex_at_the_batch_price_where_the_route_sells_it(make: An
     # Lines answered before the batch stuck stay on it when its cancel is seen ending; the rest are on flex.
     lanes = dict(got.group_by("lane").len().iter_rows())
     assert set(lanes) <= {"batch", "flex"} and lanes.get("flex", 0) > 0
-    for route, lane, tokens_in, tokens_out, cost in got.select("route", "lane", "input_tokens", "output_tokens",
-                                                               "cost_usd_micros").iter_rows():  # fmt: skip
-        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier=lane)
+    assert_charged_by_catalog(engine.catalog, got, lambda row: row["lane"])
     assert all(s.state == "hedged" for s in sent(engine, view.batch_id))
     (lane,) = batch_lane.lane_status(engine.storage, engine.settings, engine.batches.info(view.batch_id))["lanes"]
     assert lane["lane"] == "batch" and lane["hedged"] == lanes["flex"]
@@ -245,9 +244,7 @@ def test_a_stuck_provider_batch_with_time_to_spare_is_sent_again_in_a_fresh_one_
     assert final.state == BatchState.COMPLETED
     got = assert_charged_once(engine, view.batch_id)
     assert set(got["lane"]) == {"batch"}  # nothing went online nor to flex
-    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
-                                                         "cost_usd_micros").iter_rows():  # fmt: skip
-        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="batch")
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "batch")
     records = sent(engine, view.batch_id)
     for provider in ("openai", "anthropic"):
         (stuck,) = [s for s in records if s.provider == provider and s.generation == 0]
@@ -303,9 +300,7 @@ def assert_stalled_batch_went_again_at_the_batch_price(engine: BatchRouter, batc
     than the stall rule allows, after it had answered some lines; the fresh one completed."""
     got = assert_charged_once(engine, batch_id, items=6)
     assert set(got["lane"]) == {"batch"}
-    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
-                                                         "cost_usd_micros").iter_rows():  # fmt: skip
-        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="batch")
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "batch")
     records = sent(engine, batch_id)
     (stuck,) = [s for s in records if s.generation == 0]
     (fresh,) = [s for s in records if s.generation == 1]

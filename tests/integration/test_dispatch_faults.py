@@ -369,8 +369,10 @@ def test_openrouter_route_reports_the_provider_cost(sim: str) -> None:
 def test_direct_route_is_priced_from_the_catalog(sim: str) -> None:
     result = only(dispatch(sim, [job("Hello", [MINI])])[0])
     assert result.cost_source == "catalog"
-    # gpt-4o-mini: $0.15 in, $0.60 out per million tokens, rounded up to a whole micro-dollar.
+    # gpt-4o-mini: $0.15 in, $0.60 out per million tokens, exact, and at most that rounded up to a whole
+    # micro-dollar (what the checkpoint charges it, with the rest of its chunk: `amounts.charge_lines`).
     pico = result.input_tokens * 150_000 + result.output_tokens * 600_000
+    assert result.cost_usd_pico == pico
     assert result.cost_usd_micros == -(-pico // 10**6) == result.catalog_cost_usd_micros
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
+from charges import assert_charged_by_catalog
 
 from batchrouter.access.actors import CLI
 from batchrouter.batches.batch_lane import lane_status
@@ -63,9 +64,7 @@ def test_a_flex_answer_s_receipt_names_the_flex_lane_and_is_not_counted_as_hedge
     got = run_to_the_end(engine, view.batch_id, url)
 
     assert set(got["status"]) == {"succeeded"}
-    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
-                                                         "cost_usd_micros").iter_rows():  # fmt: skip
-        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="flex")  # billed as flex
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "flex")  # billed as flex
     assert set(got["lane"]) == {"flex"}
     (flex,) = lane_status(engine.storage, engine.settings, engine.batches.info(view.batch_id))["lanes"]
     assert flex["lane"] == "flex" and flex["hedged"] == 0
@@ -111,10 +110,7 @@ def test_a_flex_request_refused_for_capacity_is_asked_again_then_goes_on_at_the_
     by_lane = {lane: sorted(ids) for lane, ids in got.group_by("lane").agg("item_id").iter_rows()}
     assert by_lane == {"flex": sorted(f"i{i}" for i in range(0, 24, 2)),
                        "online": sorted(f"i{i}" for i in range(1, 24, 2))}  # fmt: skip
-    for route, lane, tokens_in, tokens_out, cost in got.select("route", "lane", "input_tokens", "output_tokens",
-                                                               "cost_usd_micros").iter_rows():  # fmt: skip
-        tier = "flex" if lane == "flex" else None
-        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier=tier)
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "flex" if row["lane"] == "flex" else None)
     (hold,) = engine.ledger.batch_holds(view.batch_id)
     assert hold.captured_usd_micros == got["cost_usd_micros"].sum() <= hold.amount_usd_micros
     # Each refusal counted as one, apart from rate limits (it never slowed the route down).
@@ -148,9 +144,7 @@ def test_a_rate_limit_on_flex_is_waited_out_on_flex_not_sent_on_at_the_online_pr
 
     assert set(got["status"]) == {"succeeded"} and set(got["lane"]) == {"flex"}
     assert health_of(engine, view.batch_id)["rate_limited"].sum() == 12  # each limit hit, and waited out
-    for route, tokens_in, tokens_out, cost in got.select("route", "input_tokens", "output_tokens",
-                                                         "cost_usd_micros").iter_rows():  # fmt: skip
-        assert cost == engine.catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="flex")
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "flex")
 
 
 def test_a_tier_the_request_asks_for_is_its_lane_whatever_the_deadline_would_choose(engine: Any) -> None:
@@ -177,11 +171,7 @@ def test_a_tier_the_request_asks_for_is_its_lane_whatever_the_deadline_would_cho
     assert set(got["status"]) == {"succeeded"}
     lanes = dict(zip(got["item_id"], got["lane"], strict=True))
     assert lanes == {c: t or "batch" for c, t in tiers.items()}
-    for lane, route, tokens_in, tokens_out, cost, reserve in got.select(
-        "lane", "route", "input_tokens", "output_tokens", "cost_usd_micros", "reserve_usd_micros"
-    ).iter_rows():
-        entry = engine.catalog.entry(route)
-        assert cost == entry.cost_micros(tokens_in, tokens_out, tier=lane) <= reserve
+    assert_charged_by_catalog(engine.catalog, got, lambda row: row["lane"])
     fast = got.filter(pl.col("lane") == "priority")
     priority = fast["cost_usd_micros"].sum()
     tokens = fast.select("route", "input_tokens", "output_tokens").iter_rows()
@@ -189,3 +179,25 @@ def test_a_tier_the_request_asks_for_is_its_lane_whatever_the_deadline_would_cho
     assert priority > online  # the premium was charged, and reserved
     (hold,) = engine.ledger.batch_holds(view.batch_id)
     assert hold.captured_usd_micros == got["cost_usd_micros"].sum()
+
+
+@pytest.mark.parametrize("deadline, lane", [(None, "online"), ("24h", "batch")])
+def test_a_batch_pays_its_exact_cost_rounded_up_once_per_checkpoint_chunk_not_once_per_line(
+    engine: Any, deadline: str | None, lane: str
+) -> None:
+    engine, url = engine
+    view = engine.batches.create(manifest("gpt-4o-mini", n=40), filename="m.csv", workspace="acme", actor=CLI,
+                                 deadline=deadline)  # fmt: skip
+
+    got = run_to_the_end(engine, view.batch_id, url)
+
+    assert set(got["status"]) == {"succeeded"} and set(got["lane"]) == {lane}
+    assert_charged_by_catalog(engine.catalog, got, lambda row: row["lane"])
+    chunks = engine.storage.list(*engine.batches.info(view.batch_id).folder("dispatch", "chunks"))
+    exact = int(got["cost_usd_pico"].sum())
+    charged = int(got["cost_usd_micros"].sum())
+    each_rounded_up = sum(-(-p // USD) for p in got["cost_usd_pico"])
+    # At most one micro-dollar above the exact total per chunk, where each line rounded up pays far more.
+    assert -(-exact // USD) <= charged <= -(-exact // USD) + len(chunks) < each_rounded_up
+    (hold,) = engine.ledger.batch_holds(view.batch_id)
+    assert hold.captured_usd_micros == charged

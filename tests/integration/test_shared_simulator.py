@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from charges import assert_charged_by_catalog
 
 from batchrouter.access.actors import CLI
 from batchrouter.batches import batch_lane
@@ -76,9 +77,7 @@ def test_provider_batches_one_run_made_are_collected_by_the_next_run_at_the_batc
     receipts = pl.read_parquet(Path(env["BATCHROUTER_STORAGE__ROOT"]).rglob("receipts.parquet").__next__())
     assert set(receipts["lane"]) == {"batch"}, "a batch line went online: the next run did not find the batch"
     catalog = load_catalog()
-    for route, tokens_in, tokens_out, cost in receipts.select("route", "input_tokens", "output_tokens",
-                                                              "cost_usd_micros").iter_rows():  # fmt: skip
-        assert cost == catalog.entry(route).cost_micros(tokens_in, tokens_out, tier="batch")
+    assert_charged_by_catalog(catalog, receipts, lambda row: "batch")
     # Every run used the same simulator, which made exactly one provider batch.
     assert lock_files(database) == [lock]
     url = json.loads(lock.with_suffix(".json").read_text())["url"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchrouter.cli import main
-from batchrouter.core.amounts import MAX_USD_MICROS, AmountError, check_micros, usd_to_micros
+from batchrouter.core.amounts import MAX_USD_MICROS, AmountError, charge_lines, check_micros, usd_to_micros
 from batchrouter.core.config import load_settings
 from batchrouter.core.errors import ConfigError
 from batchrouter.money.ledger import InvalidAmount, InvalidKey, Ledger
@@ -19,6 +19,34 @@ from batchrouter.money.ledger import InvalidAmount, InvalidKey, Ledger
 @pytest.fixture(autouse=True)
 def _alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHROUTER_CONTROL", "direct")
+
+
+@pytest.mark.parametrize(
+    "exact, charged",
+    [
+        ([], []),
+        ([5_000_000, 7_000_000], [5, 7]),  # whole micro-dollars stay as they are
+        ([1_500_000, 1_500_000], [2, 1]),
+        ([400_000] * 5, [1, 0, 1, 0, 0]),  # 2.0 micro-dollars in all: per line, 5
+        ([0, 1, 0], [0, 1, 0]),
+        ([999_999, 1, 1], [1, 0, 1]),
+    ],
+)
+def test_a_group_pays_its_exact_total_rounded_up_once(exact: list[int], charged: list[int]) -> None:
+    assert charge_lines(exact) == charged
+
+
+def test_each_line_pays_its_exact_cost_rounded_down_or_up_and_the_group_its_total_rounded_up() -> None:
+    import random
+
+    rng = random.Random(11)
+    for _ in range(200):
+        sizes = (0, rng.randrange(1, 10**6), rng.randrange(10**6, 10**9))
+        exact = [rng.choice(sizes) for _ in range(rng.randrange(1, 40))]
+        charged = charge_lines(exact)
+        assert sum(charged) == -(-sum(exact) // 10**6)
+        for pico, micros in zip(exact, charged, strict=True):
+            assert pico // 10**6 <= micros <= -(-pico // 10**6)
 
 
 @pytest.mark.parametrize("text, micros", [("12.5", 12_500_000), ("0.000001", 1), ("7", 7_000_000),

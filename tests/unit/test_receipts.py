@@ -100,7 +100,37 @@ def test_a_checkpoint_chunk_holds_every_field_of_each_result_as_recorded(storage
     checkpoint.flush()
     loaded = Checkpoint(storage, "b1").load()
     assert list(loaded.columns) == list(RESULT_SCHEMA)
-    assert loaded.to_dicts() == [asdict(item) for item in recorded]
+    # A cost given in whole micro-dollars is its own exact cost; one by the catalog is the catalog's figure.
+    assert recorded[0].cost_source == "catalog" and recorded[0].catalog_cost_usd_micros is None
+    assert loaded.to_dicts() == [asdict(recorded[0]) | {"cost_usd_pico": 5 * 10**6, "catalog_cost_usd_micros": 5},
+                                 asdict(recorded[1]) | {"cost_usd_pico": 0}]  # fmt: skip
+
+
+def test_a_chunk_charges_its_exact_total_rounded_up_once_each_line_within_a_micro_dollar(storage: Storage) -> None:
+    # Three lines of 1.4 micro-dollars by the catalog, and one the provider priced itself, in the middle.
+    exact = 1_400_000
+    checkpoint = Checkpoint(storage, "b1", every_items=100)
+    for name in ("a", "b"):
+        checkpoint.add(result(name, cost_usd_micros=2, cost_usd_pico=exact, catalog_cost_usd_micros=2))
+    checkpoint.add(result("p", cost_usd_micros=9, cost_source="provider", catalog_cost_usd_micros=7))
+    checkpoint.add(result("c", cost_usd_micros=2, cost_usd_pico=exact, catalog_cost_usd_micros=2))
+    checkpoint.flush()
+    rows = Checkpoint(storage, "b1").load().rows_by_key("item_id", named=True, unique=True)
+    charged = {k: r["cost_usd_micros"] for k, r in rows.items()}
+    # Running totals 1.4, 2.8, 11.8, 13.2 round up to 2, 3, 12, 14: the lines pay 2, 1, 9, 2.
+    assert charged == {"a": 2, "b": 1, "p": 9, "c": 2}
+    assert sum(charged.values()) == 14 < 3 * 2 + 9  # rounded once: each line rounded up would pay 15
+    assert {k: r["cost_usd_pico"] for k, r in rows.items()} == {"a": exact, "b": exact, "p": 9 * 10**6, "c": exact}
+    # A cost by the catalog is the catalog's figure as charged; the provider's line keeps the catalog's own.
+    assert {k: r["catalog_cost_usd_micros"] for k, r in rows.items()} == {"a": 2, "b": 1, "p": 7, "c": 2}
+
+
+def test_each_chunk_is_rounded_on_its_own(storage: Storage) -> None:
+    checkpoint = Checkpoint(storage, "b1", every_items=2, every_seconds=3600)
+    for name in "abcd":
+        checkpoint.add(result(name, cost_usd_micros=1, cost_usd_pico=600_000))
+    charged = Checkpoint(storage, "b1").load()["cost_usd_micros"].to_list()
+    assert charged == [1, 1, 1, 1]  # 1.2 rounds up to 2 in each chunk of two, never across them
 
 
 def test_checkpoint_flush_writes_what_is_pending(storage: Storage, settings: Settings) -> None:
