@@ -18,9 +18,10 @@ still in flight and:
   would still be done before the hedge (`Predictions.resubmit_gain`, `lanes.resubmit_min_gain`), is
   cancelled early and its unanswered lines go in a fresh provider batch (the next `generation`), at the
   batch price; at most `lanes.max_resubmits` times, after which the hedge above is what is left.
-  One whose answered count rose and then stopped (`stalled`: no runs measured needed, so a new
-  deployment's first stuck batch too) is resubmitted the same way while a fresh one is predicted done
-  before the hedge. Every look records the count (`provider_batches/progress/<key>.json`).
+  One whose answered count rose and then stopped, or still validating long after it was sent
+  (`stalled`: no runs measured needed, so a new deployment's first stuck batch too), is resubmitted the
+  same way while a fresh one is predicted done before the hedge. Every look records the count
+  (`provider_batches/progress/<key>.json`).
 
 A line answered by a provider batch is priced at the batch discount (`CatalogEntry.cost_pico`,
 tier "batch"), never above the reservation, which is the online price. What the provider measured
@@ -59,7 +60,14 @@ from batchrouter.core.errors import (
 from batchrouter.core.storage import Storage
 from batchrouter.execution.checkpoint import ItemResult, ItemStatus, utc
 from batchrouter.execution.dispatch import Job
-from batchrouter.execution.provider_batches import BatchClient, BatchLine, LineResult, ProviderBatch, batch_client_for
+from batchrouter.execution.provider_batches import (
+    BatchClient,
+    BatchLine,
+    BatchStatus,
+    LineResult,
+    ProviderBatch,
+    batch_client_for,
+)
 from batchrouter.pricing.lanes import Lane, hedge_lane, rate_tokens
 from batchrouter.pricing.predictions import Observation, Outcome, Predictions
 from batchrouter.simulator import shared as shared_simulator
@@ -125,10 +133,15 @@ class Seen:
     moved_at_s: float | None = None  # on the batch's clock; None: no look saw a line answered yet
 
 
-def stalled(seen: Seen, *, sent_at_s: float, now_s: float, factor: float, min_s: float) -> bool:
-    """Whether a provider batch's answered count rose and then stopped: it has not moved for `factor` times
-    as long as it took to get there (from `sent_at_s`), nor for `min_s`. A count that never rose (still
-    validating, or a provider that counts only at the end, as Anthropic does) tells nothing."""
+def stalled(
+    seen: Seen, *, sent_at_s: float, now_s: float, factor: float, min_s: float, validating_for_s: float | None = None
+) -> bool:
+    """Whether a provider batch stopped moving: still validating `validating_for_s` after it was sent (from
+    `sent_at_s`; None: not validating), or its answered count rose and then stopped: it has not moved for
+    `factor` times as long as it took to get there, nor for `min_s`. A count that never rose past
+    validating (a provider that counts only at the end, as Anthropic does) tells nothing."""
+    if validating_for_s is not None:
+        return now_s - sent_at_s >= validating_for_s
     if seen.moved_at_s is None or seen.answered <= 0:
         return False
     quiet, took = now_s - seen.moved_at_s, seen.moved_at_s - sent_at_s
@@ -325,7 +338,7 @@ class BatchLane:
             except ProviderError:
                 continue  # unreachable for now: asked again next round
             self._update(sent, batch)
-            stall = self._stall(sent, self._seen(sent, batch, self.clock_s()), now)
+            stall = self._stall(sent, batch, now)
             if batch.ended:
                 self._collect(client, sent, batch)
             elif sent.state == "in_flight" and (cancel_all or now >= (sent.cancel_at(wait_s) or inf)):
@@ -394,7 +407,7 @@ class BatchLane:
                 continue
             if batch.ended or self._resubmit_pays(sent, now):
                 return True
-            if self._stall(sent, self._seen(sent, batch, self.clock_s()), now) is not None:
+            if self._stall(sent, batch, now) is not None:
                 return True
         return False
 
@@ -429,9 +442,10 @@ class BatchLane:
         )  # fmt: skip
         return gain is not None and gain >= self.lanes.resubmit_min_gain
 
-    def _stall(self, sent: Sent, seen: Seen, now_s: float) -> Literal["resubmit", "end"] | None:
+    def _stall(self, sent: Sent, batch: ProviderBatch, now_s: float) -> Literal["resubmit", "end"] | None:
         """What to do with an in-flight provider batch that stalled (`stalled`, by `lanes.stall_factor` and
-        `stall_min_s`), whatever runs were measured (a batch's own pace needs none):
+        `stall_min_s`, or still validating after `lanes.validating_max_s`), whatever runs were measured (a
+        batch's own pace needs none):
         - "resubmit": a fresh one of its unanswered lines, sent once its cancel has had `cancel_wait_s` to
           end, is predicted done (`Predictions.completion_s`: the runs measured, else the prior) before
           its cancel time;
@@ -440,8 +454,10 @@ class BatchLane:
         """
         if sent.state != "in_flight" or sent.hedge_at_s is None:
             return None
+        seen = self._seen(sent, batch, self.clock_s())
+        validating = self.lanes.validating_max_s if batch.status == BatchStatus.VALIDATING else None
         if not stalled(seen, sent_at_s=self._sent_at_s(sent), now_s=now_s, factor=self.lanes.stall_factor,
-                       min_s=self.lanes.stall_min_s):  # fmt: skip
+                       min_s=self.lanes.stall_min_s, validating_for_s=validating):  # fmt: skip
             return None
         left = sent.lines - seen.answered
         if left <= 0:

@@ -237,6 +237,9 @@ class LanesConfig(BaseModel):
     # it is resubmitted the same way while a fresh one is predicted done before its hedge.
     stall_factor: float = Field(default=3.0, ge=1)
     stall_min_s: float = Field(default=3600.0, ge=0)
+    # A provider batch still validating this long after it was sent is stuck there (a provider validates a
+    # file in minutes), and is resubmitted the same way.
+    validating_max_s: float = Field(default=3600.0, gt=0)
     # Priors: a provider batch's completion at the percentile (published: most within an hour, 24h
     # windows, stuck tails), and how many times slower than online each flex request is.
     batch_prior_p95_s: float = Field(default=2 * 3600.0, gt=0)

@@ -275,14 +275,16 @@ def test_a_stuck_provider_batch_with_time_to_spare_is_sent_again_in_a_fresh_one_
 
 
 def stalls_then_healthy_seed(base: SimulatorConfig, *, lines: int, ends_by_s: float) -> int:
-    """A simulator seed whose first OpenAI batch of `lines` answers some of them and then stops in progress,
-    and whose second ends by `ends_by_s`."""
+    """A simulator seed whose first OpenAI batch of `lines` answers some of them and then stops in progress
+    (or stays validating, where that is the state it sticks in), and whose second ends by `ends_by_s`."""
     from batchrouter.simulator.provider_batches import draw_timeline
 
     for seed in range(10_000):
         sim = base.model_copy(update={"seed": seed})
         first, second = draw_timeline(sim, "openai:1"), draw_timeline(sim, "openai:2")
-        stops = first.stuck_in == "in_progress" and 0 < first.answered(lines, first.stuck_at) < lines
+        stops = first.stuck_in == "validating" or (
+            first.stuck_in == "in_progress" and 0 < first.answered(lines, first.stuck_at) < lines
+        )
         if stops and second.stuck_in is None and second.validate + second.run + second.finalize < ends_by_s:
             return seed
     raise AssertionError("no seed found")
@@ -336,6 +338,35 @@ def test_a_provider_batch_whose_count_stops_is_sent_again_at_the_batch_price_wit
 
     assert final.state == BatchState.COMPLETED
     assert_stalled_batch_went_again_at_the_batch_price(engine, view.batch_id)
+
+
+def test_a_provider_batch_stuck_validating_is_sent_again_at_the_batch_price_with_no_runs_measured(
+    make: Any,
+) -> None:
+    # A new deployment. The first OpenAI batch never leaves validating; an hour after it was sent it is
+    # cancelled and its lines go in a fresh one, long before the hedge of a 24 h deadline.
+    base = simulator(batch_stuck_rate=0.5, batch_stuck_states=["validating"])
+    engine, url = make(base.model_copy(update={"seed": stalls_then_healthy_seed(base, lines=6, ends_by_s=2500)}))
+    view = engine.batches.create(openai_manifest(), filename="m.csv", workspace="acme", actor=CLI, deadline="24h")
+
+    final = advance_until_final(engine, view.batch_id, url)
+
+    assert final.state == BatchState.COMPLETED
+    got = assert_charged_once(engine, view.batch_id, items=6)
+    assert set(got["lane"]) == {"batch"}
+    assert_charged_by_catalog(engine.catalog, got, lambda row: "batch")
+    records = sent(engine, view.batch_id)
+    (stuck,) = [s for s in records if s.generation == 0]
+    (fresh,) = [s for s in records if s.generation == 1]
+    assert stuck.resubmit and stuck.history[0] == "validating" and "in_progress" not in stuck.history
+    assert fresh.lines == 6 and fresh.history[-1] == "completed"
+    assert set(got["provider_batch_id"]) == {fresh.provider_batch_id}
+    info = engine.batches.info(view.batch_id)
+    lanes = engine.settings.lanes
+    started = pl.Series([info.submitted_at]).str.to_datetime(time_zone="UTC")[0].timestamp()
+    sent_at, resent_at = ((s.submitted_at - started) * lanes.time_scale for s in (stuck, fresh))
+    assert resent_at - sent_at >= lanes.validating_max_s  # not let go before the hour
+    assert stuck.hedge_at_s is not None and resent_at < stuck.hedge_at_s - 3600  # long before its hedge
 
 
 def test_the_sensor_sees_a_stalled_provider_batch_from_its_own_looks_and_a_run_sends_it_again(make: Any) -> None:
