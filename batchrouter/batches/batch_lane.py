@@ -285,7 +285,7 @@ class BatchLane:
                 ids = [by_custom[x.custom_id] for x in chunk]
                 frame = pl.DataFrame({"custom_id": [x.custom_id for x in chunk], "item_id": ids,
                                       "reserve_usd_micros": [jobs[i].reserve_usd_micros for i in ids],
-                                      "input_sha256": [jobs[i].input_sha256 for i in ids]})  # fmt: skip
+                                      "input_sha256": [jobs[i].inputs_sha256() for i in ids]})  # fmt: skip
                 self.storage.write_parquet(frame, *self.info.folder(FOLDER, f"{sent.key}.parquet"))
                 self._lines[sent.key] = frame
                 self._save(sent)

@@ -65,7 +65,9 @@ class Job:
     chain: list[str]
     estimate_tokens: int
     reserve_usd_micros: int
-    input_sha256: str
+    # The receipt's hash of the item's messages and parameters as validated; None: worked out from the request
+    # the job was made with when first asked (`inputs_sha256`), so making 100,000 jobs does not delay the first send.
+    input_sha256: str | None = None
     position: int = 0
     attempts: int = 0
     failures_here: int = 0
@@ -78,10 +80,23 @@ class Job:
     # deadline); None: at once at the standard tier.
     flex_until: float | None = None
     flex_refusals: int = 0
+    made_with: RequestItem = field(init=False, repr=False, compare=False)  # `request` changes tier on the way
+
+    def __post_init__(self) -> None:
+        self.made_with = self.request
 
     @property
     def route(self) -> str:
         return self.chain[self.position]
+
+    def inputs_sha256(self) -> str:
+        if self.input_sha256 is None:
+            r = self.made_with
+            canonical = json.dumps(
+                [r.messages, r.params, r.temperature, *([r.n] if r.n > 1 else [])], sort_keys=True, ensure_ascii=False
+            )
+            self.input_sha256 = hashlib.sha256(canonical.encode()).hexdigest()
+        return self.input_sha256
 
 
 def _lane_of(job: Job) -> str:
@@ -94,13 +109,12 @@ def _lane_of(job: Job) -> str:
 def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
     """Jobs for routed items (the `routed_items` table)."""
     jobs = []
-    for row in items.iter_rows(named=True):
+    wanted = ("item_id", "model", "route", "fallbacks", "input_tokens", "output_cap", "reserve_usd_micros",
+              "system", "prompt", "messages", "temperature", "params", "n")  # fmt: skip
+    for row in items.select([c for c in wanted if c in items.columns]).iter_rows(named=True):
         messages = request_messages(row["system"], row["prompt"], row["messages"])
         params = json.loads(row["params"]) if row.get("params") else None
         n = int(row.get("n") or 1)
-        canonical = json.dumps(
-            [messages, params, row["temperature"], *([n] if n > 1 else [])], sort_keys=True, ensure_ascii=False
-        )
         jobs.append(
             Job(
                 item_id=row["item_id"],
@@ -109,7 +123,6 @@ def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
                 chain=[row["route"], *(row["fallbacks"] or [])],
                 estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]) * n,
                 reserve_usd_micros=int(row["reserve_usd_micros"]),
-                input_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
             )
         )
     return jobs
@@ -550,7 +563,7 @@ class Dispatcher:
             started_at=utc(job.started) if job.started is not None else None,
             finished_at=utc(time.time()),
             provider_request_id=(completion.request_id if completion is not None else request_id),
-            input_sha256=job.input_sha256,
+            input_sha256=job.inputs_sha256(),
             output_sha256=hashlib.sha256(text.encode()).hexdigest() if text is not None else None,
             output_text=text,
             choices=json.dumps(completion.choices, ensure_ascii=False) if completion and completion.choices else None,

@@ -117,3 +117,29 @@ def test_the_routes_of_one_provider_share_its_max_concurrency() -> None:
     first, second, other = asyncio.run(slots())
     assert first is second and other is not first
     assert first._value == 8  # noqa: SLF001 - the semaphore's free slots: the provider's limit, once
+
+
+def test_a_job_s_input_hash_is_of_the_item_as_validated_whatever_tier_it_is_sent_at() -> None:
+    import hashlib
+    import json
+    from dataclasses import replace
+
+    import polars as pl
+
+    from batchrouter.execution.dispatch import jobs_from_routed
+
+    row = {"row": 0, "item_id": "a", "model": "gpt-5-mini", "route": "openai:gpt-5-mini", "fallbacks": [],
+           "input_tokens": 12, "output_cap": 32, "reserve_usd_micros": 90, "expected_usd_micros": 40,
+           "lane": "flex", "system": "Be brief.", "prompt": "Hello", "messages": None, "temperature": 0.2,
+           "metadata": None, "params": json.dumps({"seed": 7}), "n": 2, "endpoint": "chat"}  # fmt: skip
+    (job,) = jobs_from_routed(pl.DataFrame([row]))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    assert job.request.messages == messages
+    expected = hashlib.sha256(
+        json.dumps([messages, {"seed": 7}, 0.2, 2], sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()
+    # Asked for flex on the way, then refused and sent on at the standard tier: the hash stays the item's.
+    job.request = replace(job.request, params={"seed": 7, "service_tier": "flex"})
+    assert job.inputs_sha256() == expected
+    job.request = replace(job.request, params={"seed": 7})
+    assert job.inputs_sha256() == expected == job.input_sha256
