@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from datetime import datetime
 from typing import Any
@@ -267,7 +267,6 @@ def stage_dispatch(
             # Cancelled before its provider batches were made: the dispatcher ends these lines cancelled,
             # unsent, so the batch can settle (left unsubmitted, they would keep it open for ever).
             online = pl.concat([online, to_submit], how="vertical_relaxed")
-        jobs = _jobs(online, info, settings.lanes)
         dispatcher = Dispatcher(
             settings=settings,
             catalog=catalog,
@@ -276,7 +275,7 @@ def stage_dispatch(
             simulator_url=url,
             cancelled=cancelled,
         )
-        asyncio.run(dispatcher.run(jobs))
+        asyncio.run(dispatcher.run(_jobs(online, info, settings.lanes), online.height))
         health = [r.health.row() for r in dispatcher.routes.values()]
         in_flight, unsent = lane.waiting_items(todo) if not cancelled() else (0, 0)
         held = in_flight + unsent
@@ -316,22 +315,23 @@ def _routes_to_reach(storage: Storage, info: BatchInfo, routed: pl.DataFrame, ch
     return routes
 
 
-def _jobs(items: pl.DataFrame, info: BatchInfo, config: LanesConfig) -> list[Job]:
-    """The dispatcher's jobs for routed items; a flex-lane item asks for `service_tier: "flex"`, and one
-    refused for capacity asks again on flex until its hedge time (on the wall), if it has one."""
+def _jobs(items: pl.DataFrame, info: BatchInfo, config: LanesConfig) -> Iterator[Job]:
+    """The dispatcher's jobs for routed items, made as they are taken; a flex-lane item asks for
+    `service_tier: "flex"`, and one refused for capacity asks again on flex until its hedge time (on the
+    wall), if it has one."""
     if not items.height:
-        return []
-    jobs = jobs_from_routed(items)
+        return
+    flex: dict[str, Any] = {}
     if "lane" in items.columns:
-        started = datetime.fromisoformat(info.submitted_at).timestamp()
         hedge = pl.col("hedge_at_s") if "hedge_at_s" in items.columns else pl.lit(None, dtype=pl.Float64)
         flex = dict(items.filter(pl.col("lane") == str(Lane.FLEX)).select("item_id", hedge).iter_rows())
-        for job in jobs:
-            if job.item_id in flex:
-                job.request = replace(job.request, params={**(job.request.params or {}), "service_tier": "flex"})
-                hedge_at = flex[job.item_id]
-                job.flex_until = None if hedge_at is None else started + config.wall_s(float(hedge_at))
-    return jobs
+    started = datetime.fromisoformat(info.submitted_at).timestamp() if flex else 0.0
+    for job in jobs_from_routed(items):
+        if job.item_id in flex:
+            job.request = replace(job.request, params={**(job.request.params or {}), "service_tier": "flex"})
+            hedge_at = flex[job.item_id]
+            job.flex_until = None if hedge_at is None else started + config.wall_s(float(hedge_at))
+        yield job
 
 
 def _cancel_watch(storage: Storage, info: BatchInfo, every_s: float = 1.0) -> Callable[[], bool]:

@@ -29,7 +29,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,6 +52,7 @@ from batchrouter.intake.manifest import request_messages
 # Errors that say the route itself is unusable (bad key, unknown model): try the next route.
 ROUTE_ERRORS = ("unauthorized", "not_found", "missing_base_url", "missing_api_key")
 MAX_RATE_LIMITED = 50  # 429s one item may absorb before it counts as a failed attempt
+ENQUEUE_STEP = 256  # jobs made and queued between two chances for the pumps to send
 RATE_MARGIN = 0.98  # stay just under a provider's announced limit
 
 
@@ -106,17 +107,15 @@ def _lane_of(job: Job) -> str:
     return tier if tier in ("flex", "priority") else "online"
 
 
-def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
-    """Jobs for routed items (the `routed_items` table)."""
-    jobs = []
+def jobs_from_routed(items: pl.DataFrame) -> Iterator[Job]:
+    """Jobs for routed items (the `routed_items` table), made one by one as they are taken."""
     wanted = ("item_id", "model", "route", "fallbacks", "input_tokens", "output_cap", "reserve_usd_micros",
               "system", "prompt", "messages", "temperature", "params", "n")  # fmt: skip
     for row in items.select([c for c in wanted if c in items.columns]).iter_rows(named=True):
         messages = request_messages(row["system"], row["prompt"], row["messages"])
         params = json.loads(row["params"]) if row.get("params") else None
         n = int(row.get("n") or 1)
-        jobs.append(
-            Job(
+        yield Job(
                 item_id=row["item_id"],
                 model=row["model"],
                 request=RequestItem(row["item_id"], messages, int(row["output_cap"]), row["temperature"], params, n=n),
@@ -124,8 +123,6 @@ def jobs_from_routed(items: pl.DataFrame) -> list[Job]:
                 estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]) * n,
                 reserve_usd_micros=int(row["reserve_usd_micros"]),
             )
-        )
-    return jobs
 
 
 @dataclass
@@ -303,17 +300,24 @@ class Dispatcher:
         return aiohttp.ClientSession(connector=connector)
 
     # -- running -----------------------------------------------------------------------------
-    async def run(self, jobs: list[Job]) -> None:
-        self.remaining = len(jobs)
-        if not jobs:
+    async def run(self, jobs: Iterable[Job], count: int | None = None) -> None:
+        """Run `jobs` (`count` of them, or a list) to a final state each. Jobs are taken as sending goes, so
+        the first requests leave while the rest are still being made."""
+        if count is None:
+            jobs = list(jobs)
+            count = len(jobs)
+        self.remaining = count
+        if not count:
             return
         with quiet_collector():
             await self._run(jobs)
 
-    async def _run(self, jobs: list[Job]) -> None:
+    async def _run(self, jobs: Iterable[Job]) -> None:
         try:
-            for job in jobs:
+            for taken, job in enumerate(jobs, 1):
                 self._enqueue(job)
+                if taken % ENQUEUE_STEP == 0:
+                    await asyncio.sleep(0)  # the routes' pumps send what is queued while the next jobs are made
             await self.done.wait()
         finally:
             for task in self.pumps:
