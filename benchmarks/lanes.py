@@ -61,6 +61,7 @@ from batchrouter.access.actors import CLI
 from batchrouter.batches.batch_lane import BatchLane, Sent
 from batchrouter.batches.states import BatchState
 from batchrouter.core import control
+from batchrouter.core.amounts import micros_up
 from batchrouter.core.config import LanesConfig, SimulatorConfig, load_settings
 from batchrouter.core.errors import StorageError
 from batchrouter.engine import BatchRouter
@@ -315,11 +316,6 @@ def warm_up(engine: BatchRouter, url: str, batches: int, log: Any) -> None:
 # -- the figures -------------------------------------------------------------------------------------
 
 
-def micros(pico: int) -> int:
-    """A total in pico-dollars rounded up to the micro-dollar, once (as a checkpoint chunk is charged)."""
-    return -(-int(pico) // 10**6)
-
-
 def collect(engine: BatchRouter, runs: list[Run], scale: float) -> pl.DataFrame:
     """One row per item of the runs: class, quoted lane, answering lane, cost, online price, deadline checks."""
     frames = []
@@ -547,7 +543,7 @@ def main() -> None:
             log(f"ERROR {error}")
         items = collect(engine, runs, args.scale)
         cost = int(items["cost_usd_micros"].sum())
-        same_tokens = micros(items["online_price_usd_pico"].sum())
+        same_tokens = micros_up(int(items["online_price_usd_pico"].sum()))
         log("")
         log("cost")
         log(f"  lanes, settled (sum of receipts):             {usd(cost)}")
@@ -564,13 +560,13 @@ def main() -> None:
                 f"run's {items['input_tokens'].sum():,}/{items['output_tokens'].sum():,}")  # fmt: skip
             figures.update(online_measured_usd_micros=measured, ratio=cost / measured)
         # What the quotes alone allow: each answer at its quoted lane's price (no hedge), exact.
-        floor = micros(items["quoted_price_usd_pico"].sum())
+        floor = micros_up(int(items["quoted_price_usd_pico"].sum()))
         log(f"  the same answers at the lanes quoted, exact:  {usd(floor)}   ratio {floor / same_tokens:.5f}; "
             f"settled above it: {cost - floor:,} micro-dollars ({cost / floor - 1:+.4%}), over "
             f"{items.height:,} lines")  # fmt: skip
         figures.update(floor_usd_micros=floor, ratio_floor=floor / same_tokens)
         # Each line rounded up on its own, as charged before a chunk was rounded once.
-        per_line = int((-(-items["cost_usd_pico"] // 10**6)).sum())
+        per_line = sum(micros_up(int(p or 0)) for p in items["cost_usd_pico"])
         log(f"  these lines each rounded up, as before:       {usd(per_line)}   ratio {per_line / same_tokens:.5f}")
         figures.update(per_line_usd_micros=per_line)
         log("by class and lane (quoted -> answered):")

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from batchrouter.core.amounts import PICO_PER_MICRO
+from batchrouter.core.amounts import micros_up
 from batchrouter.core.batch_info import BatchInfo, load_batch
 from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
@@ -599,7 +599,7 @@ class BatchLane:
             c = line.completion
             # What the provider says it billed, where it says (as online); else the catalog at the batch price.
             pico = entry.cost_pico(c.input_tokens, c.output_tokens, cached=c.cached_tokens, tier="batch")
-            catalog_cost = -(-pico // PICO_PER_MICRO)
+            catalog_cost = micros_up(pico)
             cost = catalog_cost if c.reported_cost_usd_micros is None else c.reported_cost_usd_micros
             source = "catalog" if c.reported_cost_usd_micros is None else "provider"
             text = c.text
@@ -617,7 +617,7 @@ class BatchLane:
             # A refusal is billed (its tokens, at the batch price), as online; other terminal errors are not.
             tokens = (error.input_tokens, error.output_tokens) if isinstance(error, RefusedError) else (0, 0)
             pico = entry.cost_pico(*tokens, tier="batch")
-            cost = -(-pico // PICO_PER_MICRO)
+            cost = micros_up(pico)
             return ItemResult(
                 status=ItemStatus.FAILED, input_tokens=tokens[0], output_tokens=tokens[1], cached_tokens=0,
                 cost_usd_micros=cost, cost_usd_pico=pico, cost_source="catalog" if cost else "none",

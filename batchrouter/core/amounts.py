@@ -21,6 +21,11 @@ MAX_USD = Decimal(MAX_USD_MICROS) / MICROS_PER_USD
 _PLAIN_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{1,6})?")
 
 
+def micros_up(pico: int) -> int:
+    """Pico-dollars rounded up to whole micro-dollars: the most an exact cost is ever charged."""
+    return -(-pico // PICO_PER_MICRO)
+
+
 def charge_lines(costs_pico: list[int]) -> list[int]:
     """What each line of one settled group is charged, in micro-dollars, from its exact cost in pico-dollars.
 
@@ -34,7 +39,7 @@ def charge_lines(costs_pico: list[int]) -> list[int]:
     before = running = 0
     for cost in costs_pico:
         running += cost
-        upto = -(-running // PICO_PER_MICRO)
+        upto = micros_up(running)
         charges.append(upto - before)
         before = upto
     return charges

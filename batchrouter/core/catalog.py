@@ -26,7 +26,7 @@ from typing import Any, get_args
 
 import polars as pl
 
-from batchrouter.core.amounts import PICO_PER_MICRO
+from batchrouter.core.amounts import micros_up
 from batchrouter.core.config import Endpoint, ImageRule, ModelConfig, Tokenizer
 from batchrouter.core.errors import CatalogError
 
@@ -102,7 +102,7 @@ class CatalogEntry:
 
     def cost_micros(self, input_tokens: int, output_tokens: int, *, cached: int = 0, tier: str | None = None) -> int:
         """`cost_pico` rounded up to the micro-dollar: the most one answer is charged (`amounts.charge_lines`)."""
-        return -(-self.cost_pico(input_tokens, output_tokens, cached=cached, tier=tier) // PICO_PER_MICRO)
+        return micros_up(self.cost_pico(input_tokens, output_tokens, cached=cached, tier=tier))
 
     def cost_pico(self, input_tokens: int, output_tokens: int, *, cached: int = 0, tier: str | None = None) -> int:
         """What the provider bills for one answer, by the catalog, exact in pico-dollars.

@@ -40,7 +40,7 @@ import polars as pl
 from multidict import CIMultiDict
 from yarl import URL
 
-from batchrouter.core.amounts import PICO_PER_MICRO
+from batchrouter.core.amounts import micros_up
 from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
@@ -411,16 +411,17 @@ class Dispatcher:
             pico = route.cost_pico(
                 err.input_tokens, err.output_tokens, tier=(job.request.params or {}).get("service_tier")
             )
+            cost = micros_up(pico)
             self._finish(
                 job,
                 route,
                 ItemStatus.FAILED,
                 err,
                 latency=time.monotonic() - start,
-                cost=-(-pico // PICO_PER_MICRO),
+                cost=cost,
                 cost_pico=pico,
                 cost_source="catalog",
-                catalog_cost=-(-pico // PICO_PER_MICRO),
+                catalog_cost=cost,
                 tokens=(err.input_tokens, err.output_tokens),
                 request_id=err.request_id,
             )
@@ -453,7 +454,7 @@ class Dispatcher:
             pico = route.cost_pico(
                 completion.input_tokens, completion.output_tokens, cached=completion.cached_tokens, tier=tier
             )
-            catalog = -(-pico // PICO_PER_MICRO)
+            catalog = micros_up(pico)
             reported = completion.reported_cost_usd_micros
             self._finish(
                 job,

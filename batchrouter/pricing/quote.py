@@ -119,7 +119,8 @@ class Quote:
 
 
 def pico_to_micros(pico: pl.Expr) -> pl.Expr:
-    """Round pico-dollars up to whole micro-dollars (so any non-zero amount is at least 1)."""
+    """Round pico-dollars up to whole micro-dollars (so any non-zero amount is at least 1): `amounts.micros_up`
+    on a column."""
     return (pico + (PICO_PER_MICRO - 1)) // PICO_PER_MICRO
 
 

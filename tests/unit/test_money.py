@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchrouter.cli import main
-from batchrouter.core.amounts import MAX_USD_MICROS, AmountError, charge_lines, check_micros, usd_to_micros
+from batchrouter.core.amounts import MAX_USD_MICROS, AmountError, charge_lines, check_micros, micros_up, usd_to_micros
 from batchrouter.core.config import load_settings
 from batchrouter.core.errors import ConfigError
 from batchrouter.money.ledger import InvalidAmount, InvalidKey, Ledger
@@ -117,3 +117,8 @@ def test_config_amounts_follow_the_same_rule(monkeypatch: pytest.MonkeyPatch, va
     monkeypatch.setenv("BATCHROUTER_BILLING__PACKS", json.dumps({"big": value}))
     with pytest.raises(ConfigError, match="pack big"):
         load_settings()
+
+
+@pytest.mark.parametrize(("pico", "micros"), [(0, 0), (1, 1), (999_999, 1), (1_000_000, 1), (1_000_001, 2)])
+def test_micros_up_rounds_any_part_of_a_micro_dollar_up(pico: int, micros: int) -> None:
+    assert micros_up(pico) == micros
