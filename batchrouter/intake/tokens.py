@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -145,10 +146,29 @@ def _count_forked(arrays: list[pa.Array], bounds: list[tuple[int, str, int, int]
     with _WORK_LOCK:
         _WORK = arrays
         try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                return pool.map(_count_slice, bounds, chunksize=1)
+            return _map_and_join(multiprocessing.get_context("fork"), workers, _count_slice, bounds)
         finally:
             _WORK = []
+
+
+def _map_and_join(context: Any, workers: int, fn: Callable[[Any], np.ndarray], args: list[Any]) -> list[np.ndarray]:
+    """`fn` over `args` in a pool of `workers`, whose workers then exit on their own (`close`, `join`).
+
+    Not `with Pool(...)`: leaving it terminates the pool, and a worker the pool's own thread starts again
+    during that terminate is never stopped, so the join waits for ever (seen once in a test run). Only a
+    failure terminates the pool here, and its workers take SIGTERM's default (a handler the parent set, a
+    server's say, would let them outlive it)."""
+    pool = context.Pool(workers, initializer=signal.signal, initargs=(signal.SIGTERM, signal.SIG_DFL))
+    try:
+        out: list[np.ndarray] = pool.map(fn, args, chunksize=1)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
+    return out
 
 
 def _count_in_forkserver(
@@ -163,8 +183,9 @@ def _count_in_forkserver(
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             for array in arrays:
                 writer.write_batch(pa.record_batch([array.cast(pa.large_string())], schema=schema))
-        with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-            return pool.map(_count_file_slice, [(path, *b) for b in bounds], chunksize=1)
+        return _map_and_join(
+            multiprocessing.get_context("forkserver"), workers, _count_file_slice, [(path, *b) for b in bounds]
+        )
 
 
 def _count_file_slice(args: tuple[str, int, str, int, int]) -> np.ndarray:

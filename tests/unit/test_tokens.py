@@ -327,3 +327,25 @@ def test_parallel_quote_with_a_lone_item_of_another_encoding_matches_serial_quot
     assert parallel.items["input_tokens"].to_list() == serial.items["input_tokens"].to_list()
     lone = json.loads(lines[1234])["body"]["messages"]
     assert serial.items["input_tokens"][1234] == by_hand(lone, CL100K)
+
+
+def _sigterm_is_default(_: int) -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_counting_workers_can_be_terminated_whatever_handler_the_parent_set() -> None:
+    # A SIGTERM handler in the parent (a server's) is inherited by forked workers; a worker that keeps it
+    # outlives a terminate, and the pool's join waits for ever.
+    import multiprocessing
+    import signal
+
+    from batchrouter.intake.tokens import _map_and_join
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        got = _map_and_join(multiprocessing.get_context("fork"), 2, _sigterm_is_default, [0, 1, 2, 3])  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got == [True, True, True, True]
