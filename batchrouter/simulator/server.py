@@ -1,7 +1,8 @@
 """A provider simulator: a real HTTP server speaking the OpenAI and Anthropic wire formats.
 
 Stands in for the providers in the demo, tests and benchmarks. Outputs are deterministic (a digest
-of the request picks the words and the length) and usage is billed by the providers' published
+of what the request asks picks the words and the length: the same question gets the same answer
+online, on flex and in a provider batch) and usage is billed by the providers' published
 rules (`batchrouter.simulator.billing`). Endpoints, under `/v1` and OpenRouter's `/api/v1`:
 
 - `POST /chat/completions` (OpenAI; OpenRouter when the body carries OpenRouter's `provider`,
@@ -559,6 +560,18 @@ def error_body(wire: str, status: int, kind: str, message: str, param: str | Non
     return {"error": {"message": message, "type": kind, "param": param, "code": kind if status != 400 else None}}
 
 
+# Fields that say how a request is served, billed or kept, not what is asked: the same question gets the same
+# answer online, on flex or in a provider batch, as it would from one model.
+_NOT_ASKED = frozenset(("service_tier", "metadata", "store", "user", "safety_identifier", "prompt_cache_key",
+                        "prompt_cache_retention", "stream", "stream_options", "background"))  # fmt: skip
+
+
+def answer_digest(body: dict[str, Any]) -> bytes:
+    """The digest an answer is drawn from: the request's own content, whatever lane or tier carries it."""
+    asked = {k: v for k, v in body.items() if k not in _NOT_ASKED}
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()).digest()
+
+
 def _error(
     wire: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None, param: str | None = None
 ) -> web.Response:
@@ -590,9 +603,8 @@ def answer_line(state: SimulatorState, endpoint: str, body: Any, context: Contex
         return 500, error_body(wire, 500, "server_error", "The server had an error processing your request")
     if fault == "400":
         return 400, error_body(wire, 400, "invalid_request_error", "Invalid value for 'messages': simulated rejection")
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
     build = {"messages": _messages_payload, "responses": _responses_payload}.get(endpoint, _chat_payload)
-    return 200, build(state, plan, digest, fault == "refuse")
+    return 200, build(state, plan, answer_digest(body), fault == "refuse")
 
 
 async def _handle(request: web.Request, endpoint: str) -> web.StreamResponse:
@@ -629,7 +641,7 @@ async def _answer_request(request: web.Request, state: SimulatorState, endpoint:
         refusal = _openrouter_price_refusal(state, plan)
         if refusal is not None:
             return refusal
-    digest = hashlib.sha256(raw).digest()
+    digest = answer_digest(body)
     config = state.config
     rpm = state.bucket(key, "rpm", config.rpm) if config.rpm else None
     tpm = state.bucket(key, "tpm", config.tpm) if config.tpm else None

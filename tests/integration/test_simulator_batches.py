@@ -27,6 +27,7 @@ pytestmark = [
 ]
 
 MODEL = "gpt-4o-mini"
+FLEX_MODEL = "o4-mini"
 CLAUDE = "claude-sonnet-4-20250514"
 DEADLINE_S = 90.0
 T = TypeVar("T")
@@ -242,7 +243,11 @@ def test_openai_batch_walks_validating_in_progress_finalizing_completed(fast: st
 
 def test_openai_batch_output_lines_answer_each_request_as_online(fast: str) -> None:
     client = oai(fast)
-    rows = [chat_line(f"q{i}", f"tell me about item {i}") for i in range(4)]
+    # On a model that OpenAI sells flex for (a batch is of one model).
+    rows = [
+        chat_line(f"q{i}", f"about item {i}", model=FLEX_MODEL, reasoning_effort="low", max_completion_tokens=512)
+        for i in range(4)
+    ]
     done = wait_status(client, submit(client, rows).id, "completed")
     lines = read_lines(client, done.output_file_id)
     assert sorted(line["custom_id"] for line in lines) == ["q0", "q1", "q2", "q3"]
@@ -251,10 +256,20 @@ def test_openai_batch_output_lines_answer_each_request_as_online(fast: str) -> N
         response = line["response"]
         assert response["status_code"] == 200 and response["request_id"].startswith("req_")
         body = response["body"]
-        online = client.chat.completions.create(**rows[int(line["custom_id"][1:])]["body"])
-        assert body["object"] == "chat.completion" and body["model"] == MODEL
-        assert body["usage"]["prompt_tokens"] == online.usage.prompt_tokens if online.usage else False
-        assert 0 < body["usage"]["completion_tokens"] <= 64
+        asked = rows[int(line["custom_id"][1:])]["body"]
+        online = client.chat.completions.create(**asked)
+        # The same question online, at the standard tier and on flex with metadata: the same answer and usage.
+        flex = client.chat.completions.create(**asked, service_tier="flex", metadata={"lane": "flex"}, store=False)
+        assert body["object"] == "chat.completion" and body["model"] == FLEX_MODEL
+        assert 0 < body["usage"]["completion_tokens"] <= 512 and body["choices"][0]["message"]["content"]
+        text, usage = body["choices"][0]["message"]["content"], body["usage"]
+        for other in (online, flex):
+            assert other.usage is not None and other.choices[0].message.content == text
+            assert (other.usage.prompt_tokens, other.usage.completion_tokens) == (
+                usage["prompt_tokens"], usage["completion_tokens"])  # fmt: skip
+    other_question = {**rows[0]["body"], "messages": [{"role": "user", "content": "a different question"}]}
+    first = lines[0]["response"]["body"]["choices"][0]["message"]["content"]
+    assert client.chat.completions.create(**other_question).choices[0].message.content != first
     assert done.usage is not None
     assert done.usage.input_tokens == sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines)
     assert done.usage.output_tokens == sum(line["response"]["body"]["usage"]["completion_tokens"] for line in lines)
@@ -488,6 +503,9 @@ def test_anthropic_batch_ends_with_succeeded_and_errored_results(fast: str) -> N
     assert set(results) == {"ok-1", "ok_2", "bad"}
     ok = results["ok-1"]
     assert ok.type == "succeeded" and ok.message.role == "assistant" and ok.message.content
+    online = client.messages.create(**requests[0]["params"], metadata={"user_id": "u1"})  # type: ignore[call-overload]
+    assert online.content == ok.message.content, "the same question online and in a batch gets the same answer"
+    assert online.usage.output_tokens == ok.message.usage.output_tokens
     assert ok.message.usage.input_tokens > 0 and 0 < ok.message.usage.output_tokens <= 64
     assert ok.message.usage.service_tier == "batch"
     bad = results["bad"]
