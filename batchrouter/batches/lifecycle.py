@@ -355,8 +355,9 @@ def write_results(storage: Storage, info: BatchInfo) -> dict[str, Any]:
     outputs, receipts = build_outputs(
         quote.items, manifest.items, results, batch_id=info.batch_id, workspace=info.workspace
     )
-    outputs_url = storage.write_parquet(outputs, *info.folder("outputs.parquet"))
-    receipts_url = storage.write_parquet(receipts, *info.folder("receipts.parquet"))
+    outputs_url, receipts_url = storage.write_parquets(
+        [(outputs, info.folder("outputs.parquet")), (receipts, info.folder("receipts.parquet"))]
+    )
     return dispatch_summary(info, receipts, results, outputs_url=outputs_url, receipts_url=receipts_url)
 
 

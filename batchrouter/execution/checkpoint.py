@@ -129,7 +129,7 @@ class Checkpoint:
         names = [n for n in self.storage.list(*self.folder) if n.endswith(".parquet")]
         if not names:
             return pl.DataFrame(schema=RESULT_SCHEMA)
-        parts = [self.storage.read_parquet(*self.folder, n) for n in names]
+        parts = self.storage.read_parquets([(*self.folder, n) for n in names])
         # Chunks written before a column existed have none: it is null there (the lane: online).
         frame = pl.concat([pl.DataFrame(schema=RESULT_SCHEMA), *parts], how="diagonal_relaxed")
         frame = frame.with_columns(pl.col("lane").fill_null("online"))

@@ -40,6 +40,7 @@ import polars as pl
 from multidict import CIMultiDict
 from yarl import URL
 
+from batchrouter.core import wirejson
 from batchrouter.core.amounts import micros_up
 from batchrouter.core.catalog import Catalog, CatalogEntry
 from batchrouter.core.config import DispatchConfig, ProviderConfig, RoutePolicy, Settings
@@ -571,7 +572,7 @@ class Dispatcher:
             input_sha256=job.inputs_sha256(),
             output_sha256=hashlib.sha256(text.encode()).hexdigest() if text is not None else None,
             output_text=text,
-            choices=json.dumps(completion.choices, ensure_ascii=False) if completion and completion.choices else None,
+            choices=wirejson.dumps_text(completion.choices) if completion and completion.choices else None,
             finish_reason=completion.finish_reason if completion is not None else None,
             error_code=err.code if err is not None else None,
             error_message=message,

@@ -15,9 +15,12 @@ run (a fork would copy the locks they hold).
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -27,7 +30,38 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from bpe_openai import _bindings as bpe  # the only entry point with a non-allocating count()
+
+
+def _bindings() -> Any:
+    """bpe-openai's Rust extension, the only entry point with a non-allocating `count()`.
+
+    It is loaded without the package's `__init__`, which reads three vocabularies into Python dicts to
+    list their special tokens (about half a second of every command's start-up) and which the extension
+    does not need: it loads the one vocabulary asked for itself. Another layout of the package falls back to
+    the plain import.
+    """
+    name = "bpe_openai._bindings"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("bpe_openai")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    found = [os.path.join(f, n) for f in folders for n in sorted(os.listdir(f)) if n.startswith("_bindings.")]
+    found = [path for path in found if path.endswith(suffixes)]
+    if not found:
+        from bpe_openai import _bindings as plain
+
+        return plain
+    loader = importlib.machinery.ExtensionFileLoader(name, found[0])
+    module_spec = importlib.util.spec_from_file_location(name, found[0], loader=loader)
+    assert module_spec is not None
+    module = importlib.util.module_from_spec(module_spec)
+    loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+bpe = _bindings()
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1

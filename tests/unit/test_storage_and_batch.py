@@ -22,7 +22,7 @@ from batchrouter.batches.lifecycle import (
 from batchrouter.core.batch_info import load_batch
 from batchrouter.core.catalog import Catalog
 from batchrouter.core.config import Settings
-from batchrouter.core.errors import BatchError, ManifestError
+from batchrouter.core.errors import BatchError, ManifestError, StorageError
 from batchrouter.core.storage import Storage, route_slug
 
 MANIFEST = (
@@ -150,6 +150,19 @@ def test_stage_route_replaces_partitions_of_an_earlier_run(
     stray.write_bytes(b"old")
     stage_route(storage, info, manifest, quote)
     assert not stray.exists()
+
+
+def test_many_objects_are_written_and_read_back_at_once_each_in_its_place(storage: Storage) -> None:
+    frames = [pl.DataFrame({"n": list(range(i, i + 3)), "name": [f"f{i}"] * 3}) for i in range(40)]
+    keys = [("batches", "many", f"{i:03d}.parquet") for i in range(40)]
+    urls = storage.write_parquets(list(zip(frames, keys, strict=True)))
+    assert urls == [storage.url(*key) for key in keys]
+    assert sorted(storage.list("batches", "many")) == [key[-1] for key in keys]
+    back = storage.read_parquets(list(reversed(keys)))
+    assert [f.to_dicts() for f in back] == [f.to_dicts() for f in reversed(frames)]
+    assert storage.read_parquets(keys[:1])[0].equals(frames[0]) and storage.read_parquets([]) == []
+    with pytest.raises(StorageError, match="missing.parquet does not exist"):
+        storage.read_parquets([*keys[:5], ("batches", "many", "missing.parquet")])
 
 
 def test_route_slug_makes_a_safe_folder_name() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -349,3 +351,24 @@ def test_counting_workers_can_be_terminated_whatever_handler_the_parent_set() ->
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert got == [True, True, True, True]
+
+
+def test_counting_loads_the_tokenizer_extension_without_the_package_init_and_counts_as_the_package_does() -> None:
+    """The package's `__init__` reads three vocabularies into Python to list special tokens; start-up skips it."""
+    script = (
+        "import sys, json\n"
+        "from batchrouter.intake import tokens\n"
+        "texts = ['hello world', 'Classify ticket 7: refund request', 'naïve café — 日本語 🙂', 'a' * 5000]\n"
+        "counts = {e: [tokens.count_text(t, e) for t in texts] for e in ('o200k_base', 'cl100k_base')}\n"
+        "print(json.dumps({'init_ran': 'bpe_openai.compat' in sys.modules, 'counts': counts}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    seen = json.loads(done.stdout)
+    assert seen["init_ran"] is False
+    texts = ["hello world", "Classify ticket 7: refund request", "naïve café — 日本語 🙂", "a" * 5000]
+    assert seen["counts"] == {
+        "o200k_base": [len(O200K.encode(t)) for t in texts],
+        "cl100k_base": [len(CL100K.encode(t)) for t in texts],
+    }
+    # In this process the package was imported first: the loader hands back the package's own extension.
+    assert tokens._bindings() is sys.modules["bpe_openai._bindings"]

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
 
-from batchrouter.core import retry
+from batchrouter.core import retry, wirejson
 from batchrouter.core.config import ProviderConfig, SimulatorConfig
 from batchrouter.core.errors import ConfigError, ProviderError, RateLimitedError, TerminalError, TransientError
 from batchrouter.execution.providers import Completion, ProviderAdapter, RequestItem
@@ -144,7 +144,7 @@ def too_large(size: int, limit: int) -> TerminalError:
 
 def dumps(value: Any) -> bytes:
     """JSON as sent: compact UTF-8, so `plan` measures exactly the bytes `submit` sends."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return wirejson.dumps(value)
 
 
 class BatchClient(ABC):

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from batchrouter.core import wirejson
 from batchrouter.core.errors import TransientError
 from batchrouter.execution.providers.base import (
     Completion,
@@ -44,7 +45,7 @@ class AnthropicAdapter(ProviderAdapter):
 
     def build(self, item: RequestItem, upstream: str) -> PreparedRequest:
         body = anthropic_body(item, upstream)
-        data = json.dumps(body, ensure_ascii=False).encode()
+        data = wirejson.dumps(body)
         return PreparedRequest(f"{self.base_url}/messages", self.headers(), data)
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes) -> Completion:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from batchrouter.core import wirejson
 from batchrouter.core.config import ProviderConfig
 from batchrouter.core.errors import ProviderError, RateLimitedError, TerminalError, TransientError
 
@@ -108,7 +109,7 @@ class ProviderAdapter(ABC):
 def load_json(body: bytes, *, request_id: str | None) -> Any:
     """Parse a response body; a cut or garbled body is transient (the next attempt may be whole)."""
     try:
-        return json.loads(body)
+        return wirejson.loads(body)
     except ValueError as exc:
         code = "truncated_body" if body.lstrip()[:1] in (b"{", b"[") else "malformed_body"
         raise TransientError(code, f"response body is not valid JSON ({exc}); request id {request_id}") from exc

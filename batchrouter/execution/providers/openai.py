@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from batchrouter.core import wirejson
 from batchrouter.core.errors import RefusedError as RefusedError
 from batchrouter.core.errors import TransientError
 from batchrouter.execution.providers.base import (
@@ -39,7 +39,7 @@ class OpenAIAdapter(ProviderAdapter):
         return body
 
     def build(self, item: RequestItem, upstream: str) -> PreparedRequest:
-        body = json.dumps(self.body(item, upstream), ensure_ascii=False).encode()
+        body = wirejson.dumps(self.body(item, upstream))
         return PreparedRequest(f"{self.base_url}/chat/completions", self.headers(), body)
 
     def parse(self, status: int, headers: Mapping[str, str], body: bytes) -> Completion:
