@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
-
-import stripe
+from typing import TYPE_CHECKING, Any
 
 from batchrouter.core.config import Settings
 from batchrouter.core.errors import BillingError as BillingError
@@ -25,6 +24,9 @@ from batchrouter.core.errors import MalformedEvent as MalformedEvent
 from batchrouter.core.errors import SignatureError as SignatureError
 from batchrouter.core.identity import canonical_workspace
 from batchrouter.money.ledger import Entry, Ledger
+
+if TYPE_CHECKING:
+    import stripe
 
 FULFILMENT_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 
@@ -48,6 +50,8 @@ def _secret(name: str, what: str) -> str:
 
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:
+    import stripe  # here: the SDK loads for billing alone, not with every command that reads credits
+
     billing = settings.billing
     key = _secret(billing.stripe_api_key_env, "the Stripe secret key")
     addresses: Any = {"api": billing.api_base} if billing.api_base else None
@@ -74,6 +78,8 @@ def create_checkout(settings: Settings, *, workspace: str, pack: str) -> tuple[s
 @contextmanager
 def _stripe_errors(what: str) -> Iterator[None]:
     """Stripe's refusals and outages as a BillingError (a message, not a traceback)."""
+    import stripe
+
     try:
         yield
     except stripe.StripeError as exc:
@@ -117,7 +123,8 @@ def fulfil_session(settings: Settings, ledger: Ledger, session: Any) -> Fulfilme
         MalformedEvent: the session has no id, or fields of the wrong type.
     """
     # The SDK's StripeObject is not a dict (no `.get`): read a plain copy of it.
-    session = session.to_dict() if isinstance(session, stripe.StripeObject) else session
+    sdk = sys.modules.get("stripe")  # a StripeObject exists only once the SDK is loaded
+    session = session.to_dict() if sdk is not None and isinstance(session, sdk.StripeObject) else session
     if not isinstance(session, dict):
         raise MalformedEvent("data.object is not a Checkout Session object")
     session_id = str(_field(session, "id", str, "data.object"))
@@ -161,6 +168,8 @@ def verify_event(settings: Settings, payload: bytes, signature: str | None) -> d
     """
     if not signature:
         raise SignatureError("missing Stripe-Signature header")
+    import stripe
+
     secret = _secret(settings.billing.webhook_secret_env, "the Stripe webhook signing secret")
     try:
         text = payload.decode("utf-8")

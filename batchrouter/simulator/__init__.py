@@ -11,6 +11,19 @@
 The rules are written apart from `quote` and `routing` on purpose, so tests can compare the two.
 """
 
-from batchrouter.simulator.server import STATE, SimulatorState, build_app, running_simulator, serve
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchrouter.simulator.server import STATE, SimulatorState, build_app, running_simulator, serve
 
 __all__ = ["STATE", "SimulatorState", "build_app", "running_simulator", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    """The server's names, loaded when first asked: a run that only finds the shared simulator's URL
+    (`shared`) does not load the aiohttp server."""
+    if name in __all__:
+        from batchrouter.simulator import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,13 +36,14 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from batchrouter.core import db, detached, private_files, retry
 from batchrouter.core.config import SimulatorConfig
 from batchrouter.core.errors import ConfigError, SimulatorUnavailable
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 DEFAULT_IDLE_S = 300.0
 MAX_STARTS = 3  # a simulator that exits at start is tried again this many times per caller, then reported
@@ -210,6 +211,8 @@ def stop_reason(*, quiet_s: float, idle_s: float | None, unseen: int, named: boo
 
 
 async def _serve(database: str, config: SimulatorConfig, *, idle_s: float | None) -> None:
+    from aiohttp import web  # here: a run that only asks for the URL does not load the server
+
     from batchrouter.simulator.server import build_app
 
     config_key = key(config)

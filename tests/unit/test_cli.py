@@ -215,6 +215,24 @@ def test_help_loads_none_of_the_engines_heavy_libraries() -> None:
     assert loaded & {"polars", "duckdb", "pyarrow", "httpx", "dagster"} == set()
 
 
+def test_a_run_loads_no_library_that_only_billing_or_serving_the_simulator_needs() -> None:
+    """What `batchrouter run` imports leaves out Stripe's SDK, the simulator's server and bpe-openai's init."""
+    probe = (
+        "import sys\n"
+        "import batchrouter.cli.app, batchrouter.engine, batchrouter.batches.service, batchrouter.execution.dispatch\n"
+        "from batchrouter.simulator import shared\n"
+        "print(sorted(m for m in ('stripe', 'aiohttp.web', 'batchrouter.simulator.server', 'bpe_openai.compat')"
+        " if m in sys.modules))\n"
+        "from batchrouter.simulator import running_simulator\n"
+        "print('batchrouter.simulator.server' in sys.modules, running_simulator.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-2] == "[]"
+    assert lines[-1] == "True batchrouter.simulator.server"  # asked for, the server's names load
+
+
 def test_importing_the_package_loads_no_engine_module_until_a_name_is_used() -> None:
     probe = (
         "import sys, batchrouter\n"
