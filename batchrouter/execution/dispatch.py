@@ -117,13 +117,13 @@ def jobs_from_routed(items: pl.DataFrame) -> Iterator[Job]:
         params = json.loads(row["params"]) if row.get("params") else None
         n = int(row.get("n") or 1)
         yield Job(
-                item_id=row["item_id"],
-                model=row["model"],
-                request=RequestItem(row["item_id"], messages, int(row["output_cap"]), row["temperature"], params, n=n),
-                chain=[row["route"], *(row["fallbacks"] or [])],
-                estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]) * n,
-                reserve_usd_micros=int(row["reserve_usd_micros"]),
-            )
+            item_id=row["item_id"],
+            model=row["model"],
+            request=RequestItem(row["item_id"], messages, int(row["output_cap"]), row["temperature"], params, n=n),
+            chain=[row["route"], *(row["fallbacks"] or [])],
+            estimate_tokens=int(row["input_tokens"]) + int(row["output_cap"]) * n,
+            reserve_usd_micros=int(row["reserve_usd_micros"]),
+        )
 
 
 @dataclass
@@ -232,11 +232,12 @@ class Route:
             if announced:
                 target = min(configured, announced * RATE_MARGIN)
                 if abs(target - bucket.per_minute) > 0.5:
-                    lowered = target < bucket.per_minute
+                    overcounted = announced < bucket.per_minute
                     bucket.set_limit(target)
-                    if lowered:
-                        # The burst left in the bucket was counted against the higher limit, and the
-                        # provider's window already holds what we sent: spending it would run into 429s.
+                    if overcounted:
+                        # The burst left in the bucket was counted against a higher limit than the provider's,
+                        # whose window already holds what we sent: spending it would run into 429s. Lowered
+                        # only by our own margin, the bucket counted no faster than the provider does: kept.
                         bucket.drain()
                     if self.health.limits_learned_at is None:
                         self.health.limits_learned_at = time.monotonic()

@@ -32,6 +32,17 @@ def test_a_learned_lower_limit_replaces_the_configured_one_and_leaves_no_burst_o
     assert r.rpm.level <= 0
 
 
+def test_the_margin_under_an_announced_limit_equal_to_ours_keeps_the_burst_the_provider_also_grants() -> None:
+    r = route(rpm=60_000)
+    level = r.rpm.level
+    assert level > 900
+    r.learn(RateLimits(requests_per_minute=60_000))
+    assert r.rpm.per_minute == pytest.approx(60_000 * 0.98)
+    # Counted at the provider's own rate, what is left is left in its window too: only capped to the lower capacity.
+    assert r.rpm.level == pytest.approx(min(level, r.rpm.capacity), abs=1.0)
+    assert r.rpm.level > 900
+
+
 def test_an_announced_limit_above_the_configured_one_changes_nothing() -> None:
     r = route(rpm=30_000)
     level = r.rpm.level
